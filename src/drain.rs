@@ -1,0 +1,283 @@
+//! Draining any iterator of batches (a source that is only iterable, not indexable). The first
+//! batch fixes the schema; every later batch is checked against it. With a declared row count
+//! the output is allocated once up front; a stream that then yields more or fewer rows is an
+//! error, never a silently short or truncated array.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::gather::{cpu, Strategy};
+use crate::memory::{checked_bytes, AllocCounter, HostBuf};
+use crate::output::{Backend, Batch, ColumnArray, Materialized, Report};
+
+/// Options for [`drain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOptions {
+    /// The strategy. `Auto` is `Preallocated` when `rows` is declared and `Concat` otherwise.
+    pub strategy: Strategy,
+    /// The total rows the stream will yield, if known. Required by `Preallocated`.
+    pub rows: Option<usize>,
+}
+
+impl Default for DrainOptions {
+    fn default() -> Self {
+        DrainOptions {
+            strategy: Strategy::Auto,
+            rows: None,
+        }
+    }
+}
+
+impl DrainOptions {
+    /// Options with a strategy and no declared row count.
+    pub fn new(strategy: Strategy) -> Self {
+        DrainOptions {
+            strategy,
+            rows: None,
+        }
+    }
+
+    /// Declares the total row count.
+    pub fn rows(mut self, rows: usize) -> Self {
+        self.rows = Some(rows);
+        self
+    }
+}
+
+/// Drains a stream of batches into one array per column.
+///
+/// ```
+/// use arraydrain::{drain, Batch, DrainOptions, Strategy};
+/// use ndarray::Array2;
+///
+/// let stream = (0..3).map(|k| Batch::new().with("x", Array2::<f32>::from_elem((2, 5), k as f32)));
+/// let out = drain(stream, DrainOptions::new(Strategy::Preallocated).rows(6))?;
+/// assert_eq!(out.view::<f32>("x")?.shape(), &[6, 5]);
+///
+/// // A stream that ends early is an error, not a short array.
+/// let short = (0..2).map(|_| Batch::new().with("x", Array2::<f32>::zeros((2, 5))));
+/// assert!(drain(short, DrainOptions::new(Strategy::Preallocated).rows(6)).is_err());
+/// # Ok::<(), arraydrain::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Source`] when the stream yields an error; [`Error::BatchMismatch`] naming the batch
+/// and column when a batch disagrees with the first; [`Error::StreamLengthMismatch`] when a
+/// declared count is not met exactly; [`Error::StrategyUnavailable`] for `Preallocated` without
+/// a declared count or for `Pinned` (a host stream); [`Error::HostAllocation`].
+pub fn drain<I, E>(batches: I, options: DrainOptions) -> Result<Materialized>
+where
+    I: IntoIterator<Item = std::result::Result<Batch, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = Instant::now();
+    let counter = AllocCounter::new();
+    let strategy = match (options.strategy, options.rows) {
+        (Strategy::Auto, Some(_)) => Strategy::Preallocated,
+        (Strategy::Auto, None) => Strategy::Concat,
+        (Strategy::Preallocated, None) => {
+            return Err(Error::StrategyUnavailable {
+                strategy: "preallocated",
+                reason: "a stream needs a declared row count (DrainOptions::rows) to preallocate"
+                    .into(),
+            })
+        }
+        (Strategy::Pinned, _) => {
+            return Err(Error::StrategyUnavailable {
+                strategy: "pinned",
+                reason: "pinned drains device batches; use the CUDA engine's drain".into(),
+            })
+        }
+        (s, _) => s,
+    };
+
+    let mut schema: Option<Vec<ColumnArray>> = None; // Preallocated: the output itself.
+    let mut kept: Vec<Kept> = Vec::new(); // Concat / PerBatch: the batches.
+    let mut kept_batch_bytes = 0u64;
+    let mut template: Vec<(String, crate::DType, Vec<usize>)> = Vec::new();
+    let mut rows = 0usize;
+    for (k, item) in batches.into_iter().enumerate() {
+        let batch = item.map_err(|e| Error::Source {
+            batch: k,
+            source: e.into(),
+        })?;
+        if k == 0 {
+            template = batch
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_string(), c.dtype(), c.row_shape().to_vec()))
+                .collect();
+        }
+        let n = check_batch(&batch, k, &template)?;
+        if let Some(declared) = options.rows {
+            if rows + n > declared {
+                return Err(Error::StreamLengthMismatch {
+                    declared,
+                    got: rows + n,
+                    more: true,
+                });
+            }
+        }
+        if strategy == Strategy::Preallocated {
+            let declared = options.rows.unwrap_or(0);
+            if schema.is_none() {
+                let out = template
+                    .iter()
+                    .map(|(name, dtype, shape)| {
+                        let mut parts = shape.clone();
+                        parts.extend([dtype.size(), declared]);
+                        let bytes = checked_bytes(&parts, name)?;
+                        let buf = HostBuf::counted(bytes, name, &counter)?;
+                        ColumnArray::new(name.as_str(), *dtype, shape, declared, Box::new(buf))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                schema = Some(out);
+            }
+            if let Some(out) = schema.as_mut() {
+                for (o, (name, _, _)) in out.iter_mut().zip(&template) {
+                    let src = batch.column(name)?.as_bytes();
+                    let at = rows * o.row_bytes();
+                    cpu::par_copy(src, &mut o.as_bytes_mut()[at..at + src.len()]);
+                }
+            }
+        } else if strategy == Strategy::PerBatch {
+            // A host array of each batch, made in the loop; the caller's batch is dropped.
+            let mut cols = Vec::with_capacity(template.len());
+            for (name, _, _) in &template {
+                let src = batch.column(name)?.as_bytes();
+                cols.push(HostBuf::copy_of(src, name, Some(&counter))?);
+            }
+            kept.push(Kept::Host(cols));
+        } else {
+            // Concat keeps the batches themselves; their bytes count as held by the strategy.
+            let bytes: u64 = batch
+                .columns()
+                .iter()
+                .map(|c| c.as_bytes().len() as u64)
+                .sum();
+            counter.add(bytes);
+            kept_batch_bytes += bytes;
+            kept.push(Kept::Batch(batch));
+        }
+        rows += n;
+    }
+    if let Some(declared) = options.rows {
+        if rows != declared {
+            return Err(Error::StreamLengthMismatch {
+                declared,
+                got: rows,
+                more: false,
+            });
+        }
+    }
+    let columns = match schema {
+        Some(mut out) => {
+            for o in &mut out {
+                o.storage_mut().finish()?;
+            }
+            out
+        }
+        None => {
+            let mut out = Vec::with_capacity(template.len());
+            for (c, (name, dtype, shape)) in template.iter().enumerate() {
+                let mut parts = shape.clone();
+                parts.extend([dtype.size(), rows]);
+                let bytes = checked_bytes(&parts, name)?;
+                let mut buf = HostBuf::counted(bytes, name, &counter)?;
+                let dst = buf.as_bytes_mut();
+                let mut at = 0;
+                for b in &kept {
+                    let src = match b {
+                        Kept::Batch(batch) => batch.column(name)?.as_bytes(),
+                        Kept::Host(cols) => cols[c].as_bytes(),
+                    };
+                    dst[at..at + src.len()].copy_from_slice(src);
+                    at += src.len();
+                }
+                out.push(ColumnArray::new(
+                    name.as_str(),
+                    *dtype,
+                    shape,
+                    rows,
+                    Box::new(buf),
+                )?);
+            }
+            drop(kept);
+            counter.sub(kept_batch_bytes);
+            out
+        }
+    };
+    let bytes = columns.iter().map(|c| c.as_bytes().len() as u64).sum();
+    Ok(Materialized::new(
+        columns,
+        Report {
+            strategy,
+            backend: Backend::Cpu,
+            rows,
+            bytes,
+            elapsed: started.elapsed(),
+            peak_alloc_bytes: counter.peak(),
+            peak_device_bytes: None,
+            pin_seconds: None,
+        },
+    ))
+}
+
+/// A batch held by `Concat` (as the caller made it) or `PerBatch` (as a host copy).
+enum Kept {
+    Batch(Batch),
+    Host(Vec<HostBuf>),
+}
+
+/// Checks a batch against the first batch's columns; returns its row count.
+fn check_batch(
+    batch: &Batch,
+    k: usize,
+    template: &[(String, crate::DType, Vec<usize>)],
+) -> Result<usize> {
+    let mismatch = |column: &str, reason: String| Error::BatchMismatch {
+        batch: k,
+        column: column.to_string(),
+        reason,
+    };
+    if batch.columns().is_empty() {
+        return Err(mismatch("", "the batch has no columns".into()));
+    }
+    for c in batch.columns() {
+        if !template.iter().any(|(n, _, _)| n == c.name()) {
+            return Err(mismatch(c.name(), "column not in the first batch".into()));
+        }
+    }
+    let mut rows = None;
+    for (name, dtype, shape) in template {
+        let c = batch
+            .column(name)
+            .map_err(|_| mismatch(name, "column missing from this batch".into()))?;
+        if c.dtype() != *dtype {
+            return Err(mismatch(
+                name,
+                format!("dtype {} differs from the first batch's {dtype}", c.dtype()),
+            ));
+        }
+        if c.row_shape() != shape.as_slice() {
+            return Err(mismatch(
+                name,
+                format!(
+                    "row shape {:?} differs from the first batch's {shape:?}",
+                    c.row_shape()
+                ),
+            ));
+        }
+        match rows {
+            None => rows = Some(c.rows()),
+            Some(r) if r != c.rows() => {
+                return Err(mismatch(
+                    name,
+                    format!("{} rows, but the batch's first column has {r}", c.rows()),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(rows.unwrap_or(0))
+}

@@ -1,0 +1,243 @@
+//! The crate's one error type. Every failure, from bad input to a missing CUDA driver, is a
+//! structured variant here; library code never panics on input.
+
+use std::path::PathBuf;
+
+use crate::dtype::DType;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in arraydrain.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- table construction -------------------------------------------------------------------
+    /// A table needs at least one column.
+    #[error("a table needs at least one column")]
+    EmptyTable,
+    /// Two columns share a name.
+    #[error("duplicate column name {name:?}")]
+    DuplicateColumn {
+        /// The repeated name.
+        name: String,
+    },
+    /// A column was asked for by a name the table or output does not have.
+    #[error("unknown column {name:?} (available: {available:?})")]
+    UnknownColumn {
+        /// The requested name.
+        name: String,
+        /// The names that exist.
+        available: Vec<String>,
+    },
+    /// Columns of one table must share a row count.
+    #[error("column {column:?} has {got} rows but the table has {expected}")]
+    RowCountMismatch {
+        /// The offending column.
+        column: String,
+        /// Rows of the first column.
+        expected: usize,
+        /// Rows of this column.
+        got: usize,
+    },
+    /// A column array must have a first (row) axis.
+    #[error("column {column:?} is a 0-dimensional array; a column needs a first axis of rows")]
+    NoRowAxis {
+        /// The offending column.
+        column: String,
+    },
+    /// Raw column bytes do not match the declared dtype, row shape and row count.
+    #[error(
+        "column {column:?}: expected {expected} bytes for its rows, dtype and row shape, got {got}"
+    )]
+    ByteLengthMismatch {
+        /// The offending column.
+        column: String,
+        /// Bytes implied by rows × row bytes.
+        expected: usize,
+        /// Bytes supplied.
+        got: usize,
+    },
+
+    // ---- orders and batching ------------------------------------------------------------------
+    /// An explicit index is not a row of the table.
+    #[error("index {index} at position {position} is out of range for a table of {rows} rows")]
+    IndexOutOfBounds {
+        /// The bad index.
+        index: u64,
+        /// Where it sits in the index list.
+        position: usize,
+        /// Rows in the table.
+        rows: usize,
+    },
+    /// `batch_size` must be at least 1.
+    #[error("batch_size must be at least 1")]
+    ZeroBatchSize,
+    /// `world_size` must be at least 1.
+    #[error("world_size must be at least 1")]
+    ZeroWorldSize,
+    /// `rank` must be below `world_size`.
+    #[error("rank {rank} is not below world_size {world_size}")]
+    RankOutOfRange {
+        /// The rank asked for.
+        rank: usize,
+        /// The world size.
+        world_size: usize,
+    },
+
+    // ---- typed access -------------------------------------------------------------------------
+    /// A column was read as a Rust type that does not match its dtype.
+    #[error("column {column:?} holds {actual}, not {requested}")]
+    DTypeMismatch {
+        /// The column.
+        column: String,
+        /// Its dtype.
+        actual: DType,
+        /// The dtype of the Rust type asked for.
+        requested: DType,
+    },
+    /// A column's storage is not aligned or sized for its element type (a storage bug).
+    #[error("column {column:?}: storage does not fit its dtype and shape: {reason}")]
+    Misaligned {
+        /// The column.
+        column: String,
+        /// What bytemuck or ndarray reported.
+        reason: String,
+    },
+    /// An element type has no arraydrain dtype, or a file declares one we do not support.
+    #[error("unsupported dtype {descr:?}")]
+    UnsupportedDType {
+        /// The descriptor (NumPy `descr`, or a Rust type name).
+        descr: String,
+    },
+
+    // ---- streams of batches -------------------------------------------------------------------
+    /// A stream of batches yielded more or fewer rows than it declared.
+    #[error("the stream declared {declared} rows but yielded {got}{}", if *.more { " or more" } else { "" })]
+    StreamLengthMismatch {
+        /// Rows declared up front.
+        declared: usize,
+        /// Rows seen when the mismatch was detected.
+        got: usize,
+        /// True when the stream was stopped as soon as it passed the declared count.
+        more: bool,
+    },
+    /// A batch of a stream disagrees with the first batch, or its own columns disagree.
+    #[error("batch {batch}, column {column:?}: {reason}")]
+    BatchMismatch {
+        /// Zero-based batch number in the stream.
+        batch: usize,
+        /// The column concerned.
+        column: String,
+        /// What differs.
+        reason: String,
+    },
+    /// A batch source yielded an error of its own.
+    #[error("batch {batch} of the source failed: {source}")]
+    Source {
+        /// Zero-based batch number in the stream.
+        batch: usize,
+        /// The source's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The strategy cannot run on this source (e.g. `Preallocated` with no declared row count).
+    #[error("strategy {strategy} cannot run here: {reason}")]
+    StrategyUnavailable {
+        /// The strategy's name.
+        strategy: &'static str,
+        /// Why.
+        reason: String,
+    },
+
+    // ---- memory -------------------------------------------------------------------------------
+    /// An allocation of host memory failed or its size overflowed.
+    #[error("cannot allocate {bytes} bytes of host memory for {what}: {reason}")]
+    HostAllocation {
+        /// Requested bytes (saturated at `usize::MAX` on overflow).
+        bytes: u128,
+        /// What the memory was for.
+        what: String,
+        /// The system's answer.
+        reason: String,
+    },
+
+    // ---- files --------------------------------------------------------------------------------
+    /// An I/O error on a named file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file is not a valid or supported NumPy file.
+    #[error("{}: {reason}", path.display())]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    // ---- CUDA ---------------------------------------------------------------------------------
+    /// The crate was built without the `cuda` feature.
+    #[error("CUDA support was not compiled in (build with the `cuda` feature)")]
+    CudaNotCompiled,
+    /// CUDA cannot be used on this machine: no driver library, no device, or too old a driver.
+    #[error("CUDA is unavailable: {reason}")]
+    CudaUnavailable {
+        /// Why.
+        reason: String,
+    },
+    /// A CUDA driver call failed.
+    #[error("CUDA error during {context}: {message}")]
+    Cuda {
+        /// What was being done.
+        context: String,
+        /// The driver's message.
+        message: String,
+    },
+    /// Kernel compilation with NVRTC failed.
+    #[error("kernel compilation failed: {log}")]
+    KernelCompile {
+        /// The NVRTC log.
+        log: String,
+    },
+    /// Not enough device memory for a buffer.
+    #[error("not enough device memory: {bytes} bytes for {what}")]
+    DeviceOutOfMemory {
+        /// Requested bytes.
+        bytes: u64,
+        /// What the memory was for.
+        what: String,
+    },
+    /// A device buffer belongs to another device than the engine's.
+    #[error("a buffer of device {got} was given to the engine of device {expected}")]
+    WrongDevice {
+        /// The engine's ordinal.
+        expected: usize,
+        /// The buffer's ordinal.
+        got: usize,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn alloc(
+        bytes: impl TryInto<u128>,
+        what: impl Into<String>,
+        reason: impl ToString,
+    ) -> Self {
+        Error::HostAllocation {
+            bytes: bytes.try_into().unwrap_or(u128::MAX),
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}

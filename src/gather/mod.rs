@@ -1,0 +1,290 @@
+//! Gather: turning a table, an order and a batching into output rows. The strategies live here —
+//! the three classic recipes kept as honest baselines, and the parallel preallocated gather —
+//! all producing byte-identical output. The CUDA strategies are in `crate::cuda`.
+
+pub mod cpu;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::batch::Batches;
+use crate::error::{Error, Result};
+use crate::memory::{checked_bytes, AllocCounter, HostBuf};
+use crate::output::{Backend, ColumnArray, Materialized, Report};
+use crate::table::{Column, Table};
+
+/// How a drain moves rows into the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Keep every batch, concatenate at the end (peak ≈ 2× the output).
+    Concat,
+    /// Turn each batch into its own host array in the loop, concatenate at the end (≈ 2×).
+    PerBatch,
+    /// Allocate the output once and write each batch into its slice (≈ 1×). On the CPU the rows
+    /// are gathered straight from the table into the output, in parallel.
+    Preallocated,
+    /// CUDA: chunked gather kernel plus asynchronous copies into pinned output on several streams.
+    Pinned,
+    /// The fastest available for the source and backend.
+    Auto,
+}
+
+impl Strategy {
+    /// Every strategy, in the order benchmarks list them.
+    pub const ALL: [Strategy; 5] = [
+        Strategy::Concat,
+        Strategy::PerBatch,
+        Strategy::Preallocated,
+        Strategy::Pinned,
+        Strategy::Auto,
+    ];
+
+    /// The strategy's name as the CLI and JSON spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Concat => "concat",
+            Strategy::PerBatch => "per-batch",
+            Strategy::Preallocated => "preallocated",
+            Strategy::Pinned => "pinned",
+            Strategy::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Strategy::ALL
+            .into_iter()
+            .find(|st| st.name() == s || (s == "per_batch" && *st == Strategy::PerBatch))
+            .ok_or_else(|| {
+                let names: Vec<_> = Strategy::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown strategy {s:?} (one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// Called as a drain proceeds with (rows done, bytes done).
+pub type Progress = Arc<dyn Fn(usize, u64) + Send + Sync>;
+
+/// Output rows written per step of the preallocated gather (per column): the unit at which
+/// progress is reported and at which a memory-mapped output may write back and release pages.
+pub(crate) const BLOCK_BYTES: usize = 32 << 20;
+
+/// Runs a CPU strategy over a table.
+pub(crate) fn run_cpu(
+    table: &Table<'_>,
+    batches: &Batches,
+    strategy: Strategy,
+    progress: Option<&Progress>,
+) -> Result<Materialized> {
+    let started = Instant::now();
+    let counter = AllocCounter::new();
+    let (strategy, columns) = match strategy {
+        Strategy::Auto | Strategy::Preallocated => {
+            let mut out = allocate_output(table, batches.rows(), &counter)?;
+            fill_preallocated(table, batches, &mut out, progress)?;
+            (Strategy::Preallocated, out)
+        }
+        Strategy::Concat => (
+            strategy,
+            classic(table, batches, false, &counter, progress)?,
+        ),
+        Strategy::PerBatch => (strategy, classic(table, batches, true, &counter, progress)?),
+        Strategy::Pinned => {
+            return Err(Error::StrategyUnavailable {
+                strategy: "pinned",
+                reason: "pinned needs the CUDA backend (a device table)".into(),
+            })
+        }
+    };
+    let bytes = columns.iter().map(|c| c.as_bytes().len() as u64).sum();
+    Ok(Materialized::new(
+        columns,
+        Report {
+            strategy,
+            backend: Backend::Cpu,
+            rows: batches.rows(),
+            bytes,
+            elapsed: started.elapsed(),
+            peak_alloc_bytes: counter.peak(),
+            peak_device_bytes: None,
+            pin_seconds: None,
+        },
+    ))
+}
+
+/// One zero-filled, counted heap array per table column, `rows` rows each.
+pub(crate) fn allocate_output(
+    table: &Table<'_>,
+    rows: usize,
+    counter: &Arc<AllocCounter>,
+) -> Result<Vec<ColumnArray>> {
+    table
+        .columns()
+        .iter()
+        .map(|c| {
+            let bytes = checked_bytes(&[c.row_bytes(), rows], c.name())?;
+            let buf = HostBuf::counted(bytes, c.name(), counter)?;
+            ColumnArray::new(c.name(), c.dtype(), c.row_shape(), rows, Box::new(buf))
+        })
+        .collect()
+}
+
+/// Checks that `out` has the table's columns (names, dtypes, row shapes, in order) and `rows`.
+pub(crate) fn check_output(table: &Table<'_>, rows: usize, out: &[ColumnArray]) -> Result<()> {
+    for (i, c) in table.columns().iter().enumerate() {
+        let Some(o) = out.get(i) else {
+            return Err(Error::UnknownColumn {
+                name: c.name().to_string(),
+                available: out.iter().map(|o| o.name().to_string()).collect(),
+            });
+        };
+        let reason = if o.name() != c.name() {
+            Some(format!("output column {i} is {:?}", o.name()))
+        } else if o.dtype() != c.dtype() {
+            Some(format!(
+                "output holds {}, table holds {}",
+                o.dtype(),
+                c.dtype()
+            ))
+        } else if o.row_shape() != c.row_shape() {
+            Some(format!(
+                "output rows are {:?}, table rows are {:?}",
+                o.row_shape(),
+                c.row_shape()
+            ))
+        } else if o.rows() != rows {
+            Some(format!(
+                "output has {} rows, the drain yields {rows}",
+                o.rows()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(Error::BatchMismatch {
+                batch: 0,
+                column: c.name().to_string(),
+                reason,
+            });
+        }
+    }
+    if out.len() != table.columns().len() {
+        return Err(Error::BatchMismatch {
+            batch: 0,
+            column: out[table.columns().len()].name().to_string(),
+            reason: "output has a column the table lacks".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The preallocated gather: every column's rows straight from the table into `out`, in blocks
+/// of about [`BLOCK_BYTES`], each block on all threads.
+pub(crate) fn fill_preallocated(
+    table: &Table<'_>,
+    batches: &Batches,
+    out: &mut [ColumnArray],
+    progress: Option<&Progress>,
+) -> Result<()> {
+    let idx = batches.indices();
+    let rows = batches.rows();
+    let total_row_bytes = table.row_bytes().max(1);
+    let block_rows = (BLOCK_BYTES / total_row_bytes).max(1);
+    let mut done_bytes = 0u64;
+    let mut start = 0;
+    while start < rows {
+        let end = (start + block_rows).min(rows);
+        for (col, o) in table.columns().iter().zip(out.iter_mut()) {
+            let rb = col.row_bytes();
+            let range = start * rb..end * rb;
+            cpu::par_gather(
+                col.bytes(),
+                rb,
+                idx.view(start, end),
+                &mut o.as_bytes_mut()[range.clone()],
+            );
+            o.storage_mut().region_done(range)?;
+            done_bytes += ((end - start) * rb) as u64;
+        }
+        if let Some(p) = progress {
+            p(end, done_bytes);
+        }
+        start = end;
+    }
+    for o in out.iter_mut() {
+        o.storage_mut().finish()?;
+    }
+    Ok(())
+}
+
+/// Gathers batch `k` of one column into a new counted buffer, on the calling thread, as a
+/// plain loader's collate step does.
+fn gather_batch(
+    col: &Column<'_>,
+    batches: &Batches,
+    k: usize,
+    counter: &Arc<AllocCounter>,
+) -> Result<HostBuf> {
+    let r = batches.range(k);
+    let mut buf = HostBuf::counted((r.end - r.start) * col.row_bytes(), col.name(), counter)?;
+    cpu::gather_serial(
+        col.bytes(),
+        col.row_bytes(),
+        batches.indices().view(r.start, r.end),
+        buf.as_bytes_mut(),
+    );
+    Ok(buf)
+}
+
+/// The classic recipes. `Concat` keeps every batch as the loader made it and concatenates at
+/// the end; `PerBatch` also turns each batch into a host array of its own in the loop (one more
+/// copy, the batch itself dropped) before the final concatenation.
+fn classic(
+    table: &Table<'_>,
+    batches: &Batches,
+    per_batch: bool,
+    counter: &Arc<AllocCounter>,
+    progress: Option<&Progress>,
+) -> Result<Vec<ColumnArray>> {
+    let mut kept: Vec<Vec<HostBuf>> = Vec::with_capacity(batches.len());
+    let mut done = 0u64;
+    for k in 0..batches.len() {
+        let mut cols = Vec::with_capacity(table.columns().len());
+        for col in table.columns() {
+            let batch = gather_batch(col, batches, k, counter)?;
+            let buf = if per_batch {
+                HostBuf::copy_of(batch.as_bytes(), col.name(), Some(counter))?
+            } else {
+                batch
+            };
+            done += buf.len() as u64;
+            cols.push(buf);
+        }
+        kept.push(cols);
+        if let Some(p) = progress {
+            p(batches.range(k).end, done);
+        }
+    }
+    let mut out = allocate_output(table, batches.rows(), counter)?;
+    for (c, o) in out.iter_mut().enumerate() {
+        let dst = o.as_bytes_mut();
+        let mut at = 0;
+        for batch in &kept {
+            let b = batch[c].as_bytes();
+            dst[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        }
+    }
+    Ok(out)
+}

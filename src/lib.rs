@@ -1,0 +1,57 @@
+//! # arraydrain
+//!
+//! Drains a data loader into preallocated host arrays as fast as the hardware allows.
+//!
+//! The data flows one way, and the modules read in that order:
+//!
+//! 1. [`Table`] (`table`, `dtype`): named columns sharing one row count; each a [`DType`] and a
+//!    row shape over contiguous row-major bytes — borrowed from `ndarray` views, owned, or
+//!    memory-mapped. Validated once, at construction.
+//! 2. [`Order`] and [`Shard`] (`sampler`): sequential, a seeded shuffle, explicit indices, and
+//!    PyTorch `DistributedSampler` sharding, resolved into validated [`Indices`].
+//! 3. [`Batches`] (`batch`): `batch_size` and `drop_last`, pure arithmetic over the indices.
+//! 4. Gather (`gather`): the [`Strategy`]s — the classic `Concat` and `PerBatch` recipes, the
+//!    parallel `Preallocated` gather straight into the output, and on CUDA the `Pinned` engine
+//!    (gather kernel + asynchronous copies into pinned output).
+//! 5. [`Materialized`] (`output`): one array per column, read through typed `ndarray` views,
+//!    with a [`Report`] of rows, bytes, time and the peak bytes the strategy allocated.
+//!
+//! Two ways in: a [`Loader`] over an indexable table (iterate it like a `DataLoader`, or
+//! `materialize` it), and [`drain`] over any iterator of [`Batch`]es.
+//!
+//! ```
+//! use arraydrain::{Loader, Strategy, Table};
+//! use ndarray::{Array1, Array2};
+//!
+//! let x = Array2::from_shape_fn((1000, 10), |(i, j)| (i * 10 + j) as f32);
+//! let y = Array1::from_iter((0..1000).map(|i| i as i64 % 3));
+//! let table = Table::builder().view("x", x.view()).view("y", y.view()).build()?;
+//!
+//! let out = Loader::new(&table).batch_size(10).shuffle(7).materialize(Strategy::Auto)?;
+//! assert_eq!(out.view::<f32>("x")?.shape(), &[1000, 10]);
+//! println!("{} rows, {} bytes, peak {} bytes", out.rows(), out.report().bytes, out.report().peak_alloc_bytes);
+//! # Ok::<(), arraydrain::Error>(())
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod drain;
+pub mod dtype;
+pub mod error;
+pub mod gather;
+pub mod loader;
+pub mod memory;
+pub mod output;
+pub mod sampler;
+pub mod table;
+
+pub use batch::Batches;
+pub use drain::{drain, DrainOptions};
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use gather::Strategy;
+pub use loader::{BatchIter, Loader, OutputSpec};
+pub use output::{Backend, Batch, ColumnArray, Materialized, Report, Storage, StorageKind};
+pub use sampler::{IndexSlice, Indices, Order, Shard};
+pub use table::{Column, Table};
