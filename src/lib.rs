@@ -37,6 +37,7 @@
 
 pub mod batch;
 pub mod drain;
+pub mod bench;
 pub mod dtype;
 pub mod error;
 pub mod gather;
