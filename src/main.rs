@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result: CliResult = match cli.command {
         Command::Info => Ok(()),
         Command::Bench => Ok(()),
     };
@@ -36,7 +36,3 @@ enum Command {
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
-#[allow(dead_code)]
-fn _unused() -> CliResult {
-    Ok(())
-}
