@@ -148,3 +148,173 @@ pub fn verify(out: &Materialized, reference: &[Vec<u8>]) -> bool {
             .zip(reference)
             .all(|(c, r)| c.as_bytes() == r.as_slice())
 }
+
+/// The built-in workload: `x` f32 `[rows, dim]` uniform in `[0, 1)` and `y` i64 `[rows]` labels
+/// in `0..10`, like the classic "features and labels" example. Deterministic for a seed.
+///
+/// # Errors
+/// [`crate::Error::HostAllocation`] when the table does not fit in memory.
+pub fn synthetic_table(rows: usize, dim: usize, seed: u64) -> crate::Result<Table<'static>> {
+    use rayon::prelude::*;
+    use std::sync::Arc;
+
+    use crate::memory::{checked_bytes, HostBuf};
+    use crate::table::Column;
+    use crate::DType;
+
+    const CHUNK: usize = 1 << 16;
+    let x_bytes = checked_bytes(&[rows, dim, 4], "x")?;
+    let mut x = HostBuf::zeroed(x_bytes, "x")?;
+    let xs: &mut [f32] = bytemuck::cast_slice_mut(x.as_bytes_mut());
+    xs.par_chunks_mut(CHUNK).enumerate().for_each(|(k, c)| {
+        let mut s = seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for v in c {
+            s = splitmix(s);
+            *v = (s >> 40) as f32 / (1u64 << 24) as f32;
+        }
+    });
+    let mut y = HostBuf::zeroed(checked_bytes(&[rows, 8], "y")?, "y")?;
+    let ys: &mut [i64] = bytemuck::cast_slice_mut(y.as_bytes_mut());
+    ys.par_chunks_mut(CHUNK).enumerate().for_each(|(k, c)| {
+        let mut s = !seed ^ (k as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        for v in c {
+            s = splitmix(s);
+            *v = ((s >> 33) % 10) as i64;
+        }
+    });
+    Table::new(vec![
+        Column::from_shared("x", DType::F32, &[dim], rows, Arc::new(x))?,
+        Column::from_shared("y", DType::I64, &[], rows, Arc::new(y))?,
+    ])
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The CPU floors, measured over the reference's bytes (the exact output bytes, contiguous).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuFloors {
+    /// A parallel copy into freshly allocated memory (huge-page advice where available),
+    /// allocation and page faults included — what a one-shot drain must also pay.
+    pub cpu_fresh: Floor,
+    /// The same copy into already-touched memory — the floor for draining again into a reused
+    /// output.
+    pub cpu_warm: Floor,
+}
+
+/// Measures [`CpuFloors`] with `repeat` runs each.
+///
+/// # Errors
+/// [`crate::Error::HostAllocation`].
+pub fn cpu_floors(reference: &[Vec<u8>], repeat: usize) -> crate::Result<CpuFloors> {
+    use crate::gather::cpu::par_copy;
+    use crate::memory::HostBuf;
+
+    let bytes: u64 = reference.iter().map(|r| r.len() as u64).sum();
+    let mut fresh = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let t = Instant::now();
+        let mut bufs = Vec::with_capacity(reference.len());
+        for r in reference {
+            let mut b = HostBuf::zeroed(r.len(), "floor")?;
+            par_copy(r, b.as_bytes_mut());
+            bufs.push(b);
+        }
+        fresh.push(t.elapsed().as_secs_f64());
+        drop(bufs);
+    }
+    let mut warm_bufs = reference
+        .iter()
+        .map(|r| HostBuf::copy_of(r, "floor", None))
+        .collect::<crate::Result<Vec<_>>>()?;
+    let warm = time_runs(repeat, || -> crate::Result<()> {
+        for (r, b) in reference.iter().zip(warm_bufs.iter_mut()) {
+            par_copy(r, b.as_bytes_mut());
+        }
+        Ok(())
+    })?;
+    Ok(CpuFloors {
+        cpu_fresh: Floor::new(&fresh, bytes),
+        cpu_warm: Floor::new(&warm, bytes),
+    })
+}
+
+/// Runs `strategies` on the CPU: each output is verified against `reference` once, then timed
+/// `repeat` times (allocation included, the output dropped outside the timed region). The
+/// special strategy name `preallocated-into` drains again into one reused output (the epoch
+/// case), and is compared with `cpu_warm`; all others with `cpu_fresh`.
+///
+/// # Errors
+/// The first drain error.
+pub fn run_cpu_strategies(
+    loader: &crate::Loader<'_, '_>,
+    strategies: &[String],
+    repeat: usize,
+    reference: &[Vec<u8>],
+    floors: &CpuFloors,
+    mut tick: impl FnMut(),
+) -> crate::Result<Vec<BenchRow>> {
+    let bytes: u64 = reference.iter().map(|r| r.len() as u64).sum();
+    let mut rows = Vec::new();
+    for name in strategies {
+        let (runs, verified, peak, floor) = if name == "preallocated-into" {
+            let mut out = loader.materialize(crate::Strategy::Preallocated)?;
+            for c in out.columns_mut() {
+                c.as_bytes_mut().fill(0xA5); // poison: an unwritten byte fails verification
+            }
+            loader.materialize_into(&mut out)?;
+            let verified = verify(&out, reference);
+            let runs = time_runs(repeat, || {
+                tick();
+                loader.materialize_into(&mut out).map(|_| ())
+            })?;
+            (runs, verified, 0, &floors.cpu_warm)
+        } else {
+            let strategy: crate::Strategy =
+                name.parse()
+                    .map_err(|reason| crate::Error::StrategyUnavailable {
+                        strategy: "bench",
+                        reason,
+                    })?;
+            let first = loader.materialize(strategy)?;
+            let verified = verify(&first, reference);
+            let peak = first.report().peak_alloc_bytes;
+            drop(first);
+            let mut runs = Vec::with_capacity(repeat);
+            for _ in 0..repeat.max(1) {
+                tick();
+                let t = Instant::now();
+                let out = loader.materialize(strategy)?;
+                runs.push(t.elapsed().as_secs_f64());
+                drop(out);
+            }
+            (runs, verified, peak, &floors.cpu_fresh)
+        };
+        let seconds = Timing::from_runs(&runs);
+        rows.push(BenchRow {
+            strategy: name.clone(),
+            backend: "cpu".into(),
+            seconds,
+            gbps: gbps(bytes, seconds.median),
+            floor_ratio: if floor.seconds > 0.0 {
+                seconds.median / floor.seconds
+            } else {
+                0.0
+            },
+            floor: if std::ptr::eq(floor, &floors.cpu_warm) {
+                "cpu_warm".into()
+            } else {
+                "cpu_fresh".into()
+            },
+            peak_alloc_bytes: peak,
+            peak_device_bytes: None,
+            pin_seconds: None,
+            verified,
+        });
+    }
+    Ok(rows)
+}

@@ -222,6 +222,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[allow(dead_code)] // used by the file readers
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

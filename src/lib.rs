@@ -35,17 +35,21 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod error;
+pub mod dtype;
+pub mod memory;
+#[allow(unsafe_code)]
+pub mod mmap;
+pub mod npy;
+pub mod table;
+pub mod sampler;
 pub mod batch;
+pub mod gather;
+pub mod output;
+pub mod loader;
 pub mod drain;
 pub mod bench;
-pub mod dtype;
-pub mod error;
-pub mod gather;
-pub mod loader;
-pub mod memory;
-pub mod output;
-pub mod sampler;
-pub mod table;
+pub mod convert;
 
 pub use batch::Batches;
 pub use drain::{drain, DrainOptions};
@@ -56,3 +60,8 @@ pub use loader::{BatchIter, Loader, OutputSpec};
 pub use output::{Backend, Batch, ColumnArray, Materialized, Report, Storage, StorageKind};
 pub use sampler::{IndexSlice, Indices, Order, Shard};
 pub use table::{Column, Table};
+
+// The README's examples run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

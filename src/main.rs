@@ -1,14 +1,20 @@
 //! The `arraydrain` command line: `info`, `bench` and `convert`.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use arraydrain::bench::{self, BenchRow, CpuFloors};
+use arraydrain::{Loader, Order, Strategy, Table};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result: CliResult = match cli.command {
-        Command::Info => Ok(()),
-        Command::Bench => Ok(()),
+    let result: CliResult = match &cli.command {
+        Command::Info => info(),
+        Command::Bench(args) => run_bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -18,6 +24,8 @@ fn main() -> ExitCode {
         }
     }
 }
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Drain a data loader into preallocated host arrays, fast.
 #[derive(Debug, Parser)]
@@ -31,8 +39,290 @@ struct Cli {
 enum Command {
     /// Version, threads, and which backends are available.
     Info,
-    /// Drain a synthetic table with every strategy, verify, and time it.
-    Bench,
+    /// Drain a synthetic table (x: f32 [rows, dim], y: i64 [rows]) with every strategy, verify
+    /// each output against a naive reference gather, and time it against same-run floors.
+    Bench(BenchArgs),
 }
 
-type CliResult = Result<(), Box<dyn std::error::Error>>;
+/// Which backends to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceChoice {
+    /// Every available backend (CPU, and CUDA when a device is usable).
+    Auto,
+    /// Host threads only.
+    Cpu,
+    /// The CUDA engine only (an error when no device is usable).
+    Cuda,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Rows in the synthetic table.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// Features per row of `x`.
+    #[arg(long, default_value_t = 128)]
+    dim: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Shuffle the order (seeded).
+    #[arg(long)]
+    shuffle: bool,
+    /// Seed for the data and the shuffle.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Drop a short last batch.
+    #[arg(long)]
+    drop_last: bool,
+    /// Comma-separated strategies (default: all for the backend; the CPU also runs
+    /// `preallocated-into`, a drain into a reused output).
+    #[arg(long, value_delimiter = ',')]
+    strategies: Option<Vec<String>>,
+    /// Timed runs per strategy.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Backends to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+}
+
+fn info() -> CliResult {
+    println!("arraydrain {}", env!("CARGO_PKG_VERSION"));
+    println!("threads: {}", rayon::current_num_threads());
+    println!("backends:");
+    println!("  cpu: available");
+    println!("  cuda: {}", cuda_status());
+    Ok(())
+}
+
+fn cuda_status() -> String {
+    "unavailable: CUDA support was not compiled in".to_string()
+}
+
+const CPU_STRATEGIES: [&str; 5] = [
+    "concat",
+    "per-batch",
+    "preallocated",
+    "auto",
+    "preallocated-into",
+];
+
+fn run_bench(args: &BenchArgs) -> CliResult {
+    let mut progress = Progress::new();
+    progress.message("making the synthetic table");
+    let table = bench::synthetic_table(args.rows, args.dim, args.seed)?;
+    let mut loader = Loader::new(&table)
+        .batch_size(args.batch)
+        .drop_last(args.drop_last);
+    if args.shuffle {
+        loader = loader.order(Order::Shuffle { seed: args.seed });
+    }
+    let batches = loader.batches()?;
+    progress.message("computing the reference gather");
+    let reference = bench::reference(&table, &batches);
+    let out_bytes: u64 = reference.iter().map(|r| r.len() as u64).sum();
+
+    let run_cpu = args.device != DeviceChoice::Cuda;
+    let cpu_names: Vec<String> = match &args.strategies {
+        Some(list) => list
+            .iter()
+            .filter(|s| CPU_STRATEGIES.contains(&s.as_str()))
+            .cloned()
+            .collect(),
+        None => CPU_STRATEGIES.iter().map(|s| s.to_string()).collect(),
+    };
+    if let Some(list) = &args.strategies {
+        for s in list {
+            if !CPU_STRATEGIES.contains(&s.as_str()) && s.parse::<Strategy>().is_err() {
+                return Err(format!("unknown strategy {s:?}").into());
+            }
+        }
+    }
+
+    let mut results: Vec<BenchRow> = Vec::new();
+    let mut floors_json = serde_json::Map::new();
+    let mut floors_text = Vec::new();
+    if run_cpu {
+        progress.message("measuring the CPU floors");
+        let floors = bench::cpu_floors(&reference, args.repeat)?;
+        floors_text.push(format!(
+            "cpu_fresh {:.4} s ({:.2} GB/s), cpu_warm {:.4} s ({:.2} GB/s)",
+            floors.cpu_fresh.seconds,
+            floors.cpu_fresh.gbps,
+            floors.cpu_warm.seconds,
+            floors.cpu_warm.gbps
+        ));
+        add_cpu_floors(&mut floors_json, &floors);
+        progress.start(cpu_names.len() * args.repeat.max(1), "CPU strategies");
+        results.extend(bench::run_cpu_strategies(
+            &loader,
+            &cpu_names,
+            args.repeat,
+            &reference,
+            &floors,
+            || progress.tick(),
+        )?);
+    }
+    run_cuda_bench(
+        args,
+        &table,
+        &batches,
+        &reference,
+        &mut results,
+        &mut floors_json,
+        &mut floors_text,
+    )?;
+    progress.finish();
+
+    let order = if args.shuffle {
+        "shuffle"
+    } else {
+        "sequential"
+    };
+    println!(
+        "workload: {} rows -> {} out, x f32 [{}] + y i64 [], batch {}, {}{}, {:.1} MB",
+        args.rows,
+        batches.rows(),
+        args.dim,
+        args.batch,
+        order,
+        if args.drop_last { ", drop_last" } else { "" },
+        out_bytes as f64 / 1e6
+    );
+    for f in &floors_text {
+        println!("floors: {f}");
+    }
+    print_table(&results);
+
+    if let Some(path) = &args.json {
+        let doc = json!({
+            "workload": {
+                "rows": batches.rows(),
+                "table_rows": args.rows,
+                "batch_size": args.batch,
+                "order": order,
+                "seed": args.seed,
+                "drop_last": args.drop_last,
+                "output_bytes": out_bytes,
+                "columns": table.columns().iter().map(|c| json!({
+                    "name": c.name(), "dtype": c.dtype().name(), "row_shape": c.row_shape()
+                })).collect::<Vec<_>>(),
+            },
+            "floors": floors_json,
+            "results": results,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(bad) = results.iter().find(|r| !r.verified) {
+        return Err(format!(
+            "{} on {} produced output that differs from the reference",
+            bad.strategy, bad.backend
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn add_cpu_floors(json: &mut serde_json::Map<String, serde_json::Value>, floors: &CpuFloors) {
+    for (name, f) in [
+        ("cpu_fresh", &floors.cpu_fresh),
+        ("cpu_warm", &floors.cpu_warm),
+    ] {
+        json.insert(
+            name.into(),
+            json!({"seconds": f.seconds, "gbps": f.gbps, "min": f.timing.min, "max": f.timing.max}),
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_cuda_bench(
+    args: &BenchArgs,
+    _table: &Table<'_>,
+    _batches: &arraydrain::Batches,
+    _reference: &[Vec<u8>],
+    _results: &mut Vec<BenchRow>,
+    _floors_json: &mut serde_json::Map<String, serde_json::Value>,
+    _floors_text: &mut Vec<String>,
+) -> CliResult {
+    match args.device {
+        DeviceChoice::Cpu => Ok(()),
+        DeviceChoice::Auto => {
+            eprintln!("note: cuda {}; running the CPU backend only", cuda_status());
+            Ok(())
+        }
+        DeviceChoice::Cuda => Err(format!("cuda {}", cuda_status()).into()),
+    }
+}
+
+fn print_table(rows: &[BenchRow]) {
+    println!(
+        "{:<18} {:<7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9}  verified",
+        "strategy", "backend", "median s", "min s", "max s", "GB/s", "x floor", "floor", "peak MiB"
+    );
+    for r in rows {
+        println!(
+            "{:<18} {:<7} {:>9.4} {:>9.4} {:>9.4} {:>8.2} {:>8.2} {:>10} {:>9.1}  {}",
+            r.strategy,
+            r.backend,
+            r.seconds.median,
+            r.seconds.min,
+            r.seconds.max,
+            r.gbps,
+            r.floor_ratio,
+            r.floor,
+            r.peak_alloc_bytes as f64 / (1u64 << 20) as f64,
+            if r.verified { "yes" } else { "NO" }
+        );
+    }
+}
+
+/// A progress bar on stderr, only when stderr is a terminal.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(ProgressBar::new_spinner);
+        Progress { bar }
+    }
+
+    fn message(&mut self, msg: &'static str) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg);
+            b.tick();
+        }
+    }
+
+    fn start(&mut self, steps: usize, msg: &'static str) {
+        if let Some(b) = &self.bar {
+            b.set_length(steps as u64);
+            b.set_position(0);
+            b.set_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} runs, {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b.set_message(msg);
+        }
+    }
+
+    fn tick(&self) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -405,7 +405,8 @@ impl Materialized {
         &self.columns
     }
 
-    pub(crate) fn columns_mut(&mut self) -> &mut [ColumnArray] {
+    /// The columns, writable (for preparing or poisoning an output before a drain).
+    pub fn columns_mut(&mut self) -> &mut [ColumnArray] {
         &mut self.columns
     }
 

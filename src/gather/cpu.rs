@@ -58,6 +58,7 @@ pub fn gather_serial(src: &[u8], row_bytes: usize, idx: IndexSlice<'_>, dst: &mu
 /// One thread's row gather, with fixed-size copies for common row sizes.
 fn gather(src: &[u8], row_bytes: usize, list: &[u64], dst: &mut [u8]) {
     match row_bytes {
+        0 => {}
         1 => fixed::<1>(src, list, dst),
         2 => fixed::<2>(src, list, dst),
         4 => fixed::<4>(src, list, dst),
@@ -96,6 +97,14 @@ fn fixed<const N: usize>(src: &[u8], list: &[u64], dst: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_byte_rows_gather_to_nothing() {
+        // Regression (found by the equivalence property): a row shape with a zero dimension.
+        let mut dst: [u8; 0] = [];
+        gather_serial(&[], 0, IndexSlice::List(&[0, 0, 0]), &mut dst);
+        par_gather(&[], 0, IndexSlice::List(&[0, 0]), &mut dst);
+    }
 
     #[test]
     fn gathers_match_a_naive_loop_for_every_row_size() {
