@@ -1,0 +1,126 @@
+//! The command line as a user runs it: `info`, `bench` (table and JSON), bad arguments.
+
+use std::process::Command;
+
+fn arraydrain() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_arraydrain"))
+}
+
+#[test]
+fn info_reports_version_threads_and_backends() {
+    let out = arraydrain().arg("info").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+    assert!(text.contains("threads:"), "{text}");
+    assert!(text.contains("cpu: available"), "{text}");
+    assert!(text.contains("cuda:"), "{text}");
+}
+
+#[test]
+fn bench_verifies_every_strategy_and_writes_the_documented_json() {
+    let dir = std::env::temp_dir().join(format!("arraydrain-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let out = arraydrain()
+        .args([
+            "bench",
+            "--rows",
+            "3000",
+            "--dim",
+            "8",
+            "--batch",
+            "100",
+            "--repeat",
+            "2",
+            "--shuffle",
+        ])
+        .args(["--seed", "3", "--drop-last", "--device", "cpu", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in [
+        "concat",
+        "per-batch",
+        "preallocated",
+        "auto",
+        "preallocated-into",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(s) && l.trim_end().ends_with("yes")),
+            "{s}: {stdout}"
+        );
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let w = &doc["workload"];
+    assert_eq!(w["rows"], 3000); // 30 full batches of 100: nothing dropped
+    assert_eq!(w["batch_size"], 100);
+    assert_eq!(w["order"], "shuffle");
+    assert_eq!(w["seed"], 3);
+    assert_eq!(w["drop_last"], true);
+    assert_eq!(w["output_bytes"], 3000 * (8 * 4 + 8));
+    assert_eq!(w["columns"][0]["name"], "x");
+    assert_eq!(w["columns"][0]["dtype"], "f32");
+    assert_eq!(w["columns"][0]["row_shape"], serde_json::json!([8]));
+    assert_eq!(w["columns"][1]["row_shape"], serde_json::json!([]));
+    for f in ["cpu_fresh", "cpu_warm"] {
+        assert!(doc["floors"][f]["seconds"].as_f64().unwrap() > 0.0);
+        assert!(doc["floors"][f]["gbps"].as_f64().unwrap() > 0.0);
+    }
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    for r in results {
+        assert_eq!(r["backend"], "cpu");
+        assert_eq!(r["verified"], true);
+        let s = &r["seconds"];
+        assert!(s["min"].as_f64().unwrap() <= s["median"].as_f64().unwrap());
+        assert!(s["median"].as_f64().unwrap() <= s["max"].as_f64().unwrap());
+        assert!(r["gbps"].as_f64().unwrap() > 0.0);
+        assert!(r["floor_ratio"].as_f64().unwrap() > 0.0);
+        assert!(r["peak_alloc_bytes"].is_u64());
+    }
+    // Peak memory: the classic recipes hold about twice the output, preallocated once.
+    let peak = |name: &str| {
+        results.iter().find(|r| r["strategy"] == name).unwrap()["peak_alloc_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let bytes = 3000 * 40;
+    assert_eq!(peak("preallocated"), bytes);
+    assert_eq!(peak("concat"), 2 * bytes);
+    assert!(peak("per-batch") >= 2 * bytes);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let out = arraydrain()
+        .args(["bench", "--rows", "10", "--batch", "0", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("batch_size must be at least 1"));
+    let out = arraydrain()
+        .args([
+            "bench",
+            "--rows",
+            "10",
+            "--strategies",
+            "fastest",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown strategy"));
+}
