@@ -3,7 +3,7 @@
 //! either yields batch after batch or drains everything into a [`Materialized`] output.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::batch::Batches;
@@ -45,6 +45,9 @@ pub struct Loader<'t, 'a> {
     order: Order,
     shard: Option<(usize, usize)>,
     progress: Option<Progress>,
+    /// The resolved batches, computed once (a shuffle of millions of rows costs milliseconds)
+    /// and reset by every builder method.
+    resolved: OnceLock<Batches>,
 }
 
 impl<'t, 'a> Loader<'t, 'a> {
@@ -57,12 +60,14 @@ impl<'t, 'a> Loader<'t, 'a> {
             order: Order::Sequential,
             shard: None,
             progress: None,
+            resolved: OnceLock::new(),
         }
     }
 
     /// Rows per batch (checked when batches are made: 0 is [`Error::ZeroBatchSize`]).
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size;
+        self.resolved = OnceLock::new();
         self
     }
 
@@ -70,12 +75,14 @@ impl<'t, 'a> Loader<'t, 'a> {
     /// padding it, as `DistributedSampler(drop_last=True)` does).
     pub fn drop_last(mut self, drop_last: bool) -> Self {
         self.drop_last = drop_last;
+        self.resolved = OnceLock::new();
         self
     }
 
     /// The base order.
     pub fn order(mut self, order: Order) -> Self {
         self.order = order;
+        self.resolved = OnceLock::new();
         self
     }
 
@@ -92,6 +99,7 @@ impl<'t, 'a> Loader<'t, 'a> {
     /// This rank's shard of the order (checked when batches are made).
     pub fn shard(mut self, rank: usize, world_size: usize) -> Self {
         self.shard = Some((rank, world_size));
+        self.resolved = OnceLock::new();
         self
     }
 
@@ -112,12 +120,16 @@ impl<'t, 'a> Loader<'t, 'a> {
     /// [`Error::ZeroBatchSize`], [`Error::ZeroWorldSize`], [`Error::RankOutOfRange`],
     /// [`Error::IndexOutOfBounds`].
     pub fn batches(&self) -> Result<Batches> {
+        if let Some(b) = self.resolved.get() {
+            return Ok(b.clone());
+        }
         let shard = self.shard.map(|(r, w)| Shard::new(r, w)).transpose()?;
         if self.batch_size == 0 {
             return Err(Error::ZeroBatchSize);
         }
         let indices = Indices::resolve(&self.order, shard, self.drop_last, self.table.rows())?;
-        Batches::new(indices, self.batch_size, self.drop_last)
+        let batches = Batches::new(indices, self.batch_size, self.drop_last)?;
+        Ok(self.resolved.get_or_init(|| batches).clone())
     }
 
     /// Iterates batch by batch; each batch holds one array per column.
