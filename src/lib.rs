@@ -49,6 +49,8 @@ pub mod output;
 pub mod loader;
 pub mod drain;
 pub mod bench;
+#[allow(unsafe_code)]
+pub mod cuda;
 pub mod convert;
 
 pub use batch::Batches;

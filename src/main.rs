@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     let result: CliResult = match &cli.command {
         Command::Info => info(),
         Command::Bench(args) => run_bench(args),
+        Command::Convert(args) => arraydrain::convert::run(args)
+            .map(|summary| println!("{summary}"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,6 +45,8 @@ enum Command {
     /// Drain a synthetic table (x: f32 [rows, dim], y: i64 [rows]) with every strategy, verify
     /// each output against a naive reference gather, and time it against same-run floors.
     Bench(BenchArgs),
+    /// Convert `.npy` / `.npz` inputs into drained, reordered NumPy files.
+    Convert(arraydrain::convert::ConvertArgs),
 }
 
 /// Which backends to use.
@@ -100,7 +105,18 @@ fn info() -> CliResult {
 }
 
 fn cuda_status() -> String {
-    "unavailable: CUDA support was not compiled in".to_string()
+    match arraydrain::cuda::probe(0) {
+        Ok(d) => format!(
+            "available: device 0 {}, compute capability {}.{}, {:.1} GiB, driver {}.{}",
+            d.name,
+            d.compute_capability.0,
+            d.compute_capability.1,
+            d.total_memory as f64 / (1u64 << 30) as f64,
+            d.driver_version / 1000,
+            d.driver_version % 1000 / 10
+        ),
+        Err(e) => e.to_string(),
+    }
 }
 
 const CPU_STRATEGIES: [&str; 5] = [
@@ -172,9 +188,11 @@ fn run_bench(args: &BenchArgs) -> CliResult {
         &table,
         &batches,
         &reference,
-        &mut results,
-        &mut floors_json,
-        &mut floors_text,
+        Report {
+            results: &mut results,
+            floors_json: &mut floors_json,
+            floors_text: &mut floors_text,
+        },
     )?;
     progress.finish();
 
@@ -240,24 +258,53 @@ fn add_cpu_floors(json: &mut serde_json::Map<String, serde_json::Value>, floors:
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+const CUDA_STRATEGIES: [Strategy; 5] = [
+    Strategy::Concat,
+    Strategy::PerBatch,
+    Strategy::Preallocated,
+    Strategy::Pinned,
+    Strategy::Auto,
+];
+
+struct Report<'r> {
+    results: &'r mut Vec<BenchRow>,
+    floors_json: &'r mut serde_json::Map<String, serde_json::Value>,
+    floors_text: &'r mut Vec<String>,
+}
+
 fn run_cuda_bench(
     args: &BenchArgs,
-    _table: &Table<'_>,
-    _batches: &arraydrain::Batches,
-    _reference: &[Vec<u8>],
-    _results: &mut Vec<BenchRow>,
-    _floors_json: &mut serde_json::Map<String, serde_json::Value>,
-    _floors_text: &mut Vec<String>,
+    table: &Table<'_>,
+    batches: &arraydrain::Batches,
+    reference: &[Vec<u8>],
+    report: Report<'_>,
 ) -> CliResult {
-    match args.device {
-        DeviceChoice::Cpu => Ok(()),
-        DeviceChoice::Auto => {
-            eprintln!("note: cuda {}; running the CPU backend only", cuda_status());
-            Ok(())
-        }
-        DeviceChoice::Cuda => Err(format!("cuda {}", cuda_status()).into()),
+    if args.device == DeviceChoice::Cpu {
+        return Ok(());
     }
+    if let Err(e) = arraydrain::cuda::probe(0) {
+        if args.device == DeviceChoice::Cuda {
+            return Err(e.into());
+        }
+        eprintln!("note: CUDA unavailable ({e}); ran the CPU backend only");
+        return Ok(());
+    }
+    let strategies: Vec<Strategy> = match &args.strategies {
+        Some(list) => list.iter().filter_map(|s| s.parse().ok()).collect(),
+        None => CUDA_STRATEGIES.to_vec(),
+    };
+    let run = arraydrain::cuda::bench::run(table, batches, &strategies, args.repeat, reference)?;
+    let f = &run.floor;
+    report.floors_text.push(format!(
+        "cuda_d2h_pinned {:.4} s ({:.2} GB/s) on {}",
+        f.seconds, f.gbps, run.device.name
+    ));
+    report.floors_json.insert(
+        "cuda_d2h_pinned".into(),
+        json!({"seconds": f.seconds, "gbps": f.gbps, "min": f.timing.min, "max": f.timing.max, "device": run.device.name}),
+    );
+    report.results.extend(run.rows);
+    Ok(())
 }
 
 fn print_table(rows: &[BenchRow]) {

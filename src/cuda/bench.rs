@@ -1,0 +1,212 @@
+//! The CUDA side of `arraydrain bench`: uploads the workload, measures the GPU floor in the same
+//! run — one device→host copy of the output's bytes from a contiguous device buffer into pinned,
+//! cacheable host memory — and times every strategy on the device against it, each output
+//! verified against the CPU reference before it is timed.
+
+use std::ffi::c_void;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::device::cuda_err;
+use super::engine::CudaEngine;
+use super::memory::{DevBuf, PinnedAlloc};
+use super::table::DeviceTable;
+use super::CudaInfo;
+use crate::batch::Batches;
+use crate::bench::{gbps, verify, BenchRow, Floor, Timing};
+use crate::error::Result;
+use crate::gather::Strategy;
+use crate::output::Materialized;
+use crate::table::Table;
+
+/// The floor's name in reports.
+pub const FLOOR: &str = "cuda_d2h_pinned";
+
+/// Byte written over outputs before each run, so an element a strategy failed to write shows.
+pub const POISON: u8 = 0xA5;
+
+/// The CUDA results of one benchmark run.
+#[derive(Debug, Clone)]
+pub struct CudaBench {
+    /// The device.
+    pub device: CudaInfo,
+    /// One D2H copy of the output's bytes into pinned cacheable memory (`cuda_d2h_pinned`).
+    pub floor: Floor,
+    /// One row per strategy, backend `cuda`.
+    pub rows: Vec<BenchRow>,
+}
+
+/// Runs `strategies` on device 0; see [`run_on`].
+///
+/// # Errors
+/// As [`run_on`].
+pub fn run(
+    table: &Table<'_>,
+    batches: &Batches,
+    strategies: &[Strategy],
+    repeat: usize,
+    reference: &[Vec<u8>],
+) -> Result<CudaBench> {
+    let engine = CudaEngine::new(0)?;
+    run_on(&engine, table, batches, strategies, repeat, reference)
+}
+
+/// Uploads `table`, measures the floor, then for each strategy: one verified run on a
+/// poisoned output, then `repeat` timed runs (each on a poisoned output). `Pinned` / `Auto`
+/// report the first run's pinning time as `pin_seconds` and time the steady state — a reused
+/// pinned output, as across epochs; the classic recipes allocate their output in every run, as
+/// they do in a training loop (their fresh output is zero-filled, not poisoned).
+///
+/// # Errors
+/// [`Error::CudaUnavailable`](crate::Error::CudaUnavailable) and the engine's errors. A strategy whose output differs from
+/// `reference` is not an error: its row says `verified: false`.
+pub fn run_on(
+    engine: &CudaEngine,
+    table: &Table<'_>,
+    batches: &Batches,
+    strategies: &[Strategy],
+    repeat: usize,
+    reference: &[Vec<u8>],
+) -> Result<CudaBench> {
+    let device_table = engine.upload(table)?;
+    let bytes: u64 = reference.iter().map(|r| r.len() as u64).sum();
+    let floor = measure_floor(engine, bytes as usize, repeat)?;
+    let mut rows = Vec::with_capacity(strategies.len());
+    for &strategy in strategies {
+        rows.push(bench_strategy(
+            engine,
+            &device_table,
+            batches,
+            strategy,
+            repeat,
+            reference,
+            &floor,
+            bytes,
+        )?);
+    }
+    Ok(CudaBench {
+        device: engine.info().clone(),
+        floor,
+        rows,
+    })
+}
+
+/// Fills every output column with [`POISON`] on all threads.
+pub fn poison(out: &mut Materialized) {
+    for c in out.columns_mut() {
+        c.as_bytes_mut()
+            .par_chunks_mut(1 << 20)
+            .for_each(|b| b.fill(POISON));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_strategy(
+    engine: &CudaEngine,
+    table: &DeviceTable,
+    batches: &Batches,
+    strategy: Strategy,
+    repeat: usize,
+    reference: &[Vec<u8>],
+    floor: &Floor,
+    bytes: u64,
+) -> Result<BenchRow> {
+    let mut runs = Vec::with_capacity(repeat.max(1));
+    let (verified, first) = match strategy {
+        Strategy::Pinned | Strategy::Auto => {
+            let mut out = engine.materialize(table, batches, strategy)?;
+            let first = out.report().clone();
+            poison(&mut out);
+            engine.materialize_into(table, batches, &mut out)?;
+            let verified = verify(&out, reference);
+            for _ in 0..repeat.max(1) {
+                poison(&mut out);
+                let t = Instant::now();
+                engine.materialize_into(table, batches, &mut out)?;
+                runs.push(t.elapsed().as_secs_f64());
+            }
+            (verified, first)
+        }
+        _ => {
+            let out = engine.materialize(table, batches, strategy)?;
+            let verified = verify(&out, reference);
+            let first = out.report().clone();
+            drop(out);
+            for _ in 0..repeat.max(1) {
+                let t = Instant::now();
+                let out = engine.materialize(table, batches, strategy)?;
+                runs.push(t.elapsed().as_secs_f64());
+                drop(out);
+            }
+            (verified, first)
+        }
+    };
+    let seconds = Timing::from_runs(&runs);
+    Ok(BenchRow {
+        strategy: strategy.name().to_string(),
+        backend: "cuda".to_string(),
+        seconds,
+        gbps: gbps(bytes, seconds.median),
+        floor_ratio: if floor.seconds > 0.0 {
+            seconds.median / floor.seconds
+        } else {
+            0.0
+        },
+        floor: FLOOR.to_string(),
+        peak_alloc_bytes: first.peak_alloc_bytes,
+        peak_device_bytes: first.peak_device_bytes,
+        pin_seconds: first
+            .pin_seconds
+            .filter(|_| matches!(strategy, Strategy::Pinned | Strategy::Auto)),
+        verified,
+    })
+}
+
+/// The GPU floor: one `cuMemcpyDtoHAsync` of `bytes` bytes from a contiguous device buffer into
+/// pinned, cacheable host memory, synchronised; a warm-up copy, then `repeat` timed ones. The
+/// buffers are freed before the strategies run.
+fn measure_floor(engine: &CudaEngine, bytes: usize, repeat: usize) -> Result<Floor> {
+    let stream = engine.stream();
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(cuda_err("binding the CUDA context"))?;
+    let dev = DevBuf::alloc(stream, bytes, "the floor's device buffer", None)?;
+    // SAFETY: `dev` holds `bytes` device bytes of this stream, used by nothing else; the
+    // context is bound above.
+    if bytes > 0 {
+        unsafe { cudarc::driver::result::memset_d8_async(dev.ptr(), 0, bytes, stream.cu_stream()) }
+            .map_err(cuda_err("clearing the floor's device buffer"))?;
+    }
+    let host = PinnedAlloc::new(engine.context(), bytes)?;
+    let copy = || -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: `dev` holds `bytes` device bytes of this stream (cleared above, in order);
+        // `host` is pinned and holds ≥ `bytes` bytes, read by no one; the stream is synchronised
+        // right after, before either buffer can be dropped; the context is bound above.
+        unsafe {
+            cudarc::driver::sys::cuMemcpyDtoHAsync_v2(
+                host.as_ptr().cast::<c_void>(),
+                dev.ptr(),
+                bytes,
+                stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(cuda_err("the floor copy"))?;
+        stream
+            .synchronize()
+            .map_err(cuda_err("waiting for the floor copy"))
+    };
+    copy()?;
+    let mut runs = Vec::with_capacity(repeat.max(1));
+    for _ in 0..repeat.max(1) {
+        let t = Instant::now();
+        copy()?;
+        runs.push(t.elapsed().as_secs_f64());
+    }
+    Ok(Floor::new(&runs, bytes as u64))
+}

@@ -1,0 +1,825 @@
+//! [`CudaEngine`]: one device context, its streams, the loaded kernels and a pinned-memory
+//! pool; the entry points that upload or adopt device tables and drain them into host arrays.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
+
+use super::classic;
+use super::device::{self, catch, cuda_err};
+use super::kernels::Kernels;
+use super::memory::{dtoh_async, htod_async, physical_memory, DevBuf, PinnedPool};
+use super::pipeline::{self, Lane, LaneGuard, Plan, LANES};
+use super::table::{DeviceBatch, DeviceColumn, DeviceTable};
+use super::CudaInfo;
+use crate::batch::Batches;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gather::Strategy;
+use crate::memory::{checked_bytes, AllocCounter, HostBuf};
+use crate::output::{Backend, ColumnArray, Materialized, Report, StorageKind};
+use crate::table::Table;
+
+/// Device batches a drain may hold while their copies are in flight.
+const MAX_IN_FLIGHT: usize = 4 * LANES;
+
+/// The CUDA engine of one device.
+///
+/// ```no_run
+/// use arraydrain::cuda::CudaEngine;
+/// use arraydrain::{Batches, Indices, Order, Strategy, Table};
+/// use ndarray::Array2;
+///
+/// let x = Array2::from_shape_fn((100_000, 32), |(i, j)| (i + j) as f32);
+/// let table = Table::builder().view("x", x.view()).build()?;
+/// let engine = CudaEngine::new(0)?;
+/// let on_device = engine.upload(&table)?;
+/// let order = Indices::resolve(&Order::Shuffle { seed: 7 }, None, false, table.rows())?;
+/// let out = engine.materialize(&on_device, &Batches::new(order, 256, false)?, Strategy::Pinned)?;
+/// assert_eq!(out.view::<f32>("x")?.shape(), &[100_000, 32]);
+/// # Ok::<(), arraydrain::Error>(())
+/// ```
+pub struct CudaEngine {
+    info: CudaInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    lanes: Mutex<Vec<Lane>>,
+    pool: PinnedPool,
+    pin_budget: AtomicUsize,
+}
+
+impl CudaEngine {
+    /// Opens device `ordinal`: probes the driver, creates the context, compiles (once per
+    /// process) and loads the kernels, creates the streams.
+    ///
+    /// # Errors
+    /// [`Error::CudaUnavailable`] (no driver library, no such device, driver too old, no
+    /// libnvrtc), [`Error::KernelCompile`], [`Error::Cuda`]. Never panics.
+    pub fn new(ordinal: usize) -> Result<CudaEngine> {
+        let (info, ctx) = device::open(ordinal)?;
+        catch("opening the CUDA engine", || {
+            // SAFETY: called before this context has made any stream or buffer, so no buffer
+            // of the engine is half tracked. From here on the engine orders all of its work
+            // itself: lanes never share buffers, shared inputs (tables) are synchronised before
+            // use, and every drain waits for its streams before returning (see `pipeline`).
+            unsafe { ctx.disable_event_tracking() };
+            let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
+            let kernels = Kernels::load(&ctx, &info.arch())?;
+            let lanes = (0..LANES)
+                .map(|_| Lane::new(&ctx))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(CudaEngine {
+                pool: PinnedPool::new(Arc::clone(&ctx)),
+                pin_budget: AtomicUsize::new(physical_memory().map_or(usize::MAX, |b| b / 2)),
+                info: info.clone(),
+                ctx: Arc::clone(&ctx),
+                stream,
+                kernels,
+                lanes: Mutex::new(lanes),
+            })
+        })
+    }
+
+    /// What the device is.
+    pub fn info(&self) -> &CudaInfo {
+        &self.info
+    }
+
+    /// The engine's context (shared with every `CudaContext::new` of the same device: it is the
+    /// device's primary context).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The engine's main stream (uploads, the classic recipes). Buffers allocated on it carry
+    /// no cudarc event tracking (the engine turned it off for its context): order their uses
+    /// across streams yourself.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub(crate) fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    /// The pool of pinned memory behind pinned outputs.
+    pub fn pinned_pool(&self) -> &PinnedPool {
+        &self.pool
+    }
+
+    /// The largest output `Pinned` pins whole; larger outputs run staged (default: half of
+    /// physical memory).
+    pub fn pin_budget(&self) -> usize {
+        self.pin_budget.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`CudaEngine::pin_budget`] (0 forces the staged mode).
+    pub fn set_pin_budget(&self, bytes: usize) {
+        self.pin_budget.store(bytes, Ordering::Relaxed);
+    }
+
+    fn lanes(&self) -> MutexGuard<'_, Vec<Lane>> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` under `catch_unwind`; after a panic, waits for the device before returning so
+    /// nothing it started outlives the buffers being dropped.
+    fn guarded<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let r = catch(what, f);
+        if let Err(Error::Cuda { message, .. }) = &r {
+            if message.starts_with("panic") {
+                let _ = self.ctx.synchronize();
+            }
+        }
+        r
+    }
+
+    /// Copies a host table to the device once (one buffer per column).
+    ///
+    /// # Errors
+    /// [`Error::DeviceOutOfMemory`], [`Error::Cuda`].
+    pub fn upload(&self, table: &Table<'_>) -> Result<DeviceTable> {
+        self.guarded("uploading a table", || {
+            self.ctx
+                .bind_to_thread()
+                .map_err(cuda_err("binding the CUDA context"))?;
+            let guard = LaneGuard::new(vec![Arc::clone(&self.stream)]);
+            let mut columns = Vec::with_capacity(table.columns().len());
+            for c in table.columns() {
+                let bytes = c.bytes();
+                let buf = DevBuf::alloc(&self.stream, bytes.len(), c.name(), None)?;
+                // SAFETY (htod_async): 1. `buf` holds bytes.len() bytes, new, of this stream;
+                // 2. the host bytes are borrowed from `table` for this whole call and the
+                // stream is synchronised (guard) before it returns; 3. bound above.
+                unsafe { htod_async(buf.ptr(), bytes.as_ptr(), bytes.len(), &self.stream)? };
+                columns.push(DeviceColumn::uploaded(
+                    c.name(),
+                    c.dtype(),
+                    c.row_shape(),
+                    c.rows(),
+                    c.row_bytes(),
+                    buf,
+                    self.info.ordinal,
+                ));
+            }
+            // The columns are complete (and their stream-ordered allocation visible to every
+            // stream) once this returns.
+            guard.finish()?;
+            DeviceTable::new(columns, self.info.ordinal)
+        })
+    }
+
+    /// Adopts columns already on the device (the user's `CudaSlice`s, moved in), without a
+    /// copy. Validates like [`Table::new`], checks every column is on this engine's device, and
+    /// waits for work pending on the columns' own streams.
+    ///
+    /// # Errors
+    /// [`Error::EmptyTable`], [`Error::DuplicateColumn`], [`Error::RowCountMismatch`],
+    /// [`Error::WrongDevice`], [`Error::Cuda`].
+    pub fn wrap(&self, columns: Vec<DeviceColumn>) -> Result<DeviceTable> {
+        self.guarded("adopting device columns", || {
+            let table = DeviceTable::new(columns, self.info.ordinal)?;
+            for c in table.columns() {
+                c.sync_source()?;
+            }
+            Ok(table)
+        })
+    }
+
+    /// The device and (for sequential orders) bounds checks of a drain; explicit index lists
+    /// are checked against the table by the pipeline as it uploads them, or here in full for
+    /// the classic recipes (`full`).
+    fn check(&self, table: &DeviceTable, batches: &Batches, full: bool) -> Result<()> {
+        if table.ordinal() != self.info.ordinal {
+            return Err(Error::WrongDevice {
+                expected: self.info.ordinal,
+                got: table.ordinal(),
+            });
+        }
+        if full {
+            pipeline::check_indices(table.rows(), batches)
+        } else {
+            pipeline::check_range(table.rows(), batches)
+        }
+    }
+
+    /// Drains a device table in the order and batching of `batches` with `strategy`:
+    /// `Pinned` / `Auto` (the gather + asynchronous copy pipeline into pinned output, or staged
+    /// into heap output — see the module docs for the rule), or the classic `Concat`,
+    /// `PerBatch`, `Preallocated` recipes on the GPU. The output is byte-identical to the CPU's
+    /// `Preallocated`, and is returned only when every copy into it has completed.
+    ///
+    /// # Errors
+    /// [`Error::WrongDevice`], [`Error::IndexOutOfBounds`] (an index past the device table),
+    /// [`Error::DeviceOutOfMemory`], [`Error::HostAllocation`], [`Error::Cuda`].
+    pub fn materialize(
+        &self,
+        table: &DeviceTable,
+        batches: &Batches,
+        strategy: Strategy,
+    ) -> Result<Materialized> {
+        self.guarded("materialize", || match strategy {
+            Strategy::Concat | Strategy::PerBatch | Strategy::Preallocated => {
+                self.check(table, batches, true)?;
+                classic::run(self, table, batches, strategy)
+            }
+            Strategy::Pinned | Strategy::Auto => {
+                self.check(table, batches, false)?;
+                self.pinned(table, batches)
+            }
+        })
+    }
+
+    fn pinned(&self, table: &DeviceTable, batches: &Batches) -> Result<Materialized> {
+        let started = Instant::now();
+        let rows = batches.rows();
+        let plan = Plan::for_table(table, rows);
+        let host = AllocCounter::new();
+        let mut pin_seconds = 0.0;
+        let mut total = 0usize;
+        for c in table.columns() {
+            total = total.saturating_add(checked_bytes(&[rows, c.row_bytes()], c.name())?);
+        }
+        let mut lanes = self.lanes();
+        let mut direct = None;
+        if total <= self.pin_budget() {
+            // A refused pinned allocation is not an error: the staged mode takes over.
+            if let Ok(columns) = self.pinned_output(table, rows, &mut pin_seconds) {
+                direct = Some(columns);
+            }
+        }
+        let (columns, device_bytes) = match direct {
+            Some(mut columns) => {
+                host.add(total as u64);
+                let mut dsts: Vec<&mut [u8]> =
+                    columns.iter_mut().map(|c| c.as_bytes_mut()).collect();
+                let dev = pipeline::run_direct(
+                    &mut lanes,
+                    &self.kernels,
+                    &plan,
+                    batches.indices(),
+                    &mut dsts,
+                    &mut pin_seconds,
+                    &host,
+                )?;
+                drop(dsts);
+                (columns, dev)
+            }
+            None => {
+                let mut columns = heap_output(table_schema(table), rows, &host)?;
+                let dev = pipeline::run_staged(
+                    &mut lanes,
+                    &self.kernels,
+                    &plan,
+                    batches.indices(),
+                    &mut columns,
+                    &mut pin_seconds,
+                    &host,
+                )?;
+                for c in &mut columns {
+                    c.storage_mut().finish()?;
+                }
+                (columns, dev)
+            }
+        };
+        Ok(Materialized::new(
+            columns,
+            Report {
+                strategy: Strategy::Pinned,
+                backend: Backend::Cuda,
+                rows,
+                bytes: total as u64,
+                elapsed: started.elapsed(),
+                peak_alloc_bytes: host.peak(),
+                peak_device_bytes: Some(device_bytes),
+                pin_seconds: Some(pin_seconds),
+            },
+        ))
+    }
+
+    /// One pinned output column per table column, from the pool.
+    fn pinned_output(
+        &self,
+        table: &DeviceTable,
+        rows: usize,
+        pin_seconds: &mut f64,
+    ) -> Result<Vec<ColumnArray>> {
+        pinned_columns(&self.pool, table_schema(table), rows, pin_seconds)
+    }
+
+    /// Drains into an existing output (same columns, dtypes, row shapes and row count), e.g.
+    /// to reuse a pinned output across epochs or to fill a memory-mapped `.npy` file. When every
+    /// column's storage is [`StorageKind::Pinned`] the direct asynchronous path runs; otherwise
+    /// the staged path (pinned ring + host copies), calling each storage's `region_done` in
+    /// order and `finish` at the end. The report is stored in `out` and returned.
+    ///
+    /// # Errors
+    /// As [`CudaEngine::materialize`], and [`Error::BatchMismatch`] / [`Error::UnknownColumn`]
+    /// when `out` does not match the table. On error the output's contents are unspecified.
+    pub fn materialize_into(
+        &self,
+        table: &DeviceTable,
+        batches: &Batches,
+        out: &mut Materialized,
+    ) -> Result<Report> {
+        self.guarded("materialize_into", || {
+            let started = Instant::now();
+            self.check(table, batches, false)?;
+            let rows = batches.rows();
+            check_output(table, rows, out.columns())?;
+            let plan = Plan::for_table(table, rows);
+            let host = AllocCounter::new();
+            let mut pin_seconds = 0.0;
+            let all_pinned = out
+                .columns()
+                .iter()
+                .all(|c| c.storage_kind() == StorageKind::Pinned);
+            let mut lanes = self.lanes();
+            let device_bytes = if all_pinned {
+                let mut dsts: Vec<&mut [u8]> = out
+                    .columns_mut()
+                    .iter_mut()
+                    .map(|c| c.as_bytes_mut())
+                    .collect();
+                let dev = pipeline::run_direct(
+                    &mut lanes,
+                    &self.kernels,
+                    &plan,
+                    batches.indices(),
+                    &mut dsts,
+                    &mut pin_seconds,
+                    &host,
+                )?;
+                drop(dsts);
+                for c in out.columns_mut() {
+                    let len = c.as_bytes().len();
+                    c.storage_mut().region_done(0..len)?;
+                }
+                dev
+            } else {
+                pipeline::run_staged(
+                    &mut lanes,
+                    &self.kernels,
+                    &plan,
+                    batches.indices(),
+                    out.columns_mut(),
+                    &mut pin_seconds,
+                    &host,
+                )?
+            };
+            for c in out.columns_mut() {
+                c.storage_mut().finish()?;
+            }
+            let report = Report {
+                strategy: Strategy::Pinned,
+                backend: Backend::Cuda,
+                rows,
+                bytes: out
+                    .columns()
+                    .iter()
+                    .map(|c| c.as_bytes().len() as u64)
+                    .sum(),
+                elapsed: started.elapsed(),
+                peak_alloc_bytes: host.peak(),
+                peak_device_bytes: Some(device_bytes),
+                pin_seconds: Some(pin_seconds),
+            };
+            out.set_report(report.clone());
+            Ok(report)
+        })
+    }
+
+    /// Drains the user's own device batches (e.g. a GPU data loader's output) into pinned host
+    /// output. Each batch's copy is queued asynchronously on a lane after the work pending on
+    /// its buffers' streams, and the batch is kept alive until its copy has landed.
+    ///
+    /// With `rows` declared, the output is allocated once up front and a stream yielding more or
+    /// fewer rows is an error; without, batches are held until the end, when the output size is
+    /// known. The first batch fixes the columns; later batches must match it.
+    ///
+    /// # Errors
+    /// [`Error::Source`] (a batch the iterator failed to make), [`Error::BatchMismatch`],
+    /// [`Error::StreamLengthMismatch`], [`Error::WrongDevice`], [`Error::HostAllocation`],
+    /// [`Error::Cuda`].
+    pub fn drain_device<I>(&self, batches: I, rows: Option<usize>) -> Result<Materialized>
+    where
+        I: IntoIterator<Item = Result<DeviceBatch>>,
+    {
+        self.guarded("drain_device", || self.drain_inner(batches, rows))
+    }
+
+    fn drain_inner<I>(&self, batches: I, declared: Option<usize>) -> Result<Materialized>
+    where
+        I: IntoIterator<Item = Result<DeviceBatch>>,
+    {
+        let started = Instant::now();
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context"))?;
+        let host = AllocCounter::new();
+        let mut pin_seconds = 0.0;
+        let lanes = self.lanes();
+        let mut schema: Vec<Schema> = Vec::new();
+        // The output, then the in-flight batches: dropped in reverse order, so on every exit
+        // the in-flight copies are waited for before the output is freed.
+        let mut out: Option<(Vec<ColumnArray>, Vec<*mut u8>)> = None;
+        let mut flight = InFlight::new(&lanes);
+        let mut held: Vec<DeviceBatch> = Vec::new();
+        let mut total = 0usize;
+        for (k, item) in batches.into_iter().enumerate() {
+            let batch = item.map_err(|e| Error::Source {
+                batch: k,
+                source: Box::new(e),
+            })?;
+            if k == 0 {
+                schema = batch
+                    .columns()
+                    .iter()
+                    .map(|c| (c.name().to_string(), c.dtype(), c.row_shape().to_vec()))
+                    .collect();
+            }
+            let n = check_batch(&batch, k, &schema, self.info.ordinal)?;
+            if let Some(d) = declared {
+                if total + n > d {
+                    return Err(Error::StreamLengthMismatch {
+                        declared: d,
+                        got: total + n,
+                        more: true,
+                    });
+                }
+                if out.is_none() {
+                    out = Some(self.stream_output(&schema, d, &host, &mut pin_seconds)?);
+                }
+                if let Some((_, bases)) = &out {
+                    // SAFETY: `bases` are the output columns' first bytes, sized for `d ≥
+                    // total + n` rows; `out` outlives `flight`, whose drop waits for the copies;
+                    // `batch` passed `check_batch` above.
+                    unsafe { flight.copy(k, batch, &schema, bases, total)? };
+                }
+            } else {
+                held.push(batch);
+            }
+            total += n;
+        }
+        if let Some(d) = declared {
+            if total != d {
+                return Err(Error::StreamLengthMismatch {
+                    declared: d,
+                    got: total,
+                    more: false,
+                });
+            }
+        }
+        if out.is_none() {
+            out = Some(self.stream_output(&schema, total, &host, &mut pin_seconds)?);
+            let mut at = 0;
+            for (k, batch) in held.drain(..).enumerate() {
+                let n = batch.rows().unwrap_or(0);
+                if let Some((_, bases)) = &out {
+                    // SAFETY: as above; the output was sized for the `total` rows held, and
+                    // every held batch passed `check_batch`.
+                    unsafe { flight.copy(k, batch, &schema, bases, at)? };
+                }
+                at += n;
+            }
+        }
+        flight.finish()?;
+        let Some((mut columns, _)) = out else {
+            return Err(Error::Cuda {
+                context: "drain_device".into(),
+                message: "internal error: no output".into(),
+            });
+        };
+        for c in &mut columns {
+            c.storage_mut().finish()?;
+        }
+        let bytes = columns.iter().map(|c| c.as_bytes().len() as u64).sum();
+        Ok(Materialized::new(
+            columns,
+            Report {
+                strategy: Strategy::Pinned,
+                backend: Backend::Cuda,
+                rows: total,
+                bytes,
+                elapsed: started.elapsed(),
+                peak_alloc_bytes: host.peak(),
+                peak_device_bytes: Some(0),
+                pin_seconds: Some(pin_seconds),
+            },
+        ))
+    }
+
+    /// The output of a device stream: pinned from the pool, or heap memory when the pinned
+    /// allocation is refused or over the pin budget; with each column's base pointer.
+    fn stream_output(
+        &self,
+        schema: &[Schema],
+        rows: usize,
+        host: &Arc<AllocCounter>,
+        pin_seconds: &mut f64,
+    ) -> Result<(Vec<ColumnArray>, Vec<*mut u8>)> {
+        let mut total = 0usize;
+        for (name, dtype, shape) in schema {
+            let mut parts = shape.clone();
+            parts.extend([dtype.size(), rows]);
+            total = total.saturating_add(checked_bytes(&parts, name)?);
+        }
+        let pinned = if total <= self.pin_budget() {
+            pinned_columns(&self.pool, schema.to_vec(), rows, pin_seconds).ok()
+        } else {
+            None
+        };
+        let mut columns = match pinned {
+            Some(c) => {
+                host.add(total as u64);
+                c
+            }
+            None => heap_output(schema.to_vec(), rows, host)?,
+        };
+        let bases = columns
+            .iter_mut()
+            .map(|c| c.as_bytes_mut().as_mut_ptr())
+            .collect();
+        Ok((columns, bases))
+    }
+}
+
+impl std::fmt::Debug for CudaEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaEngine")
+            .field("info", &self.info)
+            .field("pool", &self.pool)
+            .field("pin_budget", &self.pin_budget())
+            .finish()
+    }
+}
+
+/// A column's name, dtype and row shape.
+type Schema = (String, DType, Vec<usize>);
+
+fn table_schema(table: &DeviceTable) -> Vec<Schema> {
+    table
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.dtype(), c.row_shape().to_vec()))
+        .collect()
+}
+
+fn pinned_columns(
+    pool: &PinnedPool,
+    schema: Vec<Schema>,
+    rows: usize,
+    pin_seconds: &mut f64,
+) -> Result<Vec<ColumnArray>> {
+    schema
+        .into_iter()
+        .map(|(name, dtype, shape)| {
+            let mut parts = shape.clone();
+            parts.extend([dtype.size(), rows]);
+            let bytes = checked_bytes(&parts, &name)?;
+            let (buf, secs) = pool.take(bytes)?;
+            *pin_seconds += secs;
+            ColumnArray::new(name, dtype, &shape, rows, Box::new(buf))
+        })
+        .collect()
+}
+
+fn heap_output(
+    schema: Vec<Schema>,
+    rows: usize,
+    host: &Arc<AllocCounter>,
+) -> Result<Vec<ColumnArray>> {
+    schema
+        .into_iter()
+        .map(|(name, dtype, shape)| {
+            let mut parts = shape.clone();
+            parts.extend([dtype.size(), rows]);
+            let bytes = checked_bytes(&parts, &name)?;
+            let buf = HostBuf::counted(bytes, &name, host)?;
+            ColumnArray::new(name, dtype, &shape, rows, Box::new(buf))
+        })
+        .collect()
+}
+
+/// Checks that `out` has the device table's columns (names, dtypes, row shapes, in order) and
+/// `rows` rows.
+fn check_output(table: &DeviceTable, rows: usize, out: &[ColumnArray]) -> Result<()> {
+    for (i, c) in table.columns().iter().enumerate() {
+        let Some(o) = out.get(i) else {
+            return Err(Error::UnknownColumn {
+                name: c.name().to_string(),
+                available: out.iter().map(|o| o.name().to_string()).collect(),
+            });
+        };
+        let reason = if o.name() != c.name() {
+            Some(format!("output column {i} is {:?}", o.name()))
+        } else if o.dtype() != c.dtype() {
+            Some(format!(
+                "output holds {}, table holds {}",
+                o.dtype(),
+                c.dtype()
+            ))
+        } else if o.row_shape() != c.row_shape() {
+            Some(format!(
+                "output rows are {:?}, table rows are {:?}",
+                o.row_shape(),
+                c.row_shape()
+            ))
+        } else if o.rows() != rows {
+            Some(format!(
+                "output has {} rows, the drain yields {rows}",
+                o.rows()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(Error::BatchMismatch {
+                batch: 0,
+                column: c.name().to_string(),
+                reason,
+            });
+        }
+    }
+    if let Some(extra) = out.get(table.columns().len()) {
+        return Err(Error::BatchMismatch {
+            batch: 0,
+            column: extra.name().to_string(),
+            reason: "output has a column the table lacks".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a device batch against the first batch's columns and the engine's device; returns
+/// its row count.
+fn check_batch(batch: &DeviceBatch, k: usize, schema: &[Schema], ordinal: usize) -> Result<usize> {
+    let mismatch = |column: &str, reason: String| Error::BatchMismatch {
+        batch: k,
+        column: column.to_string(),
+        reason,
+    };
+    if batch.columns().is_empty() {
+        return Err(mismatch("", "the batch has no columns".into()));
+    }
+    for c in batch.columns() {
+        if !schema.iter().any(|(n, _, _)| n == c.name()) {
+            return Err(mismatch(c.name(), "column not in the first batch".into()));
+        }
+        if c.ordinal() != ordinal {
+            return Err(Error::WrongDevice {
+                expected: ordinal,
+                got: c.ordinal(),
+            });
+        }
+    }
+    let mut rows = None;
+    for (name, dtype, shape) in schema {
+        let c = batch
+            .column(name)
+            .ok_or_else(|| mismatch(name, "column missing from this batch".into()))?;
+        if c.dtype() != *dtype {
+            return Err(mismatch(
+                name,
+                format!("dtype {} differs from the first batch's {dtype}", c.dtype()),
+            ));
+        }
+        if c.row_shape() != shape.as_slice() {
+            return Err(mismatch(
+                name,
+                format!(
+                    "row shape {:?} differs from the first batch's {shape:?}",
+                    c.row_shape()
+                ),
+            ));
+        }
+        match rows {
+            None => rows = Some(c.rows()),
+            Some(r) if r != c.rows() => {
+                return Err(mismatch(
+                    name,
+                    format!("{} rows, but the batch's first column has {r}", c.rows()),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(rows.unwrap_or(0))
+}
+
+/// Device batches whose copies are in flight, each with the event that marks its copy done.
+/// Dropping it waits for every lane first, so no batch is freed under a running copy.
+struct InFlight<'l> {
+    lanes: &'l [Lane],
+    queue: VecDeque<(DeviceBatch, Option<CudaEvent>)>,
+    guard: Option<LaneGuard>,
+}
+
+impl<'l> InFlight<'l> {
+    fn new(lanes: &'l [Lane]) -> Self {
+        InFlight {
+            lanes,
+            queue: VecDeque::new(),
+            guard: Some(LaneGuard::new(
+                lanes.iter().map(|l| Arc::clone(&l.stream)).collect(),
+            )),
+        }
+    }
+
+    /// Takes batch `k` and queues the copy of its columns into output rows `at..` on lane
+    /// `k % LANES`, after the work pending on each column's own stream. The batch is held
+    /// (before any copy is queued) until its copy has landed.
+    ///
+    /// # Safety
+    /// `bases[c]` points at output column `c` (in `schema` order), with room for
+    /// `at + batch rows` rows, alive and untouched until this value has been finished or
+    /// dropped; the batch passed `check_batch` (same schema, this device).
+    unsafe fn copy(
+        &mut self,
+        k: usize,
+        batch: DeviceBatch,
+        schema: &[Schema],
+        bases: &[*mut u8],
+        at: usize,
+    ) -> Result<()> {
+        let lanes = self.lanes;
+        let lane = &lanes[k % lanes.len()];
+        self.queue.push_back((batch, None));
+        let Some((batch, _)) = self.queue.back() else {
+            return Ok(());
+        };
+        for ((name, _, _), &base) in schema.iter().zip(bases) {
+            let Some(col) = batch.column(name) else {
+                continue;
+            };
+            if let Some(src_stream) = col.source_stream() {
+                let ready = src_stream
+                    .record_event(None)
+                    .map_err(cuda_err("recording an event on a batch's stream"))?;
+                lane.stream
+                    .wait(&ready)
+                    .map_err(cuda_err("ordering a copy after a batch's producer"))?;
+            }
+            // SAFETY (dtoh_async): 1. the column's bytes, on this device (check_batch), alive
+            // until the copy has landed (the batch sits in `queue`, released only after its
+            // event has completed or the lanes were synchronised), written by nothing after the
+            // producer work the lane now waits for; 2. this function's contract; 3. the context
+            // was bound by the drain.
+            unsafe {
+                dtoh_async(
+                    base.add(at * col.row_bytes()),
+                    col.address(),
+                    col.bytes(),
+                    &lane.stream,
+                )?
+            };
+        }
+        let done = lane
+            .stream
+            .record_event(None)
+            .map_err(cuda_err("recording a copy event"))?;
+        if let Some(last) = self.queue.back_mut() {
+            last.1 = Some(done);
+        }
+        self.retire()
+    }
+
+    /// Releases batches whose copies are done, waiting for the oldest while too many are held.
+    fn retire(&mut self) -> Result<()> {
+        while let Some((_, Some(ev))) = self.queue.front() {
+            let complete = ev
+                .try_is_complete()
+                .map_err(cuda_err("checking a batch copy"))?;
+            if !complete && self.queue.len() <= MAX_IN_FLIGHT {
+                break;
+            }
+            if !complete {
+                ev.synchronize()
+                    .map_err(cuda_err("waiting for a batch copy"))?;
+            }
+            self.queue.pop_front();
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        let r = match self.guard.take() {
+            Some(g) => g.finish(),
+            None => Ok(()),
+        };
+        self.queue.clear();
+        r
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        // Wait for the lanes (dropping the guard) before the queued batches are freed.
+        self.guard.take();
+        self.queue.clear();
+    }
+}

@@ -1,0 +1,459 @@
+//! Memory the engine owns: counted device buffers, page-locked host buffers and their pool, and
+//! the raw asynchronous copies between them.
+//!
+//! Page-locked memory here is always allocated with `cuMemHostAlloc(CU_MEMHOSTALLOC_PORTABLE)`:
+//! pinned for every context, **cacheable** (never `WRITECOMBINED`, which cudarc's
+//! `alloc_pinned` uses and which the CPU reads an order of magnitude slower — the output is read
+//! by the CPU). It is zeroed once when allocated, so every byte is initialised before Rust code
+//! can see it, and kept in a [`PinnedPool`] for reuse because pinning costs far more than copying.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use cudarc::driver::sys::{self, CUresult};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
+use rayon::prelude::*;
+
+use super::device::{alloc_err, cuda_err, describe};
+use crate::error::{Error, Result};
+use crate::memory::AllocCounter;
+use crate::output::{Storage, StorageKind};
+
+/// A device buffer allocated by the engine, charged to a device-byte counter while it lives.
+pub(crate) struct DevBuf {
+    slice: CudaSlice<u8>,
+    len: usize,
+    counter: Option<Arc<AllocCounter>>,
+}
+
+impl DevBuf {
+    /// Allocates `len` bytes (at least one) on `stream`, uninitialised.
+    ///
+    /// The engine's context has event tracking off, so the buffer carries no events: the
+    /// engine orders every use itself (see `pipeline`). The memory is stream-ordered: use it on
+    /// `stream`, or on other streams after `stream` was synchronised.
+    pub(crate) fn alloc(
+        stream: &Arc<CudaStream>,
+        len: usize,
+        what: &str,
+        counter: Option<&Arc<AllocCounter>>,
+    ) -> Result<Self> {
+        // SAFETY: device memory is left uninitialised; it is only ever read by the device after
+        // the engine has written it (a copy or the gather kernel), and never read by the host.
+        let slice = unsafe { stream.alloc::<u8>(len.max(1)) }.map_err(alloc_err(len, what))?;
+        if let Some(c) = counter {
+            c.add(len as u64);
+        }
+        Ok(DevBuf {
+            slice,
+            len,
+            counter: counter.cloned(),
+        })
+    }
+
+    /// The device address of the first byte.
+    pub(crate) fn ptr(&self) -> u64 {
+        device_address(&self.slice)
+    }
+
+    /// Usable length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        if let Some(c) = &self.counter {
+            c.sub(self.len as u64);
+        }
+    }
+}
+
+/// The device address of a slice, without touching its events beyond what cudarc does for a
+/// read scheduled on the slice's own stream.
+pub(crate) fn device_address<T>(slice: &CudaSlice<T>) -> u64 {
+    let (ptr, _record) = slice.device_ptr(slice.stream());
+    ptr
+}
+
+/// Enqueues a device→host copy of `bytes` bytes on `stream`.
+///
+/// # Safety
+/// 1. `src` points at `bytes` device bytes of `stream`'s context, not written by other work
+///    until this copy has run;
+/// 2. `dst` points at `bytes` host bytes that stay valid, and are neither read nor written by
+///    anyone, until the copy has completed (the caller synchronises `stream`, or an event
+///    recorded after this call, before touching or freeing them);
+/// 3. the calling thread has `stream`'s context bound (cudarc's safe calls bind it).
+pub(crate) unsafe fn dtoh_async(
+    dst: *mut u8,
+    src: u64,
+    bytes: usize,
+    stream: &CudaStream,
+) -> Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    // SAFETY: items 1–3 of this function's contract.
+    unsafe { sys::cuMemcpyDtoHAsync_v2(dst.cast::<c_void>(), src, bytes, stream.cu_stream()) }
+        .result()
+        .map_err(cuda_err(format!("copying {bytes} bytes device→host")))
+}
+
+/// Enqueues a host→device copy of `bytes` bytes on `stream`.
+///
+/// # Safety
+/// 1. `dst` points at `bytes` writable device bytes of `stream`'s context, not used by other
+///    work until this copy has run;
+/// 2. `src` points at `bytes` host bytes left unchanged and alive until the copy has completed
+///    (pageable sources are copied before the call returns; pinned ones later);
+/// 3. the calling thread has `stream`'s context bound.
+pub(crate) unsafe fn htod_async(
+    dst: u64,
+    src: *const u8,
+    bytes: usize,
+    stream: &CudaStream,
+) -> Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    // SAFETY: items 1–3 of this function's contract.
+    unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast::<c_void>(), bytes, stream.cu_stream()) }
+        .result()
+        .map_err(cuda_err(format!("copying {bytes} bytes host→device")))
+}
+
+/// Enqueues a device→device copy of `bytes` bytes on `stream`.
+///
+/// # Safety
+/// Both ranges are `bytes` long, belong to `stream`'s context, do not overlap, and are not
+/// used by other work until the copy has run; the context is bound to the calling thread.
+pub(crate) unsafe fn dtod_async(
+    dst: u64,
+    src: u64,
+    bytes: usize,
+    stream: &CudaStream,
+) -> Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    // SAFETY: this function's contract.
+    unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, stream.cu_stream()) }
+        .result()
+        .map_err(cuda_err(format!("copying {bytes} bytes device→device")))
+}
+
+/// One page-locked, cacheable, zero-initialised host allocation.
+pub(crate) struct PinnedAlloc {
+    /// Owns the allocation (cudarc frees it with `cuMemFreeHost`, context bound, on drop).
+    /// Its own event is never recorded: the engine orders copies with its lane events.
+    _owner: PinnedHostSlice<u8>,
+    ptr: *mut u8,
+    cap: usize,
+}
+
+// SAFETY: the allocation is plain host memory owned by this value alone (`ptr` is derived from
+// `_owner` and never shared outside `&self`/`&mut self` borrows), so moving it to or sharing
+// it with another thread is as safe as for a `Vec<u8>`; PinnedHostSlice itself is Send + Sync.
+unsafe impl Send for PinnedAlloc {}
+// SAFETY: as above: `&PinnedAlloc` only gives out `&[u8]`.
+unsafe impl Sync for PinnedAlloc {}
+
+impl PinnedAlloc {
+    /// Allocates and zeroes `cap ≥ 1` bytes of pinned, cacheable host memory.
+    pub(crate) fn new(ctx: &Arc<CudaContext>, cap: usize) -> std::result::Result<Self, Error> {
+        let cap = cap.max(1);
+        if cap > isize::MAX as usize {
+            return Err(Error::alloc(
+                cap,
+                "pinned host memory",
+                "larger than isize::MAX",
+            ));
+        }
+        // SAFETY: the memory is uninitialised after this call; it is zeroed below, through
+        // `MaybeUninit`, before any `&[u8]` over it exists. Flags: PORTABLE only — cacheable,
+        // not write-combined (CUDA-NOTES pitfall 1).
+        let mut owner =
+            unsafe { ctx.alloc_pinned_with_flags::<u8>(cap, sys::CU_MEMHOSTALLOC_PORTABLE) }
+                .map_err(|e| {
+                    let reason = if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                        "cuMemHostAlloc: out of memory (page-locked memory is limited)".to_string()
+                    } else {
+                        describe(e)
+                    };
+                    Error::alloc(cap, "pinned host memory", reason)
+                })?;
+        let ptr = owner
+            .as_mut_ptr()
+            .map_err(cuda_err("reading a pinned buffer's address"))?;
+        // SAFETY: `ptr` points at `cap` bytes just allocated, owned by `owner` and aliased by
+        // nothing; viewing them as `MaybeUninit<u8>` asserts nothing about their contents.
+        let raw = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<MaybeUninit<u8>>(), cap) };
+        raw.par_chunks_mut(4 << 20)
+            .for_each(|c| c.fill(MaybeUninit::new(0)));
+        Ok(PinnedAlloc {
+            _owner: owner,
+            ptr,
+            cap,
+        })
+    }
+
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// The first `len ≤ cap` bytes.
+    pub(crate) fn bytes(&self, len: usize) -> &[u8] {
+        let len = len.min(self.cap);
+        // SAFETY: `ptr` points at `cap` initialised bytes (zeroed in `new`, written since only
+        // through `&mut self` or by device copies the engine waited for) owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, len) }
+    }
+
+    /// The first `len ≤ cap` bytes, writable.
+    pub(crate) fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        let len = len.min(self.cap);
+        // SAFETY: as in `bytes`, and `&mut self` makes this the only live reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, len) }
+    }
+}
+
+/// A pool of pinned host allocations, shared by an engine and the pinned outputs it made.
+///
+/// Dropping a [`PinnedBuf`] returns its allocation here; [`PinnedPool::take`] reuses one when
+/// its capacity fits (at least the request, at most twice it). Idle allocations are kept up to
+/// [`PinnedPool::cache_limit`] bytes.
+#[derive(Clone)]
+pub struct PinnedPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    ctx: Arc<CudaContext>,
+    state: Mutex<PoolState>,
+}
+
+struct PoolState {
+    free: Vec<PinnedAlloc>,
+    limit: usize,
+}
+
+impl PinnedPool {
+    pub(crate) fn new(ctx: Arc<CudaContext>) -> Self {
+        PinnedPool {
+            inner: Arc::new(PoolInner {
+                ctx,
+                state: Mutex::new(PoolState {
+                    free: Vec::new(),
+                    limit: default_cache_limit(),
+                }),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes of idle pinned memory the pool holds.
+    pub fn cached_bytes(&self) -> usize {
+        self.state().free.iter().map(|a| a.cap).sum()
+    }
+
+    /// The most idle pinned bytes the pool keeps (default: a quarter of physical memory).
+    pub fn cache_limit(&self) -> usize {
+        self.state().limit
+    }
+
+    /// Sets the most idle pinned bytes the pool keeps, releasing what is over it.
+    pub fn set_cache_limit(&self, bytes: usize) {
+        let evicted = {
+            let mut st = self.state();
+            st.limit = bytes;
+            shrink_to(&mut st, bytes)
+        };
+        drop(evicted);
+    }
+
+    /// Releases every idle allocation.
+    pub fn trim(&self) {
+        let evicted = std::mem::take(&mut self.state().free);
+        drop(evicted);
+    }
+
+    /// A pinned buffer of `len` bytes, reusing an idle allocation that fits, and the seconds
+    /// spent allocating (0 on reuse). Reused memory holds old bytes; new memory is zeroed.
+    ///
+    /// # Errors
+    /// [`Error::HostAllocation`] when the driver refuses the page-locked memory (after the idle
+    /// allocations were released and the request retried once).
+    pub fn take(&self, len: usize) -> Result<(PinnedBuf, f64)> {
+        if len == 0 {
+            return Ok((
+                PinnedBuf {
+                    alloc: None,
+                    len: 0,
+                    pool: Arc::downgrade(&self.inner),
+                },
+                0.0,
+            ));
+        }
+        let reused = {
+            let mut st = self.state();
+            let best = st
+                .free
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.cap >= len.max(1) && a.cap / 2 <= len.max(1))
+                .min_by_key(|(_, a)| a.cap)
+                .map(|(i, _)| i);
+            best.map(|i| st.free.swap_remove(i))
+        };
+        if let Some(alloc) = reused {
+            return Ok((self.wrap(alloc, len), 0.0));
+        }
+        let started = Instant::now();
+        // Round up to 2 MiB so that near sizes share allocations (and huge pages fit).
+        let cap = len.max(1).div_ceil(2 << 20) * (2 << 20);
+        let alloc = match PinnedAlloc::new(&self.inner.ctx, cap) {
+            Ok(a) => a,
+            Err(_) => {
+                self.trim();
+                PinnedAlloc::new(&self.inner.ctx, cap)?
+            }
+        };
+        Ok((self.wrap(alloc, len), started.elapsed().as_secs_f64()))
+    }
+
+    fn wrap(&self, alloc: PinnedAlloc, len: usize) -> PinnedBuf {
+        PinnedBuf {
+            alloc: Some(alloc),
+            len,
+            pool: Arc::downgrade(&self.inner),
+        }
+    }
+}
+
+fn shrink_to(st: &mut PoolState, limit: usize) -> Vec<PinnedAlloc> {
+    let mut evicted = Vec::new();
+    // Drop the largest first until the rest fits.
+    st.free.sort_by_key(|a| a.cap);
+    while st.free.iter().map(|a| a.cap).sum::<usize>() > limit {
+        match st.free.pop() {
+            Some(a) => evicted.push(a),
+            None => break,
+        }
+    }
+    evicted
+}
+
+impl fmt::Debug for PinnedPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.state();
+        f.debug_struct("PinnedPool")
+            .field("cached", &st.free.len())
+            .field(
+                "cached_bytes",
+                &st.free.iter().map(|a| a.cap).sum::<usize>(),
+            )
+            .field("limit", &st.limit)
+            .finish()
+    }
+}
+
+/// A quarter of physical memory (from `/proc/meminfo`), or 8 GiB when unknown.
+fn default_cache_limit() -> usize {
+    physical_memory().map_or(8 << 30, |b| b / 4)
+}
+
+/// Physical memory in bytes, when the system says.
+pub(crate) fn physical_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Pinned (page-locked, cacheable) host bytes backing a pinned output column: the
+/// [`Storage`] of kind [`StorageKind::Pinned`]. Dropping it returns the memory to its pool.
+///
+/// The engine writes it only inside a drain that waits for every copy before returning, so a
+/// `PinnedBuf` reachable by safe code never has a copy in flight.
+pub struct PinnedBuf {
+    alloc: Option<PinnedAlloc>,
+    len: usize,
+    pool: Weak<PoolInner>,
+}
+
+impl PinnedBuf {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Capacity of the underlying allocation.
+    pub fn capacity(&self) -> usize {
+        self.alloc.as_ref().map_or(0, |a| a.cap())
+    }
+}
+
+impl Storage for PinnedBuf {
+    fn kind(&self) -> StorageKind {
+        StorageKind::Pinned
+    }
+    fn as_bytes(&self) -> &[u8] {
+        self.alloc.as_ref().map_or(&[], |a| a.bytes(self.len))
+    }
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.len;
+        match self.alloc.as_mut() {
+            Some(a) => a.bytes_mut(len),
+            None => &mut [],
+        }
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+impl Drop for PinnedBuf {
+    fn drop(&mut self) {
+        let (Some(alloc), Some(pool)) = (self.alloc.take(), self.pool.upgrade()) else {
+            return;
+        };
+        let evicted = {
+            let mut st = pool.state.lock().unwrap_or_else(|p| p.into_inner());
+            if alloc.cap > st.limit {
+                vec![alloc]
+            } else {
+                st.free.push(alloc);
+                let limit = st.limit;
+                shrink_to(&mut st, limit)
+            }
+        };
+        // Freed outside the lock (cuMemFreeHost can take a while).
+        drop(evicted);
+    }
+}
+
+impl fmt::Debug for PinnedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedBuf")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}

@@ -1,0 +1,179 @@
+//! The CUDA entry points when the crate is built without the `cuda` feature: the same names,
+//! each returning [`Error::CudaNotCompiled`]. No value of the engine's types can exist.
+
+use std::convert::Infallible;
+
+use super::CudaInfo;
+use crate::batch::Batches;
+use crate::error::{Error, Result};
+use crate::gather::Strategy;
+use crate::output::{Materialized, Report};
+use crate::table::Table;
+
+/// Always [`Error::CudaNotCompiled`] in this build.
+///
+/// # Errors
+/// [`Error::CudaNotCompiled`].
+pub fn probe(ordinal: usize) -> Result<CudaInfo> {
+    let _ = ordinal;
+    Err(Error::CudaNotCompiled)
+}
+
+/// The CUDA engine; cannot be created in a build without the `cuda` feature.
+#[derive(Debug)]
+pub struct CudaEngine {
+    never: Infallible,
+}
+
+/// A device table; cannot exist in a build without the `cuda` feature.
+#[derive(Debug)]
+pub struct DeviceTable {
+    never: Infallible,
+}
+
+/// A device column; cannot exist in a build without the `cuda` feature.
+#[derive(Debug)]
+pub struct DeviceColumn {
+    never: Infallible,
+}
+
+/// A batch of device columns; cannot exist in a build without the `cuda` feature.
+#[derive(Debug)]
+pub struct DeviceBatch {
+    never: Infallible,
+}
+
+impl CudaEngine {
+    /// Always [`Error::CudaNotCompiled`] in this build.
+    ///
+    /// # Errors
+    /// [`Error::CudaNotCompiled`].
+    pub fn new(ordinal: usize) -> Result<CudaEngine> {
+        let _ = ordinal;
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// Unreachable: no engine exists in this build.
+    pub fn info(&self) -> &CudaInfo {
+        match self.never {}
+    }
+
+    /// Unreachable: no engine exists in this build.
+    ///
+    /// # Errors
+    /// [`Error::CudaNotCompiled`].
+    pub fn upload(&self, table: &Table<'_>) -> Result<DeviceTable> {
+        let _ = table;
+        match self.never {}
+    }
+
+    /// Unreachable: no engine exists in this build.
+    ///
+    /// # Errors
+    /// [`Error::CudaNotCompiled`].
+    pub fn wrap(&self, columns: Vec<DeviceColumn>) -> Result<DeviceTable> {
+        let _ = columns;
+        match self.never {}
+    }
+
+    /// Unreachable: no engine exists in this build.
+    ///
+    /// # Errors
+    /// [`Error::CudaNotCompiled`].
+    pub fn materialize(
+        &self,
+        table: &DeviceTable,
+        batches: &Batches,
+        strategy: Strategy,
+    ) -> Result<Materialized> {
+        let _ = (table, batches, strategy);
+        match self.never {}
+    }
+
+    /// Unreachable: no engine exists in this build.
+    ///
+    /// # Errors
+    /// [`Error::CudaNotCompiled`].
+    pub fn materialize_into(
+        &self,
+        table: &DeviceTable,
+        batches: &Batches,
+        out: &mut Materialized,
+    ) -> Result<Report> {
+        let _ = (table, batches, out);
+        match self.never {}
+    }
+
+    /// Unreachable: no engine exists in this build.
+    ///
+    /// # Errors
+    /// [`Error::CudaNotCompiled`].
+    pub fn drain_device<I>(&self, batches: I, rows: Option<usize>) -> Result<Materialized>
+    where
+        I: IntoIterator<Item = Result<DeviceBatch>>,
+    {
+        let _ = (batches.into_iter(), rows);
+        match self.never {}
+    }
+}
+
+impl DeviceTable {
+    /// Unreachable: no device table exists in this build.
+    pub fn rows(&self) -> usize {
+        match self.never {}
+    }
+}
+
+impl DeviceColumn {
+    /// Unreachable: no device column exists in this build.
+    pub fn name(&self) -> &str {
+        match self.never {}
+    }
+}
+
+impl DeviceBatch {
+    /// Unreachable: no device batch exists in this build.
+    pub fn rows(&self) -> Option<usize> {
+        match self.never {}
+    }
+}
+
+/// The CUDA side of `arraydrain bench`; unavailable in this build.
+pub mod bench {
+    use crate::batch::Batches;
+    use crate::bench::{BenchRow, Floor};
+    use crate::error::{Error, Result};
+    use crate::gather::Strategy;
+    use crate::table::Table;
+
+    use super::CudaInfo;
+
+    /// The floor's name in reports.
+    pub const FLOOR: &str = "cuda_d2h_pinned";
+
+    /// The CUDA results of one benchmark run.
+    #[derive(Debug, Clone)]
+    pub struct CudaBench {
+        /// The device.
+        pub device: CudaInfo,
+        /// One D2H copy of the output's bytes into pinned cacheable memory.
+        pub floor: Floor,
+        /// One row per strategy.
+        pub rows: Vec<BenchRow>,
+    }
+
+    /// Always [`Error::CudaNotCompiled`] in this build.
+    ///
+    /// # Errors
+    /// [`Error::CudaNotCompiled`].
+    pub fn run(
+        table: &Table<'_>,
+        batches: &Batches,
+        strategies: &[Strategy],
+        repeat: usize,
+        reference: &[Vec<u8>],
+    ) -> Result<CudaBench> {
+        let _ = (table, batches, strategies, repeat, reference);
+        Err(Error::CudaNotCompiled)
+    }
+}

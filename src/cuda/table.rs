@@ -1,0 +1,401 @@
+//! Device-resident tables: named columns in device memory sharing one row count, either
+//! uploaded by the engine or adopted from the user's own `CudaSlice`s (no copy). Validated once,
+//! here, like a host [`Table`](crate::Table); the pipeline relies on it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+
+use super::device::cuda_err;
+use super::memory::{device_address, DevBuf};
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
+use crate::memory::checked_bytes;
+
+/// Owned device memory behind a column: a `CudaSlice` of any element type, or an engine buffer.
+trait DeviceBytes: Send + Sync {
+    fn address(&self) -> u64;
+    fn ordinal(&self) -> usize;
+    fn stream(&self) -> Option<&Arc<CudaStream>>;
+}
+
+impl<T: DeviceRepr + 'static> DeviceBytes for CudaSlice<T> {
+    fn address(&self) -> u64 {
+        device_address(self)
+    }
+    fn ordinal(&self) -> usize {
+        CudaSlice::ordinal(self)
+    }
+    fn stream(&self) -> Option<&Arc<CudaStream>> {
+        Some(CudaSlice::stream(self))
+    }
+}
+
+/// An engine-made buffer (an upload), already synchronised.
+struct Uploaded {
+    buf: DevBuf,
+    ordinal: usize,
+}
+
+impl DeviceBytes for Uploaded {
+    fn address(&self) -> u64 {
+        self.buf.ptr()
+    }
+    fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    fn stream(&self) -> Option<&Arc<CudaStream>> {
+        None
+    }
+}
+
+/// One named column in device memory: dtype, row shape, and `rows × row_bytes` bytes starting
+/// `offset` bytes into a device buffer it owns.
+pub struct DeviceColumn {
+    name: String,
+    dtype: DType,
+    row_shape: Vec<usize>,
+    rows: usize,
+    row_bytes: usize,
+    offset: usize,
+    buf: Box<dyn DeviceBytes>,
+}
+
+impl DeviceColumn {
+    /// A column over a whole device buffer of raw bytes (any element type `T`; its bytes are
+    /// the column's row-major bytes).
+    ///
+    /// # Errors
+    /// [`Error::ByteLengthMismatch`] unless the buffer holds exactly
+    /// `rows × prod(row_shape) × dtype size` bytes.
+    pub fn new<T: DeviceRepr + 'static>(
+        name: impl Into<String>,
+        dtype: DType,
+        row_shape: &[usize],
+        rows: usize,
+        slice: CudaSlice<T>,
+    ) -> Result<Self> {
+        let name = name.into();
+        let row_bytes = row_bytes(&name, dtype, row_shape)?;
+        let expected = checked_bytes(&[row_bytes, rows], &name)?;
+        if slice.num_bytes() != expected {
+            return Err(Error::ByteLengthMismatch {
+                column: name,
+                expected,
+                got: slice.num_bytes(),
+            });
+        }
+        Ok(Self::checked(
+            name,
+            dtype,
+            row_shape,
+            rows,
+            row_bytes,
+            0,
+            Box::new(slice),
+        ))
+    }
+
+    /// A column over a typed device buffer: the dtype is `T`'s, the rows are
+    /// `slice.len() / prod(row_shape)`.
+    ///
+    /// # Errors
+    /// [`Error::ByteLengthMismatch`] when the length is not a whole number of rows.
+    pub fn typed<T: Element + DeviceRepr>(
+        name: impl Into<String>,
+        row_shape: &[usize],
+        slice: CudaSlice<T>,
+    ) -> Result<Self> {
+        let name = name.into();
+        let per_row: usize = row_shape.iter().product();
+        let rows = slice.len().checked_div(per_row).unwrap_or(0);
+        Self::new(name, T::DTYPE, row_shape, rows, slice)
+    }
+
+    /// A column occupying bytes `offset .. offset + rows × row_bytes` of a larger device byte
+    /// buffer (e.g. several columns packed in one allocation). The offset need not be aligned:
+    /// the gather kernel narrows its vector width to what the addresses allow.
+    ///
+    /// # Errors
+    /// [`Error::ByteLengthMismatch`] when the range does not fit in the buffer.
+    pub fn with_offset<T: DeviceRepr + 'static>(
+        name: impl Into<String>,
+        dtype: DType,
+        row_shape: &[usize],
+        rows: usize,
+        slice: CudaSlice<T>,
+        offset: usize,
+    ) -> Result<Self> {
+        let name = name.into();
+        let row_bytes = row_bytes(&name, dtype, row_shape)?;
+        let bytes = checked_bytes(&[row_bytes, rows], &name)?;
+        let end = offset
+            .checked_add(bytes)
+            .ok_or_else(|| Error::alloc(u128::MAX, &name, "size overflows"))?;
+        if end > slice.num_bytes() {
+            return Err(Error::ByteLengthMismatch {
+                column: name,
+                expected: end,
+                got: slice.num_bytes(),
+            });
+        }
+        Ok(Self::checked(
+            name,
+            dtype,
+            row_shape,
+            rows,
+            row_bytes,
+            offset,
+            Box::new(slice),
+        ))
+    }
+
+    pub(crate) fn uploaded(
+        name: &str,
+        dtype: DType,
+        row_shape: &[usize],
+        rows: usize,
+        row_bytes: usize,
+        buf: DevBuf,
+        ordinal: usize,
+    ) -> Self {
+        Self::checked(
+            name.to_string(),
+            dtype,
+            row_shape,
+            rows,
+            row_bytes,
+            0,
+            Box::new(Uploaded { buf, ordinal }),
+        )
+    }
+
+    fn checked(
+        name: String,
+        dtype: DType,
+        row_shape: &[usize],
+        rows: usize,
+        row_bytes: usize,
+        offset: usize,
+        buf: Box<dyn DeviceBytes>,
+    ) -> Self {
+        DeviceColumn {
+            name,
+            dtype,
+            row_shape: row_shape.to_vec(),
+            rows,
+            row_bytes,
+            offset,
+            buf,
+        }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Shape of one row.
+    pub fn row_shape(&self) -> &[usize] {
+        &self.row_shape
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    /// Bytes of all rows.
+    pub fn bytes(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
+    /// The device this column's memory belongs to.
+    pub fn ordinal(&self) -> usize {
+        self.buf.ordinal()
+    }
+
+    /// The device address of row 0.
+    pub(crate) fn address(&self) -> u64 {
+        self.buf.address() + self.offset as u64
+    }
+
+    /// The stream the user's buffer was made on (`None` for the engine's own uploads).
+    pub(crate) fn source_stream(&self) -> Option<&Arc<CudaStream>> {
+        self.buf.stream()
+    }
+
+    /// Waits (on the host) until work queued on the buffer's own stream — e.g. the kernel that
+    /// produced it — has finished.
+    pub(crate) fn sync_source(&self) -> Result<()> {
+        if let Some(s) = self.buf.stream() {
+            s.synchronize()
+                .map_err(cuda_err(format!("waiting for column {:?}", self.name)))?;
+        }
+        Ok(())
+    }
+}
+
+fn row_bytes(name: &str, dtype: DType, row_shape: &[usize]) -> Result<usize> {
+    let mut parts = row_shape.to_vec();
+    parts.push(dtype.size());
+    checked_bytes(&parts, name)
+}
+
+impl fmt::Debug for DeviceColumn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceColumn")
+            .field("name", &self.name)
+            .field("dtype", &self.dtype)
+            .field("row_shape", &self.row_shape)
+            .field("rows", &self.rows)
+            .field("offset", &self.offset)
+            .field("device", &self.ordinal())
+            .finish()
+    }
+}
+
+/// Named device columns sharing one row count, on one device. Made by
+/// [`CudaEngine::upload`](super::CudaEngine::upload) or
+/// [`CudaEngine::wrap`](super::CudaEngine::wrap).
+#[derive(Debug)]
+pub struct DeviceTable {
+    columns: Vec<DeviceColumn>,
+    rows: usize,
+    ordinal: usize,
+}
+
+impl DeviceTable {
+    /// Validates like [`Table::new`](crate::Table::new), plus: every column on `ordinal`.
+    pub(crate) fn new(columns: Vec<DeviceColumn>, ordinal: usize) -> Result<Self> {
+        let Some(first) = columns.first() else {
+            return Err(Error::EmptyTable);
+        };
+        let rows = first.rows;
+        for (i, c) in columns.iter().enumerate() {
+            if columns[..i].iter().any(|p| p.name == c.name) {
+                return Err(Error::DuplicateColumn {
+                    name: c.name.clone(),
+                });
+            }
+            if c.rows != rows {
+                return Err(Error::RowCountMismatch {
+                    column: c.name.clone(),
+                    expected: rows,
+                    got: c.rows,
+                });
+            }
+            if c.ordinal() != ordinal {
+                return Err(Error::WrongDevice {
+                    expected: ordinal,
+                    got: c.ordinal(),
+                });
+            }
+        }
+        Ok(DeviceTable {
+            columns,
+            rows,
+            ordinal,
+        })
+    }
+
+    /// Rows shared by all columns.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The columns, in order.
+    pub fn columns(&self) -> &[DeviceColumn] {
+        &self.columns
+    }
+
+    /// A column by name.
+    ///
+    /// # Errors
+    /// [`Error::UnknownColumn`].
+    pub fn column(&self, name: &str) -> Result<&DeviceColumn> {
+        self.columns
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| Error::UnknownColumn {
+                name: name.to_string(),
+                available: self.columns.iter().map(|c| c.name.clone()).collect(),
+            })
+    }
+
+    /// Bytes of one row over all columns.
+    pub fn row_bytes(&self) -> usize {
+        self.columns.iter().map(|c| c.row_bytes).sum()
+    }
+
+    /// The device the table lives on.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// Gives the columns back (e.g. to reuse the user's buffers).
+    pub fn into_columns(self) -> Vec<DeviceColumn> {
+        self.columns
+    }
+}
+
+/// One batch of device columns, as a user's GPU data loader yields it, for
+/// [`CudaEngine::drain_device`](super::CudaEngine::drain_device).
+#[derive(Debug, Default)]
+pub struct DeviceBatch {
+    columns: Vec<DeviceColumn>,
+}
+
+impl DeviceBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        DeviceBatch::default()
+    }
+
+    /// Adds a column.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateColumn`]. Row counts are checked by the drain, which can name the batch.
+    pub fn with(mut self, column: DeviceColumn) -> Result<Self> {
+        self.push(column)?;
+        Ok(self)
+    }
+
+    /// Adds a column.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateColumn`].
+    pub fn push(&mut self, column: DeviceColumn) -> Result<()> {
+        if self.columns.iter().any(|c| c.name == column.name) {
+            return Err(Error::DuplicateColumn { name: column.name });
+        }
+        self.columns.push(column);
+        Ok(())
+    }
+
+    /// The columns.
+    pub fn columns(&self) -> &[DeviceColumn] {
+        &self.columns
+    }
+
+    /// A column by name.
+    pub fn column(&self, name: &str) -> Option<&DeviceColumn> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Rows of the first column.
+    pub fn rows(&self) -> Option<usize> {
+        self.columns.first().map(|c| c.rows)
+    }
+}

@@ -1,0 +1,104 @@
+//! Without a CUDA driver the library says so with a typed error and never panics: `probe`,
+//! `CudaEngine::new` and the CUDA benchmark return `Error::CudaUnavailable` (or
+//! `Error::CudaNotCompiled` in a build without the `cuda` feature), and the CLI's `info` exits
+//! cleanly. On a machine that does have a driver the test checks what it can and says which
+//! case it ran.
+
+use std::process::Command;
+
+use arraydrain::{cuda, Batches, Error, Indices, Strategy, Table};
+
+/// Whether a CUDA driver library is loadable here: cudarc's own probe, or a `libcuda.so.1` in
+/// one of the folders the engine also searches.
+#[cfg(feature = "cuda")]
+fn driver_library_present() -> bool {
+    // SAFETY: a trial dlopen of cudarc's candidate names; no symbol is resolved.
+    let by_name = unsafe { cuda::cudarc::driver::sys::is_culib_present() };
+    by_name
+        || cuda::library_dirs()
+            .iter()
+            .any(|d| d.join("libcuda.so.1").is_file() || d.join("libcuda.so").is_file())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn driver_library_present() -> bool {
+    false
+}
+
+fn unavailable<T: std::fmt::Debug>(what: &str, r: arraydrain::Result<T>) {
+    match r {
+        Err(Error::CudaUnavailable { reason }) => {
+            assert!(!reason.is_empty());
+            println!("{what}: CUDA unavailable: {reason}");
+        }
+        Err(Error::CudaNotCompiled) if cfg!(not(feature = "cuda")) => {
+            println!("{what}: CUDA not compiled in");
+        }
+        other => panic!("{what}: expected CudaUnavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn no_driver_library_is_a_typed_error_not_a_panic() {
+    if driver_library_present() {
+        // A driver is here: the calls must still not panic, and must either work or say why.
+        println!("CASE: a CUDA driver library is present; checking calls return cleanly");
+        match cuda::probe(0) {
+            Ok(info) => println!("probe: {info}"),
+            Err(e) => {
+                assert!(matches!(e, Error::CudaUnavailable { .. }), "{e}");
+                println!("probe: {e}");
+            }
+        }
+        match cuda::CudaEngine::new(0) {
+            Ok(engine) => println!("engine: {:?}", engine.info()),
+            Err(e) => println!("engine: {e}"),
+        }
+        return;
+    }
+    println!("CASE: no CUDA driver library on this machine");
+    unavailable("probe(0)", cuda::probe(0));
+    unavailable("probe(3)", cuda::probe(3));
+    unavailable("CudaEngine::new(0)", cuda::CudaEngine::new(0));
+    // Twice: the outcome of the library search is cached and must stay an error.
+    unavailable("CudaEngine::new(0) again", cuda::CudaEngine::new(0));
+
+    let x: Vec<f32> = (0..40).map(|i| i as f32).collect();
+    let table = Table::builder()
+        .column(arraydrain::Column::from_bytes(
+            "x",
+            arraydrain::DType::F32,
+            &[4],
+            10,
+            bytemuck::cast_slice(&x),
+        ))
+        .build()
+        .unwrap();
+    let batches = Batches::new(Indices::Range { start: 0, end: 10 }, 3, false).unwrap();
+    let reference = arraydrain::bench::reference(&table, &batches);
+    unavailable(
+        "cuda::bench::run",
+        cuda::bench::run(&table, &batches, &[Strategy::Pinned], 1, &reference),
+    );
+}
+
+/// `arraydrain info` runs to completion and does not panic without a driver.
+#[test]
+fn cli_info_does_not_panic_without_a_driver() {
+    let out = Command::new(env!("CARGO_BIN_EXE_arraydrain"))
+        .arg("info")
+        .output()
+        .expect("run arraydrain info");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "info panicked:\n{stderr}");
+    assert!(out.status.success(), "info failed:\n{stdout}\n{stderr}");
+    if !driver_library_present() && !stdout.trim().is_empty() {
+        let text = stdout.to_lowercase();
+        assert!(
+            text.contains("cuda"),
+            "info should report CUDA's status:\n{stdout}"
+        );
+    }
+    println!("{stdout}");
+}
