@@ -46,7 +46,7 @@ EOF
 IN_MB=$(( ( $(stat -c %s "$DIR/x.npy") + $(stat -c %s "$DIR/y.npy") ) / 1000000 ))
 
 secs() { # secs OUTPUT CMD... -> wall seconds of CMD (after removing OUTPUT and a sync)
-  rm -rf "$1"; [ "$(basename "$1")" = x.npy ] && rm -f "$(dirname "$1")/y.npy"; shift
+  rm -rf "$1"; shift
   sync
   local t0 t1
   t0=$(date +%s.%N)
@@ -55,6 +55,8 @@ secs() { # secs OUTPUT CMD... -> wall seconds of CMD (after removing OUTPUT and 
   echo "$t1 - $t0" | bc -l
 }
 
+copy_inputs() { mkdir "$DIR/cp" && cp "$DIR/x.npy" "$DIR/y.npy" "$DIR/cp/"; }
+
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 printf 'input: %s MB (x.npy %sx%s f32 + y.npy int64) in %s\n' "$IN_MB" "$ROWS" "$DIM" "$DIR"
@@ -62,8 +64,7 @@ printf 'disk: %s\n' "$(df -hT "$DIR" | awk 'NR==2 {print $1, $2}')"
 printf '%-6s %10s %16s %16s\n' trial "cp (s)" "convert seq (s)" "convert shuf (s)"
 cp_t=(); seq_t=(); shuf_t=()
 for i in $(seq 1 "$TRIALS"); do
-  mkdir -p "$DIR/cp"
-  a=$(secs "$DIR/cp/x.npy" cp "$DIR/x.npy" "$DIR/y.npy" "$DIR/cp/")
+  a=$(secs "$DIR/cp" copy_inputs)
   b=$(secs "$DIR/seq.npz" "$BIN" convert "$DIR/x.npy" "$DIR/y.npy" --out "$DIR/seq.npz" \
         --device cpu --quiet)
   c=$(secs "$DIR/shuf.npz" "$BIN" convert "$DIR/x.npy" "$DIR/y.npy" --out "$DIR/shuf.npz" \
@@ -75,6 +76,8 @@ mc=$(printf '%s\n' "${cp_t[@]}" | median)
 ms=$(printf '%s\n' "${seq_t[@]}" | median)
 mh=$(printf '%s\n' "${shuf_t[@]}" | median)
 printf '%-6s %10.3f %16.3f %16.3f\n' median "$mc" "$ms" "$mh"
+printf '%-6s %10.3f %16.3f %16.3f\n' best "$(printf '%s\n' "${cp_t[@]}" | sort -g | head -1)" \
+  "$(printf '%s\n' "${seq_t[@]}" | sort -g | head -1)" "$(printf '%s\n' "${shuf_t[@]}" | sort -g | head -1)"
 printf '%-6s %10s %15.2fx %15.2fx   (targets: 1.5x sequential, 2.5x shuffled)\n' \
   "vs cp" "1.00x" "$(echo "$ms / $mc" | bc -l)" "$(echo "$mh / $mc" | bc -l)"
 rm -rf "$DIR/cp" "$DIR/seq.npz" "$DIR/shuf.npz"

@@ -124,3 +124,39 @@ fn bad_arguments_fail_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown strategy"));
 }
+
+#[test]
+fn without_a_cuda_device_bench_auto_runs_the_cpu_and_cuda_fails_cleanly() {
+    if arraydrain::cuda::probe(0).is_ok() {
+        println!("a CUDA device is usable here: this test checks the no-device case only");
+        return;
+    }
+    let out = arraydrain()
+        .args([
+            "bench", "--rows", "500", "--dim", "4", "--batch", "64", "--repeat", "1", "--device",
+            "auto",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("CUDA unavailable"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("preallocated ") && l.contains(" cpu ")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(" cuda "), "{stdout}");
+
+    let out = arraydrain()
+        .args(["bench", "--rows", "500", "--device", "cuda"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("CUDA"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
