@@ -23,7 +23,6 @@ use crate::gather::Strategy;
 use crate::loader::Loader;
 use crate::npy::{self, WriteOptions};
 use crate::output::{Backend, ColumnArray, Materialized};
-use crate::sampler::Indices;
 use crate::table::Table;
 
 /// Which backend drains.
@@ -217,22 +216,15 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
     if let (Some(rank), Some(world)) = (args.rank, args.world_size) {
         loader = loader.shard(rank, world);
     }
-    // Resolve the order once here, so that an index out of range names its file …
-    let batches = loader.batches().map_err(|e| match (&e, &args.indices) {
+    // Resolve the order here (the loader keeps it), so that an index out of range names its
+    // file.
+    loader.batches().map_err(|e| match (&e, &args.indices) {
         (Error::IndexOutOfBounds { .. }, Some(path)) => Error::BadFile {
             path: path.clone(),
             reason: e.to_string(),
         },
         _ => e,
     })?;
-    // … and keep a resolved list (shuffled, sharded) as explicit indices, so that later
-    // steps do not shuffle again. The batches are the same: same list, size and drop_last.
-    if let Indices::List(list) = batches.indices() {
-        loader = Loader::new(&table)
-            .batch_size(args.batch)
-            .drop_last(args.drop_last)
-            .indices(Arc::clone(list));
-    }
     let specs = loader.output_specs()?;
     for s in &specs {
         if npy::descr(s.dtype).is_none() {

@@ -960,9 +960,10 @@ impl<'o> DataWriter<'o> {
     }
 
     /// Gathers blocks of rows on one side and writes them on the other, overlapped: a scoped
-    /// thread gathers block `k+1` (on rayon's pool) into one of two buffers while this thread
-    /// writes block `k` from the other. A contiguous order goes through the buffers as well, so
-    /// that reading the input (page faults on its map) overlaps writing.
+    /// thread gathers block `k+1` (on rayon's pool when there are more than two threads) into
+    /// one of two buffers while this thread writes block `k` from the other. A contiguous order
+    /// goes through the buffers as well, so that reading the input (page faults on its map)
+    /// overlaps writing.
     fn gather(
         &mut self,
         path: &Path,
@@ -992,6 +993,9 @@ impl<'o> DataWriter<'o> {
             // The receiver is alive: it is this function's `empty`.
             let _ = to_fill.send(buf);
         }
+        // With two cores, the writer and this gatherer have one each: rayon's workers would
+        // only take turns with the writer (and spin while they wait for the next block).
+        let parallel = rayon::current_num_threads() > 2;
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 let mut rest = indices;
@@ -1000,7 +1004,11 @@ impl<'o> DataWriter<'o> {
                     // A closed channel means the writer stopped (an error): stop too.
                     let Ok(mut buf) = empty.recv() else { return };
                     let len = block.len() * rb;
-                    cpu::par_gather(column.bytes(), rb, block, &mut buf[..len]);
+                    if parallel {
+                        cpu::par_gather(column.bytes(), rb, block, &mut buf[..len]);
+                    } else {
+                        cpu::gather_serial(column.bytes(), rb, block, &mut buf[..len]);
+                    }
                     if to_write.send((buf, len)).is_err() {
                         return;
                     }
