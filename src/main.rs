@@ -166,10 +166,10 @@ fn run_bench(args: &BenchArgs) -> CliResult {
         progress.message("measuring the CPU floors");
         let floors = bench::cpu_floors(&reference, args.repeat)?;
         floors_text.push(format!(
-            "cpu_fresh {:.4} s ({:.2} GB/s), cpu_warm {:.4} s ({:.2} GB/s)",
-            floors.cpu_fresh.seconds,
+            "cpu_fresh {} ({:.2} GB/s), cpu_warm {} ({:.2} GB/s)",
+            fmt_time(floors.cpu_fresh.seconds),
             floors.cpu_fresh.gbps,
-            floors.cpu_warm.seconds,
+            fmt_time(floors.cpu_warm.seconds),
             floors.cpu_warm.gbps
         ));
         add_cpu_floors(&mut floors_json, &floors);
@@ -296,8 +296,10 @@ fn run_cuda_bench(
     let run = arraydrain::cuda::bench::run(table, batches, &strategies, args.repeat, reference)?;
     let f = &run.floor;
     report.floors_text.push(format!(
-        "cuda_d2h_pinned {:.4} s ({:.2} GB/s) on {}",
-        f.seconds, f.gbps, run.device.name
+        "cuda_d2h_pinned {:.3} ms ({:.2} GB/s) on {}",
+        f.seconds * 1e3,
+        f.gbps,
+        run.device.name
     ));
     report.floors_json.insert(
         "cuda_d2h_pinned".into(),
@@ -307,19 +309,30 @@ fn run_cuda_bench(
     Ok(())
 }
 
+/// Seconds with a unit that keeps three significant figures.
+fn fmt_time(seconds: f64) -> String {
+    if seconds < 1e-3 {
+        format!("{:.2} us", seconds * 1e6)
+    } else if seconds < 1.0 {
+        format!("{:.2} ms", seconds * 1e3)
+    } else {
+        format!("{seconds:.3} s")
+    }
+}
+
 fn print_table(rows: &[BenchRow]) {
     println!(
-        "{:<18} {:<7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9}  verified",
-        "strategy", "backend", "median s", "min s", "max s", "GB/s", "x floor", "floor", "peak MiB"
+        "{:<18} {:<7} {:>10} {:>10} {:>10} {:>8} {:>8} {:>15} {:>9}  verified",
+        "strategy", "backend", "median", "min", "max", "GB/s", "x floor", "floor", "peak MiB"
     );
     for r in rows {
         println!(
-            "{:<18} {:<7} {:>9.4} {:>9.4} {:>9.4} {:>8.2} {:>8.2} {:>10} {:>9.1}  {}",
+            "{:<18} {:<7} {:>10} {:>10} {:>10} {:>8.2} {:>8.2} {:>15} {:>9.1}  {}",
             r.strategy,
             r.backend,
-            r.seconds.median,
-            r.seconds.min,
-            r.seconds.max,
+            fmt_time(r.seconds.median),
+            fmt_time(r.seconds.min),
+            fmt_time(r.seconds.max),
             r.gbps,
             r.floor_ratio,
             r.floor,
