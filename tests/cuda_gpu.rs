@@ -363,6 +363,48 @@ fn more_than_two_to_the_31_one_byte_rows() {
     );
 }
 
+/// A column allocated on one stream of the user's context (event tracking on) and written on
+/// another — as a loader that allocates on one stream and computes on another does — is read
+/// only after that write, by `wrap` + `materialize` and by `drain_device`. The write is a chain
+/// of device copies that ends with the expected bytes, long enough that reading early shows.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn columns_written_on_another_stream_are_waited_for() {
+    let (_g, engine) = engine();
+    let ctx = CudaContext::new(0).unwrap();
+    let alloc_stream = ctx.new_stream().unwrap();
+    let write_stream = ctx.new_stream().unwrap();
+    let (rows, per_row) = (1usize << 22, 16usize); // 256 MiB of f32
+    let host: Vec<f32> = (0..rows * per_row)
+        .map(|i| (i % 4093) as f32 + 1.0)
+        .collect();
+    let filled = write_stream.clone_htod(&host).unwrap();
+    let zeros = write_stream.alloc_zeros::<f32>(rows * per_row).unwrap();
+    write_stream.synchronize().unwrap();
+    let written_elsewhere = || {
+        let mut x = alloc_stream.alloc_zeros::<f32>(rows * per_row).unwrap();
+        for _ in 0..8 {
+            write_stream.memcpy_dtod(&zeros, &mut x).unwrap();
+            write_stream.memcpy_dtod(&filled, &mut x).unwrap();
+        }
+        DeviceColumn::typed("x", &[per_row], x).unwrap()
+    };
+    let dt = engine.wrap(vec![written_elsewhere()]).unwrap();
+    let b = batches(rows, &Order::Sequential, None, 4096, false);
+    let out = engine.materialize(&dt, &b, Strategy::Pinned).unwrap();
+    assert!(
+        out.view::<f32>("x").unwrap().as_slice().unwrap() == host.as_slice(),
+        "wrap read the column before its last write"
+    );
+    drop((out, dt));
+    let batch = DeviceBatch::new().with(written_elsewhere()).unwrap();
+    let out = engine.drain_device(vec![Ok(batch)], Some(rows)).unwrap();
+    assert!(
+        out.view::<f32>("x").unwrap().as_slice().unwrap() == host.as_slice(),
+        "drain_device copied the batch before its last write"
+    );
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn drain_of_device_batches() {

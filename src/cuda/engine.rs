@@ -756,6 +756,12 @@ impl<'l> InFlight<'l> {
             let Some(col) = batch.column(name) else {
                 continue;
             };
+            // Taken before `ready` is recorded: for a slice whose context tracks events,
+            // cudarc's `device_ptr` makes the slice's own stream wait for its last write, which
+            // may have been queued on another stream (e.g. the user's loader kernel). Asked after
+            // `ready`, that wait would land behind the event the lane waits for, and the copy
+            // could read the batch before it is written.
+            let src = col.address();
             if let Some(src_stream) = col.source_stream() {
                 let ready = src_stream
                     .record_event(None)
@@ -772,7 +778,7 @@ impl<'l> InFlight<'l> {
             unsafe {
                 dtoh_async(
                     base.add(at * col.row_bytes()),
-                    col.address(),
+                    src,
                     col.bytes(),
                     &lane.stream,
                 )?

@@ -80,6 +80,21 @@ pub(crate) fn device_address<T>(slice: &CudaSlice<T>) -> u64 {
     ptr
 }
 
+/// Makes `stream`'s context current on the calling thread before a raw copy (CUDA-NOTES
+/// pitfall 7). The raw copies bind it themselves instead of trusting the caller's earlier bind:
+/// between that bind and a copy, code that is not ours may run on this thread and make another
+/// context current — a rayon job stolen while this thread waits in `par_copy` (staged mode,
+/// when called from inside a rayon pool), a storage's `region_done`, a user's batch iterator —
+/// and an async copy on a stream of a context other than the current one can fail (the driver
+/// resolves the pointers against the current context). Costs one `cuCtxGetCurrent` when the
+/// context is already current.
+fn bind(stream: &CudaStream) -> Result<()> {
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(cuda_err("binding the CUDA context"))
+}
+
 /// Enqueues a device→host copy of `bytes` bytes on `stream`.
 ///
 /// # Safety
@@ -88,7 +103,7 @@ pub(crate) fn device_address<T>(slice: &CudaSlice<T>) -> u64 {
 /// 2. `dst` points at `bytes` host bytes that stay valid, and are neither read nor written by
 ///    anyone, until the copy has completed (the caller synchronises `stream`, or an event
 ///    recorded after this call, before touching or freeing them);
-/// 3. the calling thread has `stream`'s context bound (cudarc's safe calls bind it).
+/// 3. (established here) the calling thread has `stream`'s context bound: see [`bind`].
 pub(crate) unsafe fn dtoh_async(
     dst: *mut u8,
     src: u64,
@@ -98,7 +113,8 @@ pub(crate) unsafe fn dtoh_async(
     if bytes == 0 {
         return Ok(());
     }
-    // SAFETY: items 1–3 of this function's contract.
+    bind(stream)?;
+    // SAFETY: items 1–2 of this function's contract; item 3 by `bind` just above.
     unsafe { sys::cuMemcpyDtoHAsync_v2(dst.cast::<c_void>(), src, bytes, stream.cu_stream()) }
         .result()
         .map_err(cuda_err(format!("copying {bytes} bytes device→host")))
@@ -111,7 +127,7 @@ pub(crate) unsafe fn dtoh_async(
 ///    work until this copy has run;
 /// 2. `src` points at `bytes` host bytes left unchanged and alive until the copy has completed
 ///    (pageable sources are copied before the call returns; pinned ones later);
-/// 3. the calling thread has `stream`'s context bound.
+/// 3. (established here) the calling thread has `stream`'s context bound: see [`bind`].
 pub(crate) unsafe fn htod_async(
     dst: u64,
     src: *const u8,
@@ -121,7 +137,8 @@ pub(crate) unsafe fn htod_async(
     if bytes == 0 {
         return Ok(());
     }
-    // SAFETY: items 1–3 of this function's contract.
+    bind(stream)?;
+    // SAFETY: items 1–2 of this function's contract; item 3 by `bind` just above.
     unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast::<c_void>(), bytes, stream.cu_stream()) }
         .result()
         .map_err(cuda_err(format!("copying {bytes} bytes host→device")))
@@ -131,7 +148,7 @@ pub(crate) unsafe fn htod_async(
 ///
 /// # Safety
 /// Both ranges are `bytes` long, belong to `stream`'s context, do not overlap, and are not
-/// used by other work until the copy has run; the context is bound to the calling thread.
+/// used by other work until the copy has run. (The context is bound here: see [`bind`].)
 pub(crate) unsafe fn dtod_async(
     dst: u64,
     src: u64,
@@ -141,7 +158,8 @@ pub(crate) unsafe fn dtod_async(
     if bytes == 0 {
         return Ok(());
     }
-    // SAFETY: this function's contract.
+    bind(stream)?;
+    // SAFETY: this function's contract; the context is bound just above.
     unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, stream.cu_stream()) }
         .result()
         .map_err(cuda_err(format!("copying {bytes} bytes device→device")))

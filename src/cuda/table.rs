@@ -240,6 +240,10 @@ impl DeviceColumn {
     /// produced it — has finished.
     pub(crate) fn sync_source(&self) -> Result<()> {
         if let Some(s) = self.buf.stream() {
+            // For a slice whose context tracks events, asking for its address makes its own
+            // stream wait for its last write, which may have been queued on another stream;
+            // without this the synchronize below would not cover that write.
+            let _ = self.buf.address();
             s.synchronize()
                 .map_err(cuda_err(format!("waiting for column {:?}", self.name)))?;
         }
