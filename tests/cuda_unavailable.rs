@@ -8,21 +8,9 @@ use std::process::Command;
 
 use arraydrain::{cuda, Batches, Error, Indices, Strategy, Table};
 
-/// Whether a CUDA driver library is loadable here: cudarc's own probe, or a `libcuda.so.1` in
-/// one of the folders the engine also searches.
-#[cfg(feature = "cuda")]
+/// Whether a CUDA driver library is loadable here (the engine's own search).
 fn driver_library_present() -> bool {
-    // SAFETY: a trial dlopen of cudarc's candidate names; no symbol is resolved.
-    let by_name = unsafe { cuda::cudarc::driver::sys::is_culib_present() };
-    by_name
-        || cuda::library_dirs()
-            .iter()
-            .any(|d| d.join("libcuda.so.1").is_file() || d.join("libcuda.so").is_file())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn driver_library_present() -> bool {
-    false
+    cuda::driver_library_present()
 }
 
 fn unavailable<T: std::fmt::Debug>(what: &str, r: arraydrain::Result<T>) {

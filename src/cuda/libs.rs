@@ -78,6 +78,12 @@ pub fn library_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Whether a CUDA driver library (`libcuda`) can be loaded here, by the dynamic loader's own
+/// search or from one of [`library_dirs`]. Never panics; says nothing about devices.
+pub fn driver_library_present() -> bool {
+    ensure_driver().is_ok()
+}
+
 /// Makes `libcuda` loadable by cudarc. `Err` says why not, for [`Error::CudaUnavailable`].
 ///
 /// [`Error::CudaUnavailable`]: crate::Error::CudaUnavailable

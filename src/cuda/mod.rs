@@ -94,7 +94,7 @@ pub use device::probe;
 #[cfg(feature = "cuda")]
 pub use engine::CudaEngine;
 #[cfg(feature = "cuda")]
-pub use libs::library_dirs;
+pub use libs::{driver_library_present, library_dirs};
 #[cfg(feature = "cuda")]
 pub use memory::{PinnedBuf, PinnedPool};
 #[cfg(feature = "cuda")]

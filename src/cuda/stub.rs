@@ -10,6 +10,11 @@ use crate::gather::Strategy;
 use crate::output::{Materialized, Report};
 use crate::table::Table;
 
+/// Whether a CUDA driver library can be loaded: never, in a build without the `cuda` feature.
+pub fn driver_library_present() -> bool {
+    false
+}
+
 /// Always [`Error::CudaNotCompiled`] in this build.
 ///
 /// # Errors
