@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::batch::Batches;
+use crate::memory::HostBuf;
 use crate::output::Materialized;
 use crate::table::Table;
 
@@ -206,77 +207,55 @@ pub struct CpuFloors {
     pub cpu_warm: Floor,
 }
 
-/// Measures [`CpuFloors`] with `repeat` runs each.
-///
-/// # Errors
-/// [`crate::Error::HostAllocation`].
-pub fn cpu_floors(reference: &[Vec<u8>], repeat: usize) -> crate::Result<CpuFloors> {
-    use crate::gather::cpu::par_copy;
-    use crate::memory::HostBuf;
-
-    let bytes: u64 = reference.iter().map(|r| r.len() as u64).sum();
-    let mut fresh = Vec::new();
-    // One untimed run first: the first large allocation after building the table and the
-    // reference pays for the kernel reclaiming and compacting memory, which is not the floor.
-    for run in 0..=repeat.max(1) {
-        let t = Instant::now();
-        let mut bufs = Vec::with_capacity(reference.len());
-        for r in reference {
-            let mut b = HostBuf::zeroed(r.len(), "floor")?;
-            par_copy(r, b.as_bytes_mut());
-            bufs.push(b);
-        }
-        if run > 0 {
-            fresh.push(t.elapsed().as_secs_f64());
-        }
-        drop(bufs);
-    }
-    let mut warm_bufs = reference
-        .iter()
-        .map(|r| HostBuf::copy_of(r, "floor", None))
-        .collect::<crate::Result<Vec<_>>>()?;
-    let warm = time_runs(repeat, || -> crate::Result<()> {
-        for (r, b) in reference.iter().zip(warm_bufs.iter_mut()) {
-            par_copy(r, b.as_bytes_mut());
-        }
-        Ok(())
-    })?;
-    Ok(CpuFloors {
-        cpu_fresh: Floor::new(&fresh, bytes),
-        cpu_warm: Floor::new(&warm, bytes),
-    })
+/// One contestant of the CPU benchmark.
+enum Contestant {
+    Fresh,
+    Warm(Vec<HostBuf>),
+    Strategy(crate::Strategy),
+    Into(crate::Materialized),
 }
 
-/// Runs `strategies` on the CPU: each output is verified against `reference` once, then timed
-/// `repeat` times (allocation included, the output dropped outside the timed region). The
-/// special strategy name `preallocated-into` drains again into one reused output (the epoch
-/// case), and is compared with `cpu_warm`; all others with `cpu_fresh`.
+/// Runs the CPU floors and `strategies` round-robin: every output is verified against
+/// `reference` once, then each repetition runs the floors and every strategy once, in turn, so
+/// that a busy or fragmented machine weighs on all of them alike. One-shot runs include
+/// allocation (the output is dropped outside the timed region). The strategy name
+/// `preallocated-into` drains again into one reused output (the epoch case) and is compared with
+/// `cpu_warm`; all others with `cpu_fresh`. `tick` is called once per timed run.
 ///
 /// # Errors
-/// The first drain error.
-pub fn run_cpu_strategies(
+/// The first drain or allocation error, or [`crate::Error::StrategyUnavailable`] for an unknown
+/// strategy name.
+pub fn run_cpu(
     loader: &crate::Loader<'_, '_>,
     strategies: &[String],
     repeat: usize,
     reference: &[Vec<u8>],
-    floors: &CpuFloors,
     mut tick: impl FnMut(),
-) -> crate::Result<Vec<BenchRow>> {
+) -> crate::Result<(CpuFloors, Vec<BenchRow>)> {
+    use crate::gather::cpu::par_copy;
+
     let bytes: u64 = reference.iter().map(|r| r.len() as u64).sum();
-    let mut rows = Vec::new();
+    let mut contestants = vec![
+        Contestant::Fresh,
+        Contestant::Warm(
+            reference
+                .iter()
+                .map(|r| HostBuf::copy_of(r, "floor", None))
+                .collect::<crate::Result<Vec<_>>>()?,
+        ),
+    ];
+    let mut verified = vec![true, true];
+    let mut peaks = vec![0u64, 0];
     for name in strategies {
-        let (runs, verified, peak, floor) = if name == "preallocated-into" {
+        if name == "preallocated-into" {
             let mut out = loader.materialize(crate::Strategy::Preallocated)?;
             for c in out.columns_mut() {
                 c.as_bytes_mut().fill(0xA5); // poison: an unwritten byte fails verification
             }
             loader.materialize_into(&mut out)?;
-            let verified = verify(&out, reference);
-            let runs = time_runs(repeat, || {
-                tick();
-                loader.materialize_into(&mut out).map(|_| ())
-            })?;
-            (runs, verified, 0, &floors.cpu_warm)
+            verified.push(verify(&out, reference));
+            peaks.push(0);
+            contestants.push(Contestant::Into(out));
         } else {
             let strategy: crate::Strategy =
                 name.parse()
@@ -285,40 +264,84 @@ pub fn run_cpu_strategies(
                         reason,
                     })?;
             let first = loader.materialize(strategy)?;
-            let verified = verify(&first, reference);
-            let peak = first.report().peak_alloc_bytes;
+            verified.push(verify(&first, reference));
+            peaks.push(first.report().peak_alloc_bytes);
             drop(first);
-            let mut runs = Vec::with_capacity(repeat);
-            for _ in 0..repeat.max(1) {
-                tick();
-                let t = Instant::now();
-                let out = loader.materialize(strategy)?;
-                runs.push(t.elapsed().as_secs_f64());
-                drop(out);
-            }
-            (runs, verified, peak, &floors.cpu_fresh)
-        };
-        let seconds = Timing::from_runs(&runs);
-        rows.push(BenchRow {
-            strategy: name.clone(),
-            backend: "cpu".into(),
-            seconds,
-            gbps: gbps(bytes, seconds.median),
-            floor_ratio: if floor.seconds > 0.0 {
-                seconds.median / floor.seconds
-            } else {
-                0.0
-            },
-            floor: if std::ptr::eq(floor, &floors.cpu_warm) {
-                "cpu_warm".into()
-            } else {
-                "cpu_fresh".into()
-            },
-            peak_alloc_bytes: peak,
-            peak_device_bytes: None,
-            pin_seconds: None,
-            verified,
-        });
+            contestants.push(Contestant::Strategy(strategy));
+        }
     }
-    Ok(rows)
+    let mut runs = vec![Vec::with_capacity(repeat); contestants.len()];
+    // One untimed round first: the first large allocations after building the table and the
+    // reference pay for the kernel reclaiming and compacting memory.
+    for round in 0..=repeat.max(1) {
+        for (k, c) in contestants.iter_mut().enumerate() {
+            if round > 0 {
+                tick();
+            }
+            let t = Instant::now();
+            let dropped = match c {
+                Contestant::Fresh => {
+                    let mut bufs = Vec::with_capacity(reference.len());
+                    for r in reference {
+                        let mut b = HostBuf::zeroed(r.len(), "floor")?;
+                        par_copy(r, b.as_bytes_mut());
+                        bufs.push(b);
+                    }
+                    Some(Box::new(bufs) as Box<dyn std::any::Any>)
+                }
+                Contestant::Warm(bufs) => {
+                    for (r, b) in reference.iter().zip(bufs.iter_mut()) {
+                        par_copy(r, b.as_bytes_mut());
+                    }
+                    None
+                }
+                Contestant::Strategy(s) => {
+                    Some(Box::new(loader.materialize(*s)?) as Box<dyn std::any::Any>)
+                }
+                Contestant::Into(out) => {
+                    loader.materialize_into(out)?;
+                    None
+                }
+            };
+            let elapsed = t.elapsed().as_secs_f64();
+            drop(dropped);
+            if round > 0 {
+                runs[k].push(elapsed);
+            }
+        }
+    }
+    let floors = CpuFloors {
+        cpu_fresh: Floor::new(&runs[0], bytes),
+        cpu_warm: Floor::new(&runs[1], bytes),
+    };
+    let rows = strategies
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let k = i + 2;
+            let seconds = Timing::from_runs(&runs[k]);
+            let (floor_name, floor) = if name == "preallocated-into" {
+                ("cpu_warm", &floors.cpu_warm)
+            } else {
+                ("cpu_fresh", &floors.cpu_fresh)
+            };
+            BenchRow {
+                strategy: name.clone(),
+                backend: "cpu".into(),
+                seconds,
+                gbps: gbps(bytes, seconds.median),
+                floor_ratio: if floor.seconds > 0.0 {
+                    seconds.median / floor.seconds
+                } else {
+                    0.0
+                },
+                floor: floor_name.into(),
+                peak_alloc_bytes: peaks[k],
+                peak_device_bytes: None,
+                pin_seconds: None,
+                verified: verified[k],
+            }
+        })
+        .collect();
+    Ok((floors, rows))
 }

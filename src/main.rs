@@ -163,8 +163,13 @@ fn run_bench(args: &BenchArgs) -> CliResult {
     let mut floors_json = serde_json::Map::new();
     let mut floors_text = Vec::new();
     if run_cpu {
-        progress.message("measuring the CPU floors");
-        let floors = bench::cpu_floors(&reference, args.repeat)?;
+        progress.start(
+            (cpu_names.len() + 2) * args.repeat.max(1),
+            "CPU floors and strategies",
+        );
+        let (floors, rows) = bench::run_cpu(&loader, &cpu_names, args.repeat, &reference, || {
+            progress.tick()
+        })?;
         floors_text.push(format!(
             "cpu_fresh {} ({:.2} GB/s), cpu_warm {} ({:.2} GB/s)",
             fmt_time(floors.cpu_fresh.seconds),
@@ -173,15 +178,7 @@ fn run_bench(args: &BenchArgs) -> CliResult {
             floors.cpu_warm.gbps
         ));
         add_cpu_floors(&mut floors_json, &floors);
-        progress.start(cpu_names.len() * args.repeat.max(1), "CPU strategies");
-        results.extend(bench::run_cpu_strategies(
-            &loader,
-            &cpu_names,
-            args.repeat,
-            &reference,
-            &floors,
-            || progress.tick(),
-        )?);
+        results.extend(rows);
     }
     run_cuda_bench(
         args,
