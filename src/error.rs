@@ -132,6 +132,14 @@ pub enum Error {
         /// What differs.
         reason: String,
     },
+    /// An existing output does not fit the drain (columns, dtypes, row shapes or rows differ).
+    #[error("output column {column:?} does not fit the drain: {reason}")]
+    OutputMismatch {
+        /// The column concerned.
+        column: String,
+        /// What differs.
+        reason: String,
+    },
     /// A batch source yielded an error of its own.
     #[error("batch {batch} of the source failed: {source}")]
     Source {

@@ -180,12 +180,12 @@ impl<'t, 'a> Loader<'t, 'a> {
     /// with the preallocated gather. The output must have this loader's columns and rows.
     ///
     /// # Errors
-    /// As [`Loader::batches`]; [`Error::BatchMismatch`] or [`Error::UnknownColumn`] when the
+    /// As [`Loader::batches`]; [`Error::OutputMismatch`] or [`Error::UnknownColumn`] when the
     /// output does not fit; storage errors (I/O of a mapped file).
     pub fn materialize_into(&self, out: &mut Materialized) -> Result<Report> {
         let started = Instant::now();
         let batches = self.batches()?;
-        gather::check_output(self.table, batches.rows(), out.columns())?;
+        gather::check_table_output(self.table, batches.rows(), out.columns())?;
         gather::fill_preallocated(
             self.table,
             &batches,

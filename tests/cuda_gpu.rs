@@ -482,7 +482,7 @@ fn typed_errors_on_bad_input_and_device_oom() {
         .materialize(&other_dt, &b50, Strategy::Pinned)
         .unwrap();
     let e = engine.materialize_into(&dt, &b, &mut small).unwrap_err();
-    assert!(matches!(e, Error::BatchMismatch { .. }), "{e}");
+    assert!(matches!(e, Error::OutputMismatch { .. }), "{e}");
     // Wrapping validates like Table::new.
     let a = engine.stream().clone_htod(&[0f32; 8]).unwrap();
     let c = engine.stream().clone_htod(&[0f32; 12]).unwrap();

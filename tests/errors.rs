@@ -373,7 +373,10 @@ fn materialize_into_an_output_of_another_shape() {
         .drop_last(true)
         .materialize_into(&mut out)
         .unwrap_err();
-    assert!(matches!(err, Error::BatchMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, Error::OutputMismatch { ref column, .. } if column == "x"),
+        "{err}"
+    );
     let mut other = Materialized::from_columns(vec![]);
     assert!(Loader::new(&t).materialize_into(&mut other).is_err());
     let ys = Array1::from_iter(0..10i64);

@@ -318,7 +318,7 @@ impl CudaEngine {
     /// order and `finish` at the end. The report is stored in `out` and returned.
     ///
     /// # Errors
-    /// As [`CudaEngine::materialize`], and [`Error::BatchMismatch`] / [`Error::UnknownColumn`]
+    /// As [`CudaEngine::materialize`], and [`Error::OutputMismatch`] / [`Error::UnknownColumn`]
     /// when `out` does not match the table. On error the output's contents are unspecified.
     pub fn materialize_into(
         &self,
@@ -605,54 +605,16 @@ fn heap_output(
         .collect()
 }
 
-/// Checks that `out` has the device table's columns (names, dtypes, row shapes, in order) and
-/// `rows` rows.
+/// Checks that `out` has the device table's columns and `rows` rows.
 fn check_output(table: &DeviceTable, rows: usize, out: &[ColumnArray]) -> Result<()> {
-    for (i, c) in table.columns().iter().enumerate() {
-        let Some(o) = out.get(i) else {
-            return Err(Error::UnknownColumn {
-                name: c.name().to_string(),
-                available: out.iter().map(|o| o.name().to_string()).collect(),
-            });
-        };
-        let reason = if o.name() != c.name() {
-            Some(format!("output column {i} is {:?}", o.name()))
-        } else if o.dtype() != c.dtype() {
-            Some(format!(
-                "output holds {}, table holds {}",
-                o.dtype(),
-                c.dtype()
-            ))
-        } else if o.row_shape() != c.row_shape() {
-            Some(format!(
-                "output rows are {:?}, table rows are {:?}",
-                o.row_shape(),
-                c.row_shape()
-            ))
-        } else if o.rows() != rows {
-            Some(format!(
-                "output has {} rows, the drain yields {rows}",
-                o.rows()
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            return Err(Error::BatchMismatch {
-                batch: 0,
-                column: c.name().to_string(),
-                reason,
-            });
-        }
-    }
-    if let Some(extra) = out.get(table.columns().len()) {
-        return Err(Error::BatchMismatch {
-            batch: 0,
-            column: extra.name().to_string(),
-            reason: "output has a column the table lacks".into(),
-        });
-    }
-    Ok(())
+    crate::gather::check_output(
+        table
+            .columns()
+            .iter()
+            .map(|c| (c.name(), c.dtype(), c.row_shape())),
+        rows,
+        out,
+    )
 }
 
 /// Checks a device batch against the first batch's columns and the engine's device; returns

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::batch::Batches;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::{checked_bytes, AllocCounter, HostBuf};
 use crate::output::{Backend, ColumnArray, Materialized, Report};
@@ -140,28 +141,32 @@ pub(crate) fn allocate_output(
         .collect()
 }
 
-/// Checks that `out` has the table's columns (names, dtypes, row shapes, in order) and `rows`.
-pub(crate) fn check_output(table: &Table<'_>, rows: usize, out: &[ColumnArray]) -> Result<()> {
-    for (i, c) in table.columns().iter().enumerate() {
+/// Checks that `out` has exactly the columns described by `specs` (name, dtype, row shape, in
+/// order), each with `rows` rows: the contract of draining into an existing output.
+pub(crate) fn check_output<'s>(
+    specs: impl ExactSizeIterator<Item = (&'s str, DType, &'s [usize])>,
+    rows: usize,
+    out: &[ColumnArray],
+) -> Result<()> {
+    let expected = specs.len();
+    for (i, (name, dtype, row_shape)) in specs.enumerate() {
         let Some(o) = out.get(i) else {
             return Err(Error::UnknownColumn {
-                name: c.name().to_string(),
+                name: name.to_string(),
                 available: out.iter().map(|o| o.name().to_string()).collect(),
             });
         };
-        let reason = if o.name() != c.name() {
+        let reason = if o.name() != name {
             Some(format!("output column {i} is {:?}", o.name()))
-        } else if o.dtype() != c.dtype() {
+        } else if o.dtype() != dtype {
             Some(format!(
-                "output holds {}, table holds {}",
-                o.dtype(),
-                c.dtype()
+                "output holds {}, the source holds {dtype}",
+                o.dtype()
             ))
-        } else if o.row_shape() != c.row_shape() {
+        } else if o.row_shape() != row_shape {
             Some(format!(
-                "output rows are {:?}, table rows are {:?}",
-                o.row_shape(),
-                c.row_shape()
+                "output rows are {:?}, source rows are {row_shape:?}",
+                o.row_shape()
             ))
         } else if o.rows() != rows {
             Some(format!(
@@ -172,21 +177,35 @@ pub(crate) fn check_output(table: &Table<'_>, rows: usize, out: &[ColumnArray]) 
             None
         };
         if let Some(reason) = reason {
-            return Err(Error::BatchMismatch {
-                batch: 0,
-                column: c.name().to_string(),
+            return Err(Error::OutputMismatch {
+                column: name.to_string(),
                 reason,
             });
         }
     }
-    if out.len() != table.columns().len() {
-        return Err(Error::BatchMismatch {
-            batch: 0,
-            column: out[table.columns().len()].name().to_string(),
-            reason: "output has a column the table lacks".into(),
+    if let Some(extra) = out.get(expected) {
+        return Err(Error::OutputMismatch {
+            column: extra.name().to_string(),
+            reason: "output has a column the source lacks".into(),
         });
     }
     Ok(())
+}
+
+/// [`check_output`] for a host table.
+pub(crate) fn check_table_output(
+    table: &Table<'_>,
+    rows: usize,
+    out: &[ColumnArray],
+) -> Result<()> {
+    check_output(
+        table
+            .columns()
+            .iter()
+            .map(|c| (c.name(), c.dtype(), c.row_shape())),
+        rows,
+        out,
+    )
 }
 
 /// The preallocated gather: every column's rows straight from the table into `out`, in blocks
