@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gather::{cpu, Strategy};
 use crate::memory::{checked_bytes, AllocCounter, HostBuf};
@@ -94,7 +95,7 @@ where
     let mut schema: Option<Vec<ColumnArray>> = None; // Preallocated: the output itself.
     let mut kept: Vec<Kept> = Vec::new(); // Concat / PerBatch: the batches.
     let mut kept_batch_bytes = 0u64;
-    let mut template: Vec<(String, crate::DType, Vec<usize>)> = Vec::new();
+    let mut template: Vec<(String, DType, Vec<usize>)> = Vec::new();
     let mut rows = 0usize;
     for (k, item) in batches.into_iter().enumerate() {
         let batch = item.map_err(|e| Error::Source {
@@ -229,51 +230,63 @@ enum Kept {
     Host(Vec<HostBuf>),
 }
 
+/// One column of a batch as the schema check sees it: name, dtype, row shape, rows.
+pub(crate) type ColumnMeta<'c> = (&'c str, DType, &'c [usize], usize);
+
 /// Checks a batch against the first batch's columns; returns its row count.
-fn check_batch(
-    batch: &Batch,
+fn check_batch(batch: &Batch, k: usize, template: &[(String, DType, Vec<usize>)]) -> Result<usize> {
+    let columns: Vec<ColumnMeta<'_>> = batch
+        .columns()
+        .iter()
+        .map(|c| (c.name(), c.dtype(), c.row_shape(), c.rows()))
+        .collect();
+    check_batch_columns(k, &columns, template)
+}
+
+/// Checks batch `k`'s columns against the first batch's (names, dtypes, row shapes) and that
+/// they share one row count, which it returns. Used for host and device streams alike.
+pub(crate) fn check_batch_columns(
     k: usize,
-    template: &[(String, crate::DType, Vec<usize>)],
+    columns: &[ColumnMeta<'_>],
+    template: &[(String, DType, Vec<usize>)],
 ) -> Result<usize> {
     let mismatch = |column: &str, reason: String| Error::BatchMismatch {
         batch: k,
         column: column.to_string(),
         reason,
     };
-    if batch.columns().is_empty() {
+    if columns.is_empty() {
         return Err(mismatch("", "the batch has no columns".into()));
     }
-    for c in batch.columns() {
-        if !template.iter().any(|(n, _, _)| n == c.name()) {
-            return Err(mismatch(c.name(), "column not in the first batch".into()));
+    for (name, ..) in columns {
+        if !template.iter().any(|(n, _, _)| n == name) {
+            return Err(mismatch(name, "column not in the first batch".into()));
         }
     }
     let mut rows = None;
     for (name, dtype, shape) in template {
-        let c = batch
-            .column(name)
-            .map_err(|_| mismatch(name, "column missing from this batch".into()))?;
-        if c.dtype() != *dtype {
+        let &(_, c_dtype, c_shape, c_rows) = columns
+            .iter()
+            .find(|c| c.0 == name)
+            .ok_or_else(|| mismatch(name, "column missing from this batch".into()))?;
+        if c_dtype != *dtype {
             return Err(mismatch(
                 name,
-                format!("dtype {} differs from the first batch's {dtype}", c.dtype()),
+                format!("dtype {c_dtype} differs from the first batch's {dtype}"),
             ));
         }
-        if c.row_shape() != shape.as_slice() {
+        if c_shape != shape.as_slice() {
             return Err(mismatch(
                 name,
-                format!(
-                    "row shape {:?} differs from the first batch's {shape:?}",
-                    c.row_shape()
-                ),
+                format!("row shape {c_shape:?} differs from the first batch's {shape:?}"),
             ));
         }
         match rows {
-            None => rows = Some(c.rows()),
-            Some(r) if r != c.rows() => {
+            None => rows = Some(c_rows),
+            Some(r) if r != c_rows => {
                 return Err(mismatch(
                     name,
-                    format!("{} rows, but the batch's first column has {r}", c.rows()),
+                    format!("{c_rows} rows, but the batch's first column has {r}"),
                 ))
             }
             Some(_) => {}

@@ -620,57 +620,18 @@ fn check_output(table: &DeviceTable, rows: usize, out: &[ColumnArray]) -> Result
 /// Checks a device batch against the first batch's columns and the engine's device; returns
 /// its row count.
 fn check_batch(batch: &DeviceBatch, k: usize, schema: &[Schema], ordinal: usize) -> Result<usize> {
-    let mismatch = |column: &str, reason: String| Error::BatchMismatch {
-        batch: k,
-        column: column.to_string(),
-        reason,
-    };
-    if batch.columns().is_empty() {
-        return Err(mismatch("", "the batch has no columns".into()));
+    if let Some(c) = batch.columns().iter().find(|c| c.ordinal() != ordinal) {
+        return Err(Error::WrongDevice {
+            expected: ordinal,
+            got: c.ordinal(),
+        });
     }
-    for c in batch.columns() {
-        if !schema.iter().any(|(n, _, _)| n == c.name()) {
-            return Err(mismatch(c.name(), "column not in the first batch".into()));
-        }
-        if c.ordinal() != ordinal {
-            return Err(Error::WrongDevice {
-                expected: ordinal,
-                got: c.ordinal(),
-            });
-        }
-    }
-    let mut rows = None;
-    for (name, dtype, shape) in schema {
-        let c = batch
-            .column(name)
-            .ok_or_else(|| mismatch(name, "column missing from this batch".into()))?;
-        if c.dtype() != *dtype {
-            return Err(mismatch(
-                name,
-                format!("dtype {} differs from the first batch's {dtype}", c.dtype()),
-            ));
-        }
-        if c.row_shape() != shape.as_slice() {
-            return Err(mismatch(
-                name,
-                format!(
-                    "row shape {:?} differs from the first batch's {shape:?}",
-                    c.row_shape()
-                ),
-            ));
-        }
-        match rows {
-            None => rows = Some(c.rows()),
-            Some(r) if r != c.rows() => {
-                return Err(mismatch(
-                    name,
-                    format!("{} rows, but the batch's first column has {r}", c.rows()),
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(rows.unwrap_or(0))
+    let columns: Vec<crate::drain::ColumnMeta<'_>> = batch
+        .columns()
+        .iter()
+        .map(|c| (c.name(), c.dtype(), c.row_shape(), c.rows()))
+        .collect();
+    crate::drain::check_batch_columns(k, &columns, schema)
 }
 
 /// Device batches whose copies are in flight, each with the event that marks its copy done.
