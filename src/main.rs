@@ -180,6 +180,7 @@ fn run_bench(args: &BenchArgs) -> CliResult {
         add_cpu_floors(&mut floors_json, &floors);
         results.extend(rows);
     }
+    progress.finish();
     run_cuda_bench(
         args,
         &table,
@@ -191,7 +192,6 @@ fn run_bench(args: &BenchArgs) -> CliResult {
             floors_text: &mut floors_text,
         },
     )?;
-    progress.finish();
 
     let order = if args.shuffle {
         "shuffle"
@@ -279,12 +279,16 @@ fn run_cuda_bench(
     if args.device == DeviceChoice::Cpu {
         return Ok(());
     }
-    if let Err(e) = arraydrain::cuda::probe(0) {
-        if args.device == DeviceChoice::Cuda {
-            return Err(e.into());
+    let device = match arraydrain::cuda::probe(0) {
+        Ok(device) => device,
+        Err(e) if args.device == DeviceChoice::Cuda => return Err(e.into()),
+        Err(e) => {
+            eprintln!("note: CUDA unavailable ({e}); ran the CPU backend only");
+            return Ok(());
         }
-        eprintln!("note: CUDA unavailable ({e}); ran the CPU backend only");
-        return Ok(());
+    };
+    if std::io::stderr().is_terminal() {
+        eprintln!("running the CUDA strategies on {}", device.name);
     }
     let strategies: Vec<Strategy> = match &args.strategies {
         Some(list) => list.iter().filter_map(|s| s.parse().ok()).collect(),
