@@ -11,7 +11,7 @@ use crate::gather::{cpu, Strategy};
 use crate::memory::{checked_bytes, AllocCounter, HostBuf};
 use crate::output::{Backend, Batch, ColumnArray, Materialized, Report};
 
-/// Options for [`drain`].
+/// Options for [`drain()`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainOptions {
     /// The strategy. `Auto` is `Preallocated` when `rows` is declared and `Concat` otherwise.

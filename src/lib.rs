@@ -17,7 +17,14 @@
 //!    with a [`Report`] of rows, bytes, time and the peak bytes the strategy allocated.
 //!
 //! Two ways in: a [`Loader`] over an indexable table (iterate it like a `DataLoader`, or
-//! `materialize` it), and [`drain`] over any iterator of [`Batch`]es.
+//! `materialize` it), and [`drain()`] over any iterator of [`Batch`]es.
+//!
+//! Around the pipeline: `memory` (fallible, huge-page-advised host buffers and the peak-bytes
+//! counter), `npy` (NumPy `.npy`/`.npz` in and out, memory-mapped output larger than RAM) with
+//! `mmap` beneath it, `cuda` (the device engine: `CudaEngine`, device tables, the gather kernel,
+//! pinned output), `bench` (the harness behind `arraydrain bench`) and `convert` (the
+//! `arraydrain convert` command). Unsafe code is denied crate-wide and allowed in exactly two
+//! modules, `cuda` and `mmap`, where every block carries a `// SAFETY:` comment.
 //!
 //! ```
 //! use arraydrain::{Loader, Strategy, Table};
