@@ -491,15 +491,8 @@ fn open_engine(device: Device, table: &Table<'_>) -> Result<Option<(CudaEngine, 
     }
 }
 
-/// Whether `bytes` fit comfortably (in half of `MemAvailable`); true when unknown.
+/// Whether `bytes` fit comfortably (in half of the memory available to this process: the smaller
+/// of `MemAvailable` and the cgroup's free room, see [`crate::sysmem`]); true when unknown.
 fn fits_in_memory(bytes: u64) -> bool {
-    mem_available().is_none_or(|avail| bytes <= avail / 2)
-}
-
-/// `MemAvailable` from `/proc/meminfo`, in bytes.
-fn mem_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
+    crate::sysmem::available_bytes().is_none_or(|avail| bytes <= avail / 2)
 }

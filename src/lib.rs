@@ -45,6 +45,7 @@
 pub mod error;
 pub mod dtype;
 pub mod memory;
+pub mod sysmem;
 #[allow(unsafe_code)]
 pub mod mmap;
 pub mod npy;

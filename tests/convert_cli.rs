@@ -35,7 +35,7 @@ fn p(path: &Path) -> &str {
 
 #[test]
 fn convert_output_equals_numpys_gather_in_every_order() {
-    let Some(py) = numpy_python() else { return };
+    let py = numpy_python();
     let s = Scratch::new("convert-orders");
     let inputs_dir = s.path("in");
     fixtures(py, &["make-inputs", p(&inputs_dir), "777"]);
@@ -192,7 +192,7 @@ fn convert_output_equals_numpys_gather_in_every_order() {
 
 #[test]
 fn bad_inputs_fail_naming_the_file_and_leave_no_output() {
-    let Some(py) = numpy_python() else { return };
+    let py = numpy_python();
     let s = Scratch::new("convert-bad");
     let bad_dir = s.path("bad");
     fixtures(py, &["make-bad", p(&bad_dir)]);
@@ -301,7 +301,7 @@ fn mapped_output_is_never_resident_as_a_whole() {
         eprintln!("SKIPPED: needs /proc/<pid>/status");
         return;
     }
-    let Some(py) = numpy_python() else { return };
+    let py = numpy_python();
     let s = Scratch::new("convert-mmap-rss");
     // A 64 MiB input drained four times over (in a shuffled order with repeats) into a 256 MiB
     // memory-mapped output: the input may stay mapped; the output must not.

@@ -1,11 +1,8 @@
 //! The kernels compile, without a GPU: every `kernels/*.cu` file is embedded in the library
 //! (byte for byte), compiles with NVRTC to an sm_90 CUBIN, defines every entry point the engine
-//! loads, and spills no registers (`--ptxas-options=-v`). Mandatory when `CI=true` (a missing
-//! libnvrtc fails); elsewhere it skips, saying so, when libnvrtc cannot be found.
-//!
-//! To run it outside CI: `pip install nvidia-cuda-nvrtc==13.0.88` into `.venv` and put its
-//! `nvidia/cu13/lib` folder on `LD_LIBRARY_PATH` (as `.ci/run` does), or on
-//! `ARRAYDRAIN_CUDA_LIB_DIR`.
+//! loads, and spills no registers (`--ptxas-options=-v`). A missing libnvrtc fails the test:
+//! `scripts/test.sh` (the README's test command) installs NVRTC from PyPI and puts its `lib`
+//! folder on `LD_LIBRARY_PATH`.
 #![cfg(feature = "cuda")]
 
 use std::path::{Path, PathBuf};
@@ -16,20 +13,13 @@ use arraydrain::Error;
 
 const ARCH: &str = "sm_90";
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Compiles `source`, or `None` (after saying why) when libnvrtc is missing outside CI.
+/// Compiles `source`; a missing libnvrtc is a failure that says how to get one.
 fn compile(file: &str, source: &str) -> Option<arraydrain::Result<Compiled>> {
     match compile_cubin(file, source, ARCH, &["--ptxas-options=-v"]) {
-        Err(Error::CudaUnavailable { reason }) if !in_ci() => {
-            eprintln!(
-                "SKIPPED: libnvrtc not found ({reason}). Install nvidia-cuda-nvrtc==13.0.88 and \
-                 put its lib folder on LD_LIBRARY_PATH; with CI=true this test fails instead."
-            );
-            None
-        }
+        Err(Error::CudaUnavailable { reason }) => panic!(
+            "libnvrtc not found ({reason}): run `scripts/test.sh`, which installs NVRTC from \
+             PyPI and puts its lib folder on LD_LIBRARY_PATH"
+        ),
         other => Some(other),
     }
 }
@@ -161,12 +151,10 @@ fn nvrtc_is_found_in_a_cuda_lib_dir_without_ld_library_path() {
         return;
     }
     let Some(dir) = nvrtc_dir_on_ld_path() else {
-        assert!(
-            !in_ci(),
-            "CI=true but no folder with libnvrtc.so.13 on LD_LIBRARY_PATH"
+        panic!(
+            "no folder with libnvrtc.so.13 on LD_LIBRARY_PATH: run `scripts/test.sh`, which \
+             installs NVRTC from PyPI and puts its lib folder there"
         );
-        eprintln!("SKIPPED: no libnvrtc.so.13 folder on LD_LIBRARY_PATH to hide");
-        return;
     };
     let out = Command::new(std::env::current_exe().expect("test binary"))
         .args([

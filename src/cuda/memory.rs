@@ -387,17 +387,15 @@ impl fmt::Debug for PinnedPool {
     }
 }
 
-/// A quarter of physical memory (from `/proc/meminfo`), or 8 GiB when unknown.
+/// A quarter of the memory this process may use, or 8 GiB when unknown.
 fn default_cache_limit() -> usize {
     physical_memory().map_or(8 << 30, |b| b / 4)
 }
 
-/// Physical memory in bytes, when the system says.
+/// Memory this process may use in bytes (the smaller of `MemTotal` and the cgroup limit, see
+/// [`crate::sysmem`]), when known.
 pub(crate) fn physical_memory() -> Option<usize> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    crate::sysmem::total_bytes().map(|b| usize::try_from(b).unwrap_or(usize::MAX))
 }
 
 /// Pinned (page-locked, cacheable) host bytes backing a pinned output column: the

@@ -2,7 +2,8 @@
 //! NumPy, running `npfixtures.py`, and scratch folders.
 //!
 //! Python is `$ARRAYDRAIN_PYTHON`, else `.venv/bin/python` in the crate, else `python3`. When it
-//! cannot import NumPy, a test is skipped with a message, except under `CI=true`, where it fails.
+//! cannot import NumPy the test fails, saying how to get it: `scripts/test.sh` (the README's test
+//! command) installs NumPy and points `ARRAYDRAIN_PYTHON` at it. A test never skips silently.
 
 #![allow(dead_code)]
 
@@ -38,21 +39,15 @@ fn find_python() -> Result<PathBuf, String> {
     Err(tried.join("; "))
 }
 
-/// Python with NumPy, or `None` after printing why the calling test is skipped. Panics under
-/// `CI=true` instead of skipping.
-pub fn numpy_python() -> Option<&'static Path> {
+/// Python with NumPy. Panics, saying how to get one, when no candidate can import NumPy.
+pub fn numpy_python() -> &'static Path {
     static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     match PY.get_or_init(find_python) {
-        Ok(p) => Some(p.as_path()),
-        Err(why) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("NumPy is required under CI=true but no Python could import it: {why}");
-            }
-            eprintln!(
-                "SKIPPED: no Python with NumPy (set ARRAYDRAIN_PYTHON or create .venv): {why}"
-            );
-            None
-        }
+        Ok(p) => p.as_path(),
+        Err(why) => panic!(
+            "these tests need a Python with NumPy: run `scripts/test.sh` (installs it and sets \
+             ARRAYDRAIN_PYTHON), or set ARRAYDRAIN_PYTHON yourself. Tried: {why}"
+        ),
     }
 }
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, Rust and Python, on a fresh machine: installs what the tests need into a
+# virtual environment cached outside the checkout (ARRAYDRAIN_VENV, default
+# ~/.cache/arraydrain/venv-<hash of scripts/test-requirements.txt>), then runs every suite.
+# Nothing is skipped for a missing tool: a test whose tool is missing fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+req=scripts/test-requirements.txt
+hash=$(sha256sum "$req" | cut -c1-12)
+venv=${ARRAYDRAIN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/arraydrain/venv-$hash}
+if [ ! -f "$venv/.complete" ]; then
+  echo "test.sh: installing test requirements into $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+  touch "$venv/.complete"
+fi
+py="$venv/bin/python"
+export ARRAYDRAIN_PYTHON="$py"
+
+# NVRTC's lib folders from the venv (cu13: nvidia/cu13/lib; cu12: nvidia/cuda_nvrtc/lib).
+nvrtc_dirs=$("$py" - <<'PY'
+import glob, os, nvidia
+base = list(nvidia.__path__)[0]
+dirs = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(base, "**", "libnvrtc.so*"), recursive=True)})
+print(":".join(dirs))
+PY
+)
+export LD_LIBRARY_PATH="$nvrtc_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+cd "$root"
+cargo test --workspace
