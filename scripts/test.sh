@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite, Rust and Python, on a fresh machine: installs what the tests need into a
-# virtual environment cached outside the checkout (ARRAYDRAIN_VENV, default
-# ~/.cache/arraydrain/venv-<hash of scripts/test-requirements.txt>), then runs every suite.
-# Nothing is skipped for a missing tool: a test whose tool is missing fails.
+# The whole test suite, Rust and Python, on a fresh machine: installs what the tests need (NumPy,
+# NVRTC, PyTorch, maturin, pytest) into a virtual environment cached outside the checkout
+# (ARRAYDRAIN_VENV, default ~/.cache/arraydrain/venv-<hash of scripts/test-requirements.txt>),
+# then runs every suite: `cargo test --workspace`, then builds and installs the Python package
+# from ./python into that venv (every run: the package is the code under test) and runs pytest
+# on python/tests. Nothing is skipped for a missing tool: a test whose tool is missing fails.
+# The only skips are the CUDA tests of python/tests on a machine without a GPU (listed by -rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -32,3 +35,12 @@ export LD_LIBRARY_PATH="$nvrtc_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 cd "$root"
 cargo test --workspace
+
+# The Python package, built in release mode by its own backend (maturin from the venv, no build
+# isolation so nothing is downloaded), into the venv; cargo shares the workspace's target/.
+echo "test.sh: building and installing ./python into $venv" >&2
+"$py" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+  --force-reinstall ./python
+# From the repository root, so `import arraydrain` finds the installed build, not python/arraydrain.
+# pytest exits 5 when it collects no test: that fails this script like any other failure.
+"$py" -m pytest python/tests -q -rs -p no:cacheprovider

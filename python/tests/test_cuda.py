@@ -1,0 +1,147 @@
+"""CUDA tensors: the fast path (CUDA gather kernel + async copies into pinned output) and the
+general path (device batches copied into pinned output). Skipped without a CUDA device; the
+reference is the classic recipe with `.cpu()` over one real epoch from the same RNG state."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
+
+import arraydrain
+from helpers import DTYPES, assert_same, classic, drain_vs_epoch, features, labels, values
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+N = 5000
+
+
+def cuda_dataset(rows=N):
+    return TensorDataset(features(rows, 16).cuda(), labels(rows).cuda())
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize(
+    "batch_size, drop_last", [(1, False), (10, True), (256, False), (N + 1, False)]
+)
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_tensor_dataset_on_the_gpu(shuffle, batch_size, drop_last, device):
+    g = torch.Generator().manual_seed(batch_size)
+    loader = DataLoader(
+        cuda_dataset(), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=g
+    )
+    got, _ = drain_vs_epoch(loader, device=device)
+    assert all(isinstance(a, np.ndarray) for a in got)
+
+
+def test_global_rng_shuffle_on_the_gpu():
+    torch.manual_seed(3)
+    drain_vs_epoch(DataLoader(cuda_dataset(), batch_size=64, shuffle=True))
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_distributed_sampler_on_the_gpu(rank):
+    ds = cuda_dataset(N + 1)
+    sampler = DistributedSampler(ds, num_replicas=3, rank=rank, shuffle=True, seed=5)
+    drain_vs_epoch(DataLoader(ds, batch_size=100, sampler=sampler))
+
+
+def test_subset_on_the_gpu():
+    ds = Subset(cuda_dataset(), list(range(N - 1, 0, -3)))
+    drain_vs_epoch(DataLoader(ds, batch_size=50, shuffle=True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_dtype_on_the_gpu(dtype):
+    x = values((N, 3), dtype, seed=1).cuda()
+    drain_vs_epoch(DataLoader(TensorDataset(x, labels(N).cuda()), batch_size=128, shuffle=True))
+
+
+def test_images_and_non_contiguous_on_the_gpu():
+    img = values((N, 3, 8, 8), torch.float32, seed=2).cuda()
+    tensors = (
+        img.contiguous(memory_format=torch.channels_last),
+        values((N, 32), torch.float64, seed=3).cuda()[:, ::4],
+        values((16, N), torch.int32, seed=4).cuda().t(),
+        labels(N).cuda(),
+    )
+    assert not tensors[1].is_contiguous() and not tensors[2].is_contiguous()
+    drain_vs_epoch(DataLoader(TensorDataset(*tensors), batch_size=100, shuffle=True))
+
+
+def test_larger_table_on_the_gpu():
+    rows = 1_000_000
+    x = torch.randn(rows, 128, device="cuda")
+    y = torch.arange(rows, device="cuda")
+    g = torch.Generator().manual_seed(0)
+    loader = DataLoader(TensorDataset(x, y), batch_size=256, shuffle=True, generator=g)
+    got = arraydrain.drain(loader)
+    np.testing.assert_array_equal(got[0], x.cpu().numpy()[got[1]])
+    g.manual_seed(0)
+    assert_same(
+        got,
+        arraydrain.drain(
+            DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=256, shuffle=True, generator=g)
+        ),
+    )
+
+
+def test_out_reuse_on_the_gpu():
+    g = torch.Generator().manual_seed(1)
+    loader = DataLoader(cuda_dataset(), batch_size=64, shuffle=True, generator=g)
+    first, _ = drain_vs_epoch(loader)
+    second, _ = drain_vs_epoch(loader, out=first)
+    assert all(np.shares_memory(a, b) for a, b in zip(first, second))
+
+
+def test_device_cpu_forces_the_cpu_path_with_the_same_result():
+    g = torch.Generator().manual_seed(2)
+    drain_vs_epoch(
+        DataLoader(cuda_dataset(), batch_size=64, shuffle=True, generator=g), device="cpu"
+    )
+
+
+class CudaItems(Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def test_general_path_with_cuda_batches():
+    x, y = features(N, 16).cuda(), labels(N).cuda()
+    loader = DataLoader(CudaItems(x, y), batch_size=100, shuffle=True)
+    got, _ = drain_vs_epoch(loader)
+    assert type(got) is dict
+
+
+def test_generator_of_cuda_batches():
+    x = features(N, 4).cuda()
+    batches = [(x[s : s + 77],) for s in range(0, N, 77)]
+    got = arraydrain.drain(iter(batches))
+    np.testing.assert_array_equal(got[0], x.cpu().numpy())
+
+
+def test_result_outlives_the_gpu_tensors():
+    x, y = features(N, 16).cuda(), labels(N).cuda()
+    expect = classic(DataLoader(TensorDataset(x, y), batch_size=64))
+    got = arraydrain.drain(DataLoader(TensorDataset(x, y), batch_size=64))
+    del x, y
+    torch.cuda.empty_cache()
+    assert_same(got, expect)
+
+
+def test_tensors_on_a_side_stream_are_read_after_their_writes():
+    """A tensor written on another stream just before the drain is read complete."""
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        x = torch.empty(N, 256, device="cuda")
+        x.copy_(torch.arange(N * 256, dtype=torch.float32, device="cuda").reshape(N, 256))
+        got = arraydrain.drain(DataLoader(TensorDataset(x), batch_size=128))
+    np.testing.assert_array_equal(got[0], np.arange(N * 256, dtype=np.float32).reshape(N, 256))

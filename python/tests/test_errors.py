@@ -1,0 +1,277 @@
+"""Wrong inputs raise the right Python exception with a clear message, never crash, and leave
+the module usable (every test ends with a good drain)."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import arraydrain
+from helpers import drain_vs_epoch, features, labels, values
+
+N = 200
+
+
+def good():
+    return DataLoader(TensorDataset(features(N), labels(N)), batch_size=16, shuffle=True)
+
+
+@pytest.fixture(autouse=True)
+def _still_works_afterwards():
+    yield
+    drain_vs_epoch(good())
+
+
+class MapDataset(Dataset):
+    def __init__(self, n, make):
+        self.n, self.make = n, make
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.make(i)
+
+
+@pytest.mark.parametrize("thing", [42, None, 3.5, object()])
+def test_not_a_loader(thing):
+    with pytest.raises(TypeError):
+        arraydrain.drain(thing)
+
+
+def test_bfloat16_fast_path():
+    x = values((N, 4), torch.float32).to(torch.bfloat16)
+    with pytest.raises(TypeError, match="bfloat16"):
+        arraydrain.drain(DataLoader(TensorDataset(x, labels(N)), batch_size=16))
+
+
+def test_bfloat16_general_path():
+    x = values((N, 4), torch.float32).to(torch.bfloat16)
+    loader = DataLoader(MapDataset(N, lambda i: (x[i], i)), batch_size=16)
+    with pytest.raises(TypeError, match="bfloat16"):
+        arraydrain.drain(loader)
+
+
+def test_mismatched_lengths_in_a_tensor_dataset():
+    ds = TensorDataset(features(N), labels(N))
+    ds.tensors = (ds.tensors[0], ds.tensors[1][:-1])  # TensorDataset checks this only when built
+    with pytest.raises(ValueError):
+        arraydrain.drain(DataLoader(ds, batch_size=16))
+
+
+def test_mismatched_lengths_within_a_batch():
+    def collate(samples):
+        xs, ys = zip(*samples)
+        return torch.stack(xs), torch.stack(ys)[:-1]
+
+    loader = DataLoader(TensorDataset(features(N), labels(N)), batch_size=16, collate_fn=collate)
+    with pytest.raises(ValueError):
+        arraydrain.drain(loader)
+
+
+def _collate_changing_one_batch(change):
+    calls = {"n": 0}
+
+    def collate(samples):
+        xs, ys = zip(*samples)
+        x, y = torch.stack(xs), torch.stack(ys)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            x, y = change(x, y)
+        return x, y
+
+    return collate
+
+
+@pytest.mark.parametrize("where", ["middle", "last"])
+def test_loader_yielding_fewer_rows_than_its_length(where):
+    ds = TensorDataset(features(N), labels(N))
+    target = 3 if where == "middle" else (N + 15) // 16
+    calls = {"n": 0}
+
+    def collate(samples):
+        calls["n"] += 1
+        xs, ys = zip(*samples)
+        if calls["n"] == target:
+            xs, ys = xs[:-1], ys[:-1]
+        return torch.stack(xs), torch.stack(ys)
+
+    with pytest.raises(ValueError):
+        arraydrain.drain(DataLoader(ds, batch_size=16, collate_fn=collate))
+
+
+def test_loader_yielding_more_rows_than_its_length():
+    collate = _collate_changing_one_batch(
+        lambda x, y: (torch.cat([x, x[:1]]), torch.cat([y, y[:1]]))
+    )
+    ds = TensorDataset(features(N), labels(N))
+    with pytest.raises(ValueError):
+        arraydrain.drain(DataLoader(ds, batch_size=16, collate_fn=collate))
+
+
+def test_batch_whose_trailing_shape_changes():
+    collate = _collate_changing_one_batch(lambda x, y: (x[:, :-1], y))
+    ds = TensorDataset(features(N), labels(N))
+    with pytest.raises(ValueError):
+        arraydrain.drain(DataLoader(ds, batch_size=16, collate_fn=collate))
+
+
+def test_batch_whose_dtype_changes():
+    collate = _collate_changing_one_batch(lambda x, y: (x.double(), y))
+    ds = TensorDataset(features(N), labels(N))
+    with pytest.raises(TypeError):
+        arraydrain.drain(DataLoader(ds, batch_size=16, collate_fn=collate))
+
+
+def test_batch_whose_structure_changes():
+    batches = [{"a": torch.zeros(2)}, {"b": torch.zeros(2)}]
+    with pytest.raises(ValueError):
+        arraydrain.drain(batches)
+
+
+def test_non_tensor_leaf_from_the_default_collate():
+    """Strings are collated into a list of strings: not an array."""
+    loader = DataLoader(MapDataset(N, lambda i: (features(N)[i], f"name{i}")), batch_size=16)
+    with pytest.raises(TypeError):
+        arraydrain.drain(loader)
+
+
+@pytest.mark.parametrize("leaf", ["text", 3, [1.0, 2.0], None], ids=["str", "int", "list", "None"])
+def test_non_tensor_leaf_in_a_batch(leaf):
+    with pytest.raises(TypeError):
+        arraydrain.drain([(torch.zeros(2), leaf)])
+
+
+def test_empty_stream_has_no_structure():
+    with pytest.raises(ValueError):
+        arraydrain.drain(iter([]))
+
+
+def test_exception_from_the_dataset_propagates_unchanged():
+    class Boom(KeyError):
+        pass
+
+    def item(i):
+        if i == 37:
+            raise Boom("row 37 is missing")
+        return torch.tensor([i])
+
+    with pytest.raises(Boom, match="row 37"):
+        arraydrain.drain(DataLoader(MapDataset(N, item), batch_size=16))
+
+
+def test_exception_from_a_batch_sampler_propagates_unchanged():
+    class Sampler:
+        def __iter__(self):
+            yield [0, 1]
+            raise LookupError("sampler broke")
+
+        def __len__(self):
+            return 3
+
+    ds = TensorDataset(features(N), labels(N))
+    with pytest.raises(LookupError, match="sampler broke"):
+        arraydrain.drain(DataLoader(ds, batch_sampler=Sampler()))
+
+
+def test_batch_sampler_index_out_of_range():
+    """The real loader raises IndexError for this index; so does the drain (no wild read)."""
+    ds = TensorDataset(features(N), labels(N))
+    loader = DataLoader(ds, batch_sampler=[[0, 1], [N]])
+    with pytest.raises(IndexError):
+        list(loader)
+    with pytest.raises(IndexError):
+        arraydrain.drain(loader)
+
+
+def test_negative_index_matches_the_loader():
+    """Python indexing accepts -1 (the last row); the drain gives what the loader gives."""
+    ds = TensorDataset(features(N), labels(N))
+    drain_vs_epoch(DataLoader(ds, batch_sampler=[[0, -1], [-N, 5]]))
+
+
+@pytest.mark.parametrize("strategy", ["fastest", "", "PINNED!"])
+def test_unknown_strategy(strategy):
+    with pytest.raises(ValueError):
+        arraydrain.drain(good(), strategy=strategy)
+
+
+def test_strategy_of_the_wrong_type():
+    with pytest.raises(TypeError):
+        arraydrain.drain(good(), strategy=3)
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu0", ""])
+def test_unknown_device(device):
+    with pytest.raises(ValueError):
+        arraydrain.drain(good(), device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_cuda_without_a_gpu():
+    with pytest.raises(RuntimeError):
+        arraydrain.drain(good(), device="cuda")
+
+
+def test_out_of_the_wrong_shape():
+    out = arraydrain.drain(DataLoader(TensorDataset(features(N + 1), labels(N + 1)), batch_size=16))
+    with pytest.raises(ValueError):
+        arraydrain.drain(good(), out=out)
+
+
+def test_out_of_the_wrong_trailing_shape():
+    out = arraydrain.drain(DataLoader(TensorDataset(features(N, 7), labels(N)), batch_size=16))
+    with pytest.raises(ValueError):
+        arraydrain.drain(good(), out=out)
+
+
+def test_out_of_the_wrong_dtype():
+    out = arraydrain.drain(
+        DataLoader(TensorDataset(features(N).double(), labels(N)), batch_size=16)
+    )
+    with pytest.raises(TypeError):
+        arraydrain.drain(good(), out=out)
+
+
+def test_out_of_the_wrong_structure():
+    out = arraydrain.drain(DataLoader(TensorDataset(features(N)), batch_size=16))
+    with pytest.raises(ValueError):
+        arraydrain.drain(good(), out=out)
+
+
+def test_out_that_is_not_arrays():
+    with pytest.raises(TypeError):
+        arraydrain.drain(good(), out=[np.zeros((N, 8), np.float32), "nope"])
+
+
+def test_out_that_is_read_only():
+    out = arraydrain.drain(good())
+    out[0].flags.writeable = False
+    with pytest.raises(ValueError):
+        arraydrain.drain(good(), out=out)
+
+
+def test_out_that_is_not_contiguous():
+    out = [np.zeros((8, N), np.float32).T, np.zeros(N, np.int64)]
+    with pytest.raises(ValueError):
+        arraydrain.drain(good(), out=out)
+
+
+def test_a_failed_drain_into_out_reports_the_error():
+    """The error is an exception, not a silently half-filled array returned as a result."""
+    out = arraydrain.drain(good())
+    collate = _collate_changing_one_batch(lambda x, y: (x[:-1], y[:-1]))
+    loader = DataLoader(TensorDataset(features(N), labels(N)), batch_size=16, collate_fn=collate)
+    with pytest.raises(ValueError):
+        arraydrain.drain(loader, out=out)
+
+
+def test_error_types_share_a_base_if_one_is_exported():
+    base = getattr(arraydrain, "ArrayDrainError", None)
+    if base is None:
+        pytest.skip("arraydrain exports no ArrayDrainError")
+    assert issubclass(base, Exception)
+    try:
+        arraydrain.drain(good(), strategy="fastest")
+    except ValueError as e:
+        assert isinstance(e, base), "engine errors are also ArrayDrainError"

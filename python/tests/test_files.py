@@ -1,0 +1,155 @@
+"""`arraydrain.to_npz` / `arraydrain.to_npy_dir`: the same drain straight into NumPy files, read
+back with np.load and compared with one real epoch of the loader from the same RNG state."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import arraydrain
+from helpers import (
+    assert_same,
+    assert_same_state,
+    capture,
+    classic,
+    features,
+    labels,
+    restore,
+    values,
+)
+
+N = 300
+
+
+class MapDataset(Dataset):
+    def __init__(self, n, make):
+        self.n, self.make = n, make
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.make(i)
+
+
+X = features(N, 5)
+Y = labels(N)
+IMG = values((N, 2, 3, 3), torch.float16, seed=2)
+
+
+def dict_loader(shuffle=True):
+    g = torch.Generator().manual_seed(3)
+    return DataLoader(
+        MapDataset(N, lambda i: {"x": X[i], "y": Y[i], "img": IMG[i]}),
+        batch_size=32,
+        shuffle=shuffle,
+        generator=g,
+    )
+
+
+def tensor_loader(shuffle=True):
+    g = torch.Generator().manual_seed(4)
+    return DataLoader(TensorDataset(X, Y, IMG), batch_size=32, shuffle=shuffle, generator=g)
+
+
+def write_vs_epoch(write, loader, path, **kwargs):
+    """Writes with `write(loader, path)`, then the reference epoch from the same RNG state."""
+    before = capture(loader)
+    ret = write(loader, path, **kwargs)
+    after = capture(loader)
+    restore(before)
+    ref = classic(loader)
+    assert_same_state(after, capture(loader))
+    return ret, ref
+
+
+def read_npz(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def read_npy_dir(path):
+    names = sorted(os.listdir(path))
+    assert all(n.endswith(".npy") for n in names), names
+    return {n[: -len(".npy")]: np.load(os.path.join(path, n), allow_pickle=False) for n in names}
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_to_npz_dict_batches(tmp_path, shuffle):
+    path = tmp_path / "out.npz"
+    _, ref = write_vs_epoch(arraydrain.to_npz, dict_loader(shuffle), str(path))
+    got = read_npz(path)
+    assert sorted(got) == sorted(ref)
+    assert_same({k: got[k] for k in ref}, ref)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_to_npy_dir_dict_batches(tmp_path, shuffle):
+    path = tmp_path / "out"
+    _, ref = write_vs_epoch(arraydrain.to_npy_dir, dict_loader(shuffle), str(path))
+    got = read_npy_dir(path)
+    assert sorted(got) == sorted(ref)
+    assert_same({k: got[k] for k in ref}, ref)
+
+
+@pytest.mark.parametrize(
+    "write, read",
+    [(arraydrain.to_npz, read_npz), (arraydrain.to_npy_dir, read_npy_dir)],
+    ids=["npz", "npy_dir"],
+)
+def test_fast_path_list_batches(tmp_path, write, read):
+    path = tmp_path / "out"
+    _, ref = write_vs_epoch(write, tensor_loader(), str(path))
+    got = read(path)
+    assert len(got) == len(ref)
+    # Positional columns: every reference array is one of the members, each used once.
+    by_bytes = {}
+    for name, arr in got.items():
+        by_bytes.setdefault((arr.dtype.str, arr.shape, arr.tobytes()), []).append(name)
+    for i, arr in enumerate(ref):
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        assert by_bytes.get(key), f"column {i} of the loader is not among the members {sorted(got)}"
+        by_bytes[key].pop()
+
+
+def test_pathlib_path_is_accepted(tmp_path):
+    path = tmp_path / "p.npz"
+    _, ref = write_vs_epoch(arraydrain.to_npz, dict_loader(), path)
+    assert_same({k: read_npz(path)[k] for k in ref}, ref)
+
+
+def test_to_npz_replaces_an_existing_file(tmp_path):
+    path = tmp_path / "out.npz"
+    np.savez(path, old=np.zeros(3))
+    _, ref = write_vs_epoch(arraydrain.to_npz, dict_loader(), str(path))
+    got = read_npz(path)
+    assert "old" not in got
+    assert_same({k: got[k] for k in ref}, ref)
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    bad = DataLoader(MapDataset(N, lambda i: {"x": X[i].to(torch.bfloat16)}), batch_size=32)
+    path = tmp_path / "bad.npz"
+    with pytest.raises(TypeError):
+        arraydrain.to_npz(bad, str(path))
+    assert list(tmp_path.iterdir()) == [], "no file, not even a temporary one, is left behind"
+
+
+def test_a_loader_error_midway_leaves_no_file(tmp_path):
+    def item(i):
+        if i == N - 5:
+            raise KeyError("late failure")
+        return {"x": X[i]}
+
+    path = tmp_path / "late.npz"
+    with pytest.raises(KeyError):
+        arraydrain.to_npz(DataLoader(MapDataset(N, item), batch_size=32), str(path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_destination(tmp_path):
+    missing = tmp_path / "no" / "such" / "dir" / "out.npz"
+    with pytest.raises(OSError):
+        arraydrain.to_npz(dict_loader(), str(missing))
