@@ -1,0 +1,431 @@
+#!/usr/bin/env python3
+"""How fast `arraydrain.drain(loader)` turns a PyTorch DataLoader into NumPy arrays, against what
+people do today, all in one run on the same data.
+
+Workload: `DataLoader(TensorDataset(x, y), batch_size=B)` with x float32 [rows, dim] and y int64
+[rows] (default 1M x 128, B = 256), sequential and shuffled (`shuffle=True` with a seeded
+`torch.Generator`, reseeded before every run so that every method drains the same order).
+
+Methods (CPU tensors; `--device cuda` puts x and y on the GPU, see below):
+  recipe-concat        keep every batch, torch.cat at the end, .numpy()
+  recipe-per-batch     each batch .numpy() in the loop, np.concatenate at the end
+  recipe-preallocated  np.empty once, copy each batch into its slice
+  tensor-index         x[idx].numpy(), y[idx].numpy() with the epoch's order `idx` given
+                       (computed outside the timed region: the most favourable case for it)
+  numpy-take           np.take(x_np, idx, axis=0) likewise
+  memcpy-floor         np.copyto of the same number of bytes into freshly allocated arrays
+  drain                arraydrain.drain(loader) (takes the order from the loader itself)
+  drain-into           arraydrain.drain(loader, out=previous result) (the epoch case)
+  rust-preallocated    `arraydrain bench --strategies preallocated,preallocated-into` (the Rust
+                       engine on its own synthetic table of the same shape and order kind, run
+                       as a subprocess in the same run), with its parallel cpu_fresh floor
+With `--device cuda` (x, y on the GPU): the recipes use .cpu(); `pinned-best` is x[idx] gathered
+on the GPU and copied with non_blocking=True into a pinned tensor allocated outside the timed
+region; the floor is one copy of the same bytes from a contiguous GPU tensor into pinned memory;
+the Rust figure is `arraydrain bench --device cuda --strategies pinned`.
+
+Every method's output is checked against the reference x_np[idx], y_np[idx] (and the recipes,
+being real epochs, check idx itself) before it is timed. Peak extra memory: each method runs once
+more in a child process that resets its RSS high-water mark (/proc/self/clear_refs) after the
+set-up and reports VmHWM minus the RSS before the method, so it counts every byte the method
+touched, temporaries included.
+
+Usage:
+  python/bench.py                              # the full run (about 5 minutes on 2 cores)
+  python/bench.py --rows 100000 --repeat 2     # a quick run
+  python/bench.py --orders shuffled --methods drain,tensor-index --no-memory
+Prints one table per order and the targets, and with --json PATH writes every figure. Columns:
+`x floor` is the median over memcpy-floor's median, `t/drain` the median over drain's median (how
+many times faster drain is), `peak MiB` / `x out` the peak extra resident memory and its ratio to
+the output bytes (rust rows: bytes the strategy allocated, marked `a`).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+CPU_METHODS = [
+    "recipe-concat",
+    "recipe-per-batch",
+    "recipe-preallocated",
+    "tensor-index",
+    "numpy-take",
+    "memcpy-floor",
+    "drain",
+    "drain-into",
+]
+CUDA_METHODS = [
+    "recipe-concat",
+    "recipe-per-batch",
+    "recipe-preallocated",
+    "pinned-best",
+    "memcpy-floor",
+    "drain",
+    "drain-into",
+]
+RECIPES = ["recipe-concat", "recipe-per-batch", "recipe-preallocated"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Workload:
+    """The data, the loader and the epoch's order, rebuilt identically in every process."""
+
+    def __init__(self, args, order):
+        self.args, self.order = args, order
+        self.cuda = args.device == "cuda"
+        g = torch.Generator().manual_seed(args.seed)
+        x = torch.randn(args.rows, args.dim, generator=g)
+        y = torch.randint(0, 1 << 40, (args.rows,), generator=g)
+        self.x_np, self.y_np = x.numpy(), y.numpy()
+        if self.cuda:
+            x, y = x.cuda(), y.cuda()
+            torch.cuda.synchronize()
+        self.x, self.y = x, y
+        self.gen = torch.Generator()
+        self.loader = DataLoader(
+            TensorDataset(x, y),
+            batch_size=args.batch,
+            shuffle=order == "shuffled",
+            generator=self.gen,
+        )
+        self.reseed()
+        # The order one epoch yields, from a loader of the same length, sampler and generator
+        # state over the row numbers themselves.
+        rows = DataLoader(
+            range(args.rows),
+            batch_size=args.batch,
+            shuffle=order == "shuffled",
+            generator=self.gen,
+        )
+        self.idx = torch.cat(list(rows)) if args.rows else torch.zeros(0, dtype=torch.int64)
+        self.idx_np = self.idx.numpy()
+        self.idx_dev = self.idx.cuda() if self.cuda else self.idx
+        self.out_rows = len(self.idx_np)
+        self.out_bytes = self.out_rows * (args.dim * 4 + 8)
+        self.pinned = None
+
+    def reseed(self):
+        """Before every run: the loader's generator back to the same state (same epoch order)."""
+        self.gen.manual_seed(self.args.seed + 1)
+
+    def reference(self):
+        return self.x_np[self.idx_np], self.y_np[self.idx_np]
+
+
+def host(t):
+    return t.cpu().numpy() if t.is_cuda else t.numpy()
+
+
+def sync(w):
+    if w.cuda:
+        torch.cuda.synchronize()
+
+
+def run_method(w, method, state):
+    """Runs `method` once over one epoch; returns its (x, y) NumPy output."""
+    import arraydrain
+
+    if method == "recipe-concat":
+        xs, ys = [], []
+        for bx, by in w.loader:
+            xs.append(bx)
+            ys.append(by)
+        return host(torch.cat(xs)), host(torch.cat(ys))
+    if method == "recipe-per-batch":
+        xs, ys = [], []
+        for bx, by in w.loader:
+            xs.append(host(bx))
+            ys.append(host(by))
+        return np.concatenate(xs), np.concatenate(ys)
+    if method == "recipe-preallocated":
+        ox = np.empty((w.out_rows, w.args.dim), np.float32)
+        oy = np.empty(w.out_rows, np.int64)
+        s = 0
+        for bx, by in w.loader:
+            k = len(bx)
+            ox[s : s + k] = host(bx)
+            oy[s : s + k] = host(by)
+            s += k
+        return ox, oy
+    if method == "tensor-index":
+        return w.x[w.idx].numpy(), w.y[w.idx].numpy()
+    if method == "numpy-take":
+        return np.take(w.x_np, w.idx_np, axis=0), np.take(w.y_np, w.idx_np, axis=0)
+    if method == "pinned-best":
+        px, py = state["pinned"]
+        px.copy_(w.x[w.idx_dev], non_blocking=True)
+        py.copy_(w.y[w.idx_dev], non_blocking=True)
+        torch.cuda.synchronize()
+        return px.numpy(), py.numpy()
+    if method == "memcpy-floor":
+        if w.cuda:
+            px, py = state["pinned"]
+            px.copy_(state["contiguous"][0], non_blocking=True)
+            py.copy_(state["contiguous"][1], non_blocking=True)
+            torch.cuda.synchronize()
+            return px.numpy(), py.numpy()
+        ox = np.empty((w.out_rows, w.args.dim), np.float32)
+        oy = np.empty(w.out_rows, np.int64)
+        np.copyto(ox, state["contiguous"][0])
+        np.copyto(oy, state["contiguous"][1])
+        return ox, oy
+    if method == "drain":
+        return tuple(arraydrain.drain(w.loader))
+    if method == "drain-into":
+        return tuple(arraydrain.drain(w.loader, out=state["out"]))
+    raise SystemExit(f"unknown method {method!r}")
+
+
+def prepare(w, method):
+    """What a method gets before its timed region (pinned buffers, a previous result)."""
+    import arraydrain
+
+    state = {}
+    if method in ("pinned-best", "memcpy-floor") and w.cuda:
+        state["pinned"] = (
+            torch.empty((w.out_rows, w.args.dim), dtype=torch.float32, pin_memory=True),
+            torch.empty(w.out_rows, dtype=torch.int64, pin_memory=True),
+        )
+    if method == "memcpy-floor":
+        # The floor copies the same number of bytes from a contiguous source (the reference).
+        ref = w.reference()
+        state["contiguous"] = tuple(torch.from_numpy(r).cuda() for r in ref) if w.cuda else ref
+    if method == "drain-into":
+        w.reseed()
+        state["out"] = list(arraydrain.drain(w.loader))
+    return state
+
+
+def check(w, method, got, ref):
+    if method == "memcpy-floor":
+        return True  # copies the reference itself
+    return all(
+        a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        for a, b in zip(got, ref, strict=True)
+    )
+
+
+def time_method(w, method, repeat, ref):
+    state = prepare(w, method)
+    w.reseed()
+    got = run_method(w, method, state)
+    verified = check(w, method, got, ref)
+    del got
+    if not verified:
+        return {"verified": False, "runs": []}
+    runs = []
+    for _ in range(repeat):
+        w.reseed()
+        sync(w)
+        t0 = time.perf_counter()
+        out = run_method(w, method, state)
+        sync(w)
+        runs.append(time.perf_counter() - t0)
+        del out
+    return {"verified": True, "runs": runs}
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child(args):
+    """One method once, in a fresh process: prints the peak extra resident bytes."""
+    w = Workload(args, args.child_order)
+    state = prepare(w, args.child)
+    w.reseed()
+    sync(w)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    before = _status_kb("VmRSS")
+    out = run_method(w, args.child, state)
+    sync(w)
+    peak = _status_kb("VmHWM")
+    assert out is not None
+    print(json.dumps({"peak_extra": peak - before}))
+
+
+def peak_extra(args, method, order):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", method, "--child-order", order]
+    cmd += ["--rows", str(args.rows), "--dim", str(args.dim), "--batch", str(args.batch)]
+    cmd += ["--seed", str(args.seed), "--device", args.device]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"memory child for {method} ({order}) failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_extra"]
+
+
+def rust_bench(args, order):
+    """The Rust engine's own figures on a table of the same shape (`arraydrain bench`)."""
+    binary = args.rust_bin or os.path.join(REPO, "target", "release", "arraydrain")
+    if not os.path.exists(binary):
+        if args.rust_bin:
+            raise SystemExit(f"{binary} does not exist")
+        cargo = shutil.which("cargo")
+        if cargo is None:
+            raise SystemExit("no arraydrain binary and no cargo to build it: pass --rust-bin")
+        print("building target/release/arraydrain ...", file=sys.stderr)
+        subprocess.run([cargo, "build", "--release", "--bin", "arraydrain"], cwd=REPO, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.json")
+        strategies = "pinned" if args.device == "cuda" else "preallocated,preallocated-into"
+        cmd = [binary, "bench", "--rows", str(args.rows), "--dim", str(args.dim)]
+        cmd += ["--batch", str(args.batch), "--seed", str(args.seed), "--repeat", str(args.repeat)]
+        cmd += ["--strategies", strategies, "--device", args.device, "--json", path]
+        if order == "shuffled":
+            cmd.append("--shuffle")
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        with open(path) as f:
+            doc = json.load(f)
+    rows = {}
+    for r in doc["results"]:
+        rows[f"rust-{r['strategy']}"] = {
+            "verified": r["verified"],
+            "median": r["seconds"]["median"],
+            "min": r["seconds"]["min"],
+            "peak_alloc": r["peak_alloc_bytes"],
+        }
+    return rows, doc["floors"], " ".join(cmd[1:]).replace(path, "FILE")
+
+
+def fmt_s(s):
+    return f"{s * 1e3:9.1f} ms" if s < 10 else f"{s:9.2f} s "
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per method (median shown)")
+    p.add_argument("--orders", default="sequential,shuffled")
+    p.add_argument("--methods", default=None, help="comma-separated (default: all)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    p.add_argument("--no-rust", action="store_true", help="skip `arraydrain bench`")
+    p.add_argument("--rust-bin", default=None, help="arraydrain binary (default target/release)")
+    p.add_argument("--json", default=None, help="write every figure here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-order", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    if args.child:
+        return child(args)
+
+    import arraydrain
+
+    every = CUDA_METHODS if args.device == "cuda" else CPU_METHODS
+    methods = args.methods.split(",") if args.methods else every
+    for m in methods:
+        if m not in every:
+            raise SystemExit(f"unknown method {m!r} for --device {args.device}: {every}")
+    report = {"args": vars(args), "orders": {}}
+    failed = []
+    print(
+        f"arraydrain {getattr(arraydrain, '__version__', '?')}, torch {torch.__version__}, "
+        f"numpy {np.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+    )
+    for order in args.orders.split(","):
+        w = Workload(args, order)
+        ref = w.reference()
+        results = {}
+        for m in methods:
+            print(f"[{order}] {m} ...", file=sys.stderr, flush=True)
+            r = time_method(w, m, args.repeat, ref)
+            if r["verified"]:
+                r["median"] = statistics.median(r["runs"])
+                r["min"] = min(r["runs"])
+            else:
+                failed.append(f"{m} ({order})")
+            results[m] = r
+        del w, ref
+        if not args.no_memory:
+            for m in methods:
+                if results[m]["verified"]:
+                    print(f"[{order}] {m}: peak memory ...", file=sys.stderr, flush=True)
+                    results[m]["peak_extra"] = peak_extra(args, m, order)
+        rust_cmd, floors = None, {}
+        if not args.no_rust:
+            rust, floors, rust_cmd = rust_bench(args, order)
+            results.update(rust)
+            failed += [f"{k} ({order})" for k, v in rust.items() if not v["verified"]]
+        report["orders"][order] = {"results": results, "rust_floors": floors, "rust": rust_cmd}
+        print_table(args, order, results, floors, rust_cmd)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if failed:
+        raise SystemExit(f"output differs from the reference: {', '.join(failed)}")
+
+
+def print_table(args, order, results, floors, rust_cmd):
+    out_bytes = args.rows * (args.dim * 4 + 8)
+    floor = results.get("memcpy-floor", {}).get("median")
+    drain = results.get("drain", {}).get("median")
+    print()
+    print(
+        f"{order}: {args.rows} rows x f32[{args.dim}] + i64, batch {args.batch}, "
+        f"{args.device} tensors, {out_bytes / 1e6:.1f} MB out, median of {args.repeat}"
+    )
+    head = f"{'method':22} {'median':>12} {'min':>12} {'GB/s':>7} {'x floor':>8} "
+    head += f"{'t/drain':>8} {'peak MiB':>9} {'x out':>6}  verified"
+    print(head)
+    for name, r in results.items():
+        if not r["verified"]:
+            print(f"{name:22} {'':>12} {'':>12} {'':>7} {'':>8} {'':>8} {'':>9} {'':>6}  NO")
+            continue
+        med = r["median"]
+        vs_floor = f"{med / floor:8.2f}" if floor and not name.startswith("rust") else f"{'':>8}"
+        vs_drain = f"{med / drain:8.2f}" if drain else f"{'':>8}"
+        if "peak_extra" in r:
+            peak = f"{r['peak_extra'] / 2**20:9.1f} {r['peak_extra'] / out_bytes:6.2f}"
+        elif "peak_alloc" in r:
+            peak = f"{r['peak_alloc'] / 2**20:9.1f}a{r['peak_alloc'] / out_bytes:5.2f}"
+        else:
+            peak = f"{'':>9} {'':>6}"
+        gbps = out_bytes / med / 1e9
+        print(
+            f"{name:22} {fmt_s(med):>12} {fmt_s(r['min']):>12} {gbps:7.2f} {vs_floor} "
+            f"{vs_drain} {peak}  yes"
+        )
+    for name, f in floors.items():
+        print(f"{'rust floor ' + name:22} {fmt_s(f['seconds']):>12} {fmt_s(f['min']):>12}")
+    if rust_cmd:
+        print(f"rust rows: arraydrain {rust_cmd}  ('a': bytes the strategy allocated, not RSS)")
+    if not drain:
+        return
+    print("targets:")
+    recipes = [results[m]["median"] for m in RECIPES if results.get(m, {}).get("median")]
+    if recipes:
+        print(f"  drain vs fastest recipe   {min(recipes) / drain:7.1f}x faster (target >= 40x)")
+    for m in ("tensor-index", "numpy-take", "pinned-best"):
+        if results.get(m, {}).get("median"):
+            print(f"  drain vs {m:16} {results[m]['median'] / drain:7.2f}x faster (target >= 2x)")
+    rust = results.get("rust-pinned" if args.device == "cuda" else "rust-preallocated")
+    if rust and rust.get("median"):
+        print(f"  drain / rust engine       {drain / rust['median']:7.2f}  (target <= 1.1)")
+    if "peak_extra" in results["drain"]:
+        print(
+            f"  drain peak extra / output {results['drain']['peak_extra'] / out_bytes:7.2f}  "
+            "(target <= 1.05)"
+        )
+
+
+if __name__ == "__main__":
+    main()
