@@ -266,12 +266,42 @@ def test_a_failed_drain_into_out_reports_the_error():
         arraydrain.drain(loader, out=out)
 
 
-def test_error_types_share_a_base_if_one_is_exported():
-    base = getattr(arraydrain, "ArrayDrainError", None)
-    if base is None:
-        pytest.skip("arraydrain exports no ArrayDrainError")
-    assert issubclass(base, Exception)
-    try:
-        arraydrain.drain(good(), strategy="fastest")
-    except ValueError as e:
-        assert isinstance(e, base), "engine errors are also ArrayDrainError"
+def _raises(exc, fn):
+    with pytest.raises(exc) as info:
+        fn()
+    return info.value
+
+
+def test_every_error_is_an_arraydrain_error_and_the_builtin_kind():
+    bad_dtype = DataLoader(TensorDataset(features(N).to(torch.bfloat16)), batch_size=16)
+    ds = TensorDataset(features(N), labels(N))
+    ds.tensors = (ds.tensors[0], ds.tensors[1][:-1])
+    cases = [
+        (TypeError, lambda: arraydrain.drain(bad_dtype), arraydrain.DrainTypeError),
+        (ValueError, lambda: arraydrain.drain(good(), strategy="x"), arraydrain.DrainValueError),
+        (ValueError, lambda: arraydrain.drain(DataLoader(ds)), arraydrain.DrainValueError),
+        (
+            IndexError,
+            lambda: arraydrain.drain(DataLoader(TensorDataset(features(N)), batch_sampler=[[N]])),
+            arraydrain.DrainIndexError,
+        ),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(
+            (
+                RuntimeError,
+                lambda: arraydrain.drain(good(), device="cuda"),
+                arraydrain.DrainRuntimeError,
+            )
+        )
+    for builtin, fn, cls in cases:
+        e = _raises(builtin, fn)
+        assert isinstance(e, arraydrain.ArrayDrainError), f"{e!r} is not an ArrayDrainError"
+        assert isinstance(e, cls), f"{e!r} is not a {cls.__name__}"
+        assert str(e), "the message is not empty"
+
+
+def test_index_errors_are_also_value_errors():
+    loader = DataLoader(TensorDataset(features(N)), batch_sampler=[[0], [N + 5]])
+    e = _raises(ValueError, lambda: arraydrain.drain(loader))
+    assert isinstance(e, IndexError)
