@@ -37,9 +37,10 @@ cd "$root"
 cargo test --workspace
 
 # The Python package, built in release mode by its own backend (maturin from the venv, no build
-# isolation so nothing is downloaded), into the venv; cargo shares the workspace's target/.
+# isolation so nothing is downloaded; the backend runs `maturin` from PATH), into the venv; cargo
+# shares the workspace's target/.
 echo "test.sh: building and installing ./python into $venv" >&2
-"$py" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+PATH="$venv/bin:$PATH" "$py" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
   --force-reinstall ./python
 # From the repository root, so `import arraydrain` finds the installed build, not python/arraydrain.
 # pytest exits 5 when it collects no test: that fails this script like any other failure.

@@ -381,3 +381,44 @@ def test_structure_is_a_list_like_the_default_collate():
     assert isinstance(next(iter(loader)), list)
     got = arraydrain.drain(loader)
     assert type(got) is list
+
+
+def test_fast_path_fetches_no_sample_in_python(monkeypatch):
+    """The indices come from the samplers; no TensorDataset.__getitem__ call is made."""
+    for shuffle in (False, True):
+        g = torch.Generator().manual_seed(3)
+        loader = DataLoader(dataset(), batch_size=32, shuffle=shuffle, generator=g)
+        ref = classic(loader)
+        g.manual_seed(3)
+
+        def refuse(self, index):
+            raise AssertionError("a sample was fetched in Python")
+
+        with monkeypatch.context() as m:
+            m.setattr(TensorDataset, "__getitem__", refuse)
+            got = arraydrain.drain(loader)
+        assert_same(got, ref)
+
+
+class PlusOne(TensorDataset):
+    """A TensorDataset whose __getitem__ changes the data: the fast path must not bypass it."""
+
+    def __getitem__(self, index):
+        return tuple(t[index] + 1 for t in self.tensors)
+
+
+def test_tensor_dataset_subclass_with_its_own_getitem():
+    loader = DataLoader(PlusOne(features(N), labels(N)), batch_size=32, shuffle=True)
+    got, _ = drain_vs_epoch(loader)
+    np.testing.assert_array_equal(np.sort(got[1]), np.sort(labels(N).numpy() + 1))
+
+
+def test_subset_of_a_dataset_with_its_own_getitem():
+    inner = PlusOne(features(N), labels(N))
+    drain_vs_epoch(DataLoader(Subset(inner, list(range(0, N, 2))), batch_size=32))
+
+
+def test_out_returns_the_same_object():
+    loader = DataLoader(dataset(), batch_size=32, shuffle=True)
+    first = arraydrain.drain(loader)
+    assert arraydrain.drain(loader, out=first) is first
