@@ -1,0 +1,213 @@
+"""Batch structures and their leaves: flattening a batch (tuple, list, dict, namedtuple, nested
+as a collate function makes it) into named leaves, rebuilding the structure around the output
+arrays, and the dtype rules for tensors and NumPy arrays."""
+
+from __future__ import annotations
+
+import collections.abc
+from typing import Any, Callable, List, Optional, Tuple
+
+import numpy as np
+
+from ._errors import DrainTypeError, DrainValueError
+
+# NumPy dtype -> the engine's dtype name (None: carried as opaque bytes, arrays only).
+_ENGINE_NAMES = {
+    np.dtype(np.float16): "f16",
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float64): "f64",
+    np.dtype(np.int8): "i8",
+    np.dtype(np.int16): "i16",
+    np.dtype(np.int32): "i32",
+    np.dtype(np.int64): "i64",
+    np.dtype(np.uint8): "u8",
+    np.dtype(np.uint16): "u16",
+    np.dtype(np.uint32): "u32",
+    np.dtype(np.uint64): "u64",
+    np.dtype(np.bool_): "bool",
+    np.dtype(np.complex64): None,
+    np.dtype(np.complex128): None,
+}
+
+BFLOAT16_MESSAGE = (
+    "{where}: torch.bfloat16 has no NumPy dtype, so it cannot be drained into a NumPy array; "
+    "convert it first (tensor.float() is exact) or use a float16 copy"
+)
+
+
+def engine_dtype(dtype: np.dtype, where: str) -> Optional[str]:
+    """The engine's name for a NumPy dtype (``None`` for complex, moved as bytes)."""
+    d = np.dtype(dtype).newbyteorder("=") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
+    if d not in _ENGINE_NAMES:
+        raise DrainTypeError(f"{where}: dtype {dtype} is not supported (numeric and bool only)")
+    return _ENGINE_NAMES[d]
+
+
+def torch_numpy_dtype(t, where: str) -> np.dtype:
+    """The NumPy dtype of a tensor's elements, refusing those NumPy has no type for."""
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        raise DrainTypeError(BFLOAT16_MESSAGE.format(where=f"leaf {where!r}"))
+    try:
+        d = torch.empty((), dtype=t.dtype).numpy().dtype
+    except TypeError as e:
+        raise DrainTypeError(f"{where}: torch dtype {t.dtype} has no NumPy dtype ({e})") from e
+    engine_dtype(d, where)
+    return d
+
+
+class Leaf:
+    """One leaf of a batch: its name (a path), dtype, shape of one row."""
+
+    __slots__ = ("name", "dtype", "row_shape", "row_bytes", "engine")
+
+    def __init__(self, name: str, dtype: np.dtype, row_shape: Tuple[int, ...]):
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(int(s) for s in row_shape)
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.engine = engine_dtype(self.dtype, name)
+
+    def spec(self):
+        """``(name, engine dtype, row shape, row bytes)`` as the native sink takes it."""
+        return (self.name, self.engine, list(self.row_shape), self.row_bytes)
+
+
+def is_tensor(x) -> bool:
+    """Whether ``x`` is a ``torch.Tensor`` (without importing torch when it is not loaded)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def flatten(batch: Any, path: str = "") -> Tuple[Any, List[Tuple[str, Any]]]:
+    """``(structure, [(name, leaf), ...])``: the structure is a tree of containers whose
+    leaves are placeholders, rebuilt by :func:`rebuild`. Names are paths: list and tuple
+    positions and dict keys joined by ``.`` (``"0"``, ``"image"``, ``"meta.label"``)."""
+    leaves: List[Tuple[str, Any]] = []
+
+    def walk(x, p):
+        if is_tensor(x) or isinstance(x, np.ndarray):
+            leaves.append((p or "0", x))
+            return _LEAF
+        if isinstance(x, collections.abc.Mapping):
+            return ("dict", type(x), [(k, walk(v, _join(p, str(k)))) for k, v in x.items()])
+        if isinstance(x, tuple) and hasattr(x, "_fields"):
+            return ("namedtuple", type(x), [walk(v, _join(p, str(i))) for i, v in enumerate(x)])
+        if isinstance(x, (list, tuple)):
+            return (type(x).__name__ if type(x) in (list, tuple) else "seq", type(x),
+                    [walk(v, _join(p, str(i))) for i, v in enumerate(x)])
+        raise DrainTypeError(
+            f"batch leaf {p or '<batch>'!r} is a {type(x).__name__}, not a tensor or NumPy array"
+        )
+
+    return walk(batch, path), leaves
+
+
+_LEAF = object()
+
+
+def _join(p: str, k: str) -> str:
+    return f"{p}.{k}" if p else k
+
+
+def rebuild(structure: Any, arrays: List[Any]) -> Any:
+    """The structure with its leaves replaced, in order, by ``arrays``."""
+    it = iter(arrays)
+
+    def build(s):
+        if s is _LEAF:
+            return next(it)
+        kind, typ, children = s
+        if kind == "dict":
+            d = {k: build(v) for k, v in children}
+            if typ is dict:
+                return d
+            try:
+                return typ(d)
+            except Exception:  # noqa: BLE001 - a mapping type without a dict constructor
+                return d
+        items = [build(c) for c in children]
+        if kind == "namedtuple":
+            return typ(*items)
+        if kind == "tuple":
+            return tuple(items)
+        if kind == "list":
+            return items
+        try:
+            return typ(items)
+        except Exception:  # noqa: BLE001 - a sequence type without a list constructor
+            return items
+
+    return build(structure)
+
+
+def same_structure(a: Any, b: Any) -> bool:
+    """Whether two structures from :func:`flatten` match (containers, keys, arity)."""
+    if a is _LEAF or b is _LEAF:
+        return a is b
+    if a[0] != b[0] or a[1] is not b[1] or len(a[2]) != len(b[2]):
+        return False
+    if a[0] == "dict":
+        return all(ka == kb and same_structure(va, vb) for (ka, va), (kb, vb) in zip(a[2], b[2]))
+    return all(same_structure(x, y) for x, y in zip(a[2], b[2]))
+
+
+def host_bytes(x, where: str, batched: bool = True) -> Tuple[np.ndarray, np.dtype, Tuple[int, ...]]:
+    """A CPU leaf as ``(uint8 array (rows, row_bytes) viewing it, dtype, row shape)``; one
+    contiguous copy when the leaf is not C-contiguous, none otherwise. ``batched=False`` treats
+    the leaf as one row."""
+    if is_tensor(x):
+        dtype = torch_numpy_dtype(x, where)
+        t = x.detach()
+        if t.is_conj():
+            t = t.resolve_conj()
+        if t.is_neg():
+            t = t.resolve_neg()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        a = t.numpy()
+    elif isinstance(x, np.ndarray):
+        dtype = x.dtype
+        engine_dtype(dtype, where)
+        if dtype.byteorder == ">":
+            dtype = dtype.newbyteorder("=")
+            x = x.astype(dtype)
+        a = np.ascontiguousarray(x)
+    else:
+        raise DrainTypeError(f"batch leaf {where!r} is a {type(x).__name__}, not a tensor or NumPy array")
+    if not batched:
+        a = a.reshape((1,) + a.shape)
+    if a.ndim == 0:
+        raise DrainValueError(
+            f"batch leaf {where!r} is 0-dimensional; every leaf needs a first axis of rows"
+        )
+    rows, row_shape = a.shape[0], a.shape[1:]
+    per_row = int(np.prod(row_shape, dtype=np.int64))
+    return a.reshape(rows, per_row).view(np.uint8), dtype, tuple(row_shape)
+
+
+def to_array(u8: np.ndarray, leaf: Leaf, rows: int) -> np.ndarray:
+    """The engine's ``uint8`` output viewed as the leaf's dtype and shape (no copy)."""
+    return u8[:rows].view(leaf.dtype).reshape((rows,) + leaf.row_shape)
+
+
+def out_bytes(o: Any, leaf: Leaf, rows: int) -> np.ndarray:
+    """An ``out=`` array as a writable ``uint8`` view ``(rows, row_bytes)``, checked."""
+    if not isinstance(o, np.ndarray):
+        raise DrainTypeError(f"out= leaf {leaf.name!r} is a {type(o).__name__}, not a NumPy array")
+    if o.dtype != leaf.dtype:
+        raise DrainTypeError(f"out= leaf {leaf.name!r} holds {o.dtype}, the drain yields {leaf.dtype}")
+    want = (rows,) + leaf.row_shape
+    if o.shape != want:
+        raise DrainValueError(f"out= leaf {leaf.name!r} has shape {o.shape}, the drain yields {want}")
+    if not o.flags.c_contiguous or not o.flags.writeable:
+        raise DrainValueError(f"out= leaf {leaf.name!r} must be a writable C-contiguous array")
+    return o.reshape(rows, int(np.prod(leaf.row_shape, dtype=np.int64))).view(np.uint8)
+
+
+Progress = Optional[Callable[[int], None]]

@@ -1,0 +1,219 @@
+"""The order one epoch of ``for batch in loader`` yields, read from the loader's own sampler.
+
+Creating a ``DataLoader`` iterator draws a base seed (from ``loader.generator``, or the global
+RNG) *before* the sampler draws anything, and some samplers then draw their own seed; this module
+replays exactly those draws, so the indices equal one real epoch's and every generator is left
+in the state that epoch would leave it. The well-known samplers are replayed with the tensor
+operations they use themselves (one ``torch.randperm`` instead of a million-step Python walk);
+any other sampler or batch sampler is walked in Python.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ._errors import DrainIndexError, DrainTypeError
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _base_seed_draw(loader) -> None:
+    """The draw ``_BaseDataLoaderIter.__init__`` makes, unless a persistent iterator is reused."""
+    torch = _torch()
+    live = (
+        getattr(loader, "persistent_workers", False)
+        and getattr(loader, "num_workers", 0) > 0
+        and getattr(loader, "_iterator", None) is not None
+    )
+    if not live:
+        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+
+
+def _sampler_replay(sampler):
+    """A function giving the sampler's order (``int64`` array) with the draws its ``__iter__``
+    makes, or ``None`` when the sampler is not one replayed here (exact types only: a subclass
+    may iterate differently)."""
+    from torch.utils.data import (
+        DistributedSampler,
+        RandomSampler,
+        SequentialSampler,
+        SubsetRandomSampler,
+    )
+
+    torch = _torch()
+    kind = type(sampler)
+    if kind is SequentialSampler:
+        n = len(sampler.data_source)
+        return lambda: np.arange(n, dtype=np.int64)
+    if kind is RandomSampler:
+
+        def random_order():
+            n = len(sampler.data_source)
+            num = sampler.num_samples
+            generator = sampler.generator
+            if generator is None:
+                seed = int(torch.empty((), dtype=torch.int64).random_().item())
+                generator = torch.Generator()
+                generator.manual_seed(seed)
+            parts = []
+            if sampler.replacement:
+                for _ in range(num // 32):
+                    parts.append(
+                        torch.randint(high=n, size=(32,), dtype=torch.int64, generator=generator)
+                    )
+                parts.append(
+                    torch.randint(
+                        high=n, size=(num % 32,), dtype=torch.int64, generator=generator
+                    )
+                )
+            else:
+                for _ in range(num // n):
+                    parts.append(torch.randperm(n, generator=generator))
+                parts.append(torch.randperm(n, generator=generator)[: num % n])
+            return torch.cat(parts).numpy().astype(np.int64, copy=False)
+
+        return random_order
+    if kind is SubsetRandomSampler:
+        indices = sampler.indices
+
+        def subset_order():
+            perm = torch.randperm(len(indices), generator=sampler.generator).numpy()
+            base = as_index_array(indices, "SubsetRandomSampler.indices")
+            return base[perm] if base is not None else np.asarray(
+                [int(indices[i]) for i in perm], dtype=np.int64
+            )
+
+        return subset_order
+    if kind is DistributedSampler:
+
+        def distributed_order():
+            n = len(sampler.dataset)
+            if sampler.shuffle:
+                g = torch.Generator()
+                g.manual_seed(sampler.seed + sampler.epoch)
+                base = torch.randperm(n, generator=g).numpy().astype(np.int64, copy=False)
+            else:
+                base = np.arange(n, dtype=np.int64)
+            total = sampler.total_size
+            if not sampler.drop_last:
+                pad = total - n
+                if pad <= n:
+                    base = np.concatenate([base, base[:pad]])
+                else:
+                    base = np.concatenate([base] * (1 + math.ceil(pad / n)))[:total]
+            else:
+                base = base[:total]
+            return base[sampler.rank : total : sampler.num_replicas]
+
+        return distributed_order
+    return None
+
+
+def as_index_array(indices, what: str) -> Optional[np.ndarray]:
+    """``indices`` (list, range, tensor, array) as ``int64``, or ``None`` if not integers."""
+    torch = _torch()
+    if isinstance(indices, torch.Tensor):
+        indices = indices.detach().cpu().numpy()
+    if isinstance(indices, range):
+        return np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
+    try:
+        arr = np.asarray(indices)
+    except Exception:  # noqa: BLE001 - any odd sequence: walked instead
+        return None
+    if arr.ndim != 1 or not (arr.dtype.kind in "iu" or arr.size == 0):
+        if arr.dtype == bool:
+            raise DrainTypeError(f"{what} holds booleans, not indices")
+        return None
+    return arr.astype(np.int64, copy=False)
+
+
+def _walk(iterator) -> np.ndarray:
+    """Flattens a batch sampler's (or sampler's) iterator of indices in Python."""
+    flat = itertools.chain.from_iterable(
+        b if not isinstance(b, (int, np.integer)) else (b,) for b in iterator
+    )
+    try:
+        return np.fromiter((int(i) for i in flat), dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise DrainTypeError(f"the loader's sampler yields something other than integer indices: {e}") from e
+
+
+def epoch_order(loader) -> np.ndarray:
+    """The dataset indices one epoch of ``for batch in loader`` yields, flattened in order, for a
+    map-style loader with automatic batching; advances every RNG exactly as that epoch would."""
+    from torch.utils.data import BatchSampler
+
+    batch_sampler = loader.batch_sampler
+    replay = None
+    if type(batch_sampler) is BatchSampler:
+        replay = _sampler_replay(batch_sampler.sampler)
+    if replay is None:
+        # As `_BaseDataLoaderIter.__init__`: the sampler's iterator exists before the base seed.
+        iterator = iter(batch_sampler)
+        _base_seed_draw(loader)
+        return _walk(iterator)
+    _base_seed_draw(loader)
+    order = replay()
+    if batch_sampler.drop_last:
+        order = order[: (len(order) // batch_sampler.batch_size) * batch_sampler.batch_size]
+    return np.ascontiguousarray(order, dtype=np.int64)
+
+
+def wrap_indices(order: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Python-style negative indices made positive; anything still outside ``0..n`` is an
+    error, as indexing the dataset would be."""
+    if order.size and order.min() < 0:
+        order = np.where(order < 0, order + n, order)
+    if order.size:
+        lo, hi = int(order.min()), int(order.max())
+        if lo < 0 or hi >= n:
+            bad = lo if lo < 0 else hi
+            pos = int(np.argmax(order == bad))
+            raise DrainIndexError(
+                f"index {bad} at position {pos} is out of range for {what} of {n} rows"
+            )
+    return order
+
+
+def declared_rows(loader) -> Optional[int]:
+    """The rows one epoch yields, from the loader's lengths alone (``None`` when unknown): the
+    sampler's length cut by ``drop_last`` for map-style loaders with a ``BatchSampler``, the
+    sampler's length without automatic batching, and the dataset's length (if it has one) for
+    an ``IterableDataset``."""
+    from torch.utils.data import BatchSampler, DataLoader, IterableDataset
+
+    if not isinstance(loader, DataLoader):
+        return None
+    try:
+        if isinstance(loader.dataset, IterableDataset):
+            n = len(loader.dataset)
+            if loader.batch_size is not None and loader.drop_last:
+                return (n // loader.batch_size) * loader.batch_size
+            return n
+        if loader.batch_sampler is None:
+            return len(loader.sampler)
+        if type(loader.batch_sampler) is BatchSampler:
+            n = len(loader.batch_sampler.sampler)
+            bs = loader.batch_sampler.batch_size
+            return (n // bs) * bs if loader.batch_sampler.drop_last else n
+    except TypeError:
+        return None
+    return None
+
+
+def order_and_count(order: Optional[np.ndarray], n: int) -> Tuple[Optional[np.ndarray], int]:
+    """``(None, n)`` when ``order`` is ``0..n-1`` exactly (a plain copy), else ``(order, len)``."""
+    if order is None:
+        return None, n
+    k = len(order)
+    if k and k <= n and order[0] == 0 and order[-1] == k - 1 and np.array_equal(order, np.arange(k)):
+        return None, k
+    return order, k

@@ -1,0 +1,100 @@
+//! Engine errors as Python exceptions. The classes live in `arraydrain._errors` (pure Python, so
+//! each can derive from two built-ins, e.g. `ArrayDrainError` and `ValueError`); this module
+//! maps every [`arraydrain::Error`] variant to one of them, with the engine's message.
+
+use arraydrain::Error;
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+/// The exception class an engine error becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Bad input of the wrong kind.
+    Type,
+    /// Bad input values (lengths, shapes, row counts, options).
+    Value,
+    /// An index past the data.
+    Index,
+    /// Host memory could not be had.
+    Memory,
+    /// CUDA failed or is unavailable.
+    Runtime,
+    /// A file could not be written.
+    Os,
+}
+
+impl Kind {
+    fn class_name(self) -> &'static str {
+        match self {
+            Kind::Type => "DrainTypeError",
+            Kind::Value => "DrainValueError",
+            Kind::Index => "DrainIndexError",
+            Kind::Memory => "DrainMemoryError",
+            Kind::Runtime => "DrainRuntimeError",
+            Kind::Os => "DrainOSError",
+        }
+    }
+
+    /// An exception of this kind with `message`.
+    pub fn err(self, message: impl Into<String>) -> PyErr {
+        let message = message.into();
+        Python::attach(|py| {
+            let class = py
+                .import("arraydrain._errors")
+                .and_then(|m| m.getattr(self.class_name()));
+            match class {
+                Ok(class) => PyErr::from_type(
+                    class
+                        .cast_into()
+                        .ok()
+                        .unwrap_or_else(|| py.get_type::<pyo3::exceptions::PyException>()),
+                    message,
+                ),
+                // Without the package around the native module (never in an installed
+                // package), the matching built-in.
+                Err(_) => match self {
+                    Kind::Type => PyTypeError::new_err(message),
+                    Kind::Value | Kind::Index => PyValueError::new_err(message),
+                    Kind::Memory => PyMemoryError::new_err(message),
+                    Kind::Runtime => PyRuntimeError::new_err(message),
+                    Kind::Os => PyOSError::new_err(message),
+                },
+            }
+        })
+    }
+}
+
+/// Which exception class an engine error becomes.
+pub fn kind_of(e: &Error) -> Kind {
+    match e {
+        Error::HostAllocation { .. } => Kind::Memory,
+        Error::IndexOutOfBounds { .. } => Kind::Index,
+        Error::DTypeMismatch { .. } | Error::UnsupportedDType { .. } => Kind::Type,
+        Error::Io { .. } => Kind::Os,
+        Error::CudaNotCompiled
+        | Error::CudaUnavailable { .. }
+        | Error::Cuda { .. }
+        | Error::KernelCompile { .. }
+        | Error::DeviceOutOfMemory { .. }
+        | Error::WrongDevice { .. }
+        | Error::Misaligned { .. } => Kind::Runtime,
+        _ => Kind::Value,
+    }
+}
+
+/// An engine error as a Python exception carrying the engine's message.
+pub fn to_py(e: Error) -> PyErr {
+    kind_of(&e).err(e.to_string())
+}
+
+/// `Result<T, arraydrain::Error>` → `PyResult<T>`.
+pub trait IntoPy<T> {
+    /// Converts the error.
+    fn py(self) -> PyResult<T>;
+}
+
+impl<T> IntoPy<T> for Result<T, Error> {
+    fn py(self) -> PyResult<T> {
+        self.map_err(to_py)
+    }
+}

@@ -1,0 +1,570 @@
+//! The CPU side: the fast path's parallel gather from tensors read in place, the general path's
+//! sink that copies batch after batch into preallocated output, and both into NumPy files.
+//! Every copy runs with the GIL released.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arraydrain::gather::cpu;
+use arraydrain::memory::HostBuf;
+use arraydrain::npy::{self, WriteOptions};
+use arraydrain::{Column, ColumnArray, DType, Error, Indices, Loader, Order, Strategy, Table};
+use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use crate::buffer::Buffer;
+use crate::errors::{to_py, IntoPy, Kind};
+
+/// Output rows per step of a gather into caller arrays (progress is reported per step).
+const BLOCK_BYTES: usize = 32 << 20;
+
+/// One column as the Python package describes it: a name, its bytes as a C-contiguous `uint8`
+/// array of shape `(rows, row_bytes)`, the engine dtype name (`None` for a dtype the engine has
+/// no name for, e.g. complex: moved as opaque bytes) and the shape of one row.
+pub type Spec<'py> = (
+    String,
+    PyReadonlyArray2<'py, u8>,
+    Option<String>,
+    Vec<usize>,
+);
+
+/// A column's engine dtype and row shape: the named dtype, or opaque bytes.
+pub fn layout(
+    dtype: Option<&str>,
+    row_shape: &[usize],
+    row_bytes: usize,
+) -> PyResult<(DType, Vec<usize>)> {
+    match dtype {
+        Some(name) => {
+            let d = DType::from_name(name)
+                .ok_or_else(|| Kind::Type.err(format!("unknown engine dtype {name:?}")))?;
+            Ok((d, row_shape.to_vec()))
+        }
+        None => Ok((DType::U8, vec![row_bytes])),
+    }
+}
+
+/// The strategy named by the Python caller.
+pub fn strategy(name: &str) -> PyResult<Strategy> {
+    Strategy::from_str(name).map_err(|e| Kind::Value.err(e))
+}
+
+/// Resolves the Python caller's order: an `int64` index array (negative entries are an error;
+/// entries past the data are checked by the engine), or `None` for rows `0..rows`.
+pub fn order(indices: Option<&PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Arc<[u64]>>> {
+    let Some(indices) = indices else {
+        return Ok(None);
+    };
+    let view = indices.as_array();
+    let mut out = Vec::with_capacity(view.len());
+    for (position, &i) in view.iter().enumerate() {
+        let Ok(u) = u64::try_from(i) else {
+            return Err(Kind::Index.err(format!(
+                "index {i} at position {position} is negative (after wrapping negative indices once)"
+            )));
+        };
+        out.push(u);
+    }
+    Ok(Some(out.into()))
+}
+
+/// A source column's layout, owned (usable with the GIL released).
+pub struct Meta {
+    /// Column name (shown in errors, used for file names).
+    pub name: String,
+    /// Engine dtype (opaque `U8` for dtypes the engine has no name for).
+    pub dtype: DType,
+    /// Engine row shape (`[row_bytes]` for opaque columns).
+    pub row_shape: Vec<usize>,
+    /// Bytes per row.
+    pub row_bytes: usize,
+    /// Rows the source holds.
+    pub rows: usize,
+    /// Whether the dtype has an engine name (files need one).
+    pub named: bool,
+}
+
+/// Reads the sources' layouts and borrows their bytes (C-contiguous, `rows × row_bytes`).
+pub fn sources<'a>(specs: &'a [Spec<'_>]) -> PyResult<(Vec<Meta>, Vec<&'a [u8]>)> {
+    let mut metas = Vec::with_capacity(specs.len());
+    let mut bytes = Vec::with_capacity(specs.len());
+    for (name, data, dtype, row_shape) in specs {
+        let shape = data.shape();
+        metas.push(meta(name, dtype.as_deref(), row_shape, shape[1], shape[0])?);
+        bytes.push(
+            data.as_slice().map_err(|_| {
+                Kind::Value.err(format!("column {name:?}: source is not contiguous"))
+            })?,
+        );
+    }
+    Ok((metas, bytes))
+}
+
+/// A column's layout, checked: the row shape and dtype must make `row_bytes`.
+pub fn meta(
+    name: &str,
+    dtype: Option<&str>,
+    row_shape: &[usize],
+    row_bytes: usize,
+    rows: usize,
+) -> PyResult<Meta> {
+    let (d, rs) = layout(dtype, row_shape, row_bytes)?;
+    let implied = rs.iter().try_fold(d.size(), |acc, &x| acc.checked_mul(x));
+    if implied != Some(row_bytes) {
+        return Err(Kind::Value.err(format!(
+            "column {name:?}: row shape {row_shape:?} of {d} is not {row_bytes} bytes"
+        )));
+    }
+    Ok(Meta {
+        name: name.to_string(),
+        dtype: d,
+        row_shape: rs,
+        row_bytes,
+        rows,
+        named: dtype.is_some(),
+    })
+}
+
+/// The engine table over the sources' first `rows` rows.
+pub fn table<'a>(metas: &[Meta], bytes: &[&'a [u8]], rows: usize) -> Result<Table<'a>, Error> {
+    let mut columns = Vec::with_capacity(metas.len());
+    for (m, b) in metas.iter().zip(bytes) {
+        if rows > m.rows {
+            return Err(Error::RowCountMismatch {
+                column: m.name.clone(),
+                expected: rows,
+                got: m.rows,
+            });
+        }
+        columns.push(Column::from_bytes(
+            m.name.as_str(),
+            m.dtype,
+            &m.row_shape,
+            rows,
+            &b[..rows * m.row_bytes],
+        )?);
+    }
+    Table::new(columns)
+}
+
+/// Calls `progress(rows_done)` (with the GIL) as an engine drain proceeds.
+fn with_progress<'t, 'a>(loader: Loader<'t, 'a>, progress: Option<Py<PyAny>>) -> Loader<'t, 'a> {
+    match progress {
+        Some(cb) => loader.on_progress(move |rows, _| call_progress(&cb, rows)),
+        None => loader,
+    }
+}
+
+/// Calls a Python progress callback with a count, taking the GIL for the call.
+pub fn call_progress(cb: &Py<PyAny>, done: usize) {
+    Python::attach(|py| {
+        // A failing progress display must not fail the drain.
+        let _ = cb.call1(py, (done,));
+    })
+}
+
+/// The rows of the table an order reads: all of them for explicit indices, else the first
+/// `rows` (a sequential order).
+fn table_rows(metas: &[Meta], list: Option<&Arc<[u64]>>, rows: usize) -> usize {
+    match list {
+        Some(_) => metas.first().map_or(0, |m| m.rows),
+        None => rows,
+    }
+}
+
+/// Gathers rows `indices` (or `0..rows`) of every source column into new engine buffers, or
+/// into `out`, with the GIL released.
+///
+/// Returns one `uint8` array of shape `(len(order), row_bytes)` per column, viewing engine
+/// memory, or `None` after filling `out` in place.
+#[pyfunction]
+#[pyo3(signature = (sources, rows, indices, batch_size, strategy_name, out, progress))]
+#[allow(clippy::too_many_arguments)]
+pub fn gather(
+    py: Python<'_>,
+    sources: Vec<Spec<'_>>,
+    rows: usize,
+    indices: Option<PyReadonlyArray1<'_, i64>>,
+    batch_size: usize,
+    strategy_name: &str,
+    out: Option<Vec<PyReadwriteArray2<'_, u8>>>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Option<Vec<Py<PyAny>>>> {
+    let strategy = strategy(strategy_name)?;
+    let list = order(indices.as_ref())?;
+    let (metas, bytes) = self::sources(&sources)?;
+    let table_rows = table_rows(&metas, list.as_ref(), rows);
+    let Some(mut out) = out else {
+        let columns = py
+            .detach(|| -> Result<Vec<ColumnArray>, Error> {
+                let table = table(&metas, &bytes, table_rows)?;
+                let mut loader = Loader::new(&table).batch_size(batch_size.max(1));
+                if let Some(list) = list {
+                    loader = loader.indices(list);
+                }
+                let loader = with_progress(loader, progress);
+                Ok(loader.materialize(strategy)?.into_columns())
+            })
+            .py()?;
+        let arrays = columns
+            .into_iter()
+            .zip(&metas)
+            .map(|(c, m)| {
+                let rows = c.rows();
+                Buffer::new(c, rows, m.row_bytes).into_numpy(py)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok(Some(arrays));
+    };
+    if !matches!(strategy, Strategy::Auto | Strategy::Preallocated) {
+        return Err(Kind::Value.err(format!(
+            "out= refills arrays in place with the preallocated gather; strategy {strategy} cannot"
+        )));
+    }
+    let n = list.as_ref().map_or(rows, |l| l.len());
+    let mut dsts = out_slices(&mut out, &metas, n)?;
+    py.detach(|| -> Result<(), Error> {
+        let order = match &list {
+            Some(l) => Order::Indices(Arc::clone(l)),
+            None => Order::Sequential,
+        };
+        // The same checks as a fresh drain: columns share the rows read, indices are in range.
+        table(&metas, &bytes, table_rows)?;
+        let idx = Indices::resolve(&order, None, false, table_rows)?;
+        let row_bytes: Vec<usize> = metas.iter().map(|m| m.row_bytes).collect();
+        gather_into(&bytes, &row_bytes, &idx, &mut dsts, progress.as_ref());
+        Ok(())
+    })
+    .py()?;
+    Ok(None)
+}
+
+/// Borrows `out=` arrays writably, checking count, shape `(rows, row_bytes)` and contiguity.
+pub fn out_slices<'a>(
+    out: &'a mut [PyReadwriteArray2<'_, u8>],
+    metas: &[Meta],
+    rows: usize,
+) -> PyResult<Vec<&'a mut [u8]>> {
+    if out.len() != metas.len() {
+        return Err(Kind::Value.err(format!(
+            "out= has {} arrays, the drain yields {}",
+            out.len(),
+            metas.len()
+        )));
+    }
+    let mut dsts = Vec::with_capacity(out.len());
+    for (o, m) in out.iter_mut().zip(metas) {
+        let shape = o.shape().to_vec();
+        if shape != [rows, m.row_bytes] {
+            return Err(Kind::Value.err(format!(
+                "out= array for {:?} holds {} rows of {} bytes; the drain yields {rows} rows of {} bytes",
+                m.name, shape[0], shape[1], m.row_bytes
+            )));
+        }
+        dsts.push(o.as_slice_mut().map_err(|_| {
+            Kind::Value.err(format!("out= array for {:?} is not C-contiguous", m.name))
+        })?);
+    }
+    Ok(dsts)
+}
+
+/// The preallocated gather into caller buffers, in blocks, reporting progress per block.
+fn gather_into(
+    bytes: &[&[u8]],
+    row_bytes: &[usize],
+    idx: &Indices,
+    dsts: &mut [&mut [u8]],
+    progress: Option<&Py<PyAny>>,
+) {
+    let n = idx.len();
+    let total: usize = row_bytes.iter().sum();
+    let block = (BLOCK_BYTES / total.max(1)).max(1);
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        for ((src, &rb), dst) in bytes.iter().zip(row_bytes).zip(dsts.iter_mut()) {
+            cpu::par_gather(
+                src,
+                rb,
+                idx.view(start, end),
+                &mut dst[start * rb..end * rb],
+            );
+        }
+        if let Some(cb) = progress {
+            call_progress(cb, end);
+        }
+        start = end;
+    }
+}
+
+/// Gathers straight into a `.npz` archive (`kind == "npz"`) or a folder of `.npy` files
+/// (`"dir"`), block by block through one reused buffer: the output never exists in memory.
+#[pyfunction]
+#[pyo3(signature = (sources, rows, indices, batch_size, kind, path, compress, progress))]
+#[allow(clippy::too_many_arguments)]
+pub fn gather_to_files(
+    py: Python<'_>,
+    sources: Vec<Spec<'_>>,
+    rows: usize,
+    indices: Option<PyReadonlyArray1<'_, i64>>,
+    batch_size: usize,
+    kind: &str,
+    path: PathBuf,
+    compress: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<()> {
+    let list = order(indices.as_ref())?;
+    let (metas, bytes) = self::sources(&sources)?;
+    named_check(&metas)?;
+    let table_rows = table_rows(&metas, list.as_ref(), rows);
+    let options = file_options(compress, progress);
+    py.detach(|| -> Result<(), Error> {
+        let table = table(&metas, &bytes, table_rows)?;
+        let mut loader = Loader::new(&table).batch_size(batch_size.max(1));
+        if let Some(list) = list {
+            loader = loader.indices(list);
+        }
+        match kind {
+            "npz" => npy::drain_to_npz(&loader, &path, &options)?,
+            _ => npy::drain_to_npy_dir(&loader, &path, &options)?,
+        };
+        Ok(())
+    })
+    .py()
+}
+
+/// Files need a real dtype in their header: opaque columns (no engine dtype) are refused.
+pub fn named_check(metas: &[Meta]) -> PyResult<()> {
+    match metas.iter().find(|m| !m.named) {
+        Some(m) => Err(Kind::Type.err(format!(
+            "column {:?}: its dtype has no .npy type the engine writes (complex dtypes drain to \
+             arrays, not to files)",
+            m.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn file_options(compress: bool, progress: Option<Py<PyAny>>) -> WriteOptions {
+    let options = WriteOptions::new().compress(compress);
+    match progress {
+        Some(cb) => options.on_progress(move |bytes| call_progress(&cb, bytes as usize)),
+        None => options,
+    }
+}
+
+/// The general path's output: batches are copied, as they come, into one preallocated buffer
+/// per column. With a declared row count the buffers are allocated once and a source yielding
+/// more or fewer rows is an error; without one they grow geometrically (doubling, each growth
+/// one copy of the rows so far), so a buffer may reserve up to twice the final size in address
+/// space (the untouched tail of a large buffer is never backed by memory).
+#[pyclass(module = "arraydrain._native")]
+pub struct Sink {
+    metas: Vec<Meta>,
+    declared: Option<usize>,
+    rows: usize,
+    capacity: usize,
+    batches: usize,
+    buffers: Vec<HostBuf>,
+}
+
+#[pymethods]
+impl Sink {
+    /// A sink for columns `(name, dtype or None, row_shape, row_bytes)`, expecting exactly
+    /// `rows` rows when declared.
+    #[new]
+    #[pyo3(signature = (columns, rows))]
+    fn new(
+        columns: Vec<(String, Option<String>, Vec<usize>, usize)>,
+        rows: Option<usize>,
+    ) -> PyResult<Self> {
+        let metas = columns
+            .iter()
+            .map(|(name, dtype, row_shape, row_bytes)| {
+                meta(name, dtype.as_deref(), row_shape, *row_bytes, 0)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut sink = Sink {
+            metas,
+            declared: rows,
+            rows: 0,
+            capacity: 0,
+            batches: 0,
+            buffers: Vec::new(),
+        };
+        sink.grow(rows.unwrap_or(0))?;
+        Ok(sink)
+    }
+
+    /// Rows received so far.
+    #[getter]
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Copies one batch (one C-contiguous `uint8` array `(n, row_bytes)` per column, all with
+    /// the same `n`) into the next rows, with the GIL released.
+    fn push(&mut self, py: Python<'_>, arrays: Vec<PyReadonlyArray2<'_, u8>>) -> PyResult<()> {
+        let k = self.batches;
+        let mismatch = |column: &str, reason: String| {
+            to_py(Error::BatchMismatch {
+                batch: k,
+                column: column.to_string(),
+                reason,
+            })
+        };
+        if arrays.len() != self.metas.len() {
+            return Err(mismatch(
+                "",
+                format!(
+                    "{} arrays, the first batch had {}",
+                    arrays.len(),
+                    self.metas.len()
+                ),
+            ));
+        }
+        let n = arrays.first().map_or(0, |a| a.shape()[0]);
+        let mut srcs = Vec::with_capacity(arrays.len());
+        for (a, m) in arrays.iter().zip(&self.metas) {
+            let shape = a.shape();
+            if shape[1] != m.row_bytes {
+                return Err(mismatch(
+                    &m.name,
+                    format!(
+                        "rows of {} bytes, the first batch's have {}",
+                        shape[1], m.row_bytes
+                    ),
+                ));
+            }
+            if shape[0] != n {
+                return Err(mismatch(
+                    &m.name,
+                    format!("{} rows, but the batch's first column has {n}", shape[0]),
+                ));
+            }
+            srcs.push(a.as_slice().map_err(|_| {
+                Kind::Value.err(format!("column {:?}: batch is not contiguous", m.name))
+            })?);
+        }
+        let end = self.rows + n;
+        if let Some(declared) = self.declared {
+            if end > declared {
+                return Err(to_py(Error::StreamLengthMismatch {
+                    declared,
+                    got: end,
+                    more: true,
+                }));
+            }
+        } else if end > self.capacity {
+            self.grow(end.max(self.capacity.saturating_mul(2)).max(16))?;
+        }
+        let start = self.rows;
+        let metas = &self.metas;
+        let buffers = &mut self.buffers;
+        py.detach(|| {
+            for ((src, m), buf) in srcs.iter().zip(metas).zip(buffers.iter_mut()) {
+                let rb = m.row_bytes;
+                cpu::par_copy(src, &mut buf.as_bytes_mut()[start * rb..end * rb]);
+            }
+        });
+        self.rows = end;
+        self.batches += 1;
+        Ok(())
+    }
+
+    /// Ends the stream: checks the declared row count and returns one `uint8` array
+    /// `(rows, row_bytes)` per column, viewing the sink's buffers (the sink is left empty).
+    fn finish(&mut self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        self.check_complete()?;
+        let rows = self.rows;
+        let capacity = self.capacity;
+        let columns = self.take_columns(capacity)?;
+        columns
+            .into_iter()
+            .zip(&self.metas)
+            .map(|(c, m)| Buffer::new(c, rows, m.row_bytes).into_numpy(py))
+            .collect()
+    }
+
+    /// Ends the stream into a `.npz` archive (`kind == "npz"`) or a folder of `.npy` files
+    /// (`"dir"`), written by the engine's writers.
+    #[pyo3(signature = (kind, path, compress))]
+    fn finish_to_files(
+        &mut self,
+        py: Python<'_>,
+        kind: &str,
+        path: PathBuf,
+        compress: bool,
+    ) -> PyResult<()> {
+        self.check_complete()?;
+        named_check(&self.metas)?;
+        if self.rows != self.capacity {
+            // Files hold exactly the rows received: one trimming copy (undeclared streams).
+            self.grow(self.rows)?;
+        }
+        let columns = self.take_columns(self.rows)?;
+        py.detach(|| -> Result<(), Error> {
+            let options = WriteOptions::new().compress(compress);
+            match kind {
+                "npz" => npy::write_npz(&path, &columns, &options),
+                _ => npy::write_npy_dir_with(&path, &columns, &options).map(|_| ()),
+            }
+        })
+        .py()
+    }
+}
+
+impl Sink {
+    fn check_complete(&self) -> PyResult<()> {
+        match self.declared {
+            Some(declared) if self.rows != declared => Err(to_py(Error::StreamLengthMismatch {
+                declared,
+                got: self.rows,
+                more: false,
+            })),
+            _ => Ok(()),
+        }
+    }
+
+    /// The buffers as engine columns of `capacity` rows each.
+    fn take_columns(&mut self, capacity: usize) -> PyResult<Vec<ColumnArray>> {
+        std::mem::take(&mut self.buffers)
+            .into_iter()
+            .zip(&self.metas)
+            .map(|(b, m)| {
+                ColumnArray::new(
+                    m.name.as_str(),
+                    m.dtype,
+                    &m.row_shape,
+                    capacity,
+                    Box::new(b),
+                )
+                .py()
+            })
+            .collect()
+    }
+
+    /// Reallocates every column for `capacity` rows, keeping the rows received.
+    fn grow(&mut self, capacity: usize) -> PyResult<()> {
+        let mut next = Vec::with_capacity(self.metas.len());
+        for (i, m) in self.metas.iter().enumerate() {
+            let bytes = capacity.checked_mul(m.row_bytes).ok_or_else(|| {
+                to_py(Error::HostAllocation {
+                    bytes: capacity as u128 * m.row_bytes as u128,
+                    what: m.name.clone(),
+                    reason: "size overflows the address space".into(),
+                })
+            })?;
+            let mut buf = HostBuf::zeroed(bytes, &m.name).py()?;
+            if let Some(old) = self.buffers.get(i) {
+                let keep = self.rows * m.row_bytes;
+                cpu::par_copy(&old.as_bytes()[..keep], &mut buf.as_bytes_mut()[..keep]);
+            }
+            next.push(buf);
+        }
+        self.buffers = next;
+        self.capacity = capacity;
+        Ok(())
+    }
+}
