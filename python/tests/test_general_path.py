@@ -167,6 +167,11 @@ def test_iterable_dataset_of_unknown_length(n, batch_size):
     assert len(got[0]) == n
 
 
+def test_iterable_dataset_with_workers():
+    """Each worker runs its own copy of the stream; the real epoch interleaves their batches."""
+    drain_vs_epoch(DataLoader(Stream(N), batch_size=16, num_workers=2))
+
+
 class SizedStream(Stream):
     def __len__(self):
         return self.n

@@ -22,7 +22,18 @@ from torch.utils.data import (
 )
 
 import arraydrain
-from helpers import DTYPES, assert_same, classic, drain_vs_epoch, features, labels, values
+from helpers import (
+    DTYPES,
+    assert_same,
+    assert_same_state,
+    capture,
+    classic,
+    drain_vs_epoch,
+    features,
+    labels,
+    restore,
+    values,
+)
 
 N = 1000
 
@@ -422,3 +433,52 @@ def test_out_returns_the_same_object():
     loader = DataLoader(dataset(), batch_size=32, shuffle=True)
     first = arraydrain.drain(loader)
     assert arraydrain.drain(loader, out=first) is first
+
+
+def test_progress_callable_sees_every_row():
+    seen = []
+    loader = DataLoader(dataset(), batch_size=64, shuffle=True)
+    drain_vs_epoch(loader, progress=seen.append)
+    assert seen, "the progress callable was called"
+    assert seen == sorted(seen) and seen[-1] == N
+
+
+def test_without_automatic_batching_each_item_is_a_row():
+    """batch_size=None: the loader yields single samples; the drain stacks them as rows."""
+    g = torch.Generator().manual_seed(5)
+    loader = DataLoader(dataset(), batch_size=None, shuffle=True, generator=g)
+    before = capture(loader)
+    got = arraydrain.drain(loader)
+    after = capture(loader)
+    restore(before)
+    items = [(x.numpy(), y.numpy()) for x, y in loader]
+    assert_same_state(after, capture(loader))
+    ref = [np.stack([i[0] for i in items]), np.stack([i[1] for i in items])]
+    assert_same(got, ref)
+
+
+def test_persistent_workers_second_epoch():
+    """With a live persistent iterator, the next epoch draws no new base seed: nor does drain."""
+    g = torch.Generator().manual_seed(12)
+    loader = DataLoader(
+        dataset(), batch_size=64, shuffle=True, generator=g, num_workers=2, persistent_workers=True
+    )
+    for _ in loader:  # the first epoch starts the workers and keeps the iterator
+        pass
+    drain_vs_epoch(loader)
+
+
+def test_concurrent_drains_from_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    loaders, refs = [], []
+    for k in range(4):
+        g = torch.Generator().manual_seed(k)
+        ds = TensorDataset(features(20_000, 16, seed=k), labels(20_000))
+        loaders.append(DataLoader(ds, batch_size=100, shuffle=True, generator=g))
+        refs.append(classic(loaders[-1]))
+        g.manual_seed(k)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(arraydrain.drain, loaders))
+    for got, ref in zip(results, refs):
+        assert_same(got, ref)
