@@ -164,12 +164,16 @@ def to_npy_dir(loader: Any, path: "os.PathLike[str] | str", *, device: str = "au
 
 
 def _check_strategy(strategy: str) -> None:
+    if not isinstance(strategy, str):
+        raise DrainTypeError(f"strategy must be a string, not {type(strategy).__name__}")
     if strategy not in _STRATEGIES:
         raise DrainValueError(f"unknown strategy {strategy!r} (one of: {', '.join(_STRATEGIES)})")
 
 
 def _check_device(device: str) -> Optional[int]:
     """The CUDA ordinal a ``"cuda"``/``"cuda:N"`` device names, ``None`` for auto/cpu."""
+    if not isinstance(device, str):
+        raise DrainTypeError(f"device must be a string, not {type(device).__name__}")
     if device in ("auto", "cpu"):
         return None
     if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):

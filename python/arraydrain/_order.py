@@ -25,16 +25,35 @@ def _torch():
     return torch
 
 
-def _base_seed_draw(loader) -> None:
-    """The draw ``_BaseDataLoaderIter.__init__`` makes, unless a persistent iterator is reused."""
-    torch = _torch()
-    live = (
+def _reuses_iterator(loader) -> bool:
+    """Whether ``iter(loader)`` would reset a live persistent-workers iterator (no base seed)."""
+    return bool(
         getattr(loader, "persistent_workers", False)
         and getattr(loader, "num_workers", 0) > 0
         and getattr(loader, "_iterator", None) is not None
     )
-    if not live:
+
+
+def _base_seed_draw(loader) -> None:
+    """The draw ``_BaseDataLoaderIter.__init__`` makes, unless a persistent iterator is reused."""
+    torch = _torch()
+    if not _reuses_iterator(loader):
         torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+
+
+def _index_iterator(loader, index_sampler):
+    """The index iterator an epoch reads, made with the same ``iter`` calls and base-seed draw,
+    in the same order, as ``iter(loader)`` (which matters for samplers that draw eagerly in
+    ``__iter__``): a fresh iterator calls ``iter`` on the sampler, draws the base seed, and with
+    worker processes calls ``iter`` once more (``_reset``); a reused persistent iterator only
+    calls ``iter``."""
+    if _reuses_iterator(loader):
+        return iter(index_sampler)
+    iterator = iter(index_sampler)
+    _base_seed_draw(loader)
+    if getattr(loader, "num_workers", 0) > 0:
+        iterator = iter(index_sampler)
+    return iterator
 
 
 def _sampler_replay(sampler):
@@ -77,8 +96,13 @@ def _sampler_replay(sampler):
             else:
                 for _ in range(num // n):
                     parts.append(torch.randperm(n, generator=generator))
-                parts.append(torch.randperm(n, generator=generator)[: num % n])
-            return torch.cat(parts).numpy().astype(np.int64, copy=False)
+                if num % n or sampler.generator is not None:
+                    # The sampler always draws this last permutation, even to keep none of it;
+                    # with its own generator (the user's) the draw must happen. A generator
+                    # made here is dropped afterwards, so an unused draw can be skipped.
+                    parts.append(torch.randperm(n, generator=generator)[: num % n])
+            order = parts[0] if len(parts) == 1 else torch.cat(parts)
+            return order.numpy().astype(np.int64, copy=False)
 
         return random_order
     if kind is SubsetRandomSampler:
@@ -156,10 +180,7 @@ def epoch_order(loader) -> np.ndarray:
     if type(batch_sampler) is BatchSampler:
         replay = _sampler_replay(batch_sampler.sampler)
     if replay is None:
-        # As `_BaseDataLoaderIter.__init__`: the sampler's iterator exists before the base seed.
-        iterator = iter(batch_sampler)
-        _base_seed_draw(loader)
-        return _walk(iterator)
+        return _walk(_index_iterator(loader, batch_sampler))
     _base_seed_draw(loader)
     order = replay()
     if batch_sampler.drop_last:
