@@ -201,7 +201,7 @@ pub fn cuda_gather(
     let n = list.as_ref().map_or(rows, |l| l.len());
     let mut out = out;
     let mut dsts = match out.as_mut() {
-        Some(o) => Some(host::out_slices(o, &metas, n)?),
+        Some(o) => Some(host::out_slices(o, &metas, n, &[])?),
         None => None,
     };
     let result = py

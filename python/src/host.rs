@@ -10,7 +10,9 @@ use arraydrain::gather::cpu;
 use arraydrain::memory::HostBuf;
 use arraydrain::npy::{self, WriteOptions};
 use arraydrain::{Column, ColumnArray, DType, Error, Indices, Loader, Order, Strategy, Table};
-use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
+use numpy::{
+    PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
 use crate::buffer::Buffer;
@@ -223,7 +225,11 @@ pub fn gather(
         )));
     }
     let n = list.as_ref().map_or(rows, |l| l.len());
-    let mut dsts = out_slices(&mut out, &metas, n)?;
+    let read: Vec<(usize, usize)> = sources
+        .iter()
+        .map(|s| (s.1.data() as usize, s.1.len()))
+        .collect();
+    let mut dsts = out_slices(&mut out, &metas, n, &read)?;
     py.detach(|| -> Result<(), Error> {
         let order = match &list {
             Some(l) => Order::Indices(Arc::clone(l)),
@@ -240,11 +246,14 @@ pub fn gather(
     Ok(None)
 }
 
-/// Borrows `out=` arrays writably, checking count, shape `(rows, row_bytes)` and contiguity.
+/// Borrows `out=` arrays writably, checking count, shape `(rows, row_bytes)` and contiguity,
+/// and that no two of them, and none of them and the memory `read` (address, length) during
+/// the drain, overlap: a drain never writes where it reads.
 pub fn out_slices<'a>(
     out: &'a mut [PyReadwriteArray2<'_, u8>],
     metas: &[Meta],
     rows: usize,
+    read: &[(usize, usize)],
 ) -> PyResult<Vec<&'a mut [u8]>> {
     if out.len() != metas.len() {
         return Err(Kind::Value.err(format!(
@@ -252,6 +261,24 @@ pub fn out_slices<'a>(
             out.len(),
             metas.len()
         )));
+    }
+    let ranges: Vec<(usize, usize)> = out.iter().map(|o| (o.data() as usize, o.len())).collect();
+    let overlap = |a: (usize, usize), b: (usize, usize)| {
+        a.1 > 0 && b.1 > 0 && a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
+    };
+    for (i, (&r, m)) in ranges.iter().zip(metas).enumerate() {
+        if read.iter().any(|&s| overlap(r, s)) {
+            return Err(Kind::Value.err(format!(
+                "out= array for {:?} overlaps the data being drained",
+                m.name
+            )));
+        }
+        if ranges[..i].iter().any(|&p| overlap(r, p)) {
+            return Err(Kind::Value.err(format!(
+                "out= array for {:?} overlaps another out= array",
+                m.name
+            )));
+        }
     }
     let mut dsts = Vec::with_capacity(out.len());
     for (o, m) in out.iter_mut().zip(metas) {
