@@ -14,8 +14,10 @@ in exactly the order one epoch of ``for batch in loader`` would yield them at th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
@@ -259,15 +261,17 @@ def _fast_plan(loader) -> Optional[_FastPlan]:
     return _FastPlan(tensors, subsets)
 
 
-def _fast_order(plan: _FastPlan, loader) -> Tuple[Optional[np.ndarray], int]:
-    """The epoch's rows of the tensors (``None`` for ``0..count``) and their count."""
+def _fast_order(plan: _FastPlan, loader, deferred: Optional[list] = None
+                ) -> Tuple[Optional[np.ndarray], int]:
+    """The epoch's rows of the tensors (``None`` for ``0..count``) and their count (see
+    :func:`epoch_order` for ``deferred``)."""
     n = len(plan.tensors[0])
     for t in plan.tensors[1:]:
         if len(t) != n:
             raise DrainValueError(
                 f"TensorDataset tensors have different lengths ({n} and {len(t)} rows)"
             )
-    order = epoch_order(loader)
+    order = epoch_order(loader, deferred)
     for indices in plan.subsets:
         m = len(indices)
         order = wrap_indices(order, m, "a Subset")
@@ -292,12 +296,17 @@ def _drain_fast(plan, loader, strategy, device, ordinal, out, progress):
         ]
     else:
         sources = [_device_source(leaf, t, cuda) for leaf, t in zip(leaves, plan.tensors)]
-    order, count = _fast_order(plan, loader)
-    outs = None
-    if out_leaves is not None:
-        outs = [out_bytes(o, leaf, count) for o, leaf in zip(out_leaves, leaves)]
+    deferred: list = []
+    try:
+        order, count = _fast_order(plan, loader, deferred)
+        outs = None
+        if out_leaves is not None:
+            outs = [out_bytes(o, leaf, count) for o, leaf in zip(out_leaves, leaves)]
+    except BaseException:
+        _run_all(deferred)
+        raise
     batch_size = loader.batch_size or 1
-    with progress_bar(progress, count) as bar:
+    with _alongside(deferred), progress_bar(progress, count) as bar:
         if cuda is None:
             u8s = _native.gather(sources, count, order, batch_size, strategy, outs, bar)
         else:
@@ -305,6 +314,37 @@ def _drain_fast(plan, loader, strategy, device, ordinal, out, progress):
     if out is not None:
         return out
     return [to_array(u8, leaf, count) for u8, leaf in zip(u8s, leaves)]
+
+
+def _run_all(draws: list) -> None:
+    for draw in draws:
+        draw()
+
+
+@contextlib.contextmanager
+def _alongside(draws: list):
+    """Runs ``draws`` (generator advances whose values are unused) on a thread while the body
+    gathers with the GIL released; waits for them on the way out, whatever happens, so the
+    generators are where one epoch leaves them when ``drain`` returns."""
+    if not draws:
+        yield
+        return
+    failed: list = []
+
+    def run():
+        try:
+            _run_all(draws)
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name="arraydrain-rng")
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _device_source(leaf: Leaf, t, ordinal: int):

@@ -56,10 +56,11 @@ def _index_iterator(loader, index_sampler):
     return iterator
 
 
-def _sampler_replay(sampler):
+def _sampler_replay(sampler, deferred: list):
     """A function giving the sampler's order (``int64`` array) with the draws its ``__iter__``
     makes, or ``None`` when the sampler is not one replayed here (exact types only: a subclass
-    may iterate differently)."""
+    may iterate differently). Draws whose values the order does not need, made only to leave a
+    generator where the epoch leaves it, are appended to ``deferred`` instead of run."""
     from torch.utils.data import (
         DistributedSampler,
         RandomSampler,
@@ -96,11 +97,14 @@ def _sampler_replay(sampler):
             else:
                 for _ in range(num // n):
                     parts.append(torch.randperm(n, generator=generator))
-                if num % n or sampler.generator is not None:
-                    # The sampler always draws this last permutation, even to keep none of it;
-                    # with its own generator (the user's) the draw must happen. A generator
-                    # made here is dropped afterwards, so an unused draw can be skipped.
+                if num % n:
                     parts.append(torch.randperm(n, generator=generator)[: num % n])
+                elif sampler.generator is not None:
+                    # The sampler always draws this last permutation, even to keep none of it,
+                    # so the user's generator must advance by it; its values are unused, so the
+                    # draw is left to run alongside the gather. (A generator made here is
+                    # dropped afterwards: its unused draw is skipped.)
+                    deferred.append(lambda: torch.randperm(n, generator=generator))
             order = parts[0] if len(parts) == 1 else torch.cat(parts)
             return order.numpy().astype(np.int64, copy=False)
 
@@ -170,19 +174,28 @@ def _walk(iterator) -> np.ndarray:
         raise DrainTypeError(f"the loader's sampler yields something other than integer indices: {e}") from e
 
 
-def epoch_order(loader) -> np.ndarray:
+def epoch_order(loader, deferred: Optional[list] = None) -> np.ndarray:
     """The dataset indices one epoch of ``for batch in loader`` yields, flattened in order, for a
-    map-style loader with automatic batching; advances every RNG exactly as that epoch would."""
+    map-style loader with automatic batching; advances every RNG exactly as that epoch would.
+
+    With a ``deferred`` list, draws that only advance a generator (their values unused) are
+    appended to it as callables, for the caller to run (in order) while it gathers; without
+    one they run here."""
     from torch.utils.data import BatchSampler
 
+    own = deferred is None
+    deferred = [] if own else deferred
     batch_sampler = loader.batch_sampler
     replay = None
     if type(batch_sampler) is BatchSampler:
-        replay = _sampler_replay(batch_sampler.sampler)
+        replay = _sampler_replay(batch_sampler.sampler, deferred)
     if replay is None:
         return _walk(_index_iterator(loader, batch_sampler))
     _base_seed_draw(loader)
     order = replay()
+    if own:
+        for draw in deferred:
+            draw()
     if batch_sampler.drop_last:
         order = order[: (len(order) // batch_sampler.batch_size) * batch_sampler.batch_size]
     return np.ascontiguousarray(order, dtype=np.int64)
