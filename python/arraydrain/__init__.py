@@ -182,7 +182,9 @@ def _check_device(device: str) -> Optional[int]:
         try:
             ordinal = int(device[5:]) if device != "cuda" else 0
         except ValueError:
-            raise DrainValueError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)") from None
+            ordinal = -1
+        if ordinal < 0 or (device != "cuda" and not device[5:].isdigit()):
+            raise DrainValueError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)")
         ok, why = _cuda_status(ordinal)
         if not ok:
             raise DrainRuntimeError(f"device={device!r}: CUDA is not usable here: {why}")
@@ -302,6 +304,7 @@ def _drain_fast(plan, loader, strategy, device, ordinal, out, progress):
         outs = None
         if out_leaves is not None:
             outs = [out_bytes(o, leaf, count) for o, leaf in zip(out_leaves, leaves)]
+            _check_overlaps(outs, [s[1] for s in sources] if cuda is None else [], leaves)
     except BaseException:
         _run_all(deferred)
         raise
@@ -314,6 +317,15 @@ def _drain_fast(plan, loader, strategy, device, ordinal, out, progress):
     if out is not None:
         return out
     return [to_array(u8, leaf, count) for u8, leaf in zip(u8s, leaves)]
+
+
+def _check_overlaps(outs, reads, leaves) -> None:
+    """``out=`` arrays may overlap neither each other nor the data being drained."""
+    for i, (o, leaf) in enumerate(zip(outs, leaves)):
+        if any(np.may_share_memory(o, r) for r in reads):
+            raise DrainValueError(f"out= leaf {leaf.name!r} overlaps the data being drained")
+        if any(np.may_share_memory(o, p) for p in outs[:i]):
+            raise DrainValueError(f"out= leaf {leaf.name!r} overlaps another out= leaf")
 
 
 def _run_all(draws: list) -> None:
@@ -526,6 +538,7 @@ def _general_into(structure, leaves, batches, rows, out, progress, batched):
     if rows is None:
         rows = outs[0].shape[0] if outs and isinstance(outs[0], np.ndarray) else 0
     dsts = [out_bytes(o, leaf, rows) for o, leaf in zip(outs, leaves)]
+    _check_overlaps(dsts, [], leaves)
     at = 0
     with progress_bar(progress, rows) as bar:
         for k, values in batches:
