@@ -266,24 +266,37 @@ pub fn cuda_drain(
     let engine = py.detach(|| engine(ordinal)).py()?;
     let mut failed: Option<PyErr> = None;
     let iter = batches.try_iter()?;
-    let stream = iter.map(|item| -> Result<DeviceBatch, Error> {
-        let source_error = |e: PyErr, failed: &mut Option<PyErr>| {
-            let message = e.to_string();
-            *failed = Some(e);
-            Error::Cuda {
-                context: "reading a batch".into(),
-                message,
+    let stream = iter
+        .enumerate()
+        .map(|(k, item)| -> Result<DeviceBatch, Error> {
+            let source_error = |e: PyErr, failed: &mut Option<PyErr>| {
+                let message = e.to_string();
+                *failed = Some(e);
+                Error::Cuda {
+                    context: "reading a batch".into(),
+                    message,
+                }
+            };
+            let item = item.map_err(|e| source_error(e, &mut failed))?;
+            let parts: Vec<(Py<DeviceBuffer>, usize)> =
+                item.extract().map_err(|e| source_error(e, &mut failed))?;
+            if parts.len() != metas.len() {
+                return Err(Error::BatchMismatch {
+                    batch: k,
+                    column: String::new(),
+                    reason: format!(
+                        "{} columns, the first batch had {}",
+                        parts.len(),
+                        metas.len()
+                    ),
+                });
             }
-        };
-        let item = item.map_err(|e| source_error(e, &mut failed))?;
-        let parts: Vec<(Py<DeviceBuffer>, usize)> =
-            item.extract().map_err(|e| source_error(e, &mut failed))?;
-        let mut batch = DeviceBatch::new();
-        for ((buf, n), m) in parts.iter().zip(&metas) {
-            batch.push(buf.get().take_column(m, *n)?)?;
-        }
-        Ok(batch)
-    });
+            let mut batch = DeviceBatch::new();
+            for ((buf, n), m) in parts.iter().zip(&metas) {
+                batch.push(buf.get().take_column(m, *n)?)?;
+            }
+            Ok(batch)
+        });
     let result = engine.drain_device(stream, rows);
     if let Some(e) = failed {
         return Err(e);
