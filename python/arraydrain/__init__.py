@@ -276,11 +276,19 @@ def _fast_order(plan: _FastPlan, loader, deferred: Optional[list] = None
     order = epoch_order(loader, deferred)
     for indices in plan.subsets:
         m = len(indices)
-        order = wrap_indices(order, m, "a Subset")
         base = as_index_array(indices, "Subset.indices")
         if base is None:
             base = np.fromiter((int(indices[i]) for i in range(m)), dtype=np.int64, count=m)
-        order = base[order]
+        if isinstance(order, range):
+            order = base[order.start:order.stop]  # a sequential sampler over the Subset
+        else:
+            order = base[wrap_indices(order, m, "a Subset")]
+    if isinstance(order, range):
+        if order.stop > n:
+            raise DrainIndexError(
+                f"index {order.stop - 1} is out of range for the TensorDataset of {n} rows"
+            )
+        return None, len(order)
     order = wrap_indices(order, n, "the TensorDataset")
     return order_and_count(order, n)
 

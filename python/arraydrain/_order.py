@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def _sampler_replay(sampler, deferred: list):
     kind = type(sampler)
     if kind is SequentialSampler:
         n = len(sampler.data_source)
-        return lambda: np.arange(n, dtype=np.int64)
+        return lambda: range(n)
     if kind is RandomSampler:
 
         def random_order():
@@ -174,9 +174,10 @@ def _walk(iterator) -> np.ndarray:
         raise DrainTypeError(f"the loader's sampler yields something other than integer indices: {e}") from e
 
 
-def epoch_order(loader, deferred: Optional[list] = None) -> np.ndarray:
+def epoch_order(loader, deferred: Optional[list] = None) -> Union[np.ndarray, range]:
     """The dataset indices one epoch of ``for batch in loader`` yields, flattened in order, for a
     map-style loader with automatic batching; advances every RNG exactly as that epoch would.
+    A sequential order is returned as a ``range``.
 
     With a ``deferred`` list, draws that only advance a generator (their values unused) are
     appended to it as callables, for the caller to run (in order) while it gathers; without
@@ -198,6 +199,8 @@ def epoch_order(loader, deferred: Optional[list] = None) -> np.ndarray:
             draw()
     if batch_sampler.drop_last:
         order = order[: (len(order) // batch_sampler.batch_size) * batch_sampler.batch_size]
+    if isinstance(order, range):
+        return order  # a sequential order: no index array at all
     return np.ascontiguousarray(order, dtype=np.int64)
 
 
