@@ -321,10 +321,21 @@ def _drain_fast(plan, loader, strategy, device, ordinal, out, progress):
         if cuda is None:
             u8s = _native.gather(sources, count, order, batch_size, strategy, outs, bar)
         else:
-            u8s = _native.cuda_gather(cuda, sources, count, order, batch_size, strategy, outs, bar)
+            owners = [_owner(o) for o in out_leaves] if out_leaves is not None else None
+            u8s = _native.cuda_gather(
+                cuda, sources, count, order, batch_size, strategy, outs, bar, owners
+            )
     if out is not None:
         return out
     return [to_array(u8, leaf, count) for u8, leaf in zip(u8s, leaves)]
+
+
+def _owner(array) -> Optional[Any]:
+    """The engine buffer (``_native.Buffer``) an array views, if any (via its ``base`` chain)."""
+    b = getattr(array, "base", None)
+    while b is not None and not isinstance(b, _native.Buffer):
+        b = getattr(b, "base", None)
+    return b
 
 
 def _check_overlaps(outs, reads, leaves) -> None:

@@ -75,6 +75,7 @@ def cuda_gather(
     strategy_name: str,
     out: Optional[Sequence[Bytes2D]],
     progress: Progress,
+    owners: Optional[Sequence[Optional[Buffer]]] = None,
 ) -> Optional[List[Bytes2D]]: ...
 def cuda_drain(
     ordinal: int,

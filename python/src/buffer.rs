@@ -4,7 +4,9 @@
 //! its `base`: no copy at the boundary, and the memory lives exactly as long as some array
 //! over it does.
 
-use arraydrain::ColumnArray;
+use std::sync::Mutex;
+
+use arraydrain::{ColumnArray, StorageKind};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -14,7 +16,9 @@ use pyo3::types::PyDict;
 /// reinterprets it as the column's dtype and shape (views, no copies).
 #[pyclass(module = "arraydrain._native", frozen)]
 pub struct Buffer {
-    column: ColumnArray,
+    /// The column; lent out (and always put back) while a drain refills it in place.
+    column: Mutex<Option<ColumnArray>>,
+    kind: StorageKind,
     rows: usize,
     row_bytes: usize,
     address: usize,
@@ -32,11 +36,33 @@ impl Buffer {
                 .unwrap_or(rows),
         );
         Buffer {
-            column,
+            kind: column.storage_kind(),
+            column: Mutex::new(Some(column)),
             rows,
             row_bytes,
             address,
         }
+    }
+
+    /// The address and length NumPy sees.
+    pub fn extent(&self) -> (usize, usize) {
+        (self.address, self.rows * self.row_bytes)
+    }
+
+    /// Where the bytes live.
+    pub fn kind(&self) -> StorageKind {
+        self.kind
+    }
+
+    /// Lends the column out (`None` if it is lent already); the memory stays where it is, so
+    /// the arrays over it stay valid. Put it back with [`Buffer::restore`].
+    pub fn lend(&self) -> Option<ColumnArray> {
+        self.column.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Puts a lent column back.
+    pub fn restore(&self, column: ColumnArray) {
+        *self.column.lock().unwrap_or_else(|p| p.into_inner()) = Some(column);
     }
 
     /// The buffer as a NumPy `uint8` array of shape `(rows, row_bytes)` viewing its memory.
@@ -65,7 +91,7 @@ impl Buffer {
     /// Where the bytes live: `"heap"`, `"pinned"`, `"mapped"` or `"array"`.
     #[getter]
     fn storage(&self) -> &'static str {
-        match self.column.storage_kind() {
+        match self.kind {
             arraydrain::StorageKind::Pinned => "pinned",
             arraydrain::StorageKind::Mapped => "mapped",
             arraydrain::StorageKind::Array => "array",

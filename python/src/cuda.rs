@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arraydrain::cuda::cudarc::driver::{CudaSlice, DevicePtr};
 use arraydrain::cuda::{CudaEngine, DeviceBatch, DeviceColumn};
-use arraydrain::{Batches, ColumnArray, Error, Indices, Order};
+use arraydrain::{Batches, ColumnArray, Error, Indices, Materialized, Order, StorageKind};
 use numpy::{PyReadonlyArray1, PyReadwriteArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -176,9 +176,14 @@ fn metas(specs: &[DeviceSpec]) -> PyResult<Vec<Meta>> {
 
 /// The fast path on the GPU: gathers rows `indices` (or `0..rows`) of device columns with the
 /// engine's `Pinned` strategy (or a classic GPU recipe) into pinned host arrays, with the GIL
-/// released. With `out`, the result is copied into the caller's arrays.
+/// released.
+///
+/// With `out`: when every `out` array is exactly the pinned memory of a previous result (its
+/// `owners[i]` is that result's [`Buffer`]), the engine refills that pinned memory in place
+/// (`CudaEngine::materialize_into`, no new pinned allocation: the epoch case); otherwise the
+/// result is gathered into new pinned memory and copied into the caller's arrays.
 #[pyfunction]
-#[pyo3(signature = (ordinal, sources, rows, indices, batch_size, strategy_name, out, progress))]
+#[pyo3(signature = (ordinal, sources, rows, indices, batch_size, strategy_name, out, progress, owners=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn cuda_gather(
     py: Python<'_>,
@@ -190,6 +195,7 @@ pub fn cuda_gather(
     strategy_name: &str,
     out: Option<Vec<PyReadwriteArray2<'_, u8>>>,
     progress: Option<Py<PyAny>>,
+    owners: Option<Vec<Option<Py<Buffer>>>>,
 ) -> PyResult<Option<Vec<Py<PyAny>>>> {
     let strategy = host::strategy(strategy_name)?;
     let list = host::order(indices.as_ref())?;
@@ -199,49 +205,107 @@ pub fn cuda_gather(
         columns.push(buf.get().take_column(m, m.rows).py()?);
     }
     let n = list.as_ref().map_or(rows, |l| l.len());
-    let mut out = out;
-    let mut dsts = match out.as_mut() {
-        Some(o) => Some(host::out_slices(o, &metas, n, &[])?),
-        None => None,
+    let order = move |table_rows: usize| -> Result<Indices, Error> {
+        match list {
+            Some(l) => Indices::resolve(&Order::Indices(l), None, false, table_rows),
+            None => Ok(Indices::Range {
+                start: 0,
+                end: rows,
+            }),
+        }
     };
-    let result = py
-        .detach(|| -> Result<Vec<ColumnArray>, Error> {
-            let engine = engine(ordinal)?;
-            let table = engine.wrap(columns)?;
-            let idx = match list {
-                Some(l) => Indices::resolve(&Order::Indices(l), None, false, table.rows())?,
-                None => Indices::Range {
-                    start: 0,
-                    end: rows,
-                },
-            };
-            let batches = Batches::new(idx, batch_size.max(1), false)?;
-            let done = engine.materialize(&table, &batches, strategy)?;
-            let mut columns = done.into_columns();
-            if let Some(dsts) = dsts.as_mut() {
-                for (c, d) in columns.iter_mut().zip(dsts.iter_mut()) {
+    let Some(mut out) = out else {
+        let result = py
+            .detach(|| -> Result<Vec<ColumnArray>, Error> {
+                let engine = engine(ordinal)?;
+                let table = engine.wrap(columns)?;
+                let batches = Batches::new(order(table.rows())?, batch_size.max(1), false)?;
+                Ok(engine
+                    .materialize(&table, &batches, strategy)?
+                    .into_columns())
+            })
+            .py()?;
+        if let Some(cb) = &progress {
+            call_progress(cb, n);
+        }
+        let arrays = result
+            .into_iter()
+            .zip(&metas)
+            .map(|(c, m)| {
+                let rows = c.rows();
+                Buffer::new(c, rows, m.row_bytes).into_numpy(py)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok(Some(arrays));
+    };
+    // Validates `out` (the slices end here: a lent buffer is written by the engine alone).
+    let extents: Vec<(usize, usize)> = host::out_slices(&mut out, &metas, n, &[])?
+        .iter()
+        .map(|d| (d.as_ptr() as usize, d.len()))
+        .collect();
+    let owners: Vec<Py<Buffer>> = owners.unwrap_or_default().into_iter().flatten().collect();
+    let lent = lend_pinned(&owners, &extents);
+    let mut dsts = match lent {
+        Some(_) => Vec::new(),
+        None => host::out_slices(&mut out, &metas, n, &[])?,
+    };
+    py.detach(|| -> Result<(), Error> {
+        let engine = engine(ordinal)?;
+        let table = engine.wrap(columns)?;
+        let batches = Batches::new(order(table.rows())?, batch_size.max(1), false)?;
+        match lent {
+            Some(lent) => {
+                let mut target = Materialized::from_columns(lent);
+                let done = engine.materialize_into(&table, &batches, &mut target);
+                // The columns go back to their owners whatever happened.
+                for (c, o) in target.into_columns().into_iter().zip(&owners) {
+                    o.get().restore(c);
+                }
+                done.map(|_| ())
+            }
+            None => {
+                let fresh = engine.materialize(&table, &batches, strategy)?;
+                for (c, d) in fresh.columns().iter().zip(dsts.iter_mut()) {
                     arraydrain::gather::cpu::par_copy(c.as_bytes(), d);
                 }
-                columns.clear();
+                Ok(())
             }
-            Ok(columns)
-        })
-        .py()?;
+        }
+    })
+    .py()?;
     if let Some(cb) = &progress {
         call_progress(cb, n);
     }
-    if out.is_some() {
-        return Ok(None);
+    Ok(None)
+}
+
+/// The pinned columns behind `out` when every `out` array (address, length) is exactly one
+/// owner's whole pinned buffer (lent out of the owners, to be restored); `None` (nothing lent) otherwise.
+fn lend_pinned(owners: &[Py<Buffer>], extents: &[(usize, usize)]) -> Option<Vec<ColumnArray>> {
+    if owners.len() != extents.len() {
+        return None;
     }
-    let arrays = result
-        .into_iter()
-        .zip(&metas)
-        .map(|(c, m)| {
-            let rows = c.rows();
-            Buffer::new(c, rows, m.row_bytes).into_numpy(py)
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    Ok(Some(arrays))
+    let fits = owners.iter().zip(extents).all(|(o, &e)| {
+        let b = o.get();
+        b.kind() == StorageKind::Pinned && b.extent() == e
+    });
+    if !fits {
+        return None;
+    }
+    let mut lent = Vec::with_capacity(owners.len());
+    for o in owners {
+        match o.get().lend() {
+            Some(c) => lent.push(c),
+            None => {
+                // Lent elsewhere (a concurrent drain into the same arrays): give back, copy.
+                for (c, o) in lent.into_iter().zip(owners) {
+                    o.get().restore(c);
+                }
+                return None;
+            }
+        }
+    }
+    Some(lent)
 }
 
 /// The general path's CUDA batches: drains an iterator of batches — each a list of
