@@ -140,8 +140,10 @@ def to_npz(loader: Any, path: "os.PathLike[str] | str", *, compress: bool = Fals
     joined by ``.`` for nested batches (``"0"``, ``"1"`` for a ``TensorDataset``; ``"image"``,
     ``"meta.label"`` for dicts). On the fast path the rows are gathered a few MiB at a time
     through one reused buffer and streamed into the file, so the output never exists in memory
-    (outputs larger than RAM are fine); the general path drains into memory first. The archive
-    appears under its name only when complete. ``compress=True`` deflates the members. Complex
+    (outputs larger than RAM are fine). The general path writes each batch into memory-mapped
+    ``.npy`` files when the loader's length is known (an archive is packed from them at the end),
+    and into memory first when it is not. The archive appears under its name only when
+    complete. ``compress=True`` deflates the members. Complex
     dtypes are refused (``DrainTypeError``): the engine's writers have no complex type.
 
     Raises:
@@ -505,7 +507,14 @@ def _drain_general(loader, strategy, device, ordinal, out, progress, files):
                                 batched, bar),
             )
         else:
-            sink = _native.Sink([l.spec() for l in leaves], rows)
+            if files is not None and rows is not None and all(l.engine for l in leaves):
+                # A known length: straight into memory-mapped files (larger than RAM is fine).
+                kind, path, compress = files
+                sink = _native.Sink.to_files(
+                    [l.spec() for l in leaves], rows, kind, os.fspath(path), compress
+                )
+            else:
+                sink = _native.Sink([l.spec() for l in leaves], rows)
             for _, values in _chain_first((k0, first_values), batches):
                 sink.push([host_bytes(x, l.name, batched)[0] for l, x in zip(leaves, values)])
                 if bar is not None:

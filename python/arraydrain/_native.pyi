@@ -30,6 +30,14 @@ class Sink:
     """The general path's output: batches copied into preallocated (or growing) buffers."""
 
     def __init__(self, columns: Sequence[ColumnSpec], rows: Optional[int]) -> None: ...
+    @staticmethod
+    def to_files(
+        columns: Sequence[ColumnSpec],
+        rows: int,
+        kind: str,
+        path: Union[str, PathLike[str]],
+        compress: bool,
+    ) -> "Sink": ...
     @property
     def rows(self) -> int: ...
     def push(self, arrays: Sequence[Bytes2D]) -> None: ...

@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use arraydrain::gather::cpu;
 use arraydrain::memory::HostBuf;
-use arraydrain::npy::{self, WriteOptions};
-use arraydrain::{Column, ColumnArray, DType, Error, Indices, Loader, Order, Strategy, Table};
+use arraydrain::npy::{self, MappedNpy, WriteOptions};
+use arraydrain::{
+    Column, ColumnArray, DType, Error, Indices, Loader, Order, Storage, Strategy, Table,
+};
 use numpy::{
     PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods,
 };
@@ -385,7 +387,8 @@ fn file_options(compress: bool, progress: Option<Py<PyAny>>) -> WriteOptions {
 /// per column. With a declared row count the buffers are allocated once and a source yielding
 /// more or fewer rows is an error; without one they grow geometrically (doubling, each growth
 /// one copy of the rows so far), so a buffer may reserve up to twice the final size in address
-/// space (the untouched tail of a large buffer is never backed by memory).
+/// space (the untouched tail of a large buffer is never backed by memory). A sink made by
+/// [`Sink::to_files`] writes into memory-mapped `.npy` files instead of memory.
 #[pyclass(module = "arraydrain._native")]
 pub struct Sink {
     metas: Vec<Meta>,
@@ -393,7 +396,19 @@ pub struct Sink {
     rows: usize,
     capacity: usize,
     batches: usize,
-    buffers: Vec<HostBuf>,
+    buffers: Vec<Box<dyn Storage>>,
+    /// Mapped output: where the files go, and the rows already written back.
+    files: Option<Files>,
+}
+
+/// A sink's memory-mapped files.
+struct Files {
+    kind: String,
+    path: PathBuf,
+    /// The folder of the `.npy` files: the output folder, or a temporary one beside an `.npz`.
+    dir: PathBuf,
+    compress: bool,
+    released: usize,
 }
 
 #[pymethods]
@@ -406,21 +421,77 @@ impl Sink {
         columns: Vec<(String, Option<String>, Vec<usize>, usize)>,
         rows: Option<usize>,
     ) -> PyResult<Self> {
-        let metas = columns
-            .iter()
-            .map(|(name, dtype, row_shape, row_bytes)| {
-                meta(name, dtype.as_deref(), row_shape, *row_bytes, 0)
-            })
-            .collect::<PyResult<Vec<_>>>()?;
         let mut sink = Sink {
-            metas,
+            metas: metas(&columns)?,
             declared: rows,
             rows: 0,
             capacity: 0,
             batches: 0,
             buffers: Vec::new(),
+            files: None,
         };
         sink.grow(rows.unwrap_or(0))?;
+        Ok(sink)
+    }
+
+    /// A sink writing exactly `rows` rows straight into memory-mapped `.npy` files — the
+    /// folder `path` (`kind == "dir"`), or a temporary folder beside the archive `path`
+    /// (`"npz"`), packed by [`Sink::finish_to_files`] — so the output never has to fit in
+    /// memory: written regions are handed back to the kernel as the sink goes.
+    #[staticmethod]
+    #[pyo3(signature = (columns, rows, kind, path, compress))]
+    fn to_files(
+        columns: Vec<(String, Option<String>, Vec<usize>, usize)>,
+        rows: usize,
+        kind: &str,
+        path: PathBuf,
+        compress: bool,
+    ) -> PyResult<Self> {
+        let metas = metas(&columns)?;
+        named_check(&metas)?;
+        let dir = if kind == "npz" {
+            let name = path
+                .file_name()
+                .map_or_else(|| "out.npz".into(), |n| n.to_string_lossy().into_owned());
+            path.with_file_name(format!(".{name}.arraydrain-{}", std::process::id()))
+        } else {
+            path.clone()
+        };
+        // The archive's own folder must exist already (as for any file written); a `.npy`
+        // folder is created with its parents.
+        let made = if kind == "npz" {
+            std::fs::create_dir(&dir)
+        } else {
+            std::fs::create_dir_all(&dir)
+        };
+        made.map_err(|e| {
+            to_py(Error::Io {
+                path: dir.clone(),
+                source: e,
+            })
+        })?;
+        let mut sink = Sink {
+            metas,
+            declared: Some(rows),
+            rows: 0,
+            capacity: rows,
+            batches: 0,
+            buffers: Vec::new(),
+            files: Some(Files {
+                kind: kind.to_string(),
+                path,
+                dir: dir.clone(),
+                compress,
+                released: 0,
+            }),
+        };
+        for m in &sink.metas {
+            let mut shape = vec![rows];
+            shape.extend_from_slice(&m.row_shape);
+            let file = dir.join(format!("{}.npy", m.name));
+            sink.buffers
+                .push(Box::new(MappedNpy::create(file, m.dtype, &shape).py()?));
+        }
         Ok(sink)
     }
 
@@ -489,12 +560,18 @@ impl Sink {
         let start = self.rows;
         let metas = &self.metas;
         let buffers = &mut self.buffers;
-        py.detach(|| {
+        let files = &mut self.files;
+        py.detach(|| -> Result<(), Error> {
             for ((src, m), buf) in srcs.iter().zip(metas).zip(buffers.iter_mut()) {
                 let rb = m.row_bytes;
                 cpu::par_copy(src, &mut buf.as_bytes_mut()[start * rb..end * rb]);
             }
-        });
+            if let Some(f) = files.as_mut() {
+                release(f, metas, buffers, end, false)?;
+            }
+            Ok(())
+        })
+        .py()?;
         self.rows = end;
         self.batches += 1;
         Ok(())
@@ -515,7 +592,8 @@ impl Sink {
     }
 
     /// Ends the stream into a `.npz` archive (`kind == "npz"`) or a folder of `.npy` files
-    /// (`"dir"`), written by the engine's writers.
+    /// (`"dir"`), written by the engine's writers; a [`Sink::to_files`] sink finishes its own
+    /// files (and packs them into its archive) whatever the arguments say.
     #[pyo3(signature = (kind, path, compress))]
     fn finish_to_files(
         &mut self,
@@ -526,6 +604,31 @@ impl Sink {
     ) -> PyResult<()> {
         self.check_complete()?;
         named_check(&self.metas)?;
+        if let Some(mut f) = self.files.take() {
+            let rows = self.rows;
+            let metas = &self.metas;
+            let buffers = &mut self.buffers;
+            py.detach(|| -> Result<(), Error> {
+                release(&mut f, metas, buffers, rows, true)?;
+                for b in buffers.iter_mut() {
+                    b.finish()?;
+                }
+                Ok(())
+            })
+            .py()?;
+            if f.kind != "npz" {
+                return Ok(());
+            }
+            let columns = self.take_columns(rows)?;
+            let written = py.detach(|| {
+                let options = WriteOptions::new().compress(f.compress);
+                let r = npy::write_npz(&f.path, &columns, &options);
+                drop(columns);
+                r
+            });
+            let _ = std::fs::remove_dir_all(&f.dir);
+            return written.py();
+        }
         if self.rows != self.capacity {
             // Files hold exactly the rows received: one trimming copy (undeclared streams).
             self.grow(self.rows)?;
@@ -540,6 +643,50 @@ impl Sink {
         })
         .py()
     }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // An unfinished mapped sink: its files remove themselves; the temporary folder of an
+        // archive goes too.
+        if let Some(f) = &self.files {
+            if f.kind == "npz" {
+                self.buffers.clear();
+                let _ = std::fs::remove_dir_all(&f.dir);
+            }
+        }
+    }
+}
+
+/// Hands written rows of mapped columns back to the kernel (written back, pages dropped) in
+/// steps of about [`BLOCK_BYTES`], or everything up to `rows` when `all`.
+fn release(
+    files: &mut Files,
+    metas: &[Meta],
+    buffers: &mut [Box<dyn Storage>],
+    rows: usize,
+    all: bool,
+) -> Result<(), Error> {
+    let total: usize = metas.iter().map(|m| m.row_bytes).sum();
+    if rows <= files.released || (!all && (rows - files.released) * total < BLOCK_BYTES) {
+        return Ok(());
+    }
+    for (m, b) in metas.iter().zip(buffers.iter_mut()) {
+        let rb = m.row_bytes;
+        b.region_done(files.released * rb..rows * rb)?;
+    }
+    files.released = rows;
+    Ok(())
+}
+
+/// Checked layouts of the sink's columns.
+fn metas(columns: &[(String, Option<String>, Vec<usize>, usize)]) -> PyResult<Vec<Meta>> {
+    columns
+        .iter()
+        .map(|(name, dtype, row_shape, row_bytes)| {
+            meta(name, dtype.as_deref(), row_shape, *row_bytes, 0)
+        })
+        .collect()
 }
 
 impl Sink {
@@ -560,21 +707,14 @@ impl Sink {
             .into_iter()
             .zip(&self.metas)
             .map(|(b, m)| {
-                ColumnArray::new(
-                    m.name.as_str(),
-                    m.dtype,
-                    &m.row_shape,
-                    capacity,
-                    Box::new(b),
-                )
-                .py()
+                ColumnArray::new(m.name.as_str(), m.dtype, &m.row_shape, capacity, b).py()
             })
             .collect()
     }
 
-    /// Reallocates every column for `capacity` rows, keeping the rows received.
+    /// Reallocates every (heap) column for `capacity` rows, keeping the rows received.
     fn grow(&mut self, capacity: usize) -> PyResult<()> {
-        let mut next = Vec::with_capacity(self.metas.len());
+        let mut next: Vec<Box<dyn Storage>> = Vec::with_capacity(self.metas.len());
         for (i, m) in self.metas.iter().enumerate() {
             let bytes = capacity.checked_mul(m.row_bytes).ok_or_else(|| {
                 to_py(Error::HostAllocation {
@@ -588,7 +728,7 @@ impl Sink {
                 let keep = self.rows * m.row_bytes;
                 cpu::par_copy(&old.as_bytes()[..keep], &mut buf.as_bytes_mut()[..keep]);
             }
-            next.push(buf);
+            next.push(Box::new(buf));
         }
         self.buffers = next;
         self.capacity = capacity;
