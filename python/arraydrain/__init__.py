@@ -485,37 +485,33 @@ def _drain_general(loader, strategy, device, ordinal, out, progress, files):
             f"strategy {strategy!r} applies to the fast path (a DataLoader over a TensorDataset); "
             "other loaders are copied batch by batch into preallocated output ('auto')"
         )
-    if device != "cpu" and ordinal is None and device != "auto":
-        raise DrainValueError(f"unknown device {device!r}")
     batched = not _is_unbatched(loader)
     rows = declared_rows(loader)
     structure, leaves, batches = _batches(loader, batched)
-    total = rows
     if out is not None:
         return _general_into(structure, leaves, batches, rows, out, progress, batched)
-    k0, first_values = next(batches)
+    first = next(batches)
+    batches = _chain_first(first, batches)
+    specs = [leaf.spec() for leaf in leaves]
     cuda = None
-    if files is None:
-        devs = {x.device for x in first_values if is_tensor(x)}
-        if len(devs) == 1 and all(is_tensor(x) for x in first_values):
-            cuda = _use_cuda(device, ordinal, next(iter(devs)))
-    with progress_bar(progress, total) as bar:
+    values = first[1]
+    if files is None and values and all(is_tensor(x) for x in values):
+        devices = {x.device for x in values}
+        if len(devices) == 1:
+            cuda = _use_cuda(device, ordinal, next(iter(devices)))
+    with progress_bar(progress, rows) as bar:
         if cuda is not None:
             u8s = _native.cuda_drain(
-                cuda, [l.spec() for l in leaves], rows,
-                _device_batches(leaves, _chain_first((k0, first_values), batches), cuda,
-                                batched, bar),
+                cuda, specs, rows, _device_batches(leaves, batches, cuda, batched, bar)
             )
         else:
             if files is not None and rows is not None and all(l.engine for l in leaves):
                 # A known length: straight into memory-mapped files (larger than RAM is fine).
                 kind, path, compress = files
-                sink = _native.Sink.to_files(
-                    [l.spec() for l in leaves], rows, kind, os.fspath(path), compress
-                )
+                sink = _native.Sink.to_files(specs, rows, kind, os.fspath(path), compress)
             else:
-                sink = _native.Sink([l.spec() for l in leaves], rows)
-            for _, values in _chain_first((k0, first_values), batches):
+                sink = _native.Sink(specs, rows)
+            for _, values in batches:
                 sink.push([host_bytes(x, l.name, batched)[0] for l, x in zip(leaves, values)])
                 if bar is not None:
                     bar(sink.rows)
