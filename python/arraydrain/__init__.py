@@ -18,7 +18,7 @@ import contextlib
 import os
 import sys
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -49,23 +49,29 @@ from ._progress import progress_bar
 __version__ = _native.__version__
 
 __all__ = [
-    "drain",
-    "to_npz",
-    "to_npy_dir",
     "ArrayDrainError",
-    "DrainTypeError",
-    "DrainValueError",
     "DrainIndexError",
     "DrainMemoryError",
-    "DrainRuntimeError",
     "DrainOSError",
+    "DrainRuntimeError",
+    "DrainTypeError",
+    "DrainValueError",
+    "drain",
+    "to_npy_dir",
+    "to_npz",
 ]
 
 _STRATEGIES = ("auto", "preallocated", "concat", "per-batch", "pinned")
 
 
-def drain(loader: Any, *, strategy: str = "auto", device: str = "auto", out: Any = None,
-          progress: Any = False) -> Any:
+def drain(
+    loader: Any,
+    *,
+    strategy: str = "auto",
+    device: str = "auto",
+    out: Any = None,
+    progress: Any = False,
+) -> Any:
     """Every batch of one epoch of ``loader``, as NumPy arrays holding all rows.
 
     Returns the structure of one batch — the tuple, list, dict or namedtuple the collate function
@@ -132,8 +138,14 @@ def drain(loader: Any, *, strategy: str = "auto", device: str = "auto", out: Any
     return _drain_general(loader, strategy, device, ordinal, out, progress, None)
 
 
-def to_npz(loader: Any, path: "os.PathLike[str] | str", *, compress: bool = False,
-           device: str = "auto", progress: Any = False) -> None:
+def to_npz(
+    loader: Any,
+    path: os.PathLike[str] | str,
+    *,
+    compress: bool = False,
+    device: str = "auto",
+    progress: Any = False,
+) -> None:
     """Drains ``loader`` (as :func:`drain`) straight into a ``.npz`` archive at ``path``.
 
     Members are named by the leaves' paths in a batch: list and tuple positions and dict keys,
@@ -152,8 +164,9 @@ def to_npz(loader: Any, path: "os.PathLike[str] | str", *, compress: bool = Fals
     _to_files(loader, "npz", path, compress, device, progress)
 
 
-def to_npy_dir(loader: Any, path: "os.PathLike[str] | str", *, device: str = "auto",
-               progress: Any = False) -> None:
+def to_npy_dir(
+    loader: Any, path: os.PathLike[str] | str, *, device: str = "auto", progress: Any = False
+) -> None:
     """Drains ``loader`` (as :func:`drain`) into a folder of ``.npy`` files, ``path/NAME.npy``
     per leaf, named as :func:`to_npz` names its members (the folder is created if needed; each
     file appears under its name when complete).
@@ -174,7 +187,7 @@ def _check_strategy(strategy: str) -> None:
         raise DrainValueError(f"unknown strategy {strategy!r} (one of: {', '.join(_STRATEGIES)})")
 
 
-def _check_device(device: str) -> Optional[int]:
+def _check_device(device: str) -> int | None:
     """The CUDA ordinal a ``"cuda"``/``"cuda:N"`` device names, ``None`` for auto/cpu."""
     if not isinstance(device, str):
         raise DrainTypeError(f"device must be a string, not {type(device).__name__}")
@@ -194,12 +207,12 @@ def _check_device(device: str) -> Optional[int]:
     raise DrainValueError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)")
 
 
-def _cuda_status(ordinal: int) -> Tuple[bool, str]:
+def _cuda_status(ordinal: int) -> tuple[bool, str]:
     """Whether PyTorch and the engine can both use CUDA device ``ordinal``."""
     torch = sys.modules.get("torch")
     if torch is None:
         try:
-            import torch  # noqa: F811
+            import torch
         except ImportError:
             return False, "PyTorch is not installed"
     if not torch.cuda.is_available():
@@ -209,7 +222,7 @@ def _cuda_status(ordinal: int) -> Tuple[bool, str]:
     return _native.cuda_status(ordinal)
 
 
-def _use_cuda(device: str, ordinal: Optional[int], tensor_device) -> Optional[int]:
+def _use_cuda(device: str, ordinal: int | None, tensor_device) -> int | None:
     """The ordinal to run the GPU engine on, or ``None`` for the CPU path."""
     if device == "cpu":
         return None
@@ -225,7 +238,7 @@ def _use_cuda(device: str, ordinal: Optional[int], tensor_device) -> Optional[in
 
 
 class _FastPlan:
-    __slots__ = ("tensors", "subsets", "leaves")
+    __slots__ = ("leaves", "subsets", "tensors")
 
     def __init__(self, tensors, subsets):
         self.tensors = tensors
@@ -236,7 +249,7 @@ class _FastPlan:
         ]
 
 
-def _fast_plan(loader) -> Optional[_FastPlan]:
+def _fast_plan(loader) -> _FastPlan | None:
     """The fast path's inputs when ``loader`` is a plain DataLoader over a TensorDataset (or
     Subsets of one) with the default collate and automatic batching; ``None`` otherwise. Exact
     types only: a subclass may fetch or collate differently."""
@@ -265,8 +278,9 @@ def _fast_plan(loader) -> Optional[_FastPlan]:
     return _FastPlan(tensors, subsets)
 
 
-def _fast_order(plan: _FastPlan, loader, deferred: Optional[list] = None
-                ) -> Tuple[Optional[np.ndarray], int]:
+def _fast_order(
+    plan: _FastPlan, loader, deferred: list | None = None
+) -> tuple[np.ndarray | None, int]:
     """The epoch's rows of the tensors (``None`` for ``0..count``) and their count (see
     :func:`epoch_order` for ``deferred``)."""
     n = len(plan.tensors[0])
@@ -282,7 +296,7 @@ def _fast_order(plan: _FastPlan, loader, deferred: Optional[list] = None
         if base is None:
             base = np.fromiter((int(indices[i]) for i in range(m)), dtype=np.int64, count=m)
         if isinstance(order, range):
-            order = base[order.start:order.stop]  # a sequential sampler over the Subset
+            order = base[order.start : order.stop]  # a sequential sampler over the Subset
         else:
             order = base[wrap_indices(order, m, "a Subset")]
     if isinstance(order, range):
@@ -332,7 +346,7 @@ def _drain_fast(plan, loader, strategy, device, ordinal, out, progress):
     return [to_array(u8, leaf, count) for u8, leaf in zip(u8s, leaves)]
 
 
-def _owner(array) -> Optional[Any]:
+def _owner(array) -> Any | None:
     """The engine buffer (``_native.Buffer``) an array views, if any (via its ``base`` chain)."""
     b = getattr(array, "base", None)
     while b is not None and not isinstance(b, _native.Buffer):
@@ -397,7 +411,7 @@ def _device_source(leaf: Leaf, t, ordinal: int):
     return (leaf.name, buf, leaf.engine, list(leaf.row_shape), leaf.row_bytes, len(t))
 
 
-def _out_leaves(out, structure_or_none, leaves: List[Leaf]):
+def _out_leaves(out, structure_or_none, leaves: list[Leaf]):
     """The leaves of ``out=``, checked against the drain's structure (a list for the fast
     path, or a flatten structure)."""
     if isinstance(structure_or_none, list):
@@ -415,7 +429,7 @@ def _out_leaves(out, structure_or_none, leaves: List[Leaf]):
 # ---- the general path -------------------------------------------------------------------------
 
 
-def _leaf_layout(x, name: str, batched: bool) -> Tuple[np.dtype, Tuple[int, ...]]:
+def _leaf_layout(x, name: str, batched: bool) -> tuple[np.dtype, tuple[int, ...]]:
     if is_tensor(x):
         dtype = torch_numpy_dtype(x, name)
     else:
@@ -475,8 +489,11 @@ def _is_unbatched(loader) -> bool:
         return False
     from torch.utils.data import DataLoader
 
-    return isinstance(loader, DataLoader) and loader.batch_sampler is None \
+    return (
+        isinstance(loader, DataLoader)
+        and loader.batch_sampler is None
         and loader.batch_size is None
+    )
 
 
 def _drain_general(loader, strategy, device, ordinal, out, progress, files):
@@ -544,7 +561,7 @@ def _device_batches(leaves, batches, ordinal, batched, bar):
                 src = src.resolve_conj()
             if src.is_neg():
                 src = src.resolve_neg()
-            n = (src.shape[0] if batched else 1)
+            n = src.shape[0] if batched else 1
             src = src.to(dev).contiguous().reshape(-1).view(torch.uint8)
             buf = _native.DeviceBuffer(src.numel(), ordinal)
             torch.as_tensor(buf, device=dev).copy_(src)
@@ -575,9 +592,11 @@ def _general_into(structure, leaves, batches, rows, out, progress, batched):
                         f"first column has {n}"
                     )
             if at + n > rows:
-                raise DrainValueError(f"the stream declared {rows} rows but yielded {at + n} or more")
+                raise DrainValueError(
+                    f"the stream declared {rows} rows but yielded {at + n} or more"
+                )
             for s, d in zip(srcs, dsts):
-                d[at:at + n] = s
+                d[at : at + n] = s
             at += n
             if bar is not None:
                 bar(at)
@@ -601,8 +620,16 @@ def _to_files(loader, kind, path, compress, device, progress) -> None:
         ]
         order, count = _fast_order(plan, loader)
         with progress_bar(progress, None) as bar:
-            _native.gather_to_files(sources, count, order, loader.batch_size or 1, kind, path,
-                                    compress, bar)
+            _native.gather_to_files(
+                sources, count, order, loader.batch_size or 1, kind, path, compress, bar
+            )
         return
-    _drain_general(loader, "auto", "cpu" if ordinal is None else device, ordinal, None,
-                   progress, (kind, path, compress))
+    _drain_general(
+        loader,
+        "auto",
+        "cpu" if ordinal is None else device,
+        ordinal,
+        None,
+        progress,
+        (kind, path, compress),
+    )

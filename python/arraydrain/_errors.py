@@ -37,10 +37,10 @@ class DrainOSError(ArrayDrainError, OSError):
 
 __all__ = [
     "ArrayDrainError",
-    "DrainTypeError",
-    "DrainValueError",
     "DrainIndexError",
     "DrainMemoryError",
-    "DrainRuntimeError",
     "DrainOSError",
+    "DrainRuntimeError",
+    "DrainTypeError",
+    "DrainValueError",
 ]

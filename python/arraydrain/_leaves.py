@@ -5,7 +5,7 @@ arrays, and the dtype rules for tensors and NumPy arrays."""
 from __future__ import annotations
 
 import collections.abc
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -35,7 +35,7 @@ BFLOAT16_MESSAGE = (
 )
 
 
-def engine_dtype(dtype: np.dtype, where: str) -> Optional[str]:
+def engine_dtype(dtype: np.dtype, where: str) -> str | None:
     """The engine's name for a NumPy dtype (``None`` for complex, moved as bytes)."""
     d = np.dtype(dtype).newbyteorder("=") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
     if d not in _ENGINE_NAMES:
@@ -60,9 +60,9 @@ def torch_numpy_dtype(t, where: str) -> np.dtype:
 class Leaf:
     """One leaf of a batch: its name (a path), dtype, shape of one row."""
 
-    __slots__ = ("name", "dtype", "row_shape", "row_bytes", "engine")
+    __slots__ = ("dtype", "engine", "name", "row_bytes", "row_shape")
 
-    def __init__(self, name: str, dtype: np.dtype, row_shape: Tuple[int, ...]):
+    def __init__(self, name: str, dtype: np.dtype, row_shape: tuple[int, ...]):
         self.name = name
         self.dtype = np.dtype(dtype)
         self.row_shape = tuple(int(s) for s in row_shape)
@@ -82,11 +82,11 @@ def is_tensor(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def flatten(batch: Any, path: str = "") -> Tuple[Any, List[Tuple[str, Any]]]:
+def flatten(batch: Any, path: str = "") -> tuple[Any, list[tuple[str, Any]]]:
     """``(structure, [(name, leaf), ...])``: the structure is a tree of containers whose
     leaves are placeholders, rebuilt by :func:`rebuild`. Names are paths: list and tuple
     positions and dict keys joined by ``.`` (``"0"``, ``"image"``, ``"meta.label"``)."""
-    leaves: List[Tuple[str, Any]] = []
+    leaves: list[tuple[str, Any]] = []
 
     def walk(x, p):
         if is_tensor(x) or isinstance(x, np.ndarray):
@@ -97,8 +97,11 @@ def flatten(batch: Any, path: str = "") -> Tuple[Any, List[Tuple[str, Any]]]:
         if isinstance(x, tuple) and hasattr(x, "_fields"):
             return ("namedtuple", type(x), [walk(v, _join(p, str(i))) for i, v in enumerate(x)])
         if isinstance(x, (list, tuple)):
-            return (type(x).__name__ if type(x) in (list, tuple) else "seq", type(x),
-                    [walk(v, _join(p, str(i))) for i, v in enumerate(x)])
+            return (
+                type(x).__name__ if type(x) in (list, tuple) else "seq",
+                type(x),
+                [walk(v, _join(p, str(i))) for i, v in enumerate(x)],
+            )
         raise DrainTypeError(
             f"batch leaf {p or '<batch>'!r} is a {type(x).__name__}, not a tensor or NumPy array"
         )
@@ -113,7 +116,7 @@ def _join(p: str, k: str) -> str:
     return f"{p}.{k}" if p else k
 
 
-def rebuild(structure: Any, arrays: List[Any]) -> Any:
+def rebuild(structure: Any, arrays: list[Any]) -> Any:
     """The structure with its leaves replaced, in order, by ``arrays``."""
     it = iter(arrays)
 
@@ -155,7 +158,7 @@ def same_structure(a: Any, b: Any) -> bool:
     return all(same_structure(x, y) for x, y in zip(a[2], b[2]))
 
 
-def host_bytes(x, where: str, batched: bool = True) -> Tuple[np.ndarray, np.dtype, Tuple[int, ...]]:
+def host_bytes(x, where: str, batched: bool = True) -> tuple[np.ndarray, np.dtype, tuple[int, ...]]:
     """A CPU leaf as ``(uint8 array (rows, row_bytes) viewing it, dtype, row shape)``; one
     contiguous copy when the leaf is not C-contiguous, none otherwise. ``batched=False`` treats
     the leaf as one row."""
@@ -179,7 +182,9 @@ def host_bytes(x, where: str, batched: bool = True) -> Tuple[np.ndarray, np.dtyp
             x = x.astype(dtype)
         a = np.ascontiguousarray(x)
     else:
-        raise DrainTypeError(f"batch leaf {where!r} is a {type(x).__name__}, not a tensor or NumPy array")
+        raise DrainTypeError(
+            f"batch leaf {where!r} is a {type(x).__name__}, not a tensor or NumPy array"
+        )
     if not batched:
         a = a.reshape((1,) + a.shape)
     if a.ndim == 0:
@@ -201,10 +206,14 @@ def out_bytes(o: Any, leaf: Leaf, rows: int) -> np.ndarray:
     if not isinstance(o, np.ndarray):
         raise DrainTypeError(f"out= leaf {leaf.name!r} is a {type(o).__name__}, not a NumPy array")
     if o.dtype != leaf.dtype:
-        raise DrainTypeError(f"out= leaf {leaf.name!r} holds {o.dtype}, the drain yields {leaf.dtype}")
+        raise DrainTypeError(
+            f"out= leaf {leaf.name!r} holds {o.dtype}, the drain yields {leaf.dtype}"
+        )
     want = (rows,) + leaf.row_shape
     if o.shape != want:
-        raise DrainValueError(f"out= leaf {leaf.name!r} has shape {o.shape}, the drain yields {want}")
+        raise DrainValueError(
+            f"out= leaf {leaf.name!r} has shape {o.shape}, the drain yields {want}"
+        )
     if not o.flags.c_contiguous or not o.flags.writeable:
         raise DrainValueError(f"out= leaf {leaf.name!r} must be a writable C-contiguous array")
     return o.reshape(rows, int(np.prod(leaf.row_shape, dtype=np.int64))).view(np.uint8)

@@ -3,20 +3,22 @@
 ``uint8`` array of shape ``(rows, row_bytes)`` plus its engine dtype name (``"f32"``, ``"i64"``,
 ``"bool"`` …, or ``None`` for opaque bytes such as complex) and the shape of one row."""
 
+from collections.abc import Iterable, Sequence
 from os import PathLike
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import TypeAlias
 
 __version__: str
 
-Bytes2D = npt.NDArray[np.uint8]
-Indices = npt.NDArray[np.int64]
-Progress = Optional[Callable[[int], Any]]
-Source = Tuple[str, Bytes2D, Optional[str], Sequence[int]]
-DeviceSource = Tuple[str, "DeviceBuffer", Optional[str], Sequence[int], int, int]
-ColumnSpec = Tuple[str, Optional[str], Sequence[int], int]
+Bytes2D: TypeAlias = npt.NDArray[np.uint8]
+Indices: TypeAlias = npt.NDArray[np.int64]
+Progress: TypeAlias = Callable[[int], Any] | None
+Source: TypeAlias = tuple[str, Bytes2D, str | None, Sequence[int]]
+DeviceSource: TypeAlias = tuple[str, DeviceBuffer, str | None, Sequence[int], int, int]
+ColumnSpec: TypeAlias = tuple[str, str | None, Sequence[int], int]
 
 class Buffer:
     """Owns an engine buffer; the ``base`` of the arrays that view it."""
@@ -29,20 +31,20 @@ class Buffer:
 class Sink:
     """The general path's output: batches copied into preallocated (or growing) buffers."""
 
-    def __init__(self, columns: Sequence[ColumnSpec], rows: Optional[int]) -> None: ...
+    def __init__(self, columns: Sequence[ColumnSpec], rows: int | None) -> None: ...
     @staticmethod
     def to_files(
         columns: Sequence[ColumnSpec],
         rows: int,
         kind: str,
-        path: Union[str, PathLike[str]],
+        path: str | PathLike[str],
         compress: bool,
-    ) -> "Sink": ...
+    ) -> Sink: ...
     @property
     def rows(self) -> int: ...
     def push(self, arrays: Sequence[Bytes2D]) -> None: ...
-    def finish(self) -> List[Bytes2D]: ...
-    def finish_to_files(self, kind: str, path: Union[str, PathLike[str]], compress: bool) -> None: ...
+    def finish(self) -> list[Bytes2D]: ...
+    def finish_to_files(self, kind: str, path: str | PathLike[str], compress: bool) -> None: ...
 
 class DeviceBuffer:
     """Engine-owned device memory, writable through ``__cuda_array_interface__``."""
@@ -56,38 +58,38 @@ class DeviceBuffer:
 def gather(
     sources: Sequence[Source],
     rows: int,
-    indices: Optional[Indices],
+    indices: Indices | None,
     batch_size: int,
     strategy_name: str,
-    out: Optional[Sequence[Bytes2D]],
+    out: Sequence[Bytes2D] | None,
     progress: Progress,
-) -> Optional[List[Bytes2D]]: ...
+) -> list[Bytes2D] | None: ...
 def gather_to_files(
     sources: Sequence[Source],
     rows: int,
-    indices: Optional[Indices],
+    indices: Indices | None,
     batch_size: int,
     kind: str,
-    path: Union[str, PathLike[str]],
+    path: str | PathLike[str],
     compress: bool,
     progress: Progress,
 ) -> None: ...
 def cuda_compiled() -> bool: ...
-def cuda_status(ordinal: int) -> Tuple[bool, str]: ...
+def cuda_status(ordinal: int) -> tuple[bool, str]: ...
 def cuda_gather(
     ordinal: int,
     sources: Sequence[DeviceSource],
     rows: int,
-    indices: Optional[Indices],
+    indices: Indices | None,
     batch_size: int,
     strategy_name: str,
-    out: Optional[Sequence[Bytes2D]],
+    out: Sequence[Bytes2D] | None,
     progress: Progress,
-    owners: Optional[Sequence[Optional[Buffer]]] = None,
-) -> Optional[List[Bytes2D]]: ...
+    owners: Sequence[Buffer | None] | None = None,
+) -> list[Bytes2D] | None: ...
 def cuda_drain(
     ordinal: int,
     columns: Sequence[ColumnSpec],
-    rows: Optional[int],
-    batches: Iterable[Sequence[Tuple[DeviceBuffer, int]]],
-) -> List[Bytes2D]: ...
+    rows: int | None,
+    batches: Iterable[Sequence[tuple[DeviceBuffer, int]]],
+) -> list[Bytes2D]: ...

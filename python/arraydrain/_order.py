@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -90,9 +89,7 @@ def _sampler_replay(sampler, deferred: list):
                         torch.randint(high=n, size=(32,), dtype=torch.int64, generator=generator)
                     )
                 parts.append(
-                    torch.randint(
-                        high=n, size=(num % 32,), dtype=torch.int64, generator=generator
-                    )
+                    torch.randint(high=n, size=(num % 32,), dtype=torch.int64, generator=generator)
                 )
             else:
                 for _ in range(num // n):
@@ -115,8 +112,10 @@ def _sampler_replay(sampler, deferred: list):
         def subset_order():
             perm = torch.randperm(len(indices), generator=sampler.generator).numpy()
             base = as_index_array(indices, "SubsetRandomSampler.indices")
-            return base[perm] if base is not None else np.asarray(
-                [int(indices[i]) for i in perm], dtype=np.int64
+            return (
+                base[perm]
+                if base is not None
+                else np.asarray([int(indices[i]) for i in perm], dtype=np.int64)
             )
 
         return subset_order
@@ -145,7 +144,7 @@ def _sampler_replay(sampler, deferred: list):
     return None
 
 
-def as_index_array(indices, what: str) -> Optional[np.ndarray]:
+def as_index_array(indices, what: str) -> np.ndarray | None:
     """``indices`` (list, range, tensor, array) as ``int64``, or ``None`` if not integers."""
     torch = _torch()
     if isinstance(indices, torch.Tensor):
@@ -171,10 +170,12 @@ def _walk(iterator) -> np.ndarray:
     try:
         return np.fromiter((int(i) for i in flat), dtype=np.int64)
     except (TypeError, ValueError) as e:
-        raise DrainTypeError(f"the loader's sampler yields something other than integer indices: {e}") from e
+        raise DrainTypeError(
+            f"the loader's sampler yields something other than integer indices: {e}"
+        ) from e
 
 
-def epoch_order(loader, deferred: Optional[list] = None) -> Union[np.ndarray, range]:
+def epoch_order(loader, deferred: list | None = None) -> np.ndarray | range:
     """The dataset indices one epoch of ``for batch in loader`` yields, flattened in order, for a
     map-style loader with automatic batching; advances every RNG exactly as that epoch would.
     A sequential order is returned as a ``range``.
@@ -220,7 +221,7 @@ def wrap_indices(order: np.ndarray, n: int, what: str) -> np.ndarray:
     return order
 
 
-def declared_rows(loader) -> Optional[int]:
+def declared_rows(loader) -> int | None:
     """The rows one epoch yields, from the loader's lengths alone (``None`` when unknown): the
     sampler's length cut by ``drop_last`` for map-style loaders with a ``BatchSampler``, the
     sampler's length without automatic batching, and the dataset's length (if it has one) for
@@ -246,11 +247,17 @@ def declared_rows(loader) -> Optional[int]:
     return None
 
 
-def order_and_count(order: Optional[np.ndarray], n: int) -> Tuple[Optional[np.ndarray], int]:
+def order_and_count(order: np.ndarray | None, n: int) -> tuple[np.ndarray | None, int]:
     """``(None, n)`` when ``order`` is ``0..n-1`` exactly (a plain copy), else ``(order, len)``."""
     if order is None:
         return None, n
     k = len(order)
-    if k and k <= n and order[0] == 0 and order[-1] == k - 1 and np.array_equal(order, np.arange(k)):
+    if (
+        k
+        and k <= n
+        and order[0] == 0
+        and order[-1] == k - 1
+        and np.array_equal(order, np.arange(k))
+    ):
         return None, k
     return order, k

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Callable
 
 
 @contextlib.contextmanager
-def progress_bar(progress: Any, total: Optional[int]) -> Iterator[Optional[Callable[[int], None]]]:
+def progress_bar(progress: Any, total: int | None) -> Iterator[Callable[[int], None] | None]:
     """A callable taking the rows done so far (or ``None`` when ``progress`` is false); a
     callable ``progress`` is used as it is."""
     if not progress:
