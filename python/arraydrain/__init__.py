@@ -219,7 +219,35 @@ def _cuda_status(ordinal: int) -> tuple[bool, str]:
         return False, "torch.cuda.is_available() is False"
     if not _native.cuda_compiled():
         return False, "the engine was built without its CUDA backend"
+    _preload_nvrtc()
     return _native.cuda_status(ordinal)
+
+
+_NVRTC_LOADED = []
+
+
+def _preload_nvrtc() -> None:
+    """Loads NVRTC from the ``nvidia`` wheels PyTorch installs (``nvidia/*/lib``), once, so the
+    engine, which opens ``libnvrtc.so.13`` by name to compile its kernels, finds it without
+    ``LD_LIBRARY_PATH``. Nothing happens where there is no such wheel."""
+    if _NVRTC_LOADED:
+        return
+    _NVRTC_LOADED.append(True)
+    try:
+        import nvidia
+    except ImportError:
+        return
+    import ctypes
+    import glob
+
+    for base in list(nvidia.__path__):
+        # The builtins first: libnvrtc opens them by name too.
+        for pattern in ("libnvrtc-builtins.so.*", "libnvrtc.so.*"):
+            for path in sorted(glob.glob(os.path.join(base, "*", "lib", pattern))):
+                try:
+                    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                except OSError:
+                    continue
 
 
 def _use_cuda(device: str, ordinal: int | None, tensor_device) -> int | None:

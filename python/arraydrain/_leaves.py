@@ -5,7 +5,7 @@ arrays, and the dtype rules for tensors and NumPy arrays."""
 from __future__ import annotations
 
 import collections.abc
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -217,6 +217,3 @@ def out_bytes(o: Any, leaf: Leaf, rows: int) -> np.ndarray:
     if not o.flags.c_contiguous or not o.flags.writeable:
         raise DrainValueError(f"out= leaf {leaf.name!r} must be a writable C-contiguous array")
     return o.reshape(rows, int(np.prod(leaf.row_shape, dtype=np.int64))).view(np.uint8)
-
-
-Progress = Optional[Callable[[int], None]]
