@@ -5,6 +5,7 @@
 use arraydrain::Error;
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyType;
 
 /// The exception class an engine error becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,18 +42,14 @@ impl Kind {
         Python::attach(|py| {
             let class = py
                 .import("arraydrain._errors")
-                .and_then(|m| m.getattr(self.class_name()));
+                .and_then(|m| m.getattr(self.class_name()))
+                .ok()
+                .and_then(|c| c.cast_into::<PyType>().ok());
             match class {
-                Ok(class) => PyErr::from_type(
-                    class
-                        .cast_into()
-                        .ok()
-                        .unwrap_or_else(|| py.get_type::<pyo3::exceptions::PyException>()),
-                    message,
-                ),
+                Some(class) => PyErr::from_type(class, message),
                 // Without the package around the native module (never in an installed
                 // package), the matching built-in.
-                Err(_) => match self {
+                None => match self {
                     Kind::Type => PyTypeError::new_err(message),
                     Kind::Value | Kind::Index => PyValueError::new_err(message),
                     Kind::Memory => PyMemoryError::new_err(message),
