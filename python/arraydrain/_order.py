@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import numpy as np
 
@@ -226,6 +227,8 @@ def declared_rows(loader) -> int | None:
     sampler's length cut by ``drop_last`` for map-style loaders with a ``BatchSampler``, the
     sampler's length without automatic batching, and the dataset's length (if it has one) for
     an ``IterableDataset``."""
+    if sys.modules.get("torch") is None:
+        return None  # without PyTorch loaded, `loader` is not a DataLoader
     from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
     if not isinstance(loader, DataLoader):
