@@ -9,8 +9,14 @@
 #                                   tests, compute-sanitizer memcheck + racecheck on a small GPU
 #                                   test, `arraydrain bench --device cuda` (default workload
 #                                   sequential and shuffled, and an 8 GB workload), the PyTorch
-#                                   baselines on the same shapes (scripts/torch_compare.py), and a
-#                                   summary table, printed last. Budget: under 6 minutes.
+#                                   baselines on the same shapes (scripts/torch_compare.py), the
+#                                   Python package's CUDA tests (pytest -m cuda, python/tests) and
+#                                   python/bench.py --device cuda on a smaller workload, and a
+#                                   summary table, printed last. Budget: under 7 minutes.
+#
+# The Python half: `build` also puts the package's wheel and pytest's wheels (pure Python) into
+# .device-bin/wheels; `run` installs them into .device-bin/pylib (no network, no venv) on top of
+# the GPU machine's python3 with PyTorch and NumPy.
 #
 # Environment: OUT (where results go; default .device-bin/out), DEVICE_CHECK_QUICK=1 (skip the
 # 8 GB workload), SANITIZER (path of compute-sanitizer if not on PATH).
@@ -46,6 +52,11 @@ for line in open(os.path.join(bin_dir, "test-build.json")):
 print("test binaries:", ", ".join(sorted(seen)))
 PY
   rm -f "$BIN/test-build.json"
+  # The Python package and pytest, for the CUDA tests of python/tests on the GPU machine.
+  local py=${ARRAYDRAIN_PYTHON:-python3}
+  "$py" -m maturin build --release --manifest-path python/Cargo.toml --out "$BIN/wheels"
+  # exceptiongroup and tomli: what pytest needs on a Python older than 3.11.
+  "$py" -m pip download -q --only-binary=:all: --dest "$BIN/wheels" pytest exceptiongroup tomli
   git rev-parse --short HEAD >"$BIN/commit" 2>/dev/null || true
   du -sh "$BIN"
   echo "built into $BIN/ — copy the repository (with $BIN/) to the GPU machine and run: scripts/device-check.sh run"
@@ -116,6 +127,19 @@ run() {
     run_step "torch $w" 120 "$OUT/torch-$w.log" \
       python3 scripts/torch_compare.py --from-json "$OUT/bench-$w.json" --label "$w" "${extra[@]}"
   done
+
+  # The Python package on CUDA tensors: its pytest CUDA tests, then its benchmark (smaller than
+  # the Rust one: the classic recipes over a DataLoader fetch CUDA samples one by one).
+  rm -rf "$BIN/pylib"
+  if python3 -m pip install -q --no-index --no-deps --target "$BIN/pylib" "$BIN"/wheels/*.whl; then
+    run_step "pytest -m cuda (python/tests)" 150 "$OUT/pytest-cuda.log" \
+      env PYTHONPATH="$BIN/pylib" python3 -m pytest python/tests -m cuda -q -rs -p no:cacheprovider
+    run_step "python/bench.py --device cuda" 150 "$OUT/py-bench.log" \
+      env PYTHONPATH="$BIN/pylib" python3 python/bench.py --device cuda --rows 200000 \
+      --repeat 2 --no-memory --rust-bin "$AD" --json "$OUT/py-bench.json"
+  else
+    step "python wheels install" FAIL 0
+  fi
 
   echo
   echo "=== steps"

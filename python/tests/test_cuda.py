@@ -5,10 +5,10 @@ reference is the classic recipe with `.cpu()` over one real epoch from the same 
 import numpy as np
 import pytest
 import torch
+from helpers import DTYPES, assert_same, classic, drain_vs_epoch, features, labels, values
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
 import arraydrain
-from helpers import DTYPES, assert_same, classic, drain_vs_epoch, features, labels, values
 
 pytestmark = [
     pytest.mark.cuda,

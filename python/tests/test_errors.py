@@ -4,10 +4,10 @@ the module usable (every test ends with a good drain)."""
 import numpy as np
 import pytest
 import torch
+from helpers import drain_vs_epoch, features, labels, values
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import arraydrain
-from helpers import drain_vs_epoch, features, labels, values
 
 N = 200
 
@@ -305,3 +305,39 @@ def test_index_errors_are_also_value_errors():
     loader = DataLoader(TensorDataset(features(N)), batch_sampler=[[0], [N + 5]])
     e = _raises(ValueError, lambda: arraydrain.drain(loader))
     assert isinstance(e, IndexError)
+
+
+def test_pinned_strategy_on_the_cpu_path():
+    with pytest.raises(ValueError):
+        arraydrain.drain(good(), strategy="pinned", device="cpu")
+
+
+@pytest.mark.parametrize("strategy", ["concat", "per-batch"])
+def test_fast_path_only_strategies_on_the_general_path(strategy):
+    loader = DataLoader(MapDataset(N, lambda i: torch.tensor([i])), batch_size=16)
+    with pytest.raises(ValueError):
+        arraydrain.drain(loader, strategy=strategy)
+
+
+def test_out_overlapping_the_loader_tensors():
+    """Refilling the source in place would read rows already overwritten."""
+    x, y = features(N), labels(N)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    with pytest.raises(ValueError, match="overlap"):
+        arraydrain.drain(loader, out=[x.numpy(), y.numpy()])
+    assert (y.numpy() == labels(N).numpy()).all(), "the source is untouched"
+
+
+def test_out_arrays_overlapping_each_other():
+    buf = np.zeros(N * 9 + 8, np.float32)
+    x = buf[: N * 8].reshape(N, 8)
+    y = buf[N * 7 : N * 9].view(np.int64)  # shares bytes with x
+    assert y.shape == (N,)
+    with pytest.raises(ValueError, match="overlap"):
+        arraydrain.drain(good(), out=[x, y])
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "cuda:", "cuda:-1"])
+def test_malformed_cuda_device(device):
+    with pytest.raises(ValueError):
+        arraydrain.drain(good(), device=device)

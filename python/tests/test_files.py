@@ -6,9 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
-
-import arraydrain
 from helpers import (
     FILE_DTYPES,
     assert_same,
@@ -20,6 +17,9 @@ from helpers import (
     restore,
     values,
 )
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import arraydrain
 
 N = 300
 

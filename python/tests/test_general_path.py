@@ -9,10 +9,10 @@ import collections
 import numpy as np
 import pytest
 import torch
+from helpers import DTYPES, assert_same, classic, concat, drain_vs_epoch, features, labels, values
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import arraydrain
-from helpers import DTYPES, assert_same, classic, concat, drain_vs_epoch, features, labels, values
 
 N = 500
 
@@ -177,8 +177,26 @@ class SizedStream(Stream):
         return self.n
 
 
-def test_iterable_dataset_with_a_length():
-    drain_vs_epoch(DataLoader(SizedStream(N), batch_size=12))
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_iterable_dataset_with_a_length(drop_last):
+    drain_vs_epoch(DataLoader(SizedStream(N), batch_size=12, drop_last=drop_last))
+
+
+class LyingStream(Stream):
+    """Declares `declared` rows, yields `n`."""
+
+    def __init__(self, n, declared):
+        super().__init__(n)
+        self.declared = declared
+
+    def __len__(self):
+        return self.declared
+
+
+@pytest.mark.parametrize("n, declared", [(N - 5, N), (N + 5, N)], ids=["fewer", "more"])
+def test_iterable_dataset_yielding_other_than_its_length(n, declared):
+    with pytest.raises(ValueError):
+        arraydrain.drain(DataLoader(LyingStream(n, declared), batch_size=12))
 
 
 def test_generator_of_tensor_batches():

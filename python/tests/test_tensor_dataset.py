@@ -9,6 +9,18 @@ import gc
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    DTYPES,
+    assert_same,
+    assert_same_state,
+    capture,
+    classic,
+    drain_vs_epoch,
+    features,
+    labels,
+    restore,
+    values,
+)
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -22,18 +34,6 @@ from torch.utils.data import (
 )
 
 import arraydrain
-from helpers import (
-    DTYPES,
-    assert_same,
-    assert_same_state,
-    capture,
-    classic,
-    drain_vs_epoch,
-    features,
-    labels,
-    restore,
-    values,
-)
 
 N = 1000
 
@@ -51,7 +51,7 @@ BATCH_DROP = [(b, d) for b in BATCHES for d in (False, True) if not (d and b > N
 @pytest.mark.parametrize("batch_size, drop_last", BATCH_DROP)
 def test_sequential(batch_size, drop_last):
     loader = DataLoader(dataset(), batch_size=batch_size, drop_last=drop_last)
-    got, ref = drain_vs_epoch(loader)
+    got, _ = drain_vs_epoch(loader)
     rows = N // batch_size * batch_size if drop_last else N
     assert got[0].shape == (rows, 8) and got[1].shape == (rows,)
 
