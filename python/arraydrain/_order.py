@@ -209,16 +209,18 @@ def epoch_order(loader, deferred: list | None = None) -> np.ndarray | range:
 def wrap_indices(order: np.ndarray, n: int, what: str) -> np.ndarray:
     """Python-style negative indices made positive; anything still outside ``0..n`` is an
     error, as indexing the dataset would be."""
-    if order.size and order.min() < 0:
+    if not order.size:
+        return order
+    given = order
+    lo, hi = int(order.min()), int(order.max())
+    if lo < 0:
         order = np.where(order < 0, order + n, order)
-    if order.size:
         lo, hi = int(order.min()), int(order.max())
-        if lo < 0 or hi >= n:
-            bad = lo if lo < 0 else hi
-            pos = int(np.argmax(order == bad))
-            raise DrainIndexError(
-                f"index {bad} at position {pos} is out of range for {what} of {n} rows"
-            )
+    if lo < 0 or hi >= n:
+        pos = int(np.argmax((order < 0) | (order >= n)))
+        raise DrainIndexError(
+            f"index {int(given[pos])} at position {pos} is out of range for {what} of {n} rows"
+        )
     return order
 
 
