@@ -55,8 +55,10 @@ PY
   # The Python package and pytest, for the CUDA tests of python/tests on the GPU machine.
   local py=${ARRAYDRAIN_PYTHON:-python3}
   "$py" -m maturin build --release --manifest-path python/Cargo.toml --out "$BIN/wheels"
-  # exceptiongroup and tomli: what pytest needs on a Python older than 3.11.
-  "$py" -m pip download -q --only-binary=:all: --dest "$BIN/wheels" pytest exceptiongroup tomli
+  # Pure-Python wheels that install on any Python >= 3.9 (exceptiongroup and tomli: what pytest
+  # needs below 3.11, named because pip evaluates markers for the running Python).
+  "$py" -m pip download -q --only-binary=:all: --python-version 3.9 --implementation py \
+    --platform any --dest "$BIN/wheels" pytest exceptiongroup tomli
   git rev-parse --short HEAD >"$BIN/commit" 2>/dev/null || true
   du -sh "$BIN"
   echo "built into $BIN/ — copy the repository (with $BIN/) to the GPU machine and run: scripts/device-check.sh run"
