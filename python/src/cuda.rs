@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use arraydrain::cuda::cudarc::driver::{CudaSlice, DevicePtr};
 use arraydrain::cuda::{CudaEngine, DeviceBatch, DeviceColumn};
-use arraydrain::{Batches, ColumnArray, Error, Indices, Materialized, Order, StorageKind};
+use arraydrain::{
+    Batches, ColumnArray, Error, Indices, Materialized, Order, StorageKind, Strategy,
+};
 use numpy::{PyReadonlyArray1, PyReadwriteArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -244,7 +246,12 @@ pub fn cuda_gather(
         .map(|d| (d.as_ptr() as usize, d.len()))
         .collect();
     let owners: Vec<Py<Buffer>> = owners.unwrap_or_default().into_iter().flatten().collect();
-    let lent = lend_pinned(&owners, &extents);
+    // Refilling in place is the pinned pipeline's; a classic recipe asked for runs as asked.
+    let lent = if matches!(strategy, Strategy::Auto | Strategy::Pinned) {
+        lend_pinned(&owners, &extents)
+    } else {
+        None
+    };
     let mut dsts = match lent {
         Some(_) => Vec::new(),
         None => host::out_slices(&mut out, &metas, n, &[])?,
