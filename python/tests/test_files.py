@@ -133,16 +133,21 @@ def test_a_failed_write_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == [], "no file, not even a temporary one, is left behind"
 
 
-def test_a_loader_error_midway_leaves_no_file(tmp_path):
+@pytest.mark.parametrize("write", [arraydrain.to_npz, arraydrain.to_npy_dir])
+@pytest.mark.parametrize("known_length", [True, False])
+def test_a_loader_error_midway_leaves_no_file(tmp_path, write, known_length):
+    """Known length: batches go straight into mapped files; unknown: into memory first."""
+
     def item(i):
         if i == N - 5:
             raise KeyError("late failure")
-        return {"x": X[i]}
+        return {"x": X[i], "y": Y[i]}
 
-    path = tmp_path / "late.npz"
-    with pytest.raises(KeyError):
-        arraydrain.to_npz(DataLoader(MapDataset(N, item), batch_size=32), str(path))
-    assert list(tmp_path.iterdir()) == []
+    loader = DataLoader(MapDataset(N, item), batch_size=32)
+    source = loader if known_length else (b for b in loader)
+    with pytest.raises(KeyError, match="late failure"):
+        write(source, str(tmp_path / "late"))
+    assert list(tmp_path.iterdir()) == [], "no file or temporary folder is left behind"
 
 
 @pytest.mark.parametrize("write", [arraydrain.to_npz, arraydrain.to_npy_dir])

@@ -255,3 +255,40 @@ def test_classic_recipe_matches_a_manual_loop():
         ys.append(y.numpy())
     np.testing.assert_array_equal(ref[0], np.concatenate(xs))
     np.testing.assert_array_equal(ref[1], np.concatenate(ys))
+
+
+def test_numpy_batches_without_pytorch(tmp_path):
+    """numpy is the only hard dependency: plain iterables of NumPy batches drain without torch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["torch"] = None  # import torch now fails
+        import numpy as np
+        import arraydrain
+        batches = [(np.arange(k * 3, dtype=np.float32).reshape(k, 3), np.arange(k)) for k in (4, 1, 6)]
+        x, y = arraydrain.drain(batches)
+        assert x.shape == (11, 3) and y.tolist() == [0, 1, 2, 3, 0, 0, 1, 2, 3, 4, 5]
+        assert (x[4] == np.arange(3)).all()
+        try:
+            arraydrain.drain(batches, device="cuda")
+        except RuntimeError as e:
+            print("cuda:", e)
+        else:
+            raise SystemExit("device='cuda' without torch did not raise")
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("ok")
