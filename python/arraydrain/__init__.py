@@ -155,8 +155,9 @@ def to_npz(
     (outputs larger than RAM are fine). The general path writes each batch into memory-mapped
     ``.npy`` files when the loader's length is known (an archive is packed from them at the end),
     and into memory first when it is not. The archive appears under its name only when
-    complete. ``compress=True`` deflates the members. Complex
-    dtypes are refused (``DrainTypeError``): the engine's writers have no complex type.
+    complete. ``compress=True`` deflates the members. Complex dtypes are refused
+    (``DrainTypeError``): the engine's writers have no complex type. ``progress`` counts rows,
+    or on the fast path the bytes written.
 
     Raises:
         As :func:`drain`, and ``DrainOSError`` (an ``OSError``) when the file cannot be written.
@@ -647,7 +648,8 @@ def _to_files(loader, kind, path, compress, device, progress) -> None:
             for leaf, t in zip(leaves, plan.tensors)
         ]
         order, count = _fast_order(plan, loader)
-        with progress_bar(progress, None) as bar:
+        total = count * sum(leaf.row_bytes for leaf in leaves)
+        with progress_bar(progress, total, "B") as bar:
             _native.gather_to_files(
                 sources, count, order, loader.batch_size or 1, kind, path, compress, bar
             )

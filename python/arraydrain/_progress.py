@@ -9,9 +9,11 @@ from typing import Any, Callable
 
 
 @contextlib.contextmanager
-def progress_bar(progress: Any, total: int | None) -> Iterator[Callable[[int], None] | None]:
-    """A callable taking the rows done so far (or ``None`` when ``progress`` is false); a
-    callable ``progress`` is used as it is."""
+def progress_bar(
+    progress: Any, total: int | None, unit: str = "rows"
+) -> Iterator[Callable[[int], None] | None]:
+    """A callable taking the count done so far — rows, or bytes for files (``unit``) — or
+    ``None`` when ``progress`` is false; a callable ``progress`` is used as it is."""
     if not progress:
         yield None
         return
@@ -23,7 +25,7 @@ def progress_bar(progress: Any, total: int | None) -> Iterator[Callable[[int], N
     except ImportError:
         tqdm = None
     if tqdm is not None:
-        bar = tqdm(total=total, unit="rows", desc="arraydrain")
+        bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc="arraydrain")
         last = [0]
 
         def update(done: int) -> None:
@@ -38,7 +40,7 @@ def progress_bar(progress: Any, total: int | None) -> Iterator[Callable[[int], N
 
     def line(done: int) -> None:
         of = f"/{total}" if total is not None else ""
-        sys.stderr.write(f"\rarraydrain: {done}{of} rows")
+        sys.stderr.write(f"\rarraydrain: {done}{of} {unit}")
         sys.stderr.flush()
 
     try:

@@ -409,6 +409,8 @@ struct Files {
     dir: PathBuf,
     compress: bool,
     released: usize,
+    /// Folders this sink created, deepest first.
+    created: Vec<PathBuf>,
 }
 
 #[pymethods]
@@ -458,7 +460,12 @@ impl Sink {
             path.clone()
         };
         // The archive's own folder must exist already (as for any file written); a `.npy`
-        // folder is created with its parents.
+        // folder is created with its parents, which an unfinished sink removes again.
+        let created: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(PathBuf::from)
+            .collect();
         let made = if kind == "npz" {
             std::fs::create_dir(&dir)
         } else {
@@ -483,6 +490,7 @@ impl Sink {
                 dir: dir.clone(),
                 compress,
                 released: 0,
+                created,
             }),
         };
         for m in &sink.metas {
@@ -647,12 +655,17 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        // An unfinished mapped sink: its files remove themselves; the temporary folder of an
-        // archive goes too.
+        // An unfinished mapped sink: its files remove themselves (as they are dropped here);
+        // the temporary folder of an archive and the folders made for `.npy` files go too.
         if let Some(f) = &self.files {
+            self.buffers.clear();
             if f.kind == "npz" {
-                self.buffers.clear();
                 let _ = std::fs::remove_dir_all(&f.dir);
+            } else {
+                // Only folders this sink made, and only when empty (nothing of anyone else's).
+                for d in &f.created {
+                    let _ = std::fs::remove_dir(d);
+                }
             }
         }
     }
