@@ -49,6 +49,11 @@ def torch_numpy_dtype(t, where: str) -> np.dtype:
 
     if t.dtype == torch.bfloat16:
         raise DrainTypeError(BFLOAT16_MESSAGE.format(where=f"leaf {where!r}"))
+    if t.layout != torch.strided:
+        raise DrainTypeError(
+            f"leaf {where!r}: a {t.layout} tensor; only dense (strided) tensors drain "
+            "(convert with .to_dense())"
+        )
     try:
         d = torch.empty((), dtype=t.dtype).numpy().dtype
     except TypeError as e:
