@@ -341,3 +341,16 @@ def test_out_arrays_overlapping_each_other():
 def test_malformed_cuda_device(device):
     with pytest.raises(ValueError):
         arraydrain.drain(good(), device=device)
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_sparse_tensors_are_refused(path):
+    dense = features(N)
+    dense[dense.abs() < 1] = 0
+    sparse = dense.to_sparse()
+    if path == "fast":
+        loader = DataLoader(TensorDataset(sparse, labels(N)), batch_size=16)
+    else:
+        loader = [(dense[:16].to_sparse(), labels(16))]
+    with pytest.raises(TypeError, match="sparse"):
+        arraydrain.drain(loader)
