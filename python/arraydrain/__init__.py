@@ -324,9 +324,11 @@ def _fast_order(
         base = as_index_array(indices, "Subset.indices")
         if base is None:
             base = np.fromiter((int(indices[i]) for i in range(m)), dtype=np.int64, count=m)
-        if isinstance(order, range):
+        if isinstance(order, range) and order.stop <= m:
             order = base[order.start : order.stop]  # a sequential sampler over the Subset
         else:
+            if isinstance(order, range):
+                order = np.arange(order.start, order.stop, dtype=np.int64)
             order = base[wrap_indices(order, m, "a Subset")]
     if isinstance(order, range):
         if order.stop > n:
