@@ -88,7 +88,9 @@ def drain(
     sample is fetched in Python), the tensors are read in place (a non-contiguous tensor is made
     contiguous once), and the engine gathers the rows in parallel with the GIL released. CUDA
     tensors go through the engine's CUDA gather kernel and asynchronous copies into pinned host
-    memory (one device copy of the tensors first; see the package README).
+    memory (one device copy of the tensors first; see the package README). Reading is fastest
+    from tensors on transparent huge pages: PyTorch allocates them so with the environment
+    variable ``THP_MEM_ALLOC_ENABLE=1``.
 
     **General path.** Anything else iterable: map-style datasets with a Python ``__getitem__``,
     ``IterableDataset``, custom collate functions, dict or nested batches, NumPy batches, or a
