@@ -79,7 +79,9 @@ def drain(
     with every leaf a NumPy array of all rows, in exactly the order one epoch of
     ``for batch in loader`` would yield them at that moment: same sampler, same generator state,
     same ``drop_last``. Random generators (the global one, ``loader.generator``, a sampler's) are
-    left exactly as that epoch would leave them, so the next real epoch is unchanged.
+    left exactly as that epoch would leave them, so the next real epoch is unchanged. (A loader
+    with worker processes and ``in_order=False`` may deliver batches out of order; ``drain``
+    gives its sampler's order.)
 
     **Fast path.** A ``DataLoader`` over a ``TensorDataset`` (or a ``Subset`` of one, nested or
     not) with the default collate function and automatic batching, whatever its sampler or batch
