@@ -80,8 +80,8 @@ def drain(
     ``for batch in loader`` would yield them at that moment: same sampler, same generator state,
     same ``drop_last``. Random generators (the global one, ``loader.generator``, a sampler's) are
     left exactly as that epoch would leave them, so the next real epoch is unchanged. (A loader
-    with worker processes and ``in_order=False`` may deliver batches out of order; ``drain``
-    gives its sampler's order.)
+    with worker processes and ``in_order=False`` may deliver batches out of order: the fast path
+    gives the sampler's order, the general path the order the batches arrive in.)
 
     **Fast path.** A ``DataLoader`` over a ``TensorDataset`` (or a ``Subset`` of one, nested or
     not) with the default collate function and automatic batching, whatever its sampler or batch
