@@ -482,3 +482,45 @@ def test_concurrent_drains_from_threads():
         results = list(pool.map(arraydrain.drain, loaders))
     for got, ref in zip(results, refs):
         assert_same(got, ref)
+
+
+def test_the_gil_is_released_while_the_engine_gathers(monkeypatch):
+    """Python threads run while the native gather runs (white-box: wraps `_native.gather`).
+
+    Holding the GIL, the gather would let the main thread run only just before and just after
+    the native call (a switch interval each); released, the main thread keeps counting all
+    through it. Up to three tries absorb a busy machine.
+    """
+    import threading
+    import time
+
+    from arraydrain import _native
+
+    real = _native.gather
+    windows = []
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            windows.append((t0, time.perf_counter()))
+
+    monkeypatch.setattr(_native, "gather", timed)
+    rows = 800_000
+    x = torch.arange(rows * 64, dtype=torch.float32).reshape(rows, 64)
+    loader = DataLoader(TensorDataset(x), batch_size=256, shuffle=True)
+    margin = 0.025
+    for _ in range(3):
+        windows.clear()
+        stamps = []
+        worker = threading.Thread(target=arraydrain.drain, args=(loader,))
+        worker.start()
+        while worker.is_alive():
+            stamps.append(time.perf_counter())
+        worker.join()
+        assert len(windows) == 1, "the fast path gathers through _native.gather once"
+        t0, t1 = windows[0]
+        if t1 - t0 > 4 * margin and any(t0 + margin < t < t1 - margin for t in stamps):
+            return
+    pytest.fail(f"no Python progress inside a {1e3 * (t1 - t0):.0f} ms native gather")
