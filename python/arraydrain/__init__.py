@@ -43,7 +43,14 @@ from ._leaves import (
     to_array,
     torch_numpy_dtype,
 )
-from ._order import as_index_array, declared_rows, epoch_order, order_and_count, wrap_indices
+from ._order import (
+    as_index_array,
+    declared_rows,
+    epoch_order,
+    order_and_count,
+    replayable,
+    wrap_indices,
+)
 from ._progress import progress_bar
 
 __version__ = _native.__version__
@@ -290,11 +297,16 @@ def _fast_plan(loader) -> _FastPlan | None:
     if torch is None:
         return None
     from torch.utils.data import DataLoader, Subset, TensorDataset
-    from torch.utils.data._utils.collate import default_collate
+    from torch.utils.data._utils.collate import default_collate, default_convert
 
-    if type(loader) is not DataLoader or loader.batch_sampler is None:
+    if type(loader) is not DataLoader:
         return None
-    if loader.collate_fn is not default_collate:
+    if loader.batch_sampler is not None:
+        if loader.collate_fn is not default_collate:
+            return None
+    elif loader.collate_fn is not default_convert or not replayable(loader.sampler):
+        # Without automatic batching each item is one row, read by index from a sampler
+        # replayed here (an unknown one might yield other things than single indices).
         return None
     ds = loader.dataset
     subsets = []

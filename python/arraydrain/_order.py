@@ -56,6 +56,23 @@ def _index_iterator(loader, index_sampler):
     return iterator
 
 
+def replayable(sampler) -> bool:
+    """Whether :func:`epoch_order` replays ``sampler`` (rather than walking it)."""
+    from torch.utils.data import (
+        DistributedSampler,
+        RandomSampler,
+        SequentialSampler,
+        SubsetRandomSampler,
+    )
+
+    return type(sampler) in (
+        SequentialSampler,
+        RandomSampler,
+        SubsetRandomSampler,
+        DistributedSampler,
+    )
+
+
 def _sampler_replay(sampler, deferred: list):
     """A function giving the sampler's order (``int64`` array) with the draws its ``__iter__``
     makes, or ``None`` when the sampler is not one replayed here (exact types only: a subclass
@@ -178,7 +195,8 @@ def _walk(iterator) -> np.ndarray:
 
 def epoch_order(loader, deferred: list | None = None) -> np.ndarray | range:
     """The dataset indices one epoch of ``for batch in loader`` yields, flattened in order, for a
-    map-style loader with automatic batching; advances every RNG exactly as that epoch would.
+    map-style loader (with automatic batching, or without it over a sampler :func:`replayable`
+    replays); advances every RNG exactly as that epoch would.
     A sequential order is returned as a ``range``.
 
     With a ``deferred`` list, draws that only advance a generator (their values unused) are
@@ -190,7 +208,11 @@ def epoch_order(loader, deferred: list | None = None) -> np.ndarray | range:
     deferred = [] if own else deferred
     batch_sampler = loader.batch_sampler
     replay = None
-    if type(batch_sampler) is BatchSampler:
+    if batch_sampler is None:
+        # No automatic batching: each index of the sampler is one item (callers check first
+        # that the sampler is one replayed here).
+        replay = _sampler_replay(loader.sampler, deferred)
+    elif type(batch_sampler) is BatchSampler:
         replay = _sampler_replay(batch_sampler.sampler, deferred)
     if replay is None:
         return _walk(_index_iterator(loader, batch_sampler))
@@ -199,7 +221,7 @@ def epoch_order(loader, deferred: list | None = None) -> np.ndarray | range:
     if own:
         for draw in deferred:
             draw()
-    if batch_sampler.drop_last:
+    if batch_sampler is not None and batch_sampler.drop_last:
         order = order[: (len(order) // batch_sampler.batch_size) * batch_sampler.batch_size]
     if isinstance(order, range):
         return order  # a sequential order: no index array at all
