@@ -92,7 +92,8 @@ def drain(
 
     **Fast path.** A ``DataLoader`` over a ``TensorDataset`` (or a ``Subset`` of one, nested or
     not) with the default collate function and automatic batching, whatever its sampler or batch
-    sampler: the index order is taken from the loader's samplers (the well-known samplers are
+    sampler (or without automatic batching, ``batch_size=None``, over one of the well-known
+    samplers): the index order is taken from the loader's samplers (the well-known samplers are
     replayed with the tensor operation they use; any other sampler is walked, indices only — no
     sample is fetched in Python), the tensors are read in place (a non-contiguous tensor is made
     contiguous once), and the engine gathers the rows in parallel with the GIL released. CUDA
@@ -291,8 +292,9 @@ class _FastPlan:
 
 def _fast_plan(loader) -> _FastPlan | None:
     """The fast path's inputs when ``loader`` is a plain DataLoader over a TensorDataset (or
-    Subsets of one) with the default collate and automatic batching; ``None`` otherwise. Exact
-    types only: a subclass may fetch or collate differently."""
+    Subsets of one) with the default collate and automatic batching (or the default convert
+    and a replayed sampler); ``None`` otherwise. Exact types only: a subclass may fetch or
+    collate differently."""
     torch = sys.modules.get("torch")
     if torch is None:
         return None
