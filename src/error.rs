@@ -187,6 +187,71 @@ pub enum Error {
         reason: String,
     },
 
+    // ---- file safety: names, paths, space, faults ----------------------------------------------
+    /// A column name cannot be used as a file name (it comes from an input, so it is refused
+    /// rather than rewritten).
+    #[error("column name {name:?} cannot name a file: {reason}")]
+    UnsafeName {
+        /// The name.
+        name: String,
+        /// Why not.
+        reason: String,
+    },
+    /// An output path of a run names one of its inputs, another of its outputs, or something
+    /// an output file cannot replace (a folder).
+    #[error("{}: {reason}", path.display())]
+    PathConflict {
+        /// The output path.
+        path: PathBuf,
+        /// What it collides with.
+        reason: String,
+    },
+    /// The file system has no room for a file (or the process may not write one that large).
+    #[error("not enough space on {device} for {bytes} bytes ({}: {source})", path.display())]
+    NoSpace {
+        /// The file being written.
+        path: PathBuf,
+        /// The file system (device and mount point) it is on.
+        device: String,
+        /// The bytes that were to be reserved or written.
+        bytes: u64,
+        /// The system's answer (ENOSPC, EDQUOT or EFBIG).
+        source: std::io::Error,
+    },
+    /// An input file was truncated or rewritten while it was being read through its map.
+    #[error("{} changed while being read ({reason}); the output was discarded", path.display())]
+    FileChanged {
+        /// The input file.
+        path: PathBuf,
+        /// What was seen.
+        reason: String,
+    },
+    /// A size, count or offset computed from the input does not fit the machine's integers.
+    #[error("the size of {what} overflows")]
+    SizeOverflow {
+        /// What was being sized.
+        what: String,
+    },
+    /// Options that cannot be used together.
+    #[error("conflicting options: {reason}")]
+    ConflictingOptions {
+        /// Which, and why.
+        reason: String,
+    },
+    /// More memory maps are needed than the kernel allows one process.
+    #[error(
+        "{needed} memory maps are needed but vm.max_map_count allows {limit} ({in_use} in use); \
+         raise it (sysctl vm.max_map_count) or drain without --mmap"
+    )]
+    MapLimit {
+        /// Maps this run would add.
+        needed: u64,
+        /// `/proc/sys/vm/max_map_count`.
+        limit: u64,
+        /// Maps the process already has.
+        in_use: u64,
+    },
+
     // ---- CUDA ---------------------------------------------------------------------------------
     /// The crate was built without the `cuda` feature.
     #[error("CUDA support was not compiled in (build with the `cuda` feature)")]

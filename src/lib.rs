@@ -46,6 +46,7 @@ pub mod error;
 pub mod dtype;
 pub mod memory;
 pub mod sysmem;
+pub mod fsafe;
 #[allow(unsafe_code)]
 pub mod mmap;
 pub mod npy;

@@ -15,7 +15,9 @@ fn main() -> ExitCode {
     let result: CliResult = match &cli.command {
         Command::Info => info(),
         Command::Bench(args) => run_bench(args),
-        Command::Convert(args) => arraydrain::convert::run(args)
+        // SIGINT / SIGTERM remove the run's temporary files before exiting (130 / 143).
+        Command::Convert(args) => arraydrain::fsafe::cleanup_on_signals()
+            .and_then(|()| arraydrain::convert::run(args))
             .map(|summary| println!("{summary}"))
             .map_err(Into::into),
     };

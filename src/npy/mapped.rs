@@ -2,19 +2,21 @@
 //! through a map, and [`mapped_output`], one per column in a folder.
 
 use std::fmt;
+use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::fsafe::{self, Staged};
 use crate::loader::OutputSpec;
 use crate::memory::checked_bytes;
-use crate::mmap::WriteMap;
+use crate::mmap::{self, WriteMap};
 use crate::output::{ColumnArray, Materialized, Storage, StorageKind};
 
 use super::header::NpyHeader;
-use super::write::TempFile;
+use super::names::check_column_name;
 
 /// An output column that is a `.npy` file mapped into memory: created at its final size with its
 /// header written, the data region mapped writable, so a drain writes rows straight into the
@@ -44,29 +46,76 @@ use super::write::TempFile;
 /// ```
 pub struct MappedNpy {
     map: Option<WriteMap>,
-    temp: TempFile,
+    /// Where the file is while being written.
+    temp: PathBuf,
+    /// Where it ends up.
+    path: PathBuf,
+    /// The file's own staging, when it is not part of a larger set (see [`MappedNpy::create`]).
+    own: Option<Staged>,
     finished: bool,
     released: u64,
 }
 
 impl MappedNpy {
     /// Creates `path` (under a temporary name until finished) for an array of `dtype` and
-    /// `shape`, at its final size, and maps its data region.
+    /// `shape`, with its full size reserved on disk, and maps its data region.
     ///
     /// # Errors
     /// [`Error::UnsupportedDType`] for `bf16`; [`Error::HostAllocation`] when the size
-    /// overflows; [`Error::Io`] naming the file when it cannot be created, sized or mapped.
+    /// overflows; [`Error::NoSpace`] when the file system cannot hold it; [`Error::Io`] naming
+    /// the file when it cannot be created or mapped.
     pub fn create(path: impl AsRef<Path>, dtype: DType, shape: &[usize]) -> Result<MappedNpy> {
         let path = path.as_ref();
+        let mut staged = Staged::new();
+        let (temp, file) = staged.file(path)?;
+        Self::init(path, temp, file, dtype, shape, Some(staged))
+    }
+
+    /// A file staged in `staged` (renamed into place when that set is committed); `finish` only
+    /// writes it back.
+    pub(crate) fn create_staged(
+        staged: &mut Staged,
+        path: &Path,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<MappedNpy> {
+        let (temp, file) = staged.file(path)?;
+        Self::init(path, temp, file, dtype, shape, None)
+    }
+
+    /// A file made at `path` itself, which must not exist (inside a private scratch folder).
+    pub(crate) fn create_scratch(path: &Path, dtype: DType, shape: &[usize]) -> Result<MappedNpy> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Self::init(path, path.to_path_buf(), file, dtype, shape, None)
+    }
+
+    fn init(
+        path: &Path,
+        temp: PathBuf,
+        mut file: File,
+        dtype: DType,
+        shape: &[usize],
+        own: Option<Staged>,
+    ) -> Result<MappedNpy> {
         let header = NpyHeader::encode(dtype, shape)?;
         let mut parts = shape.to_vec();
         parts.push(dtype.size());
         let data_len = checked_bytes(&parts, &path.display().to_string())?;
-        let (temp, mut file) = TempFile::create(path)?;
-        let io_err = |e| Error::io(path, e);
-        file.write_all(&header).map_err(io_err)?;
-        file.set_len((header.len() + data_len) as u64)
-            .map_err(io_err)?;
+        let total = (header.len() as u64)
+            .checked_add(data_len as u64)
+            .ok_or_else(|| Error::SizeOverflow {
+                what: path.display().to_string(),
+            })?;
+        file.write_all(&header)
+            .map_err(|e| fsafe::write_error(path, e, total))?;
+        // Every block the map will write is allocated now: a full disk is an error here, not a
+        // SIGBUS in the middle of the drain.
+        mmap::reserve(&file, path, total)?;
         let map = if data_len == 0 {
             None
         } else {
@@ -75,6 +124,8 @@ impl MappedNpy {
         Ok(MappedNpy {
             map,
             temp,
+            path: path.to_path_buf(),
+            own,
             finished: false,
             released: 0,
         })
@@ -82,7 +133,7 @@ impl MappedNpy {
 
     /// Where the file will be (or is, once finished).
     pub fn path(&self) -> &Path {
-        &self.temp.path
+        &self.path
     }
 
     /// Bytes written back and dropped from memory so far by [`Storage::region_done`].
@@ -94,7 +145,8 @@ impl MappedNpy {
 impl fmt::Debug for MappedNpy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MappedNpy")
-            .field("path", &self.temp.path)
+            .field("path", &self.path)
+            .field("temp", &self.temp)
             .field("len", &self.as_bytes().len())
             .field("finished", &self.finished)
             .finish()
@@ -131,7 +183,9 @@ impl Storage for MappedNpy {
         if let Some(m) = &self.map {
             m.flush()?;
         }
-        self.temp.commit()?;
+        if let Some(own) = self.own.take() {
+            own.commit()?;
+        }
         self.finished = true;
         Ok(())
     }
@@ -149,13 +203,67 @@ impl Storage for MappedNpy {
 /// As [`MappedNpy::create`]; [`Error::Io`] when the folder cannot be created.
 pub fn mapped_output(dir: impl AsRef<Path>, specs: &[OutputSpec]) -> Result<Materialized> {
     let dir = dir.as_ref();
+    check_specs(specs)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    build(specs, |s, shape| {
+        MappedNpy::create(dir.join(format!("{}.npy", s.name)), s.dtype, shape)
+    })
+}
+
+/// Where the files of [`stage_mapped_output`] go.
+pub(crate) enum MappedIn<'a> {
+    /// Staged for `DIR/NAME.npy` in the set (renamed into place when it is committed).
+    Staged(&'a mut Staged, &'a Path),
+    /// Made as `DIR/NAME.npy` in a private scratch folder.
+    Scratch(&'a Path),
+}
+
+/// [`mapped_output`] whose files are part of a larger staged set, or scratch files.
+pub(crate) fn stage_mapped_output(
+    into: MappedIn<'_>,
+    specs: &[OutputSpec],
+) -> Result<Materialized> {
+    check_specs(specs)?;
+    match into {
+        MappedIn::Staged(staged, dir) => {
+            staged.create_dir_all(dir)?;
+            build(specs, |s, shape| {
+                MappedNpy::create_staged(
+                    staged,
+                    &dir.join(format!("{}.npy", s.name)),
+                    s.dtype,
+                    shape,
+                )
+            })
+        }
+        MappedIn::Scratch(dir) => build(specs, |s, shape| {
+            MappedNpy::create_scratch(&dir.join(format!("{}.npy", s.name)), s.dtype, shape)
+        }),
+    }
+}
+
+/// Names that can name files, and few enough maps for the kernel's limit.
+fn check_specs(specs: &[OutputSpec]) -> Result<()> {
+    for s in specs {
+        check_column_name(&s.name)?;
+    }
+    let maps = specs
+        .iter()
+        .filter(|s| s.bytes().is_ok_and(|b| b > 0))
+        .count();
+    mmap::check_map_budget(maps as u64)
+}
+
+fn build(
+    specs: &[OutputSpec],
+    mut make: impl FnMut(&OutputSpec, &[usize]) -> Result<MappedNpy>,
+) -> Result<Materialized> {
     let columns = specs
         .iter()
         .map(|s| {
             let mut shape = vec![s.rows];
             shape.extend_from_slice(&s.row_shape);
-            let storage = MappedNpy::create(dir.join(format!("{}.npy", s.name)), s.dtype, &shape)?;
+            let storage = make(s, &shape)?;
             ColumnArray::new(&s.name, s.dtype, &s.row_shape, s.rows, Box::new(storage))
         })
         .collect::<Result<Vec<_>>>()?;

@@ -25,6 +25,7 @@
 
 mod header;
 mod mapped;
+mod names;
 mod read;
 mod write;
 
@@ -34,12 +35,13 @@ use crate::error::Error;
 
 pub use header::{descr, ByteOrder, NpyHeader};
 pub use mapped::{mapped_output, MappedNpy};
+pub(crate) use mapped::{stage_mapped_output, MappedIn};
 pub use read::{read_indices, read_npy, read_npz, read_table};
-pub(crate) use write::pack_npz;
 pub use write::{
     drain_to_npy_dir, drain_to_npz, write_npy, write_npy_dir, write_npy_dir_with, write_npz,
     WriteOptions, WriteProgress,
 };
+pub(crate) use write::{pack_npz, stage_drain_npy_dir, stage_drain_npz, stage_npy_dir, stage_npz};
 
 /// The six bytes every `.npy` file starts with.
 pub const MAGIC: &[u8; 6] = b"\x93NUMPY";

@@ -16,6 +16,7 @@ use crate::table::{Column, SharedBytes, Table};
 
 use super::bad;
 use super::header::{ByteOrder, NpyHeader};
+use super::names::unsafe_name_reason;
 
 impl SharedBytes for ReadMap {
     fn bytes(&self) -> &[u8] {
@@ -75,6 +76,7 @@ fn column_from_image(
         Arc::new(SubBytes { owner, range: data })
     } else {
         let src = &owner.bytes()[data];
+        check_fits_memory(path, what, src.len() as u64)?;
         let mut buf = HostBuf::zeroed(src.len(), &name)?;
         if transpose {
             fortran_to_c(src, header.dtype.size(), &header.shape, buf.as_bytes_mut())
@@ -128,7 +130,8 @@ fn fortran_to_c(
 }
 
 fn utf8_name(path: &Path, s: Option<&std::ffi::OsStr>) -> Result<String> {
-    s.and_then(|s| s.to_str())
+    let name = s
+        .and_then(|s| s.to_str())
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .ok_or_else(|| {
@@ -136,7 +139,30 @@ fn utf8_name(path: &Path, s: Option<&std::ffi::OsStr>) -> Result<String> {
                 path,
                 "the file name is not valid UTF-8 (it names the column)",
             )
-        })
+        })?;
+    if let Some(reason) = unsafe_name_reason(&name) {
+        return Err(bad(
+            path,
+            format!("the file name gives column name {name:?}, which cannot name a file: {reason}"),
+        ));
+    }
+    Ok(name)
+}
+
+/// Refuses to make an in-memory copy of `bytes` (an inflated member, a converted array) that
+/// cannot fit in the memory this process may use ([`crate::sysmem`]: the smaller of
+/// `MemAvailable` and the control group's free room), rather than being killed for it.
+fn check_fits_memory(path: &Path, what: &str, bytes: u64) -> Result<()> {
+    match crate::sysmem::available_bytes() {
+        Some(avail) if bytes > avail => Err(bad(
+            path,
+            format!(
+                "{what}needs {bytes} bytes in memory, more than the {avail} bytes available \
+                 to this process (MemAvailable and the control group's limit)"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Reads a `.npy` file as a column named after the file's stem (`x.npy` → `"x"`).
@@ -202,6 +228,12 @@ pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<Column<'static>>> {
                 format!("{what}not a .npy array (an .npz holds only NAME.npy members)"),
             ));
         };
+        if let Some(reason) = unsafe_name_reason(name) {
+            return Err(bad(
+                path,
+                format!("{what}the member name cannot name a column file: {reason}"),
+            ));
+        }
         let size = member.size();
         let size_usize = usize::try_from(size)
             .map_err(|_| bad(path, format!("{what}too large for this machine")))?;
@@ -233,7 +265,9 @@ pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<Column<'static>>> {
                 range,
             )?);
         } else {
-            let mut buf = HostBuf::zeroed(size_usize, name)?;
+            check_fits_memory(path, &what, size)?;
+            let mut buf =
+                HostBuf::zeroed(size_usize, name).map_err(|e| bad(path, format!("{what}{e}")))?;
             member.read_exact(buf.as_bytes_mut()).map_err(member_err)?;
             // One more read reaches the end, where the reader checks the CRC.
             let mut extra = [0u8; 1];

@@ -2,15 +2,14 @@
 //! from a loader (gathered a block at a time), each file under a temporary name until complete.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use crate::batch::Batches;
 use crate::error::{Error, Result};
+use crate::fsafe::{self, Staged};
 use crate::gather::{cpu, Strategy};
 use crate::loader::Loader;
 use crate::memory::checked_bytes;
@@ -19,8 +18,8 @@ use crate::output::{Backend, ColumnArray, Report};
 use crate::sampler::IndexSlice;
 use crate::table::{Column, Table};
 
-use super::bad;
 use super::header::{NpyHeader, HEADER_ALIGN};
+use super::names::check_column_name;
 
 /// Bytes per write call and per progress step when writing files.
 const WRITE_CHUNK: usize = 8 << 20;
@@ -28,62 +27,6 @@ const WRITE_CHUNK: usize = 8 << 20;
 /// Output bytes gathered per step when draining straight into a file: large enough to amortise
 /// a parallel gather and a write call, small enough to stay in the last-level cache.
 const GATHER_BLOCK: usize = 4 << 20;
-
-/// A file being written under a temporary name beside its destination; removed on drop unless
-/// committed (renamed into place).
-pub(super) struct TempFile {
-    temp: PathBuf,
-    pub(super) path: PathBuf,
-    committed: bool,
-}
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-impl TempFile {
-    pub(super) fn create(path: &Path) -> Result<(TempFile, File)> {
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| bad(path, "an output path needs a file name"))?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(file_name);
-        temp_name.push(format!(
-            ".{}-{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let temp = path.with_file_name(temp_name);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(|e| Error::io(&temp, e))?;
-        Ok((
-            TempFile {
-                temp,
-                path: path.to_path_buf(),
-                committed: false,
-            },
-            file,
-        ))
-    }
-
-    pub(super) fn commit(&mut self) -> Result<()> {
-        std::fs::rename(&self.temp, &self.path).map_err(|e| Error::io(&self.path, e))?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            // Best effort: the temporary file may already be gone.
-            let _ = std::fs::remove_file(&self.temp);
-        }
-    }
-}
 
 /// Called with the bytes written so far while a file is written.
 pub type WriteProgress = Arc<dyn Fn(u64) + Send + Sync>;
@@ -311,36 +254,54 @@ fn loader_arrays<'a>(table: &'a Table<'a>, batches: &'a Batches) -> Result<Vec<A
 /// Writes one column as a `.npy` file (written to a temporary name, renamed when complete).
 ///
 /// # Errors
-/// [`Error::UnsupportedDType`] for `bf16`; [`Error::Io`] naming the file.
+/// [`Error::UnsupportedDType`] for `bf16`; [`Error::NoSpace`] when the file system is full;
+/// [`Error::Io`] naming the file.
 pub fn write_npy(path: impl AsRef<Path>, column: &ColumnArray) -> Result<()> {
     let arrays = materialized_arrays(std::slice::from_ref(column))?;
-    let path = path.as_ref();
+    let mut staged = Staged::new();
     let options = WriteOptions::new();
     let mut w = DataWriter::new(&options);
     arrays
         .iter()
-        .try_for_each(|a| write_one_npy(path, a, &mut w))
+        .try_for_each(|a| write_one_npy(&mut staged, path.as_ref(), a, &mut w))?;
+    staged.commit().map(drop)
 }
 
-fn write_one_npy(path: &Path, array: &Array<'_>, w: &mut DataWriter<'_>) -> Result<()> {
-    let (mut temp, file) = TempFile::create(path)?;
+/// Writes `array` as a `.npy` file staged for `path`.
+fn write_one_npy(
+    staged: &mut Staged,
+    path: &Path,
+    array: &Array<'_>,
+    w: &mut DataWriter<'_>,
+) -> Result<()> {
+    let total = array.header.len() as u64 + array.len as u64;
+    let (_, file) = staged.file(path)?;
+    let no_room = |e| fsafe::write_error(path, e, total);
     let mut file = BufWriter::with_capacity(1 << 16, file);
-    file.write_all(&array.header)
-        .map_err(|e| Error::io(path, e))?;
-    w.write(path, &mut file, &array.source)?;
-    file.flush().map_err(|e| Error::io(path, e))?;
-    drop(file);
-    temp.commit()
+    file.write_all(&array.header).map_err(no_room)?;
+    w.write(path, &mut file, &array.source)
+        .map_err(|e| fsafe::space_error(e, total))?;
+    file.flush().map_err(no_room)?;
+    Ok(())
 }
 
-fn write_dir(dir: &Path, arrays: &[Array<'_>], options: &WriteOptions) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// Stages `DIR/NAME.npy` for each array (creating the folder if needed); returns the paths.
+fn write_dir(
+    staged: &mut Staged,
+    dir: &Path,
+    arrays: &[Array<'_>],
+    options: &WriteOptions,
+) -> Result<Vec<PathBuf>> {
+    for a in arrays {
+        check_column_name(&a.name)?;
+    }
+    staged.create_dir_all(dir)?;
     let mut w = DataWriter::new(options);
     arrays
         .iter()
         .map(|a| {
             let path = dir.join(format!("{}.npy", a.name));
-            write_one_npy(&path, a, &mut w)?;
+            write_one_npy(staged, &path, a, &mut w)?;
             Ok(path)
         })
         .collect()
@@ -348,9 +309,13 @@ fn write_dir(dir: &Path, arrays: &[Array<'_>], options: &WriteOptions) -> Result
 
 /// Writes each column as `DIR/NAME.npy` (the folder is created if needed); returns the paths.
 ///
+/// Every file is written under a temporary name and all are renamed into place once all are
+/// complete: a failure leaves none of them (and removes the folder if this call made it).
+///
 /// # Errors
-/// As [`write_npy`]; [`Error::Io`] when the folder cannot be created. Columns written before a
-/// failure stay (each file is complete).
+/// As [`write_npy`]; [`Error::UnsafeName`] for a column name that cannot name a file;
+/// [`Error::PathConflict`] when a `NAME.npy` is a folder; [`Error::Io`] when the folder cannot
+/// be created.
 pub fn write_npy_dir(dir: impl AsRef<Path>, columns: &[ColumnArray]) -> Result<Vec<PathBuf>> {
     write_npy_dir_with(dir, columns, &WriteOptions::new())
 }
@@ -364,7 +329,25 @@ pub fn write_npy_dir_with(
     columns: &[ColumnArray],
     options: &WriteOptions,
 ) -> Result<Vec<PathBuf>> {
-    write_dir(dir.as_ref(), &materialized_arrays(columns)?, options)
+    let mut staged = Staged::new();
+    let paths = write_dir(
+        &mut staged,
+        dir.as_ref(),
+        &materialized_arrays(columns)?,
+        options,
+    )?;
+    staged.commit()?;
+    Ok(paths)
+}
+
+/// [`write_npy_dir_with`], staged in `staged` (put in place when it is committed).
+pub(crate) fn stage_npy_dir(
+    staged: &mut Staged,
+    dir: &Path,
+    columns: &[ColumnArray],
+    options: &WriteOptions,
+) -> Result<Vec<PathBuf>> {
+    write_dir(staged, dir, &materialized_arrays(columns)?, options)
 }
 
 /// Writes columns as a `.npz` archive, one `NAME.npy` member per column, as `numpy.savez`
@@ -396,7 +379,24 @@ pub fn write_npz(
     columns: &[ColumnArray],
     options: &WriteOptions,
 ) -> Result<()> {
-    write_archive(path.as_ref(), &materialized_arrays(columns)?, options)
+    let mut staged = Staged::new();
+    write_archive(
+        &mut staged,
+        path.as_ref(),
+        &materialized_arrays(columns)?,
+        options,
+    )?;
+    staged.commit().map(drop)
+}
+
+/// [`write_npz`], staged in `staged`.
+pub(crate) fn stage_npz(
+    staged: &mut Staged,
+    path: &Path,
+    columns: &[ColumnArray],
+    options: &WriteOptions,
+) -> Result<()> {
+    write_archive(staged, path, &materialized_arrays(columns)?, options)
 }
 
 /// Drains a loader straight into a `.npz` archive, without the output ever existing in memory:
@@ -430,10 +430,23 @@ pub fn drain_to_npz(
     path: impl AsRef<Path>,
     options: &WriteOptions,
 ) -> Result<Report> {
+    let mut staged = Staged::new();
+    let report = stage_drain_npz(&mut staged, loader, path.as_ref(), options)?;
+    staged.commit()?;
+    Ok(report)
+}
+
+/// [`drain_to_npz`], staged in `staged`.
+pub(crate) fn stage_drain_npz(
+    staged: &mut Staged,
+    loader: &Loader<'_, '_>,
+    path: &Path,
+    options: &WriteOptions,
+) -> Result<Report> {
     let started = Instant::now();
     let batches = loader.batches()?;
     let arrays = loader_arrays(loader.table(), &batches)?;
-    write_archive(path.as_ref(), &arrays, options)?;
+    write_archive(staged, path, &arrays, options)?;
     Ok(stream_report(&arrays, batches.rows(), started))
 }
 
@@ -447,10 +460,23 @@ pub fn drain_to_npy_dir(
     dir: impl AsRef<Path>,
     options: &WriteOptions,
 ) -> Result<Report> {
+    let mut staged = Staged::new();
+    let report = stage_drain_npy_dir(&mut staged, loader, dir.as_ref(), options)?;
+    staged.commit()?;
+    Ok(report)
+}
+
+/// [`drain_to_npy_dir`], staged in `staged`.
+pub(crate) fn stage_drain_npy_dir(
+    staged: &mut Staged,
+    loader: &Loader<'_, '_>,
+    dir: &Path,
+    options: &WriteOptions,
+) -> Result<Report> {
     let started = Instant::now();
     let batches = loader.batches()?;
     let arrays = loader_arrays(loader.table(), &batches)?;
-    write_dir(dir.as_ref(), &arrays, options)?;
+    write_dir(staged, dir, &arrays, options)?;
     Ok(stream_report(&arrays, batches.rows(), started))
 }
 
@@ -484,6 +510,7 @@ fn stream_report(arrays: &[Array<'_>], rows: usize, started: Instant) -> Report 
 /// each file from a read-only map and dropping the pages already written, so packing files
 /// larger than RAM stays small. The files are not checked beyond being readable.
 pub(crate) fn pack_npz(
+    staged: &mut Staged,
     path: &Path,
     files: &[(String, PathBuf)],
     options: &WriteOptions,
@@ -505,17 +532,37 @@ pub(crate) fn pack_npz(
             }
         })
         .collect();
-    write_archive(path, &arrays, options)
+    write_archive(staged, path, &arrays, options)
 }
 
-fn write_archive(path: &Path, arrays: &[Array<'_>], options: &WriteOptions) -> Result<()> {
-    let (mut temp, file) = TempFile::create(path)?;
-    let io_err = |e| Error::io(path, e);
+fn write_archive(
+    staged: &mut Staged,
+    path: &Path,
+    arrays: &[Array<'_>],
+    options: &WriteOptions,
+) -> Result<()> {
+    for a in arrays {
+        check_column_name(&a.name)?;
+    }
+    let total = arrays
+        .iter()
+        .try_fold(0u64, |t, a| {
+            t.checked_add(a.header.len() as u64)?
+                .checked_add(a.len as u64)
+        })
+        .ok_or_else(|| Error::SizeOverflow {
+            what: format!("the archive {}", path.display()),
+        })?;
+    let (_, file) = staged.file(path)?;
+    let no_room = |e| fsafe::write_error(path, e, total);
     let zip_err = |e: zip::result::ZipError| match e {
-        zip::result::ZipError::Io(e) => Error::io(path, e),
+        zip::result::ZipError::Io(e) => no_room(e),
         other => Error::io(path, io::Error::other(other)),
     };
-    let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let mut zip = zip::ZipWriter::new(QuietAfterError::new(BufWriter::with_capacity(
+        1 << 20,
+        file,
+    )));
     let mut w = DataWriter::new(options);
     for a in arrays {
         let member_len = (a.header.len() + a.len) as u64;
@@ -529,11 +576,54 @@ fn write_archive(path: &Path, arrays: &[Array<'_>], options: &WriteOptions) -> R
         };
         zip.start_file(format!("{}.npy", a.name), opts)
             .map_err(zip_err)?;
-        zip.write_all(&a.header).map_err(io_err)?;
-        w.write(path, &mut zip, &a.source)?;
+        zip.write_all(&a.header).map_err(no_room)?;
+        w.write(path, &mut zip, &a.source)
+            .map_err(|e| fsafe::space_error(e, total))?;
     }
     let mut inner = zip.finish().map_err(zip_err)?;
-    inner.flush().map_err(io_err)?;
-    drop(inner);
-    temp.commit()
+    inner.flush().map_err(no_room)?;
+    Ok(())
+}
+
+/// A writer that, once a write, flush or seek has failed, accepts and discards everything
+/// after it. The zip writer finishes its archive when dropped and prints to stderr if that
+/// fails; after the first error (which is what gets reported) the archive is abandoned anyway,
+/// so its drop must neither print nor write more.
+struct QuietAfterError<W> {
+    inner: W,
+    failed: bool,
+}
+
+impl<W> QuietAfterError<W> {
+    fn new(inner: W) -> Self {
+        QuietAfterError {
+            inner,
+            failed: false,
+        }
+    }
+}
+
+impl<W: Write> Write for QuietAfterError<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.failed {
+            return Ok(buf.len());
+        }
+        self.inner.write(buf).inspect_err(|_| self.failed = true)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        self.inner.flush().inspect_err(|_| self.failed = true)
+    }
+}
+
+impl<W: Seek> Seek for QuietAfterError<W> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        if self.failed {
+            return Ok(0);
+        }
+        self.inner.seek(pos).inspect_err(|_| self.failed = true)
+    }
 }
