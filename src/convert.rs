@@ -13,6 +13,7 @@
 //! RAM work; for `--out X.npz` those files are made in a private scratch folder beside the
 //! archive and streamed into it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
@@ -223,8 +224,8 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
     let mut loader = Loader::new(&table)
         .batch_size(args.batch)
         .drop_last(args.drop_last);
+    check_index_memory(args, table.rows())?;
     if args.shuffle {
-        check_index_memory(table.rows())?;
         loader = loader.shuffle(args.seed);
     }
     if let Some(path) = &args.indices {
@@ -308,7 +309,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
             (None, None) => unreachable_output()?,
         };
         bar.finish_and_clear();
-        let outputs = finish(staged, order_file, &loader)?;
+        let outputs = finish(staged, order_file, &loader, &args.inputs)?;
         return Ok(ConvertSummary {
             rows,
             bytes,
@@ -367,7 +368,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
     write_output(args, &out, mapped, scratch.as_deref(), &bar, &mut staged)?;
     bar.finish_and_clear();
     drop(out);
-    let outputs = finish(staged, order_file, &loader)?;
+    let outputs = finish(staged, order_file, &loader, &args.inputs)?;
     Ok(ConvertSummary {
         rows,
         bytes,
@@ -388,12 +389,13 @@ fn finish(
     staged: Staged,
     order_file: Option<(&Path, File)>,
     loader: &Loader<'_, '_>,
+    inputs: &[PathBuf],
 ) -> Result<Vec<PathBuf>> {
     let order_path = order_file.as_ref().map(|(p, _)| p.to_path_buf());
     if let Some((path, file)) = order_file {
         write_order(path, file, loader)?;
     }
-    crate::mmap::verify_inputs()?;
+    crate::mmap::verify_inputs(inputs)?;
     let mut outputs = staged.commit()?;
     outputs.retain(|p| Some(p) != order_path.as_ref());
     Ok(outputs)
@@ -485,12 +487,18 @@ fn write_order(path: &Path, file: File, loader: &Loader<'_, '_>) -> Result<()> {
     w.flush().map_err(no_room)
 }
 
-/// Refuses a shuffle whose index list (8 bytes a row) cannot fit in the memory this process
-/// may use, before it is built.
-fn check_index_memory(rows: usize) -> Result<()> {
-    let what = format!("the shuffled order of {rows} rows");
-    let bytes = rows
-        .checked_mul(8)
+/// Refuses a shuffle or shard whose index lists (8 bytes an entry) cannot fit in the memory
+/// this process may use, before they are built.
+fn check_index_memory(args: &ConvertArgs, rows: usize) -> Result<()> {
+    let shuffled = if args.shuffle { rows } else { 0 };
+    let sharded = match args.world_size {
+        Some(world) if world > 0 => rows.div_ceil(world),
+        _ => 0,
+    };
+    let what = format!("the index list of an order of {rows} rows");
+    let bytes = shuffled
+        .checked_add(sharded)
+        .and_then(|n| n.checked_mul(8))
         .ok_or_else(|| Error::SizeOverflow { what: what.clone() })?;
     match crate::sysmem::available_bytes() {
         Some(avail) if bytes as u64 > avail => Err(Error::HostAllocation {
@@ -531,7 +539,7 @@ fn check_output_paths(args: &ConvertArgs, specs: &[OutputSpec]) -> Result<()> {
         .map(|p| (file_id(p), normalized(p), *p))
         .collect();
     let outputs = planned_outputs(args, specs);
-    let mut seen: Vec<(PathBuf, &str)> = Vec::new();
+    let mut seen: HashMap<PathBuf, &str> = HashMap::with_capacity(outputs.len());
     for (path, role) in &outputs {
         let key = normalized(path);
         let id = file_id(path);
@@ -547,13 +555,13 @@ fn check_output_paths(args: &ConvertArgs, specs: &[OutputSpec]) -> Result<()> {
                 ),
             });
         }
-        if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
+        if let Some(other) = seen.get(&key) {
             return Err(Error::PathConflict {
                 path: path.clone(),
                 reason: format!("{role} names the same file as {other}"),
             });
         }
-        seen.push((key, role));
+        seen.insert(key, role);
     }
     Ok(())
 }

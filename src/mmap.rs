@@ -502,16 +502,17 @@ pub fn catch_input_faults() -> Result<()> {
     result
 }
 
-/// Checks every live [`ReadMap`] of the process with [`ReadMap::check_unchanged`]: call before
-/// keeping anything derived from mapped inputs.
+/// Checks the live [`ReadMap`]s of `paths` (as they were given to [`ReadMap::open`]) with
+/// [`ReadMap::check_unchanged`]: call before keeping anything derived from those inputs.
 ///
 /// # Errors
 /// [`Error::FileChanged`] naming the first changed input.
-pub fn verify_inputs() -> Result<()> {
+pub fn verify_inputs<P: AsRef<Path>>(paths: &[P]) -> Result<()> {
     let watched: Vec<Arc<Watched>> = WATCHED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
+        .filter(|(_, w)| paths.iter().any(|p| p.as_ref() == w.path))
         .map(|(_, w)| Arc::clone(w))
         .collect();
     watched.iter().try_for_each(|w| w.check())

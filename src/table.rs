@@ -271,8 +271,9 @@ impl<'a> Table<'a> {
             return Err(Error::EmptyTable);
         };
         let rows = first.rows;
-        for (i, c) in columns.iter().enumerate() {
-            if columns[..i].iter().any(|p| p.name == c.name) {
+        let mut seen = std::collections::HashSet::with_capacity(columns.len());
+        for c in &columns {
+            if !seen.insert(c.name.as_str()) {
                 return Err(Error::DuplicateColumn {
                     name: c.name.clone(),
                 });

@@ -1,6 +1,7 @@
 //! Reading `.npy` files and `.npz` archives into table columns (memory-mapped where the bytes
 //! can be used in place), and index files.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use ndarray::{ArrayViewD, IxDyn, ShapeBuilder};
 
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::memory::HostBuf;
 use crate::mmap::ReadMap;
 use crate::table::{Column, SharedBytes, Table};
@@ -215,6 +216,7 @@ pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<Column<'static>>> {
     let zip_err = |e: zip::result::ZipError| bad(path, format!("not a readable .npz archive: {e}"));
     let mut archive = zip::ZipArchive::new(io::Cursor::new(map.bytes())).map_err(zip_err)?;
     let mut columns = Vec::with_capacity(archive.len());
+    let mut scratch = vec![0u8; 1 << 20];
     for i in 0..archive.len() {
         let mut member = archive.by_index(i).map_err(zip_err)?;
         if member.is_dir() {
@@ -246,7 +248,6 @@ pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<Column<'static>>> {
             }
             // Check the CRC by streaming the member through the zip reader (which verifies it
             // at the end); the data itself stays where it is, in the map.
-            let mut scratch = vec![0u8; 1 << 20];
             loop {
                 match member.read(&mut scratch) {
                     Ok(0) => break,
@@ -324,6 +325,8 @@ pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<Column<'static>>> {
 /// [`Error::EmptyTable`](crate::Error::EmptyTable) when no path is given.
 pub fn read_table<P: AsRef<Path>>(paths: &[P]) -> Result<Table<'static>> {
     let mut columns: Vec<(Column<'static>, PathBuf)> = Vec::new();
+    // Which file each column name came from (a map: archives may hold many thousands).
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for path in paths {
         let path = path.as_ref();
         let is_npz = path
@@ -350,7 +353,7 @@ pub fn read_table<P: AsRef<Path>>(paths: &[P]) -> Result<Table<'static>> {
                     ));
                 }
             }
-            if let Some((_, other)) = columns.iter().find(|(c, _)| c.name() == column.name()) {
+            if let Some(other) = seen.get(column.name()) {
                 return Err(bad(
                     path,
                     format!(
@@ -360,6 +363,7 @@ pub fn read_table<P: AsRef<Path>>(paths: &[P]) -> Result<Table<'static>> {
                     ),
                 ));
             }
+            seen.insert(column.name().to_string(), path.to_path_buf());
             columns.push((column, path.to_path_buf()));
         }
     }
@@ -374,7 +378,16 @@ pub fn read_table<P: AsRef<Path>>(paths: &[P]) -> Result<Table<'static>> {
 /// dimension, or a negative index.
 pub fn read_indices(path: impl AsRef<Path>) -> Result<Vec<u64>> {
     let path = path.as_ref();
-    let column = read_npy(path)?;
+    let map = Arc::new(ReadMap::open(path)?);
+    let len = map.bytes().len();
+    let name = utf8_name(path, path.file_stem())?;
+    let column = column_from_image(
+        path,
+        "",
+        name,
+        Arc::clone(&map) as Arc<dyn SharedBytes>,
+        0..len,
+    )?;
     if !column.row_shape().is_empty() {
         return Err(bad(
             path,
@@ -391,7 +404,9 @@ pub fn read_indices(path: impl AsRef<Path>) -> Result<Vec<u64>> {
             format!("index {v} at position {pos} is negative (indices are row numbers)"),
         )
     };
-    let mut out = Vec::with_capacity(column.rows());
+    let mut out = Vec::new();
+    out.try_reserve_exact(column.rows())
+        .map_err(|e| Error::alloc(column.rows().saturating_mul(8), "the index list", e))?;
     match column.dtype() {
         DType::I64 => {
             for (pos, c) in bytes.chunks_exact(8).enumerate() {
@@ -422,6 +437,8 @@ pub fn read_indices(path: impl AsRef<Path>) -> Result<Vec<u64>> {
             ))
         }
     }
+    // The indices were copied out of the map: make sure the file did not change meanwhile.
+    map.check_unchanged()?;
     Ok(out)
 }
 

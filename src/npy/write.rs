@@ -586,12 +586,15 @@ fn write_archive(
 }
 
 /// A writer that, once a write, flush or seek has failed, accepts and discards everything
-/// after it. The zip writer finishes its archive when dropped and prints to stderr if that
-/// fails; after the first error (which is what gets reported) the archive is abandoned anyway,
-/// so its drop must neither print nor write more.
+/// after it (keeping track of the position it would have reached). The zip writer finishes its
+/// archive when dropped and prints to stderr if that fails; after the first error (which is
+/// what gets reported) the archive is abandoned anyway, so its drop must neither print nor
+/// write more.
 struct QuietAfterError<W> {
     inner: W,
     failed: bool,
+    pos: u64,
+    end: u64,
 }
 
 impl<W> QuietAfterError<W> {
@@ -599,16 +602,35 @@ impl<W> QuietAfterError<W> {
         QuietAfterError {
             inner,
             failed: false,
+            pos: 0,
+            end: 0,
         }
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.pos = self.pos.saturating_add(n as u64);
+        self.end = self.end.max(self.pos);
     }
 }
 
 impl<W: Write> Write for QuietAfterError<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.failed {
+            self.advance(buf.len());
             return Ok(buf.len());
         }
-        self.inner.write(buf).inspect_err(|_| self.failed = true)
+        match self.inner.write(buf) {
+            Ok(n) => {
+                self.advance(n);
+                Ok(n)
+            }
+            Err(e) => {
+                // Count the failed bytes as written: the zip writer computes offsets past them.
+                self.failed = true;
+                self.advance(buf.len());
+                Err(e)
+            }
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -621,9 +643,19 @@ impl<W: Write> Write for QuietAfterError<W> {
 
 impl<W: Seek> Seek for QuietAfterError<W> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        if self.failed {
-            return Ok(0);
+        if !self.failed {
+            let at = self.inner.seek(pos).inspect_err(|_| self.failed = true)?;
+            self.pos = at;
+            self.end = self.end.max(at);
+            return Ok(at);
         }
-        self.inner.seek(pos).inspect_err(|_| self.failed = true)
+        let base = match pos {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.end.checked_add_signed(d),
+        };
+        self.pos = base.ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        self.end = self.end.max(self.pos);
+        Ok(self.pos)
     }
 }
