@@ -3,7 +3,7 @@
 //! Every output file of a run is first created under an unpredictable temporary name in its
 //! destination folder (`.arraydrain-XXXXXX`, made exclusively by `tempfile`: create-new, so a
 //! planted file or symlink at that name makes creation fail instead of being followed or
-//! overwritten). A [`Staged`] set collects them; [`Staged::commit`] renames them all into place
+//! overwritten). A staged set (crate-internal) collects them and renames them all into place
 //! once every one is complete, and a set dropped without committing removes every temporary file,
 //! scratch folder and output folder it made. The temporary names are short, so any output name
 //! that fits the file system fits its temporary name too.
@@ -297,11 +297,8 @@ pub fn cleanup_on_signals() -> Result<()> {
 /// `EFBIG` for a file larger than the process may write) into [`Error::NoSpace`], naming the
 /// file system; any other error stays an [`Error::Io`].
 pub(crate) fn write_error(path: &Path, e: io::Error, bytes: u64) -> Error {
-    const ENOSPC: i32 = 28;
-    const EFBIG: i32 = 27;
-    const EDQUOT: i32 = 122;
     match e.raw_os_error() {
-        Some(ENOSPC | EFBIG | EDQUOT) => Error::NoSpace {
+        Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT) => Error::NoSpace {
             path: path.to_path_buf(),
             device: device_of(path),
             bytes,

@@ -21,7 +21,9 @@
 //!
 //! Around the pipeline: `memory` (fallible, huge-page-advised host buffers and the peak-bytes
 //! counter), `npy` (NumPy `.npy`/`.npz` in and out, memory-mapped output larger than RAM) with
-//! `mmap` beneath it, `cuda` (the device engine: `CudaEngine`, device tables, the gather kernel,
+//! `mmap` beneath it (input maps that survive a truncated file, output space reserved before
+//! mapping), `fsafe` (output files staged under exclusive temporary names and put in place
+//! together, cleaned up on failure and on `SIGINT`/`SIGTERM`), `cuda` (the device engine: `CudaEngine`, device tables, the gather kernel,
 //! pinned output), `bench` (the harness behind `arraydrain bench`) and `convert` (the
 //! `arraydrain convert` command). Unsafe code is denied crate-wide and allowed in exactly two
 //! modules, `cuda` and `mmap`, where every block carries a `// SAFETY:` comment.

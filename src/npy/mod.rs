@@ -9,8 +9,11 @@
 //! Everything a file declares is checked before a byte of data is trusted; every failure is an
 //! [`Error::BadFile`] or [`Error::Io`] naming the file, never a panic or a misread.
 //!
-//! Writing goes to a temporary name in the destination folder and is renamed into place only
-//! when complete, so a failed or interrupted run never leaves a truncated output behind.
+//! Column names come from the files (a stem, an archive member), so they are checked before
+//! they name anything: a name that is not a plain file name (`..`, `/`, `\`, control
+//! characters, empty) is refused, never rewritten. Writing goes to exclusive temporary files in
+//! the destination folder (see [`crate::fsafe`]); the files of one call are renamed into place
+//! together once all are complete, so a failed or interrupted run leaves no output behind.
 //!
 //! `bf16` has no NumPy dtype: writing a `bf16` column is refused with
 //! [`Error::UnsupportedDType`] rather than silently saved as `<u2` (which would read back as
