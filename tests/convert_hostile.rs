@@ -470,7 +470,7 @@ fn start_and_wait_for_temp(dir: &Path, args: &[&OsStr]) -> std::process::Child {
         assert!(Instant::now() < deadline, "no temporary file after 60 s");
         std::thread::sleep(Duration::from_millis(1));
     }
-    std::thread::sleep(Duration::from_millis(30));
+    std::thread::sleep(Duration::from_millis(10));
     child
 }
 
