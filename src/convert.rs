@@ -227,7 +227,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
     })?;
     let specs = loader.output_specs()?;
     for s in &specs {
-        if npy::descr(s.dtype).is_none() {
+        if npy::descr(&s.dtype).is_none() {
             return Err(Error::UnsupportedDType {
                 descr: format!("{} (column {:?}; NumPy has no such dtype)", s.dtype, s.name),
             });

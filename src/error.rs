@@ -87,7 +87,15 @@ pub enum Error {
 
     // ---- typed access -------------------------------------------------------------------------
     /// A column was read as a Rust type that does not match its dtype.
-    #[error("column {column:?} holds {actual}, not {requested}")]
+    #[error(
+        "column {column:?} holds {actual}, not {requested}{}",
+        if actual.is_opaque() {
+            " (an opaque dtype is read as raw row bytes with its descriptor, never through a \
+             typed view; a big-endian column keeps its byte order)"
+        } else {
+            ""
+        }
+    )]
     DTypeMismatch {
         /// The column.
         column: String,

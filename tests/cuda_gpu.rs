@@ -69,7 +69,8 @@ fn table(rows: usize, cols: &[(DType, &[usize])], seed: u64) -> Table<'static> {
         .map(|(i, (dtype, shape))| {
             let row_bytes = shape.iter().product::<usize>() * dtype.size();
             let bytes = random_bytes(rows * row_bytes, seed ^ ((i as u64 + 1) * 7919));
-            Column::from_shared(format!("c{i}"), *dtype, shape, rows, Arc::new(bytes)).unwrap()
+            Column::from_shared(format!("c{i}"), dtype.clone(), shape, rows, Arc::new(bytes))
+                .unwrap()
         })
         .collect();
     Table::new(columns).unwrap()
@@ -562,8 +563,8 @@ proptest! {
     fn every_gpu_strategy_equals_the_reference(c in case()) {
         let (_g, engine) = engine();
         let cols: Vec<(DType, Vec<usize>)> =
-            c.shapes.iter().map(|(d, s)| (DType::ALL[*d], s.clone())).collect();
-        let refs: Vec<(DType, &[usize])> = cols.iter().map(|(d, s)| (*d, s.as_slice())).collect();
+            c.shapes.iter().map(|(d, s)| (DType::ALL[*d].clone(), s.clone())).collect();
+        let refs: Vec<(DType, &[usize])> = cols.iter().map(|(d, s)| (d.clone(), s.as_slice())).collect();
         let t = table(c.rows, &refs, c.seed);
         let dt = engine.upload(&t).unwrap();
         let order = match c.order {

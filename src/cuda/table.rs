@@ -77,7 +77,7 @@ impl DeviceColumn {
         slice: CudaSlice<T>,
     ) -> Result<Self> {
         let name = name.into();
-        let row_bytes = row_bytes(&name, dtype, row_shape)?;
+        let row_bytes = row_bytes(&name, &dtype, row_shape)?;
         let expected = checked_bytes(&[row_bytes, rows], &name)?;
         if slice.num_bytes() != expected {
             return Err(Error::ByteLengthMismatch {
@@ -128,7 +128,7 @@ impl DeviceColumn {
         offset: usize,
     ) -> Result<Self> {
         let name = name.into();
-        let row_bytes = row_bytes(&name, dtype, row_shape)?;
+        let row_bytes = row_bytes(&name, &dtype, row_shape)?;
         let bytes = checked_bytes(&[row_bytes, rows], &name)?;
         let end = offset
             .checked_add(bytes)
@@ -196,9 +196,9 @@ impl DeviceColumn {
         &self.name
     }
 
-    /// Element type.
+    /// Element type (a cheap clone: an opaque dtype's descriptor is shared).
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.dtype.clone()
     }
 
     /// Shape of one row.
@@ -251,7 +251,7 @@ impl DeviceColumn {
     }
 }
 
-fn row_bytes(name: &str, dtype: DType, row_shape: &[usize]) -> Result<usize> {
+fn row_bytes(name: &str, dtype: &DType, row_shape: &[usize]) -> Result<usize> {
     let mut parts = row_shape.to_vec();
     parts.push(dtype.size());
     checked_bytes(&parts, name)

@@ -58,7 +58,7 @@ impl MappedNpy {
     /// overflows; [`Error::Io`] naming the file when it cannot be created, sized or mapped.
     pub fn create(path: impl AsRef<Path>, dtype: DType, shape: &[usize]) -> Result<MappedNpy> {
         let path = path.as_ref();
-        let header = NpyHeader::encode(dtype, shape)?;
+        let header = NpyHeader::encode(&dtype, shape)?;
         let mut parts = shape.to_vec();
         parts.push(dtype.size());
         let data_len = checked_bytes(&parts, &path.display().to_string())?;
@@ -155,8 +155,15 @@ pub fn mapped_output(dir: impl AsRef<Path>, specs: &[OutputSpec]) -> Result<Mate
         .map(|s| {
             let mut shape = vec![s.rows];
             shape.extend_from_slice(&s.row_shape);
-            let storage = MappedNpy::create(dir.join(format!("{}.npy", s.name)), s.dtype, &shape)?;
-            ColumnArray::new(&s.name, s.dtype, &s.row_shape, s.rows, Box::new(storage))
+            let storage =
+                MappedNpy::create(dir.join(format!("{}.npy", s.name)), s.dtype.clone(), &shape)?;
+            ColumnArray::new(
+                &s.name,
+                s.dtype.clone(),
+                &s.row_shape,
+                s.rows,
+                Box::new(storage),
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Materialized::from_columns(columns))

@@ -23,7 +23,9 @@
 //! | `f16` | `<f2` | `i32`/`u32` | `<i4` / `<u4` |
 //! | `bool` | `\|b1` | `i64`/`u64` | `<i8` / `<u8` |
 
+mod descr;
 mod header;
+mod literal;
 mod mapped;
 mod read;
 mod write;
@@ -32,7 +34,9 @@ use std::path::Path;
 
 use crate::error::Error;
 
-pub use header::{descr, ByteOrder, NpyHeader};
+pub(crate) use header::element_of_descr;
+pub use header::{byte_swapped, descr, NpyHeader};
+pub(crate) use literal::clip;
 pub use mapped::{mapped_output, MappedNpy};
 pub use read::{read_indices, read_npy, read_npz, read_table};
 pub(crate) use write::pack_npz;
