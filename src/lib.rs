@@ -64,7 +64,7 @@ pub mod convert;
 
 pub use batch::Batches;
 pub use drain::{drain, DrainOptions};
-pub use dtype::{DType, Element};
+pub use dtype::{DType, Element, Opaque};
 pub use error::{Error, Result};
 pub use gather::Strategy;
 pub use loader::{BatchIter, Loader, OutputSpec};
