@@ -337,3 +337,45 @@ fn descriptor_sizes_match_numpys() {
     }
     assert!(same >= 70 && refused_both >= 25, "{same} / {refused_both}");
 }
+
+#[test]
+fn refusals_are_short_and_name_what_numpy_would_refuse() {
+    let py = numpy_python();
+    let s = Scratch::new("npy-dtypes-bad");
+    let dir = s.path("bad");
+    harness::fixtures(py, &["make-bad", p(&dir)]);
+    let bad = json(&dir.join("bad.json"));
+    let mut seen = Vec::new();
+    for case in bad["read"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let mut args = strings(&case["inputs"]);
+        args.extend(["--out".into(), p(&s.path("out.npz")).into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = convert(&args);
+        assert!(!o.status.success(), "{name}: converted");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.len() < 1000,
+            "{name}: {} bytes of stderr",
+            stderr.len()
+        );
+        for w in strings(&case["expect"]) {
+            assert!(
+                stderr.contains(w.as_str()),
+                "{name}: {stderr:?} lacks {w:?}"
+            );
+        }
+        seen.push(name.to_string());
+    }
+    for name in [
+        "version 1.1",
+        "version 1.255",
+        "version 2.1",
+        "version 3.1",
+        "shape (4)",
+        "fortran_order 'False'",
+        "object field of a 10,001-field header",
+    ] {
+        assert!(seen.iter().any(|s| s == name), "{name} not among the cases");
+    }
+}

@@ -252,9 +252,6 @@ impl TypeStr {
     }
 }
 
-const OBJECT: &str =
-    "object arrays (dtype 'O') hold Python objects, not data; they cannot be carried";
-
 /// Bytes of a C `long` / `size_t` on this machine (for `'l'`, `'p'` …).
 const LONG: usize = std::mem::size_of::<std::ffi::c_long>();
 const PTR: usize = std::mem::size_of::<usize>();
@@ -305,7 +302,13 @@ const LONGDOUBLE: usize = if cfg!(any(
 /// Parses a type string as `numpy.dtype(str)` reads the forms NumPy writes and the one-letter
 /// codes and names.
 fn typestr(s: &str) -> Result<TypeStr, String> {
-    let not_understood = || format!("data type {} not understood", clip(s, 40));
+    let not_understood = || {
+        format!(
+            "data type {} not understood (arraydrain reads the type strings NumPy writes, \
+             one-letter type codes and type names)",
+            clip(s, 40)
+        )
+    };
     let (big, rest) = match s.chars().next() {
         Some('>') => (true, &s[1..]),
         Some('<' | '|' | '=') => (false, &s[1..]),
@@ -385,7 +388,10 @@ fn typestr(s: &str) -> Result<TypeStr, String> {
 
 fn finish(kind: char, size: usize, big: bool, s: &str) -> Result<TypeStr, String> {
     if kind == 'O' {
-        return Err(format!("{OBJECT} (descr {})", clip(s, 40)));
+        return Err(format!(
+            "the object dtype {} holds Python objects, not data; it cannot be carried",
+            clip(s, 40)
+        ));
     }
     Ok(TypeStr {
         kind,

@@ -225,7 +225,7 @@ impl NpyHeader {
                 quoted(fortran)
             ));
         };
-        let element = element(descr).map_err(|e| format!("{e} (descr {})", quoted(descr)))?;
+        let element = element(descr).map_err(|e| format!("descr {}: {e}", quoted(descr)))?;
         let dtype = match element.numeric {
             Some(d) => d,
             None => DType::Opaque(Opaque::from_parts(&text[descr.span.clone()], element.size)),
