@@ -80,12 +80,13 @@ impl Opaque {
     /// is computed as NumPy does.
     ///
     /// # Errors
-    /// [`Error::UnsupportedDType`] when the text is not a descriptor NumPy would read, holds
+    /// [`Error::BadDescriptor`] when the text is not a descriptor NumPy would read, holds
     /// Python objects, or is one arraydrain does not size (see [`crate::npy`]).
     pub fn new(descr: &str) -> Result<Opaque> {
         let element =
-            crate::npy::element_of_descr(descr).map_err(|reason| Error::UnsupportedDType {
-                descr: format!("{} ({reason})", crate::npy::clip(descr, 60)),
+            crate::npy::element_of_descr(descr).map_err(|reason| Error::BadDescriptor {
+                descr: crate::npy::clip(descr, 60),
+                reason,
             })?;
         Ok(Opaque::from_parts(descr, element.size))
     }

@@ -119,6 +119,16 @@ pub enum Error {
         descr: String,
     },
 
+    /// A NumPy dtype descriptor that cannot be carried: it holds Python objects, or it is not a
+    /// descriptor NumPy would read (or one of the spellings arraydrain does not size).
+    #[error("dtype descriptor {descr}: {reason}")]
+    BadDescriptor {
+        /// The descriptor's text, quoted and cut to a readable length.
+        descr: String,
+        /// Why it cannot be carried.
+        reason: String,
+    },
+
     // ---- streams of batches -------------------------------------------------------------------
     /// A stream of batches yielded more or fewer rows than it declared.
     #[error("the stream declared {declared} rows but yielded {got}{}", if *.more { " or more" } else { "" })]

@@ -34,6 +34,7 @@ impl SharedBytes for SubBytes {
     }
 }
 
+/// Makes a column named `name` from a `.npy` image held by `owner` at `image` (a whole file,
 /// or one member of an archive). `what` prefixes messages (e.g. the member's name).
 fn column_from_image(
     path: &Path,
@@ -117,9 +118,11 @@ fn utf8_name(path: &Path, s: Option<&std::ffi::OsStr>) -> Result<String> {
 
 /// Reads a `.npy` file as a column named after the file's stem (`x.npy` → `"x"`).
 ///
-/// A little-endian C-order array is memory-mapped, not read: the column is a view of the
-/// file, so files larger than RAM can be drained. Big-endian and Fortran-order arrays are
-/// converted into memory once.
+/// A C-order array is memory-mapped, not read: the column is a view of the file, so files
+/// larger than RAM can be drained. A Fortran-order array is transposed into memory once. Any
+/// fixed-size dtype is read (see [`crate::npy`]): a numeric one as its [`DType`], any other
+/// — big-endian ones included, never byte-swapped — as [`DType::Opaque`] with the header's
+/// descriptor verbatim. Bytes after the data are ignored, as NumPy ignores them.
 ///
 /// ```
 /// # let dir = std::env::temp_dir().join(format!("arraydrain-doc-read-npy-{}", std::process::id()));
@@ -139,8 +142,8 @@ fn utf8_name(path: &Path, s: Option<&std::ffi::OsStr>) -> Result<String> {
 ///
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) when the file cannot be opened or mapped; [`Error::BadFile`](crate::Error::BadFile) naming the file
-/// for a wrong magic, a bad header, an unsupported dtype (object arrays, structured, complex,
-/// strings …), a 0-dimensional array, or a data length that disagrees with the header.
+/// for a wrong magic, a header NumPy would refuse, an object dtype, a 0-dimensional array, or
+/// fewer data bytes than the header declares.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<Column<'static>> {
     let path = path.as_ref();
     let name = utf8_name(path, path.file_stem())?;
