@@ -9,8 +9,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use arraydrain::bench::cuda::poison;
 use arraydrain::bench::reference;
-use arraydrain::cuda::bench::poison;
 use arraydrain::cuda::cudarc::driver::CudaContext;
 use arraydrain::cuda::{CudaEngine, DeviceBatch, DeviceColumn, DeviceTable};
 use arraydrain::{
@@ -107,7 +107,7 @@ fn same(out: &Materialized, expected: &[Vec<u8>], what: &str) {
 /// Every strategy (and the staged mode, and reuse into poisoned outputs) against the reference.
 fn check_all(engine: &CudaEngine, table: &Table<'_>, dt: &DeviceTable, b: &Batches, what: &str) {
     // The naive reference equals the CPU's Preallocated output (tests/equivalence.rs).
-    let expected = reference(table, b);
+    let expected = reference(table, b).unwrap();
     for s in STRATEGIES {
         let out = engine
             .materialize(dt, b, s)
@@ -279,20 +279,20 @@ fn repeated_drains_into_a_reused_pinned_output() {
     let dt = engine.upload(&t).unwrap();
     let b0 = batches(t.rows(), &Order::Shuffle { seed: 0 }, None, 256, false);
     let mut out = engine.materialize(&dt, &b0, Strategy::Pinned).unwrap();
-    same(&out, &reference(&t, &b0), "first");
+    same(&out, &reference(&t, &b0).unwrap(), "first");
     for seed in 1..5 {
         let b = batches(t.rows(), &Order::Shuffle { seed }, None, 256, false);
         poison(&mut out);
         let report = engine.materialize_into(&dt, &b, &mut out).unwrap();
         assert_eq!(report.pin_seconds, Some(0.0));
-        same(&out, &reference(&t, &b), &format!("epoch {seed}"));
+        same(&out, &reference(&t, &b).unwrap(), &format!("epoch {seed}"));
     }
     // The pool hands the same memory to the next drain of the same size: no pinning time.
     drop(out);
     assert!(engine.pinned_pool().cached_bytes() > 0);
     let again = engine.materialize(&dt, &b0, Strategy::Pinned).unwrap();
     assert_eq!(again.report().pin_seconds, Some(0.0));
-    same(&again, &reference(&t, &b0), "from the pool");
+    same(&again, &reference(&t, &b0).unwrap(), "from the pool");
     // Peak device memory is the staging, not the dataset.
     let staging = again.report().peak_device_bytes.unwrap();
     assert!(staging > 0 && staging < 256 << 20, "staging {staging}");
@@ -514,7 +514,7 @@ fn typed_errors_on_bad_input_and_device_oom() {
     // The engine still works afterwards.
     let b = batches(100, &Order::Shuffle { seed: 2 }, None, 7, false);
     let out = engine.materialize(&dt, &b, Strategy::Pinned).unwrap();
-    same(&out, &reference(&t, &b), "after OOM");
+    same(&out, &reference(&t, &b).unwrap(), "after OOM");
 }
 
 #[derive(Debug, Clone)]
