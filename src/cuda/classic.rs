@@ -333,6 +333,26 @@ fn with_holders<T>(f: impl FnOnce(&mut Holders) -> T) -> T {
 const THRESHOLD: sys::CUmemPool_attribute =
     sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
 
+/// The release threshold of the device's current stream-ordered memory pool (`None` when the
+/// device has no memory pools).
+pub(crate) fn release_threshold(ctx: &Arc<CudaContext>) -> Result<Option<u64>> {
+    if !ctx.has_async_alloc() {
+        return Ok(None);
+    }
+    bind_ctx(ctx)?;
+    let err = super::device::cuda_err("reading the memory pool's release threshold");
+    // SAFETY: as in `CachingPool::enter`: the context's device, bound; a u64 attribute read into
+    // a live local.
+    unsafe {
+        let pool = result::device::get_mem_pool(ctx.cu_device()).map_err(err)?;
+        let mut value: u64 = 0;
+        mem_pool::get_attribute(pool, THRESHOLD, (&mut value as *mut u64).cast()).map_err(
+            super::device::cuda_err("reading the memory pool's release threshold"),
+        )?;
+        Ok(Some(value))
+    }
+}
+
 impl CachingPool {
     fn enter(ctx: &Arc<CudaContext>) -> Self {
         if !ctx.has_async_alloc() {

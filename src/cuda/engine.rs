@@ -140,6 +140,19 @@ impl CudaEngine {
         *self.pin_budget.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
     }
 
+    /// The release threshold of the device's stream-ordered memory pool in bytes (`None` when
+    /// the device has no memory pools). The classic recipes raise it to `u64::MAX` while they
+    /// run (so freed batches are reused, as a caching allocator would); when the last running
+    /// one ends, the value from before the first is restored.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`].
+    pub fn mem_pool_release_threshold(&self) -> Result<Option<u64>> {
+        self.guarded("reading the memory pool", || {
+            classic::release_threshold(&self.ctx)
+        })
+    }
+
     /// A lane set for one call, idle or new.
     fn lanes(&self) -> Result<Held<'_, Vec<Lane>>> {
         self.lanes.take(|| new_lanes(&self.ctx))
