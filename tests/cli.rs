@@ -15,6 +15,9 @@ fn info_reports_version_threads_and_backends() {
     assert!(text.contains("threads:"), "{text}");
     assert!(text.contains("cpu: available"), "{text}");
     assert!(text.contains("cuda:"), "{text}");
+    // Which NVRTC the kernels would be compiled with (or why none), and what CUDA needs.
+    assert!(text.contains("cuda kernels:"), "{text}");
+    assert!(text.contains("a driver of CUDA 12.0 or newer"), "{text}");
 }
 
 #[test]

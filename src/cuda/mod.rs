@@ -51,9 +51,21 @@
 //!
 //! Every public entry point runs under `catch_unwind`; every exit, including errors and
 //! unwinding, first waits for the copies in flight into the output (a guard synchronises the
-//! lanes), so no output is returned, or freed, while the device still writes it. Errors are
+//! lanes), so no output is returned, or freed, while the device still writes it. The guard
+//! clears errors that cudarc stored from an earlier `Drop` before it waits (such an error would
+//! make a wait return without waiting), waits for every stream, and only then reports. Each call
+//! takes a set of lanes for its length from a small pool instead of locking them, so the engine
+//! may be called concurrently, or again from a rayon job that a waiting drain runs. Errors are
 //! typed: [`Error::DeviceOutOfMemory`], [`Error::IndexOutOfBounds`], [`Error::WrongDevice`],
-//! [`Error::Cuda`] for a failed call or launch, [`Error::KernelCompile`].
+//! [`Error::UnorderableColumn`], [`Error::Cuda`] for a failed call or launch,
+//! [`Error::KernelCompile`].
+//!
+//! # Two handles on one context
+//!
+//! The engine works in the device's primary context through a handle of its own whose cudarc
+//! event tracking is off (it orders its work itself, and tracking would serialise its lanes).
+//! `CudaEngine::context` and `CudaEngine::stream` give users a second handle on the same
+//! context with tracking on, so their buffers stay safe across streams.
 //!
 //! With the `cuda` feature off, the same entry points exist and return
 //! [`Error::CudaNotCompiled`].
@@ -62,6 +74,7 @@
 //! [`Error::DeviceOutOfMemory`]: crate::Error::DeviceOutOfMemory
 //! [`Error::IndexOutOfBounds`]: crate::Error::IndexOutOfBounds
 //! [`Error::WrongDevice`]: crate::Error::WrongDevice
+//! [`Error::UnorderableColumn`]: crate::Error::UnorderableColumn
 //! [`Error::Cuda`]: crate::Error::Cuda
 //! [`Error::KernelCompile`]: crate::Error::KernelCompile
 //! [`Error::CudaNotCompiled`]: crate::Error::CudaNotCompiled
