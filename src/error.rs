@@ -237,6 +237,17 @@ pub enum Error {
         /// What the memory was for.
         what: String,
     },
+    /// A device column the engine cannot order its own work after: made in a non-primary
+    /// context or another context than the engine's, or on the per-thread default stream (whose
+    /// handle means "this thread's stream" to whichever thread uses it, so the engine cannot
+    /// wait for the producer's work).
+    #[error("device column {column:?} cannot be used by the engine: {reason}")]
+    UnorderableColumn {
+        /// The column.
+        column: String,
+        /// Why.
+        reason: String,
+    },
     /// A device buffer belongs to another device than the engine's.
     #[error("a buffer of device {got} was given to the engine of device {expected}")]
     WrongDevice {
