@@ -169,7 +169,7 @@ fn run_bench(args: &BenchArgs) -> CliResult {
         })?;
     bench::check_fits(args.rows, args.rows, x_row)?;
     progress.message("making the synthetic table");
-    let table = bench::synthetic_workload(args.rows, args.dtype, &row_shape, args.seed)?;
+    let table = bench::synthetic_workload(args.rows, args.dtype.clone(), &row_shape, args.seed)?;
     let mut loader = Loader::new(&table)
         .batch_size(args.batch)
         .drop_last(args.drop_last);

@@ -526,7 +526,11 @@ fn typed_errors_on_bad_input_and_device_oom() {
 fn image_rows_u8_and_f32() {
     let (_g, engine) = engine();
     for (dtype, rows) in [(DType::U8, 301usize), (DType::F32, 97)] {
-        let t = table(rows, &[(dtype, &[3, 224, 224]), (DType::I64, &[])], 17);
+        let t = table(
+            rows,
+            &[(dtype.clone(), &[3, 224, 224]), (DType::I64, &[])],
+            17,
+        );
         let dt = engine.upload(&t).unwrap();
         for order in [Order::Sequential, Order::Shuffle { seed: 12 }] {
             let b = batches(rows, &order, None, 32, false);

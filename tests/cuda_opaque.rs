@@ -72,7 +72,7 @@ fn opaque_columns_gather_on_the_device_like_the_cpu() {
             false,
         )
         .unwrap();
-        let expected = reference(&table, &b);
+        let expected = reference(&table, &b).unwrap();
         for s in [
             Strategy::Concat,
             Strategy::PerBatch,

