@@ -120,6 +120,8 @@ run() {
 
   local T=$BIN/tests L=$W/logs J=$W/json AD=$BIN/arraydrain
   run_step "GPU tests (--ignored)" 170 "$L/gpu-tests.log" "$T/cuda_gpu" --ignored --test-threads=1
+  run_step "GPU tests, opaque dtypes (--ignored)" 30 "$L/gpu-tests-opaque.log" \
+    "$T/cuda_opaque" --ignored --test-threads=1
   local san=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
   for tool in memcheck racecheck; do
     run_step "compute-sanitizer $tool" 60 "$L/sanitizer-$tool.log" \
