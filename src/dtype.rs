@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// [`half::f16`] / [`half::bf16`]; `Bool` is one byte per element (0 or 1) and viewed as `u8`.
 ///
 /// Typed views ([`ColumnArray::view`](crate::ColumnArray::view)) exist for the numeric
-/// variants, which are always in the machine's byte order. An [`DType::Opaque`] column is read
+/// variants, which are always in the machine's byte order. A [`DType::Opaque`] column is read
 /// as raw row bytes ([`ColumnArray::row`](crate::ColumnArray::row),
 /// [`Column::row`](crate::Column::row)) together with its descriptor; asking for a typed view of
 /// one, a big-endian `>f8` included, is an [`Error::DTypeMismatch`] — its bytes are never swapped
@@ -165,7 +165,7 @@ impl DType {
         DType::ALL.into_iter().find(|d| d.name() == name)
     }
 
-    /// Whether this is an [`DType::Opaque`] dtype (read as bytes, not through typed views).
+    /// Whether this is a [`DType::Opaque`] dtype (read as bytes, not through typed views).
     pub fn is_opaque(&self) -> bool {
         matches!(self, DType::Opaque(_))
     }

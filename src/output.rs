@@ -222,7 +222,7 @@ impl ColumnArray {
         self.storage.as_bytes()
     }
 
-    /// The bytes of one row (`None` past the end): how an [`DType::Opaque`] column is read,
+    /// The bytes of one row (`None` past the end): how a [`DType::Opaque`] column is read,
     /// with its descriptor from [`ColumnArray::dtype`].
     pub fn row(&self, i: usize) -> Option<&[u8]> {
         let rb = self.row_bytes();
