@@ -245,7 +245,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
     })?;
     let specs = loader.output_specs()?;
     for s in &specs {
-        if npy::descr(s.dtype).is_none() {
+        if npy::descr(&s.dtype).is_none() {
             return Err(Error::UnsupportedDType {
                 descr: format!("{} (column {:?}; NumPy has no such dtype)", s.dtype, s.name),
             });
@@ -459,7 +459,7 @@ fn write_output(
 fn write_order(path: &Path, file: File, loader: &Loader<'_, '_>) -> Result<()> {
     let batches = loader.batches()?;
     let rows = batches.rows();
-    let header = npy::NpyHeader::encode(crate::DType::I64, &[rows])?;
+    let header = npy::NpyHeader::encode(&crate::DType::I64, &[rows])?;
     let total = rows
         .checked_mul(8)
         .and_then(|b| b.checked_add(header.len()))

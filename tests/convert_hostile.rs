@@ -124,7 +124,7 @@ fn inputs(dir: &Path, rows: usize) -> (PathBuf, PathBuf) {
 
 /// The bytes of a `.npy` file of `dtype` and `shape` holding `data`.
 fn npy_image(dtype: DType, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let mut v = npy::NpyHeader::encode(dtype, shape).unwrap();
+    let mut v = npy::NpyHeader::encode(&dtype, shape).unwrap();
     v.extend_from_slice(data);
     v
 }

@@ -1,125 +1,97 @@
-//! The `.npy` header: the dtype `descr` strings we read and write, parsing and checking a
-//! header, and encoding the one NumPy would write.
+//! The `.npy` header: parsing and checking a header exactly as strictly as `numpy.load`, and
+//! encoding the one NumPy would write. Descriptors are sized in `descr.rs`, the Python literal
+//! the header is written in is parsed in `literal.rs`.
 
-use crate::dtype::DType;
+use std::borrow::Cow;
+
+use crate::dtype::{DType, Opaque};
 use crate::error::{Error, Result};
 
+use super::descr::{self, element, Element};
+use super::literal::{self, clip, Node, Value};
 use super::MAGIC;
 
-/// Headers longer than this are refused (NumPy itself refuses more than 10 000 bytes by
-/// default; structured dtypes, which we do not read, are the only reason for long ones).
+/// Headers longer than this are refused. NumPy's reader refuses more than 10 000 characters
+/// unless told otherwise (`max_header_size`), a guard against slow parsing rather than a format
+/// rule: its own writer makes longer headers for wide structured dtypes. This parser is linear
+/// in the header's length, so it reads headers up to this larger bound.
 const MAX_HEADER_LEN: usize = 1 << 20;
 
 /// Headers are padded so the data starts at a multiple of this (as NumPy does).
 pub(super) const HEADER_ALIGN: usize = 64;
 
+/// Quoted header text in messages is cut to this many characters.
+const QUOTE: usize = 80;
+
 // ---- dtypes -------------------------------------------------------------------------------------
 
-/// The NumPy `descr` of a dtype (`None` for `bf16`, which NumPy lacks).
-pub fn descr(dtype: DType) -> Option<&'static str> {
-    Some(match dtype {
-        DType::F32 => "<f4",
-        DType::F64 => "<f8",
-        DType::F16 => "<f2",
+/// The NumPy `descr` of a dtype as the Python literal a header holds (`'<f4'` with its quotes;
+/// an opaque dtype's descriptor verbatim), or `None` for `bf16`, which NumPy lacks.
+pub fn descr(dtype: &DType) -> Option<Cow<'_, str>> {
+    Some(Cow::Borrowed(match dtype {
+        DType::F32 => "'<f4'",
+        DType::F64 => "'<f8'",
+        DType::F16 => "'<f2'",
         DType::BF16 => return None,
-        DType::I8 => "|i1",
-        DType::I16 => "<i2",
-        DType::I32 => "<i4",
-        DType::I64 => "<i8",
-        DType::U8 => "|u1",
-        DType::U16 => "<u2",
-        DType::U32 => "<u4",
-        DType::U64 => "<u8",
-        DType::Bool => "|b1",
-    })
+        DType::I8 => "'|i1'",
+        DType::I16 => "'<i2'",
+        DType::I32 => "'<i4'",
+        DType::I64 => "'<i8'",
+        DType::U8 => "'|u1'",
+        DType::U16 => "'<u2'",
+        DType::U32 => "'<u4'",
+        DType::U64 => "'<u8'",
+        DType::Bool => "'|b1'",
+        DType::Opaque(o) => o.descr(),
+    }))
 }
 
-/// Byte order of the data in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ByteOrder {
-    /// Little-endian (or single-byte elements): read in place.
-    Little,
-    /// Big-endian: byte-swapped when read.
-    Big,
+/// What a descriptor (a Python literal) describes: its element size and numeric dtype.
+pub(crate) fn element_of_descr(text: &str) -> std::result::Result<Element, String> {
+    element(&literal::parse(text, false)?)
 }
 
-/// Parses a NumPy `descr` string into a dtype and byte order.
-///
-/// # Errors
-/// A message saying why the descr is not one we read (object, structured, strings, complex …).
-fn parse_descr(descr: &str) -> std::result::Result<(DType, ByteOrder), String> {
-    let native = if cfg!(target_endian = "big") {
-        ByteOrder::Big
-    } else {
-        ByteOrder::Little
+/// For an opaque dtype that is a numeric dtype in the other byte order (`'>f8'` on this
+/// little-endian machine), that numeric dtype; `None` for any other dtype.
+pub fn byte_swapped(dtype: &DType) -> Option<DType> {
+    let DType::Opaque(o) = dtype else {
+        return None;
     };
-    let (order, code) = match descr.as_bytes().first() {
-        Some(b'<') => (ByteOrder::Little, &descr[1..]),
-        Some(b'>') => (ByteOrder::Big, &descr[1..]),
-        Some(b'|') | Some(b'=') => (native, &descr[1..]),
-        _ => (native, descr),
-    };
-    let dtype = match code {
-        "f2" => DType::F16,
-        "f4" => DType::F32,
-        "f8" => DType::F64,
-        "i1" => DType::I8,
-        "i2" => DType::I16,
-        "i4" => DType::I32,
-        "i8" => DType::I64,
-        "u1" => DType::U8,
-        "u2" => DType::U16,
-        "u4" => DType::U32,
-        "u8" => DType::U64,
-        "b1" => DType::Bool,
-        c if c.starts_with('O') => {
-            return Err(
-                "object arrays (dtype 'O') hold Python objects, not data; not supported"
-                    .to_string(),
-            )
-        }
-        _ => {
-            return Err(format!(
-                "unsupported dtype {descr:?} (supported: float16/32/64, int8-64, uint8-64, bool)"
-            ))
-        }
-    };
-    let order = if dtype.size() == 1 {
-        ByteOrder::Little
-    } else {
-        order
-    };
-    Ok((dtype, order))
+    descr::byte_swapped_numeric(&literal::parse(o.descr(), false).ok()?)
 }
 
 // ---- headers ------------------------------------------------------------------------------------
 
-/// What a `.npy` header declares, checked.
+/// What a `.npy` header declares, checked as NumPy checks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NpyHeader {
-    /// Format version `(major, minor)`: 1, 2 or 3.
+    /// Format version `(major, minor)`: (1, 0), (2, 0) or (3, 0).
     pub version: (u8, u8),
-    /// Element type.
+    /// Element type: a numeric dtype when the descriptor is one (in this machine's byte
+    /// order), else [`DType::Opaque`] with the descriptor's text verbatim.
     pub dtype: DType,
-    /// Byte order of the data.
-    pub byte_order: ByteOrder,
     /// Whether the data is in Fortran (column-major) order.
     pub fortran_order: bool,
     /// The array's shape (the first axis is rows).
     pub shape: Vec<usize>,
     /// Offset of the data from the start of the file (the header's full length).
     pub data_offset: usize,
-    /// Bytes of data the shape and dtype imply.
+    /// Bytes of data the shape and dtype imply (any bytes after them are ignored, as NumPy
+    /// ignores them).
     pub data_len: usize,
 }
 
 impl NpyHeader {
     /// Parses and checks the header at the start of `bytes` (a whole file, or at least its
-    /// header). The data itself is not looked at.
+    /// header), refusing exactly what `numpy.load` refuses: another magic, versions other than
+    /// 1.0, 2.0 and 3.0, a header that is not a Python dict literal with exactly the keys
+    /// `descr`, `fortran_order` (a bool) and `shape` (a tuple of ints), a descriptor NumPy
+    /// would not read. Beyond that, arraydrain refuses object dtypes, negative dimensions
+    /// (which NumPy refuses when it makes the array) and the descriptor spellings listed in
+    /// [`crate::npy`]. The data itself is not looked at.
     ///
     /// # Errors
-    /// A message saying what is wrong (wrong magic, unknown version, a header that is not the
-    /// dict NumPy writes, an unsupported dtype, a shape whose size overflows).
+    /// A message saying what is wrong; quoted header text in it is cut to a readable length.
     pub fn parse(bytes: &[u8]) -> std::result::Result<NpyHeader, String> {
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             return Err("not a .npy file (wrong magic; expected \\x93NUMPY)".into());
@@ -128,11 +100,15 @@ impl NpyHeader {
             Some(&[a, b]) => (a, b),
             _ => return Err("truncated: the file ends inside the header".into()),
         };
-        let (len_bytes, utf8) = match major {
-            1 => (2, false),
-            2 => (4, false),
-            3 => (4, true),
-            _ => return Err(format!("unsupported .npy format version {major}.{minor}")),
+        let (len_bytes, utf8) = match (major, minor) {
+            (1, 0) => (2, false),
+            (2, 0) => (4, false),
+            (3, 0) => (4, true),
+            _ => {
+                return Err(format!(
+                    "unsupported .npy format version {major}.{minor} (NumPy reads 1.0, 2.0 and 3.0)"
+                ))
+            }
         };
         let Some(len_field) = bytes.get(8..8 + len_bytes) else {
             return Err("truncated: the file ends inside the header".into());
@@ -147,49 +123,138 @@ impl NpyHeader {
             ));
         }
         let start = 8 + len_bytes;
-        let Some(text) = bytes.get(start..start + header_len) else {
+        let Some(raw) = bytes.get(start..start + header_len) else {
             return Err(format!(
                 "truncated: the header declares {header_len} bytes, the file has {}",
                 bytes.len().saturating_sub(start)
             ));
         };
-        let text = if utf8 {
-            std::str::from_utf8(text).map_err(|_| "header is not valid UTF-8".to_string())?
+        let text: Cow<'_, str> = if utf8 {
+            Cow::Borrowed(
+                std::str::from_utf8(raw)
+                    .map_err(|e| format!("header of a version 3.0 file is not UTF-8: {e}"))?,
+            )
         } else {
-            if !text.is_ascii() {
-                return Err("header is not ASCII (latin-1 text is not supported)".into());
+            // Versions 1.0 and 2.0 are latin-1: each byte is the code point of its value.
+            match std::str::from_utf8(raw) {
+                Ok(s) if s.is_ascii() => Cow::Borrowed(s),
+                _ => Cow::Owned(raw.iter().map(|&b| char::from(b)).collect()),
             }
-            std::str::from_utf8(text).map_err(|_| "header is not ASCII".to_string())?
         };
-        let dict = header_dict(text).map_err(|e| format!("bad header {text:?}: {e}"))?;
-        let descr = dict.descr.ok_or("bad header: no 'descr'")?;
-        let fortran_order = dict.fortran_order.ok_or("bad header: no 'fortran_order'")?;
-        let shape = dict.shape.ok_or("bad header: no 'shape'")?;
-        let (dtype, byte_order) = parse_descr(&descr)?;
-        let mut parts = shape.clone();
-        parts.push(dtype.size());
+        let bad = |e: String| format!("bad header {}: {e}", clip(&text, QUOTE));
+        let root = literal::parse(&text, major <= 2).map_err(bad)?;
+        let Value::Dict(pairs) = &root.value else {
+            return Err(format!(
+                "header is not a dictionary but a {}: {}",
+                root.value.type_name(),
+                clip(&text, QUOTE)
+            ));
+        };
+        fn key(k: &Node) -> Option<&str> {
+            match &k.value {
+                Value::Str(s) => Some(s.as_str()),
+                _ => None,
+            }
+        }
+        // Python keeps the last value of a repeated key.
+        let get = |name: &str| {
+            pairs
+                .iter()
+                .rev()
+                .find(|(k, _)| key(k) == Some(name))
+                .map(|(_, v)| v)
+        };
+        let mut keys: Vec<&str> = Vec::new();
+        for (k, _) in pairs {
+            let k = &text[k.span.clone()];
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        let expected = ["descr", "fortran_order", "shape"];
+        let exact = keys.len() == expected.len()
+            && pairs
+                .iter()
+                .all(|(k, _)| key(k).is_some_and(|k| expected.contains(&k)));
+        if !exact {
+            keys.sort_unstable();
+            return Err(format!(
+                "header does not contain exactly the keys 'descr', 'fortran_order' and 'shape': \
+                 it has {}",
+                clip(&keys.join(", "), QUOTE)
+            ));
+        }
+        let (Some(descr), Some(fortran), Some(shape)) =
+            (get("descr"), get("fortran_order"), get("shape"))
+        else {
+            return Err("header lacks 'descr', 'fortran_order' or 'shape'".into());
+        };
+        let quoted = |n: &Node| clip(&text[n.span.clone()], QUOTE);
+        let Value::Tuple(dims) = &shape.value else {
+            return Err(format!("shape is not a tuple of ints: {}", quoted(shape)));
+        };
+        let mut dims_out = Vec::with_capacity(dims.len());
+        for d in dims {
+            let n = match d.value {
+                Value::Int(Some(n)) => n,
+                // `isinstance(True, int)` holds in Python, so NumPy takes bools as 1 and 0.
+                Value::Bool(b) => i128::from(b),
+                Value::Int(None) => {
+                    return Err(format!(
+                        "shape {} is too large for this machine",
+                        quoted(shape)
+                    ))
+                }
+                _ => return Err(format!("shape is not a tuple of ints: {}", quoted(shape))),
+            };
+            if n < 0 {
+                return Err(format!(
+                    "shape {} has a negative dimension (non-negative integers only)",
+                    quoted(shape)
+                ));
+            }
+            dims_out.push(
+                usize::try_from(n).map_err(|_| {
+                    format!("shape {} is too large for this machine", quoted(shape))
+                })?,
+            );
+        }
+        let Value::Bool(fortran_order) = fortran.value else {
+            return Err(format!(
+                "fortran_order is not a valid bool (True or False): {}",
+                quoted(fortran)
+            ));
+        };
+        let element = element(descr).map_err(|e| format!("descr {}: {e}", quoted(descr)))?;
+        let dtype = match element.numeric {
+            Some(d) => d,
+            None => DType::Opaque(Opaque::from_parts(&text[descr.span.clone()], element.size)),
+        };
+        let mut parts = dims_out.clone();
+        parts.push(element.size);
         let data_len = parts
             .iter()
             .try_fold(1usize, |a, &p| a.checked_mul(p))
-            .ok_or_else(|| format!("shape {shape:?} is too large for this machine"))?;
+            .filter(|&n| n <= isize::MAX as usize)
+            .ok_or_else(|| format!("shape {} is too large for this machine", quoted(shape)))?;
         Ok(NpyHeader {
             version: (major, minor),
             dtype,
-            byte_order,
             fortran_order,
-            shape,
+            shape: dims_out,
             data_offset: start + header_len,
             data_len,
         })
     }
 
-    /// The header bytes NumPy would write for a C-order, little-endian array of `dtype` and
-    /// `shape`: version 1.0 when the header fits in 64 KiB, else 2.0, padded with spaces and a
-    /// newline so the data starts at a multiple of 64 bytes.
+    /// The header bytes NumPy would write for a C-order array of `dtype` and `shape`:
+    /// version 1.0 when the header is latin-1 text that fits in 64 KiB, else 2.0, else 3.0
+    /// (UTF-8, for descriptors with other characters), padded with spaces and a newline so the
+    /// data starts at a multiple of 64 bytes.
     ///
     /// # Errors
     /// [`Error::UnsupportedDType`] for `bf16`.
-    pub fn encode(dtype: DType, shape: &[usize]) -> Result<Vec<u8>> {
+    pub fn encode(dtype: &DType, shape: &[usize]) -> Result<Vec<u8>> {
         let descr = descr(dtype).ok_or_else(|| Error::UnsupportedDType {
             descr: "bf16 (NumPy has no bfloat16 dtype; store such a column as u16 or f32)".into(),
         })?;
@@ -198,25 +263,37 @@ impl NpyHeader {
             1 => format!("({},)", dims[0]),
             _ => format!("({})", dims.join(", ")),
         };
-        let dict =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
-        let mut out = Vec::with_capacity(dict.len() + 2 * HEADER_ALIGN);
-        for (version, len_bytes) in [(1u8, 2usize), (2, 4)] {
-            let unpadded = MAGIC.len() + 2 + len_bytes + dict.len() + 1;
+        let dict = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': {shape_text}, }}");
+        let latin1: Option<Vec<u8>> = dict.chars().map(|c| u8::try_from(c).ok()).collect();
+        let candidates: Vec<(u8, usize, Vec<u8>)> = match latin1 {
+            Some(bytes) => vec![(1, 2, bytes.clone()), (2, 4, bytes)],
+            None => vec![(3, 4, dict.into_bytes())],
+        };
+        for (version, len_bytes, text) in candidates {
+            let unpadded = MAGIC.len() + 2 + len_bytes + text.len() + 1;
             let total = unpadded.div_ceil(HEADER_ALIGN) * HEADER_ALIGN;
             let header_len = total - MAGIC.len() - 2 - len_bytes;
             if len_bytes == 2 && header_len > u16::MAX as usize {
                 continue;
             }
+            if header_len > u32::MAX as usize {
+                break;
+            }
+            let mut out = Vec::with_capacity(total);
             out.extend_from_slice(MAGIC);
             out.extend_from_slice(&[version, 0]);
             out.extend_from_slice(&(header_len as u64).to_le_bytes()[..len_bytes]);
-            out.extend_from_slice(dict.as_bytes());
+            out.extend_from_slice(&text);
             out.resize(total - 1, b' ');
             out.push(b'\n');
-            break;
+            return Ok(out);
         }
-        Ok(out)
+        Err(Error::UnsupportedDType {
+            descr: format!(
+                "{} (the descriptor is too long for a .npy header)",
+                clip(&descr, QUOTE)
+            ),
+        })
     }
 
     /// Rows (the first axis).
@@ -225,169 +302,37 @@ impl NpyHeader {
     }
 }
 
-#[derive(Default)]
-struct HeaderDict {
-    descr: Option<String>,
-    fortran_order: Option<bool>,
-    shape: Option<Vec<usize>>,
-}
-
-/// Parses the Python dict literal of a `.npy` header: exactly the keys `descr` (a string),
-/// `fortran_order` (a bool) and `shape` (a tuple of non-negative ints).
-fn header_dict(text: &str) -> std::result::Result<HeaderDict, String> {
-    let mut p = Lexer {
-        s: text.as_bytes(),
-        at: 0,
-    };
-    let mut dict = HeaderDict::default();
-    p.expect(b'{')?;
-    loop {
-        if p.eat(b'}') {
-            break;
-        }
-        let key = p.string()?;
-        p.expect(b':')?;
-        match key.as_str() {
-            "descr" => {
-                if p.peek() == Some(b'[') {
-                    return Err(
-                        "structured dtypes (records with named fields) are not supported".into(),
-                    );
-                }
-                dict.descr = Some(p.string()?);
-            }
-            "fortran_order" => {
-                dict.fortran_order = Some(match p.ident()? {
-                    "True" => true,
-                    "False" => false,
-                    other => return Err(format!("fortran_order is {other:?}, not True/False")),
-                })
-            }
-            "shape" => dict.shape = Some(p.tuple()?),
-            other => return Err(format!("unexpected key {other:?}")),
-        }
-        if !p.eat(b',') {
-            p.expect(b'}')?;
-            break;
-        }
-    }
-    p.skip_ws();
-    if p.at != p.s.len() {
-        return Err("trailing characters after the dict".into());
-    }
-    Ok(dict)
-}
-
-struct Lexer<'s> {
-    s: &'s [u8],
-    at: usize,
-}
-
-impl Lexer<'_> {
-    fn skip_ws(&mut self) {
-        while self.s.get(self.at).is_some_and(|c| c.is_ascii_whitespace()) {
-            self.at += 1;
-        }
-    }
-
-    fn peek(&mut self) -> Option<u8> {
-        self.skip_ws();
-        self.s.get(self.at).copied()
-    }
-
-    fn eat(&mut self, c: u8) -> bool {
-        if self.peek() == Some(c) {
-            self.at += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn expect(&mut self, c: u8) -> std::result::Result<(), String> {
-        if self.eat(c) {
-            Ok(())
-        } else {
-            Err(format!("expected {:?} at byte {}", c as char, self.at))
-        }
-    }
-
-    fn string(&mut self) -> std::result::Result<String, String> {
-        let q = match self.peek() {
-            Some(q @ (b'\'' | b'"')) => q,
-            _ => return Err(format!("expected a string at byte {}", self.at)),
-        };
-        let start = self.at + 1;
-        let len = self.s[start..]
-            .iter()
-            .position(|&c| c == q || c == b'\\')
-            .ok_or("unterminated string")?;
-        if self.s[start + len] == b'\\' {
-            return Err("escapes in header strings are not supported".into());
-        }
-        self.at = start + len + 1;
-        String::from_utf8(self.s[start..start + len].to_vec()).map_err(|e| e.to_string())
-    }
-
-    fn ident(&mut self) -> std::result::Result<&str, String> {
-        self.skip_ws();
-        let start = self.at;
-        while self
-            .s
-            .get(self.at)
-            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
-        {
-            self.at += 1;
-        }
-        std::str::from_utf8(&self.s[start..self.at]).map_err(|e| e.to_string())
-    }
-
-    fn tuple(&mut self) -> std::result::Result<Vec<usize>, String> {
-        self.expect(b'(')?;
-        let mut dims = Vec::new();
-        loop {
-            if self.eat(b')') {
-                break;
-            }
-            let word = self.ident()?;
-            // Python 2 wrote long ints with an `L` suffix.
-            let digits = word.strip_suffix('L').unwrap_or(word);
-            if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(format!(
-                    "shape entry {word:?} is not a non-negative integer"
-                ));
-            }
-            dims.push(
-                digits
-                    .parse::<usize>()
-                    .map_err(|_| format!("shape entry {word} is too large"))?,
-            );
-            if !self.eat(b',') {
-                self.expect(b')')?;
-                break;
-            }
-        }
-        Ok(dims)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn header(version: (u8, u8), text: &str) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&[version.0, version.1]);
+        if version.0 == 1 {
+            bytes.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        } else {
+            bytes.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        }
+        bytes.extend_from_slice(text.as_bytes());
+        bytes
+    }
+
     #[test]
     fn headers_round_trip_for_every_numpy_dtype() {
-        for d in DType::ALL {
+        let opaque = DType::Opaque(Opaque::from_parts("[('a', '<c8'), ('é', '|S3')]", 11));
+        for d in DType::ALL.into_iter().chain([opaque]) {
             for shape in [vec![0], vec![5], vec![3, 4], vec![2, 0, 7]] {
-                match NpyHeader::encode(d, &shape) {
+                match NpyHeader::encode(&d, &shape) {
                     Ok(h) => {
                         assert_eq!(h.len() % 64, 0);
                         assert_eq!(h.last(), Some(&b'\n'));
                         let p = NpyHeader::parse(&h).unwrap();
                         assert_eq!(
-                            (p.dtype, &p.shape[..], p.data_offset),
-                            (d, &shape[..], h.len())
+                            (&p.dtype, &p.shape[..], p.data_offset),
+                            (&d, &shape[..], h.len())
                         );
+                        assert_eq!(p.version, (1, 0));
                         assert!(!p.fortran_order);
                     }
                     Err(e) => {
@@ -397,12 +342,24 @@ mod tests {
                 }
             }
         }
+        // Text outside latin-1 needs version 3.0 (UTF-8); long headers need 2.0.
+        let cjk = DType::Opaque(Opaque::from_parts("[('名', '<f4')]", 4));
+        let h = NpyHeader::encode(&cjk, &[2]).unwrap();
+        assert_eq!(&h[6..8], &[3, 0]);
+        assert_eq!(NpyHeader::parse(&h).unwrap().dtype, cjk);
+        let fields: Vec<String> = (0..5000).map(|i| format!("('f{i}', '<f4')")).collect();
+        let wide = format!("[{}]", fields.join(", "));
+        let wide = DType::Opaque(Opaque::from_parts(&wide, 20000));
+        let h = NpyHeader::encode(&wide, &[2]).unwrap();
+        assert_eq!(&h[6..8], &[2, 0]);
+        assert_eq!(NpyHeader::parse(&h).unwrap().dtype, wide);
     }
 
     #[test]
     fn numpy_written_headers_parse() {
         type Want = std::result::Result<(DType, Vec<usize>, bool), &'static str>;
-        let cases: [(&str, Want); 10] = [
+        let c8 = || DType::Opaque(Opaque::from_parts("'<c8'", 8));
+        let cases: Vec<(&str, Want)> = vec![
             (
                 "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }",
                 Ok((DType::F32, vec![3, 4], false)),
@@ -412,7 +369,7 @@ mod tests {
                 Ok((DType::Bool, vec![7], true)),
             ),
             (
-                "{\"shape\": (2L, 3L), \"fortran_order\": False, \"descr\": \">i8\"}",
+                "{\"shape\": (2L, 3L), \"fortran_order\": False, \"descr\": \"<i8\"}",
                 Ok((DType::I64, vec![2, 3], false)),
             ),
             (
@@ -420,42 +377,88 @@ mod tests {
                 Ok((DType::F32, vec![], false)),
             ),
             (
+                "{'descr': '<d', 'fortran_order': False, 'shape': (2,)}",
+                Ok((DType::F64, vec![2], false)),
+            ),
+            (
+                "{'descr': '?', 'fortran_order': False, 'shape': (2,)}",
+                Ok((DType::Bool, vec![2], false)),
+            ),
+            (
+                "{'descr': '<c8', 'fortran_order': False, 'shape': (True, 3)}",
+                Ok((c8(), vec![1, 3], false)),
+            ),
+            (
+                "{'descr': 'x', 'descr': '<c8', 'fortran_order': False, 'shape': (3,)}",
+                Ok((c8(), vec![3], false)),
+            ),
+            (
                 "{'descr': '|O', 'fortran_order': False, 'shape': (3,), }",
                 Err("object"),
             ),
             (
-                "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }",
-                Err("structured"),
-            ),
-            (
-                "{'descr': '<c8', 'fortran_order': False, 'shape': (3,), }",
-                Err("unsupported dtype"),
+                "{'descr': [('a', 'O')], 'fortran_order': False, 'shape': (3,), }",
+                Err("object"),
             ),
             (
                 "{'descr': '<f4', 'fortran_order': False, 'shape': (-3,), }",
-                Err("non-negative"),
+                Err("negative"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4), }",
+                Err("not a tuple"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': [4], }",
+                Err("not a tuple"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4.0,), }",
+                Err("not a tuple"),
             ),
             (
                 "{'descr': '<f4', 'fortran_order': False, }",
-                Err("no 'shape'"),
+                Err("exactly the keys"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), 'x': 1}",
+                Err("exactly the keys"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': 'False', 'shape': (3,)}",
+                Err("valid bool (True or False): \"'False'\""),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': 0, 'shape': (3,)}",
+                Err("valid bool"),
             ),
             (
                 "{'descr': '<f4', 'fortran_order': 0, 'shape': (3,)",
-                Err("fortran_order"),
+                Err("bad header"),
+            ),
+            ("['descr', '<f4']", Err("not a dictionary")),
+            (
+                "{'descr': 'f4,i4', 'fortran_order': False, 'shape': (3,)}",
+                Err("not understood"),
             ),
         ];
         for (text, want) in cases {
-            let mut bytes = MAGIC.to_vec();
-            bytes.extend_from_slice(&[1, 0]);
-            bytes.extend_from_slice(&(text.len() as u16).to_le_bytes());
-            bytes.extend_from_slice(text.as_bytes());
-            match (NpyHeader::parse(&bytes), want) {
+            match (NpyHeader::parse(&header((1, 0), text)), want) {
                 (Ok(h), Ok((d, s, f))) => {
-                    assert_eq!((h.dtype, h.shape, h.fortran_order), (d, s, f))
+                    assert_eq!((h.dtype, h.shape, h.fortran_order), (d, s, f), "{text}")
                 }
                 (Err(e), Err(w)) => assert!(e.contains(w), "{text}: {e}"),
                 (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
             }
+        }
+        // Python 2 longs only in versions 1.0 and 2.0.
+        let py2 = "{'descr': '<f4', 'fortran_order': False, 'shape': (3L,)}";
+        assert!(NpyHeader::parse(&header((2, 0), py2)).is_ok());
+        assert!(NpyHeader::parse(&header((3, 0), py2)).is_err());
+        let good = "{'descr': '<f4', 'fortran_order': False, 'shape': (3,)}";
+        for v in [(1, 1), (1, 255), (2, 1), (3, 1), (4, 0), (0, 0)] {
+            let e = NpyHeader::parse(&header(v, good)).unwrap_err();
+            assert!(e.contains(&format!("version {}.{}", v.0, v.1)), "{e}");
         }
         assert!(NpyHeader::parse(b"\x93NUMPZ\x01\x00")
             .unwrap_err()
@@ -466,8 +469,32 @@ mod tests {
         assert!(NpyHeader::parse(b"\x93NUMPY\x01\x00\xff\x00{")
             .unwrap_err()
             .contains("truncated"));
-        assert!(NpyHeader::parse(b"\x93NUMPY\x09\x00\x00\x00")
-            .unwrap_err()
-            .contains("version"));
+    }
+
+    #[test]
+    fn refusals_quote_at_most_a_readable_length() {
+        let fields: Vec<String> = (0..10_001).map(|i| format!("('f{i}', 'O')")).collect();
+        let text = format!(
+            "{{'descr': [{}], 'fortran_order': False, 'shape': (3,)}}",
+            fields.join(", ")
+        );
+        let e = NpyHeader::parse(&header((2, 0), &text)).unwrap_err();
+        assert!(
+            e.contains("object") && e.len() < 400,
+            "{} bytes: {e}",
+            e.len()
+        );
+        let text = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': (3,), 'x': '{}'}}",
+            "y".repeat(100_000)
+        );
+        let e = NpyHeader::parse(&header((2, 0), &text)).unwrap_err();
+        assert!(e.len() < 400, "{} bytes: {e}", e.len());
+        let text = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': (3,) {}",
+            "z".repeat(100_000)
+        );
+        let e = NpyHeader::parse(&header((2, 0), &text)).unwrap_err();
+        assert!(e.len() < 400, "{} bytes: {e}", e.len());
     }
 }

@@ -102,7 +102,7 @@ impl MappedNpy {
         shape: &[usize],
         own: Option<Staged>,
     ) -> Result<MappedNpy> {
-        let header = NpyHeader::encode(dtype, shape)?;
+        let header = NpyHeader::encode(&dtype, shape)?;
         let mut parts = shape.to_vec();
         parts.push(dtype.size());
         let data_len = checked_bytes(&parts, &path.display().to_string())?;
@@ -206,7 +206,7 @@ pub fn mapped_output(dir: impl AsRef<Path>, specs: &[OutputSpec]) -> Result<Mate
     check_specs(specs)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     build(specs, |s, shape| {
-        MappedNpy::create(dir.join(format!("{}.npy", s.name)), s.dtype, shape)
+        MappedNpy::create(dir.join(format!("{}.npy", s.name)), s.dtype.clone(), shape)
     })
 }
 
@@ -231,13 +231,13 @@ pub(crate) fn stage_mapped_output(
                 MappedNpy::create_staged(
                     staged,
                     &dir.join(format!("{}.npy", s.name)),
-                    s.dtype,
+                    s.dtype.clone(),
                     shape,
                 )
             })
         }
         MappedIn::Scratch(dir) => build(specs, |s, shape| {
-            MappedNpy::create_scratch(&dir.join(format!("{}.npy", s.name)), s.dtype, shape)
+            MappedNpy::create_scratch(&dir.join(format!("{}.npy", s.name)), s.dtype.clone(), shape)
         }),
     }
 }
@@ -264,7 +264,13 @@ fn build(
             let mut shape = vec![s.rows];
             shape.extend_from_slice(&s.row_shape);
             let storage = make(s, &shape)?;
-            ColumnArray::new(&s.name, s.dtype, &s.row_shape, s.rows, Box::new(storage))
+            ColumnArray::new(
+                &s.name,
+                s.dtype.clone(),
+                &s.row_shape,
+                s.rows,
+                Box::new(storage),
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Materialized::from_columns(columns))

@@ -7,8 +7,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ndarray::{ArrayViewD, IxDyn, ShapeBuilder};
-
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::HostBuf;
@@ -16,7 +14,7 @@ use crate::mmap::ReadMap;
 use crate::table::{Column, SharedBytes, Table};
 
 use super::bad;
-use super::header::{ByteOrder, NpyHeader};
+use super::header::NpyHeader;
 use super::names::unsafe_name_reason;
 
 impl SharedBytes for ReadMap {
@@ -38,6 +36,7 @@ impl SharedBytes for SubBytes {
     }
 }
 
+/// Makes a column named `name` from a `.npy` image held by `owner` at `image` (a whole file,
 /// or one member of an archive). `what` prefixes messages (e.g. the member's name).
 fn column_from_image(
     path: &Path,
@@ -61,72 +60,50 @@ fn column_from_image(
             header.shape, header.dtype, header.data_len
         )));
     }
-    if have > header.data_len {
-        return Err(msg(format!(
-            "{} bytes after the data that shape {:?} of {} declares (corrupt header?)",
-            have - header.data_len,
-            header.shape,
-            header.dtype
-        )));
-    }
-    let data = image.start + header.data_offset..image.end;
+    // Bytes after the data are ignored, as NumPy ignores them.
+    let data = image.start + header.data_offset..image.start + header.data_offset + header.data_len;
     // Fortran and C order coincide when at most one axis is longer than 1.
     let transpose = header.fortran_order && header.shape.iter().filter(|&&d| d > 1).count() > 1;
-    let swap = header.byte_order == ByteOrder::Big && header.dtype.size() > 1;
-    let shared: Arc<dyn SharedBytes> = if !transpose && !swap {
+    let shared: Arc<dyn SharedBytes> = if !transpose {
         Arc::new(SubBytes { owner, range: data })
     } else {
         let src = &owner.bytes()[data];
         check_fits_memory(path, what, src.len() as u64)?;
         let mut buf = HostBuf::zeroed(src.len(), &name)?;
-        if transpose {
-            fortran_to_c(src, header.dtype.size(), &header.shape, buf.as_bytes_mut())
-                .map_err(msg)?;
-        } else {
-            buf.as_bytes_mut().copy_from_slice(src);
-        }
-        if swap {
-            for e in buf.as_bytes_mut().chunks_exact_mut(header.dtype.size()) {
-                e.reverse();
-            }
-        }
+        fortran_to_c(src, header.dtype.size(), &header.shape, buf.as_bytes_mut());
         Arc::new(buf)
     };
     Column::from_shared(name, header.dtype, row_shape, rows, shared)
 }
 
-/// Copies Fortran-order elements of `size` bytes into C order (`dst` as long as `src`).
-fn fortran_to_c(
-    src: &[u8],
-    size: usize,
-    shape: &[usize],
-    dst: &mut [u8],
-) -> std::result::Result<(), String> {
-    fn go<T: bytemuck::Pod>(
-        src: &[u8],
-        shape: &[usize],
-        dst: &mut [u8],
-    ) -> std::result::Result<(), String> {
-        // `src` may sit at any offset of a file: copy it into aligned elements first.
-        let elems: Vec<T> = src
-            .chunks_exact(std::mem::size_of::<T>())
-            .map(bytemuck::pod_read_unaligned)
-            .collect();
-        let view = ArrayViewD::from_shape(IxDyn(shape).f(), &elems).map_err(|e| e.to_string())?;
-        for (d, v) in dst
-            .chunks_exact_mut(std::mem::size_of::<T>())
-            .zip(view.iter())
-        {
-            d.copy_from_slice(bytemuck::bytes_of(v));
-        }
-        Ok(())
+/// Copies Fortran-order elements of `size` bytes into C order. `src` and `dst` both hold
+/// `prod(shape) × size` bytes (checked by the caller); elements are moved as opaque bytes, so
+/// every dtype is transposed alike.
+fn fortran_to_c(src: &[u8], size: usize, shape: &[usize], dst: &mut [u8]) {
+    if size == 0 || shape.contains(&0) {
+        return;
     }
-    match size {
-        1 => go::<u8>(src, shape, dst),
-        2 => go::<u16>(src, shape, dst),
-        4 => go::<u32>(src, shape, dst),
-        8 => go::<u64>(src, shape, dst),
-        _ => Err(format!("no Fortran-order reader for {size}-byte elements")),
+    // Fortran strides, in elements: the first axis varies fastest.
+    let mut strides = Vec::with_capacity(shape.len());
+    let mut s = 1usize;
+    for &d in shape {
+        strides.push(s);
+        s = s.saturating_mul(d);
+    }
+    // Walk C order with an odometer over the index, tracking the Fortran offset.
+    let mut index = vec![0usize; shape.len()];
+    let mut f = 0usize;
+    for d in dst.chunks_exact_mut(size) {
+        d.copy_from_slice(&src[f * size..(f + 1) * size]);
+        for axis in (0..shape.len()).rev() {
+            index[axis] += 1;
+            f += strides[axis];
+            if index[axis] < shape[axis] {
+                break;
+            }
+            f -= strides[axis] * shape[axis];
+            index[axis] = 0;
+        }
     }
 }
 
@@ -168,9 +145,11 @@ fn check_fits_memory(path: &Path, what: &str, bytes: u64) -> Result<()> {
 
 /// Reads a `.npy` file as a column named after the file's stem (`x.npy` → `"x"`).
 ///
-/// A little-endian C-order array is memory-mapped, not read: the column is a view of the
-/// file, so files larger than RAM can be drained. Big-endian and Fortran-order arrays are
-/// converted into memory once.
+/// A C-order array is memory-mapped, not read: the column is a view of the file, so files
+/// larger than RAM can be drained. A Fortran-order array is transposed into memory once. Any
+/// fixed-size dtype is read (see [`crate::npy`]): a numeric one as its [`DType`], any other
+/// — big-endian ones included, never byte-swapped — as [`DType::Opaque`] with the header's
+/// descriptor verbatim. Bytes after the data are ignored, as NumPy ignores them.
 ///
 /// ```
 /// # let dir = std::env::temp_dir().join(format!("arraydrain-doc-read-npy-{}", std::process::id()));
@@ -190,8 +169,8 @@ fn check_fits_memory(path: &Path, what: &str, bytes: u64) -> Result<()> {
 ///
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) when the file cannot be opened or mapped; [`Error::BadFile`](crate::Error::BadFile) naming the file
-/// for a wrong magic, a bad header, an unsupported dtype (object arrays, structured, complex,
-/// strings …), a 0-dimensional array, or a data length that disagrees with the header.
+/// for a wrong magic, a header NumPy would refuse, an object dtype, a 0-dimensional array, or
+/// fewer data bytes than the header declares.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<Column<'static>> {
     let path = path.as_ref();
     let name = utf8_name(path, path.file_stem())?;
@@ -397,7 +376,22 @@ pub fn read_indices(path: impl AsRef<Path>) -> Result<Vec<u64>> {
             ),
         ));
     }
-    let bytes = column.bytes();
+    // Big-endian index files are read too: their elements are swapped here.
+    let (dtype, swapped) = match super::byte_swapped(&column.dtype()) {
+        Some(d) => (d, true),
+        None => (column.dtype(), false),
+    };
+    let swapped_bytes;
+    let bytes = if swapped {
+        let mut b = column.bytes().to_vec();
+        for e in b.chunks_exact_mut(dtype.size()) {
+            e.reverse();
+        }
+        swapped_bytes = b;
+        &swapped_bytes[..]
+    } else {
+        column.bytes()
+    };
     let negative = |pos: usize, v: i64| {
         bad(
             path,
@@ -407,7 +401,7 @@ pub fn read_indices(path: impl AsRef<Path>) -> Result<Vec<u64>> {
     let mut out = Vec::new();
     out.try_reserve_exact(column.rows())
         .map_err(|e| Error::alloc(column.rows().saturating_mul(8), "the index list", e))?;
-    match column.dtype() {
+    match dtype {
         DType::I64 => {
             for (pos, c) in bytes.chunks_exact(8).enumerate() {
                 let v: i64 = bytemuck::pod_read_unaligned(c);
@@ -454,11 +448,27 @@ mod tests {
             .flat_map(|v| v.to_le_bytes())
             .collect();
         let mut dst = vec![0u8; src.len()];
-        fortran_to_c(&src, 2, &[2, 3], &mut dst).unwrap();
+        fortran_to_c(&src, 2, &[2, 3], &mut dst);
         let vals: Vec<u16> = dst
             .chunks(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
         assert_eq!(vals, [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn fortran_order_of_any_element_size_matches_ndarray() {
+        use ndarray::{ArrayD, IxDyn, ShapeBuilder};
+        for shape in [vec![3usize, 4, 5], vec![2, 1, 3, 2], vec![7, 2]] {
+            let n: usize = shape.iter().product();
+            // 3-byte elements: element k holds k in its bytes.
+            let f_order: Vec<[u8; 3]> = (0..n).map(|k| [k as u8, (k >> 8) as u8, 7]).collect();
+            let src: Vec<u8> = f_order.iter().flatten().copied().collect();
+            let mut dst = vec![0u8; src.len()];
+            fortran_to_c(&src, 3, &shape, &mut dst);
+            let view = ArrayD::from_shape_vec(IxDyn(&shape).f(), f_order).unwrap();
+            let want: Vec<u8> = view.iter().flatten().copied().collect();
+            assert_eq!(dst, want, "{shape:?}");
+        }
     }
 }

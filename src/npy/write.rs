@@ -213,7 +213,7 @@ struct Array<'a> {
 }
 
 fn check_writable(column: &ColumnArray) -> Result<Vec<u8>> {
-    NpyHeader::encode(column.dtype(), &column.shape())
+    NpyHeader::encode(&column.dtype(), &column.shape())
 }
 
 fn materialized_arrays(columns: &[ColumnArray]) -> Result<Vec<Array<'_>>> {
@@ -240,7 +240,7 @@ fn loader_arrays<'a>(table: &'a Table<'a>, batches: &'a Batches) -> Result<Vec<A
             shape.extend_from_slice(c.row_shape());
             Ok(Array {
                 name: c.name().to_string(),
-                header: NpyHeader::encode(c.dtype(), &shape)?,
+                header: NpyHeader::encode(&c.dtype(), &shape)?,
                 source: Source::Gather {
                     column: c,
                     indices: batches.indices().view(0, rows),
