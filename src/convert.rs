@@ -70,9 +70,13 @@ pub struct ConvertArgs {
     /// Number of ranks (with --rank).
     #[arg(long, requires = "rank")]
     pub world_size: Option<usize>,
-    /// Drop a short last batch (and, sharded, cut rather than pad the order).
+    /// Drop a short last batch (as PyTorch's `DataLoader(drop_last=True)`).
     #[arg(long)]
     pub drop_last: bool,
+    /// Sharded: cut the order to an even split across ranks instead of padding it by repeating
+    /// rows (as PyTorch's `DistributedSampler(drop_last=True)`).
+    #[arg(long)]
+    pub shard_drop_last: bool,
     /// Strategy: auto, preallocated, concat, per-batch, pinned (CUDA).
     #[arg(long, default_value = "auto")]
     pub strategy: Strategy,
@@ -206,7 +210,8 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
     }
     let mut loader = Loader::new(&table)
         .batch_size(args.batch)
-        .drop_last(args.drop_last);
+        .drop_last(args.drop_last)
+        .shard_drop_last(args.shard_drop_last);
     if args.shuffle {
         loader = loader.shuffle(args.seed);
     }
