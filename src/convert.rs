@@ -64,6 +64,12 @@ pub struct ConvertArgs {
     /// An explicit order: a 1-D int64/uint64/int32 `.npy` of row indices.
     #[arg(long, value_name = "ORDER.npy")]
     pub indices: Option<PathBuf>,
+    /// One rank of a distributed run: rank and world size from the launcher's environment
+    /// (torchrun, Slurm, Open MPI, MPICH; explicit --rank/--world-size win), this rank's shard
+    /// written to `DIR/part-RRRRR-of-WWWWW/` beside `DIR/manifest.json`; `arraydrain merge DIR`
+    /// puts the shards back together. With CUDA the device is the local rank.
+    #[arg(long, requires = "out_dir", conflicts_with_all = ["out", "save_order"])]
+    pub distributed: bool,
     /// This process's rank (with --world-size): PyTorch `DistributedSampler` sharding.
     #[arg(long, requires = "world_size")]
     pub rank: Option<usize>,
@@ -123,6 +129,8 @@ pub struct ConvertSummary {
     pub streamed: bool,
     /// The files written.
     pub outputs: Vec<PathBuf>,
+    /// With `--distributed`: where this process sat in the run.
+    pub placement: Option<crate::launcher::Placement>,
 }
 
 impl fmt::Display for ConvertSummary {
@@ -146,6 +154,9 @@ impl fmt::Display for ConvertSummary {
                 self.write.as_secs_f64()
             )
         };
+        if let Some(p) = &self.placement {
+            write!(f, "rank {} of {}: ", p.rank, p.world_size)?;
+        }
         write!(
             f,
             "{} rows, {:.1} MB in {:.3} s ({:.2} GB/s; {phases}), strategy {}, backend {}{} -> {}",
@@ -202,6 +213,14 @@ impl fmt::Display for ConvertSummary {
 /// [`Error::RankOutOfRange`], [`Error::IndexOutOfBounds`], [`Error::UnknownColumn`]), an
 /// unavailable strategy or backend, and output I/O errors. No output file is left behind.
 pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
+    if args.distributed {
+        return crate::shards::convert_distributed(args);
+    }
+    run_on(args, 0)
+}
+
+/// [`run`] without `--distributed`, on CUDA device `ordinal` when CUDA drains.
+pub(crate) fn run_on(args: &ConvertArgs, ordinal: usize) -> Result<ConvertSummary> {
     let started = Instant::now();
     let mut table = npy::read_table(&args.inputs)?;
     if let Some(names) = &args.columns {
@@ -243,7 +262,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
         .iter()
         .map(|s| s.bytes().map(|b| b as u64))
         .sum::<Result<u64>>()?;
-    let engine = open_engine(args.device, &table)?;
+    let engine = open_engine(args.device, ordinal, &table)?;
     let backend = if engine.is_some() {
         Backend::Cuda
     } else {
@@ -315,6 +334,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
             mapped: false,
             streamed: true,
             outputs,
+            placement: None,
         });
     }
     let bar = progress_bar(show, bytes, "drain");
@@ -376,6 +396,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
         mapped,
         streamed: false,
         outputs,
+        placement: None,
     })
 }
 
@@ -483,9 +504,13 @@ fn progress_bar(show: bool, total: u64, phase: &str) -> ProgressBar {
 /// CUDA, `cuda` fails when it cannot be used, `auto` uses it when it can and falls back to the
 /// CPU otherwise (no driver, no device, a build without the `cuda` feature, a table too large
 /// for the device).
-fn open_engine(device: Device, table: &Table<'_>) -> Result<Option<(CudaEngine, DeviceTable)>> {
+fn open_engine(
+    device: Device,
+    ordinal: usize,
+    table: &Table<'_>,
+) -> Result<Option<(CudaEngine, DeviceTable)>> {
     let open = || -> Result<(CudaEngine, DeviceTable)> {
-        let engine = CudaEngine::new(0)?;
+        let engine = CudaEngine::new(ordinal)?;
         let dev = engine.upload(table)?;
         Ok((engine, dev))
     };

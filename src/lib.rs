@@ -60,6 +60,8 @@ pub mod bench;
 #[allow(unsafe_code)]
 pub mod cuda;
 pub mod convert;
+pub mod launcher;
+pub mod shards;
 
 pub use batch::Batches;
 pub use drain::{drain, DrainOptions};

@@ -1,4 +1,4 @@
-//! The `arraydrain` command line: `info`, `bench` and `convert`.
+//! The `arraydrain` command line: `info`, `bench`, `convert` and `merge`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -16,6 +16,9 @@ fn main() -> ExitCode {
         Command::Info => info(),
         Command::Bench(args) => run_bench(args),
         Command::Convert(args) => arraydrain::convert::run(args)
+            .map(|summary| println!("{summary}"))
+            .map_err(Into::into),
+        Command::Merge(args) => arraydrain::shards::merge(args)
             .map(|summary| println!("{summary}"))
             .map_err(Into::into),
     };
@@ -40,13 +43,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Version, threads, and which backends are available.
+    /// Version, threads, which backends are available, and the rank this process would take in a
+    /// distributed run (from torchrun, Slurm, Open MPI or MPICH variables).
     Info,
     /// Drain a synthetic table (x: f32 [rows, dim], y: i64 [rows]) with every strategy, verify
     /// each output against a naive reference gather, and time it against same-run floors.
     Bench(BenchArgs),
     /// Convert `.npy` / `.npz` inputs into drained, reordered NumPy files.
     Convert(arraydrain::convert::ConvertArgs),
+    /// Check the shards of `convert --distributed` against their manifest and write them back
+    /// as one dataset, in the sampler's global order.
+    Merge(arraydrain::shards::MergeArgs),
 }
 
 /// Which backends to use.
@@ -101,6 +108,7 @@ fn info() -> CliResult {
     println!("backends:");
     println!("  cpu: available");
     println!("  cuda: {}", cuda_status());
+    println!("distributed: {}", arraydrain::shards::describe_placement());
     Ok(())
 }
 
