@@ -882,7 +882,12 @@ impl ShardSet {
     /// Writes column `index` in global order into `w` (the `.npy` data only, no header):
     /// output row `p` is row `p / world_size` of rank `p % world_size`'s part. Rows are gathered
     /// a few MiB at a time, in parallel, while the previous block is being written.
-    fn write_column(&self, index: usize, rows: usize, w: &mut (dyn Write + Send)) -> std::io::Result<()> {
+    fn write_column(
+        &self,
+        index: usize,
+        rows: usize,
+        w: &mut (dyn Write + Send),
+    ) -> std::io::Result<()> {
         let world = self.manifest.world_size;
         let sources: Vec<&[u8]> = self.parts.iter().map(|p| p[index].bytes()).collect();
         let row_bytes = self.parts.first().map_or(0, |p| p[index].row_bytes());
