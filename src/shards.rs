@@ -1020,8 +1020,8 @@ impl fmt::Display for MergeSummary {
 /// sampler order.
 ///
 /// # Errors
-/// As [`check`]; [`Error::Io`] for the outputs (nothing is left under the output names when it
-/// fails).
+/// As [`check`] (then nothing is written); [`Error::Io`] for the outputs (each output file is
+/// written under a temporary name and renamed when complete, so none is left truncated).
 pub fn merge(args: &MergeArgs) -> Result<MergeSummary> {
     let started = Instant::now();
     let set = check(&args.dir)?;
