@@ -3,7 +3,8 @@
   make N DIR                  x.npy (N x 4 float32, row i = 4i..4i+3) and y.npy (int64, y[i] = i)
   torch-perm N SEED OUT.npy   the base order torch's DistributedSampler(shuffle=True, seed=SEED)
                               draws in epoch 0, for `convert --indices`
-  check-torch SPEC.json       compares shards and merged outputs with torch.utils.data itself
+  check-torch SPECS.json      compares shards and merged outputs with torch.utils.data itself
+                              (a list of specs, one line "ok torch ..." each)
   check-order SPEC.json       compares a merged output with x[order] for an order given in a file
 
 check-torch: for each rank r, a DataLoader over TensorDataset(x, y) with a
@@ -105,7 +106,8 @@ def main():
         torch_perm(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     elif cmd == "check-torch":
         with open(sys.argv[2]) as f:
-            check_torch(json.load(f))
+            for spec in json.load(f):
+                check_torch(spec)
     elif cmd == "check-order":
         with open(sys.argv[2]) as f:
             check_order(json.load(f))
