@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::convert::{self, ConvertArgs, ConvertSummary};
+use crate::convert::{self, ConvertArgs, ConvertSummary, Device};
 use crate::error::{Error, Result};
 use crate::launcher::{self, Placement};
 use crate::npy::{self, NpyHeader, WriteOptions};
@@ -472,10 +472,23 @@ pub fn convert_distributed(args: &ConvertArgs) -> Result<ConvertSummary> {
         }
     };
     let placement = launcher::detect(args.rank, args.world_size)?;
-    let ordinal = launcher::cuda_ordinal(
-        placement.local_rank,
-        std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
-    )?;
+    // The CUDA device is the local rank; `--device auto` falls back to the CPU when that device
+    // cannot be named, as it does when CUDA cannot be used.
+    let mut device = args.device;
+    let ordinal = match device {
+        Device::Cpu => 0,
+        Device::Cuda | Device::Auto => match launcher::cuda_ordinal(
+            placement.local_rank,
+            std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+        ) {
+            Ok(o) => o,
+            Err(e) if device == Device::Cuda => return Err(e),
+            Err(_) => {
+                device = Device::Cpu;
+                0
+            }
+        },
+    };
     let manifest = Manifest::compute(&run_spec(args, placement.world_size)?)?;
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
 
@@ -506,18 +519,13 @@ pub fn convert_distributed(args: &ConvertArgs) -> Result<ConvertSummary> {
     if part_dir.exists() {
         return Err(part_exists(&part_dir));
     }
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::ManifestInvalid {
-        path: manifest_path.clone(),
-        reason: e.to_string(),
-    })?;
-    write_atomic(&manifest_path, text.as_bytes())?;
-
     let staging = tempfile::Builder::new()
         .prefix(&format!(".{}.", entry.dir))
         .tempdir_in(&out)
         .map_err(|e| Error::io(&out, e))?;
     let mut inner = args.clone();
     inner.distributed = false;
+    inner.device = device;
     inner.rank = Some(placement.rank);
     inner.world_size = Some(placement.world_size);
     inner.out_dir = Some(staging.path().to_path_buf());
@@ -559,6 +567,12 @@ pub fn convert_distributed(args: &ConvertArgs) -> Result<ConvertSummary> {
         reason: e.to_string(),
     })?;
     write_atomic(&staging.path().join(PART_RECORD), text.as_bytes())?;
+    // Every rank writes the same manifest (atomically), once its own part is ready.
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::ManifestInvalid {
+        path: manifest_path.clone(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(&manifest_path, text.as_bytes())?;
     // The part appears whole or not at all; renaming onto an existing (non-empty) part fails, so
     // a second process claiming this rank cannot replace the first one's part.
     if part_dir.exists() {

@@ -272,3 +272,104 @@ fn unfinished_parts_and_edited_manifests_are_refused() {
         Err(Error::ManifestInvalid { .. })
     ));
 }
+
+#[test]
+fn launcher_errors_fail_before_writing_anything() {
+    let d = Dir::new("shards-launcher");
+    let ins = inputs(&d.0, 10);
+    let out = d.0.join("out");
+    let run = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_arraydrain"));
+        for v in [
+            "RANK",
+            "WORLD_SIZE",
+            "LOCAL_RANK",
+            "OMPI_COMM_WORLD_RANK",
+            "OMPI_COMM_WORLD_SIZE",
+            "OMPI_COMM_WORLD_LOCAL_RANK",
+            "PMI_RANK",
+            "PMI_SIZE",
+            "MPI_LOCALRANKID",
+            "SLURM_PROCID",
+            "SLURM_NTASKS",
+            "SLURM_LOCALID",
+            "CUDA_VISIBLE_DEVICES",
+        ] {
+            c.env_remove(v);
+        }
+        c.arg("convert")
+            .args(&ins)
+            .args(["--distributed", "--quiet", "--out-dir"])
+            .arg(&out)
+            .args(extra)
+            .envs(env.iter().copied());
+        let o = c.output().unwrap();
+        assert!(!o.status.success(), "{env:?} succeeded");
+        assert!(!out.exists(), "{env:?} left {}", out.display());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = run(&[], &["--device", "cpu"]);
+    assert!(
+        e.contains("no launcher detected") && e.contains("SLURM_PROCID"),
+        "{e}"
+    );
+    let e = run(&[("RANK", "1")], &["--device", "cpu"]);
+    assert!(
+        e.contains("torchrun: RANK set but WORLD_SIZE missing"),
+        "{e}"
+    );
+    let e = run(
+        &[("PMI_RANK", "3"), ("PMI_SIZE", "3")],
+        &["--device", "cpu"],
+    );
+    assert!(e.contains("PMI_RANK=3, PMI_SIZE=3"), "{e}");
+    // The device of local rank 2 among two visible devices, when CUDA is required.
+    let e = run(
+        &[
+            ("RANK", "2"),
+            ("WORLD_SIZE", "3"),
+            ("LOCAL_RANK", "2"),
+            ("CUDA_VISIBLE_DEVICES", "0,1"),
+        ],
+        &["--device", "cuda"],
+    );
+    assert!(e.contains("CUDA_VISIBLE_DEVICES=0,1"), "{e}");
+    // Without an output folder, clap refuses.
+    let o = Command::new(env!("CARGO_BIN_EXE_arraydrain"))
+        .arg("convert")
+        .args(&ins)
+        .args(["--distributed", "--rank", "0", "--world-size", "1", "--out"])
+        .arg(d.0.join("x.npz"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(!d.0.join("x.npz").exists());
+}
+
+#[test]
+fn device_auto_falls_back_to_the_cpu_when_the_local_rank_has_no_device() {
+    let d = Dir::new("shards-auto");
+    let ins = inputs(&d.0, 10);
+    let out = d.0.join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_arraydrain"))
+        .arg("convert")
+        .args(&ins)
+        .args(["--distributed", "--quiet", "--device", "auto", "--out-dir"])
+        .arg(&out)
+        .env_remove("SLURM_PROCID")
+        .env_remove("OMPI_COMM_WORLD_RANK")
+        .env_remove("PMI_RANK")
+        .env("RANK", "2")
+        .env("WORLD_SIZE", "3")
+        .env("LOCAL_RANK", "2")
+        .env("CUDA_VISIBLE_DEVICES", "0,1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.starts_with("rank 2 of 3: 4 rows") && stdout.contains("backend cpu"),
+        "{stdout}"
+    );
+    assert!(out.join("part-00002-of-00003/x.npy").exists());
+}
