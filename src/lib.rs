@@ -23,7 +23,9 @@
 //! counter), `npy` (NumPy `.npy`/`.npz` in and out, memory-mapped output larger than RAM) with
 //! `mmap` beneath it, `cuda` (the device engine: `CudaEngine`, device tables, the gather kernel,
 //! pinned output), `bench` (the harness behind `arraydrain bench`) and `convert` (the
-//! `arraydrain convert` command). Unsafe code is denied crate-wide and allowed in exactly two
+//! `arraydrain convert` command); past one machine, `launcher` (rank, world size and local rank
+//! from torchrun, Slurm or MPI variables) and `shards` (each rank's part beside a manifest, and
+//! `arraydrain merge`). Unsafe code is denied crate-wide and allowed in exactly two
 //! modules, `cuda` and `mmap`, where every block carries a `// SAFETY:` comment.
 //!
 //! ```
