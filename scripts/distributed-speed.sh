@@ -3,8 +3,9 @@
 #  1. two ranks (RANK/WORLD_SIZE set by hand, as torchrun would) converting ROWS x DIM f32 + int64
 #     together with `convert --distributed`, against one process converting all of it;
 #  2. `merge` of their shards into a .npy folder, against `cp` of the same shard files.
-# Each figure is the best of REPEAT runs; outputs are removed between runs; everything stays in the
-# page cache (no fsync on either side).
+# Each figure is the best of REPEAT runs; outputs are removed between runs and `sync` flushes the
+# dirty pages before each timed command (outside its time), so that no command pays for writing
+# back another's output; no command fsyncs its own.
 # Usage: scripts/distributed-speed.sh [ROWS] [DIM] [REPEAT]   (defaults 1000000 128 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,12 +30,14 @@ best() { sort -g | head -1; }
 
 one() {
   rm -rf one
+  sync
   local t0; t0=$(now)
   "$bin" convert x.npy y.npy --out-dir one --device cpu --quiet >/dev/null
   echo "$(now) - $t0" | bc
 }
 two() {
   rm -rf sh
+  sync
   local t0; t0=$(now)
   RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 "$bin" convert x.npy y.npy --distributed --out-dir sh --device cpu --quiet >/dev/null &
   local a=$!
@@ -45,12 +48,14 @@ two() {
 }
 merge() {
   rm -rf merged
+  sync
   local t0; t0=$(now)
   "$bin" merge sh --out-dir merged >/dev/null
   echo "$(now) - $t0" | bc
 }
 copy() {
   rm -rf copied; mkdir copied
+  sync
   local t0; t0=$(now)
   cp sh/part-00000-of-00002/x.npy copied/x0.npy
   cp sh/part-00001-of-00002/x.npy copied/x1.npy

@@ -361,6 +361,12 @@ fn file_crc32(path: &Path) -> Result<(u64, u32)> {
 fn crc_of(header: &[u8], data: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(header);
+    h.combine(&crc_hasher(data));
+    h.finalize()
+}
+
+/// The CRC-32 state of `data`, hashed in parallel chunks and combined.
+fn crc_hasher(data: &[u8]) -> crc32fast::Hasher {
     let chunks: Vec<crc32fast::Hasher> = data
         .par_chunks(4 << 20)
         .map(|c| {
@@ -369,10 +375,11 @@ fn crc_of(header: &[u8], data: &[u8]) -> u32 {
             h
         })
         .collect();
+    let mut h = crc32fast::Hasher::new();
     for c in &chunks {
         h.combine(c);
     }
-    h.finalize()
+    h
 }
 
 fn writer_id() -> String {
@@ -728,6 +735,31 @@ pub struct ShardSet {
     pub manifest: Manifest,
     /// `parts[rank][column]`.
     parts: Vec<Vec<Column<'static>>>,
+    /// `sums[rank][column]`: what the file's CRC-32 must be (checked by [`check`], or by
+    /// [`merge`] while it reads the data anyway).
+    sums: Vec<Vec<FileSum>>,
+}
+
+/// A file's recorded CRC-32 and the CRC-32 state after its header.
+#[derive(Debug, Clone)]
+struct FileSum {
+    file: String,
+    header: crc32fast::Hasher,
+    expected: String,
+}
+
+impl FileSum {
+    /// The issue, if the file's data hashed to `data` does not give the recorded CRC-32.
+    fn verify(&self, data: &crc32fast::Hasher) -> Option<ShardIssue> {
+        let mut h = self.header.clone();
+        h.combine(data);
+        let got = format!("{:08x}", h.finalize());
+        (got != self.expected).then(|| ShardIssue::Checksum {
+            file: self.file.clone(),
+            expected: self.expected.clone(),
+            got,
+        })
+    }
 }
 
 /// Checks a shard folder against its manifest: every part present, finished, of this run and
@@ -737,6 +769,11 @@ pub struct ShardSet {
 /// [`Error::ManifestInvalid`] or [`Error::Io`] for the manifest; [`Error::ShardSetInvalid`]
 /// listing every problem found.
 pub fn check(dir: &Path) -> Result<ShardSet> {
+    check_set(dir, true)
+}
+
+/// [`check`], the checksums verified only when `verify_sums` (else by the caller, as it reads).
+fn check_set(dir: &Path, verify_sums: bool) -> Result<ShardSet> {
     let manifest = Manifest::read(dir)?;
     let w = manifest.world_size;
     let mut issues = Vec::new();
@@ -793,6 +830,7 @@ pub fn check(dir: &Path) -> Result<ShardSet> {
         }
     }
     let mut parts = Vec::with_capacity(w);
+    let mut sums = Vec::with_capacity(w);
     for entry in &manifest.parts {
         let Some(record) = records.get(&entry.dir) else {
             if !names.contains(&entry.dir) {
@@ -806,13 +844,21 @@ pub fn check(dir: &Path) -> Result<ShardSet> {
             continue; // reported as misplaced or claimed twice
         }
         let mut columns = Vec::new();
+        let mut part_sums = Vec::new();
         for (c, file) in manifest.columns.iter().zip(&entry.files) {
             match check_file(dir, file, c, entry.rows, record) {
-                Ok(col) => columns.push(col),
+                Ok((col, sum)) => {
+                    if verify_sums {
+                        issues.extend(sum.verify(&crc_hasher(col.bytes())));
+                    }
+                    columns.push(col);
+                    part_sums.push(sum);
+                }
                 Err(issue) => issues.push(issue),
             }
         }
         parts.push(columns);
+        sums.push(part_sums);
     }
     if !issues.is_empty() {
         return Err(Error::ShardSetInvalid {
@@ -820,7 +866,11 @@ pub fn check(dir: &Path) -> Result<ShardSet> {
             issues,
         });
     }
-    Ok(ShardSet { manifest, parts })
+    Ok(ShardSet {
+        manifest,
+        parts,
+        sums,
+    })
 }
 
 fn check_file(
@@ -829,7 +879,7 @@ fn check_file(
     c: &ColumnRecord,
     rows: usize,
     record: &PartRecord,
-) -> std::result::Result<Column<'static>, ShardIssue> {
+) -> std::result::Result<(Column<'static>, FileSum), ShardIssue> {
     let path = dir.join(file);
     let name = file_name(&path);
     let Some(rec) = record.files.iter().find(|f| f.name == name) else {
@@ -869,15 +919,16 @@ fn check_file(
     File::open(&path)
         .and_then(|mut f| f.read_exact(&mut header))
         .map_err(|e| bad(e.to_string()))?;
-    let crc = format!("{:08x}", crc_of(&header, col.bytes()));
-    if crc != rec.crc32 {
-        return Err(ShardIssue::Checksum {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&header);
+    Ok((
+        col,
+        FileSum {
             file: file.into(),
+            header: h,
             expected: rec.crc32.clone(),
-            got: crc,
-        });
-    }
-    Ok(col)
+        },
+    ))
 }
 
 impl ShardSet {
@@ -892,56 +943,89 @@ impl ShardSet {
 
     /// Writes column `index` in global order into `w` (the `.npy` data only, no header):
     /// output row `p` is row `p / world_size` of rank `p % world_size`'s part. Rows are gathered
-    /// a few MiB at a time, in parallel, while the previous block is being written.
+    /// a few MiB at a time, in parallel, while the previous block is being written; each part's
+    /// data is hashed as it is read (rows left out of the output too), so the checksums cost no
+    /// pass of their own. Returns the issues of files whose CRC-32 does not match.
     fn write_column(
         &self,
         index: usize,
         rows: usize,
         w: &mut (dyn Write + Send),
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Vec<ShardIssue>> {
         let world = self.manifest.world_size;
         let sources: Vec<&[u8]> = self.parts.iter().map(|p| p[index].bytes()).collect();
         let row_bytes = self.parts.first().map_or(0, |p| p[index].row_bytes());
-        if rows == 0 || row_bytes == 0 {
-            return Ok(());
+        let mut hashers = vec![crc32fast::Hasher::new(); world];
+        // Rows of each part hashed so far.
+        let mut hashed = vec![0usize; world];
+        if rows > 0 && row_bytes > 0 {
+            // A multiple of the world size, so a block takes the same rows from every part.
+            let block_rows = ((8usize << 20) / row_bytes / world).max(1) * world;
+            let gather = |buf: &mut Vec<u8>, start: usize| {
+                let end = (start + block_rows).min(rows);
+                buf.resize((end - start) * row_bytes, 0);
+                let sub = (1usize << 16).div_ceil(row_bytes).max(1);
+                buf.par_chunks_mut(sub * row_bytes)
+                    .enumerate()
+                    .for_each(|(k, chunk)| {
+                        for (j, dst) in chunk.chunks_exact_mut(row_bytes).enumerate() {
+                            let p = start + k * sub + j;
+                            let (rank, i) = (p % world, p / world);
+                            dst.copy_from_slice(&sources[rank][i * row_bytes..(i + 1) * row_bytes]);
+                        }
+                    });
+                // The rows just read, still in cache: rank r's rows below `(end - r) / world`.
+                hashers
+                    .par_iter_mut()
+                    .zip(hashed.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(r, (h, done))| {
+                        let upto = if end > r {
+                            (end - r).div_ceil(world)
+                        } else {
+                            0
+                        };
+                        let upto = upto.max(*done);
+                        h.update(&sources[r][*done * row_bytes..upto * row_bytes]);
+                        *done = upto;
+                    });
+            };
+            let mut gather = gather;
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            gather(&mut a, 0);
+            let mut start = 0;
+            while start < rows {
+                let next = start + block_rows;
+                let (written, ()) = rayon::join(
+                    || w.write_all(&a),
+                    || {
+                        if next < rows {
+                            gather(&mut b, next);
+                        }
+                    },
+                );
+                written?;
+                std::mem::swap(&mut a, &mut b);
+                start = next;
+            }
         }
-        let block_rows = ((8usize << 20) / row_bytes).max(world);
-        let gather = |buf: &mut Vec<u8>, start: usize| {
-            let end = (start + block_rows).min(rows);
-            buf.resize((end - start) * row_bytes, 0);
-            let sub = (1usize << 16).div_ceil(row_bytes).max(1);
-            buf.par_chunks_mut(sub * row_bytes)
-                .enumerate()
-                .for_each(|(k, chunk)| {
-                    for (j, dst) in chunk.chunks_exact_mut(row_bytes).enumerate() {
-                        let p = start + k * sub + j;
-                        let (rank, i) = (p % world, p / world);
-                        dst.copy_from_slice(&sources[rank][i * row_bytes..(i + 1) * row_bytes]);
-                    }
-                });
-        };
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        gather(&mut a, 0);
-        let mut start = 0;
-        while start < rows {
-            let next = start + block_rows;
-            let (written, ()) = rayon::join(
-                || w.write_all(&a),
-                || {
-                    if next < rows {
-                        gather(&mut b, next);
-                    }
-                },
-            );
-            written?;
-            std::mem::swap(&mut a, &mut b);
-            start = next;
+        // Rows not in the output (the padding, when it is dropped) are checked too.
+        let mut issues = Vec::new();
+        for (r, (h, done)) in hashers.iter_mut().zip(&hashed).enumerate() {
+            h.update(&sources[r][(*done * row_bytes).min(sources[r].len())..]);
+            issues.extend(self.sums[r][index].verify(h));
         }
-        Ok(())
+        Ok(issues)
     }
 
-    /// Writes column `index` as a `.npy` file at `path` (atomically).
-    fn write_npy(&self, index: usize, rows: usize, path: &Path) -> Result<()> {
+    /// Writes column `index` as a `.npy` file to be renamed to `path` (by the caller, once every
+    /// checksum has matched), with the checksum issues found while reading.
+    fn write_npy(
+        &self,
+        index: usize,
+        rows: usize,
+        path: &Path,
+    ) -> Result<(tempfile::NamedTempFile, Vec<ShardIssue>)> {
         let c = &self.manifest.columns[index];
         let col = &self.parts[0][index];
         let mut shape = vec![rows];
@@ -953,15 +1037,16 @@ impl ShardSet {
             .suffix(".tmp")
             .tempfile_in(dir)
             .map_err(|e| Error::io(dir, e))?;
-        {
+        let issues = {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-            out.write_all(&header)
+            let issues = out
+                .write_all(&header)
                 .and_then(|()| self.write_column(index, rows, &mut out))
-                .and_then(|()| out.flush())
                 .map_err(|e| Error::io(path, e))?;
-        }
-        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-        Ok(())
+            out.flush().map_err(|e| Error::io(path, e))?;
+            issues
+        };
+        Ok((tmp, issues))
     }
 }
 
@@ -998,7 +1083,8 @@ pub struct MergeSummary {
     pub padding_dropped: usize,
     /// Output bytes (array data).
     pub bytes: u64,
-    /// Time spent checking (sizes, headers, checksums).
+    /// Time spent checking the manifest, the parts' records, sizes and headers (the checksums
+    /// are verified while the data is read for the output).
     pub check: Duration,
     /// Wall time.
     pub elapsed: Duration,
@@ -1035,7 +1121,8 @@ impl fmt::Display for MergeSummary {
 /// written under a temporary name and renamed when complete, so none is left truncated).
 pub fn merge(args: &MergeArgs) -> Result<MergeSummary> {
     let started = Instant::now();
-    let set = check(&args.dir)?;
+    // Everything but the checksums, which are verified while the data is read for the output.
+    let set = check_set(&args.dir, false)?;
     let checked = started.elapsed();
     let rows = set.rows(args.keep_padding);
     let names: Vec<String> = set
@@ -1048,16 +1135,42 @@ pub fn merge(args: &MergeArgs) -> Result<MergeSummary> {
         .parts
         .first()
         .map_or(0, |p| p.iter().map(|c| (c.row_bytes() * rows) as u64).sum());
+    let refuse = |issues: Vec<ShardIssue>| -> Result<()> {
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::ShardSetInvalid {
+                dir: args.dir.clone(),
+                issues,
+            })
+        }
+    };
     let outputs = match (&args.out_dir, &args.out) {
         (Some(dir), _) => {
+            let created = !dir.exists();
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            let mut files = Vec::new();
-            for (i, n) in names.iter().enumerate() {
-                let path = dir.join(format!("{n}.npy"));
-                set.write_npy(i, rows, &path)?;
-                files.push(path);
+            let written = (|| -> Result<Vec<PathBuf>> {
+                let mut temps = Vec::new();
+                let mut issues = Vec::new();
+                for (i, n) in names.iter().enumerate() {
+                    let path = dir.join(format!("{n}.npy"));
+                    let (tmp, found) = set.write_npy(i, rows, &path)?;
+                    issues.extend(found);
+                    temps.push((tmp, path));
+                }
+                refuse(issues)?;
+                let mut files = Vec::new();
+                for (tmp, path) in temps {
+                    tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+                    files.push(path);
+                }
+                Ok(files)
+            })();
+            if written.is_err() && created {
+                // Only an empty folder is removed: one this run made and left nothing in.
+                let _ = std::fs::remove_dir(dir);
             }
-            files
+            written?
         }
         (None, Some(path)) if args.mmap => {
             let parent = path.parent().unwrap_or(Path::new("."));
@@ -1066,24 +1179,32 @@ pub fn merge(args: &MergeArgs) -> Result<MergeSummary> {
                 .tempdir_in(parent)
                 .map_err(|e| Error::io(parent, e))?;
             let mut files = Vec::new();
+            let mut issues = Vec::new();
             for (i, n) in names.iter().enumerate() {
                 let file = staging.path().join(format!("{n}.npy"));
-                set.write_npy(i, rows, &file)?;
+                let (tmp, found) = set.write_npy(i, rows, &file)?;
+                issues.extend(found);
+                tmp.persist(&file).map_err(|e| Error::io(&file, e.error))?;
                 files.push((n.clone(), file));
             }
+            refuse(issues)?;
             npy::pack_npz(path, &files, &WriteOptions::new())?;
             vec![path.clone()]
         }
         (None, Some(path)) => {
             let mut columns = Vec::new();
+            let mut issues = Vec::new();
             for (i, n) in names.iter().enumerate() {
                 let src = &set.parts[0][i];
                 let mut col =
                     crate::output::ColumnArray::zeroed(n, src.dtype(), src.row_shape(), rows)?;
-                set.write_column(i, rows, &mut std::io::Cursor::new(col.as_bytes_mut()))
+                let found = set
+                    .write_column(i, rows, &mut std::io::Cursor::new(col.as_bytes_mut()))
                     .map_err(|e| Error::io(path, e))?;
+                issues.extend(found);
                 columns.push(col);
             }
+            refuse(issues)?;
             npy::write_npz(path, &columns, &WriteOptions::new())?;
             vec![path.clone()]
         }

@@ -178,6 +178,39 @@ fn a_truncated_or_flipped_file_is_named() {
         "{found:?}"
     );
     merge_fails(&dir, &["part-00000-of-00003/y.npy: CRC-32", "corrupt"]);
+
+    // A changed byte in a row that the merge leaves out (rank 2's last row is position 11, the
+    // sampler's padding) is caught too, and by every kind of output.
+    let dir = shards(&d.0, "flip-padding", &[]);
+    let x2 = dir.join("part-00002-of-00003/x.npy");
+    let mut bytes = std::fs::read(&x2).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&x2, &bytes).unwrap();
+    merge_fails(&dir, &["part-00002-of-00003/x.npy: CRC-32"]);
+    for extra in [&[][..], &["--mmap"][..]] {
+        let npz = d.0.join("flip-padding.npz");
+        let o = Command::new(env!("CARGO_BIN_EXE_arraydrain"))
+            .arg("merge")
+            .arg(&dir)
+            .arg("--out")
+            .arg(&npz)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("part-00002-of-00003/x.npy: CRC-32"),
+            "{err}"
+        );
+        assert!(!npz.exists());
+        let left: Vec<_> = std::fs::read_dir(&d.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
 
 #[test]
