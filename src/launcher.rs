@@ -21,6 +21,32 @@
 //!
 //! With CUDA the device is the local rank, counted within `CUDA_VISIBLE_DEVICES` when it is set
 //! (see [`cuda_ordinal`]).
+//!
+//! From Rust, a rank's shard is a loader option; [`detect`] reads the process's environment,
+//! [`resolve`] any map of variables:
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use arraydrain::{launcher, Loader, Strategy, Table};
+//! use ndarray::Array1;
+//!
+//! // What `torchrun --nproc_per_node=3` gives its third process.
+//! let env: BTreeMap<String, String> = [("RANK", "2"), ("WORLD_SIZE", "3"), ("LOCAL_RANK", "2")]
+//!     .into_iter()
+//!     .map(|(k, v)| (k.to_string(), v.to_string()))
+//!     .collect();
+//! let place = launcher::resolve(None, None, &env)?;
+//! assert_eq!((place.rank, place.world_size, place.local_rank), (2, 3, Some(2)));
+//!
+//! let y = Array1::from_iter(0..10i64);
+//! let table = Table::builder().view("y", y.view()).build()?;
+//! let out = Loader::new(&table)
+//!     .batch_size(2)
+//!     .shard(place.rank, place.world_size) // DistributedSampler(num_replicas=3, rank=2)
+//!     .materialize(Strategy::Auto)?;
+//! assert_eq!(out.view::<i64>("y")?.as_slice(), Some(&[2i64, 5, 8, 1][..]));
+//! # Ok::<(), arraydrain::Error>(())
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;

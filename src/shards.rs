@@ -1240,7 +1240,7 @@ pub fn describe_placement() -> String {
             .map_or_else(|e| e.to_string(), |d| format!("CUDA device {d}"));
             format!("{p}; {device}")
         }
-        Err(e) => format!("not detected ({e})"),
+        Err(e) => e.to_string(),
     }
 }
 
