@@ -316,16 +316,43 @@ impl Manifest {
                 m.run_id
             )));
         }
-        if m.parts.len() != m.world_size
-            || m.parts.iter().enumerate().any(|(r, p)| {
-                p.rank != r
-                    || p.dir != part_name(r, m.world_size)
-                    || p.files.len() != m.columns.len()
-            })
-        {
-            return Err(invalid("its parts do not match its world size".into()));
+        // Every derived field (parts, files, row counts) must be what the run's inputs give, and
+        // every column name a plain file name: a manifest is a file, and files are untrusted.
+        for c in &m.columns {
+            let n = c.name.as_str();
+            if n.is_empty() || n == "." || n == ".." || n.contains(['/', '\\', '\0']) {
+                return Err(invalid(format!(
+                    "column name {n:?} is not a plain file name"
+                )));
+            }
         }
-        Ok(m)
+        let order_kind = match m.order.kind.as_str() {
+            "sequential" => "sequential",
+            "shuffle" => "shuffle",
+            "indices" => "indices",
+            other => return Err(invalid(format!("unknown order kind {other:?}"))),
+        };
+        let spec = RunSpec {
+            world_size: m.world_size,
+            table_rows: m.table_rows,
+            order_kind,
+            seed: m.order.seed,
+            indices_file: m.order.indices_file.clone(),
+            order_length: m.order.length,
+            shard_drop_last: m.order.shard_drop_last,
+            batch_size: m.batch.batch_size,
+            drop_last: m.batch.drop_last,
+            columns: m.columns.clone(),
+            inputs: m.inputs.clone(),
+        };
+        match Manifest::compute(&spec) {
+            Ok(expected) if expected == m => Ok(m),
+            Ok(_) => Err(invalid(
+                "its parts or row counts are not those of its world size, order and batching"
+                    .into(),
+            )),
+            Err(e) => Err(invalid(e.to_string())),
+        }
     }
 }
 
@@ -350,7 +377,12 @@ fn file_crc32(path: &Path) -> Result<(u64, u32)> {
         .len();
     let col = npy::read_npy(path)?;
     let data = col.bytes();
-    let header_len = len - data.len() as u64;
+    let header_len = len
+        .checked_sub(data.len() as u64)
+        .ok_or_else(|| Error::BadFile {
+            path: path.to_path_buf(),
+            reason: "changed while being read".into(),
+        })?;
     let mut header = vec![0u8; header_len as usize];
     File::open(path)
         .and_then(|mut f| f.read_exact(&mut header))
@@ -914,7 +946,9 @@ fn check_file(
             c.row_shape
         )));
     }
-    let header_len = len as usize - col.bytes().len();
+    let header_len = (len as usize)
+        .checked_sub(col.bytes().len())
+        .ok_or_else(|| bad("changed while being read".into()))?;
     let mut header = vec![0u8; header_len];
     File::open(&path)
         .and_then(|mut f| f.read_exact(&mut header))
@@ -1218,7 +1252,7 @@ pub fn merge(args: &MergeArgs) -> Result<MergeSummary> {
     Ok(MergeSummary {
         parts: set.manifest.world_size,
         rows,
-        padding_dropped: set.manifest.rows_with_padding - rows,
+        padding_dropped: set.manifest.rows_with_padding.saturating_sub(rows),
         bytes,
         check: checked,
         elapsed: started.elapsed(),
@@ -1335,6 +1369,48 @@ mod tests {
         let a = Manifest::compute(&seeded).unwrap();
         seeded.seed = Some(2);
         assert_ne!(a.run_id, Manifest::compute(&seeded).unwrap().run_id);
+    }
+
+    #[test]
+    fn a_manifest_whose_derived_fields_were_rewritten_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |m: &Manifest| {
+            let mut m = m.clone();
+            m.run_id = m.content_id(); // rehashed, as a careful forger would
+            std::fs::write(
+                dir.path().join(MANIFEST),
+                serde_json::to_string(&m).unwrap(),
+            )
+            .unwrap();
+        };
+        let good = Manifest::compute(&spec(10, 3, false, 2, false)).unwrap();
+        write(&good);
+        assert_eq!(Manifest::read(dir.path()).unwrap(), good);
+        let reasons = |m: Manifest| {
+            write(&m);
+            match Manifest::read(dir.path()) {
+                Err(Error::ManifestInvalid { reason, .. }) => reason,
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut m = good.clone();
+        m.merged_rows = 12;
+        assert!(reasons(m).contains("row counts"));
+        let mut m = good.clone();
+        m.parts[1].rows = 5;
+        assert!(reasons(m).contains("row counts"));
+        let mut m = good.clone();
+        m.parts[0].files[0] = "../../elsewhere/x.npy".into();
+        assert!(reasons(m).contains("row counts"));
+        let mut m = good.clone();
+        m.columns[0].name = "../x".into();
+        assert!(reasons(m).contains("not a plain file name"));
+        let mut m = good.clone();
+        m.order.kind = "random".into();
+        assert!(reasons(m).contains("unknown order kind"));
+        let mut m = good;
+        m.batch.batch_size = 0;
+        assert!(reasons(m).contains("batch_size"));
     }
 
     #[test]
