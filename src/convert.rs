@@ -251,7 +251,7 @@ pub(crate) fn run_on(args: &ConvertArgs, ordinal: usize) -> Result<ConvertSummar
     })?;
     let specs = loader.output_specs()?;
     for s in &specs {
-        if npy::descr(s.dtype).is_none() {
+        if npy::descr(&s.dtype).is_none() {
             return Err(Error::UnsupportedDType {
                 descr: format!("{} (column {:?}; NumPy has no such dtype)", s.dtype, s.name),
             });

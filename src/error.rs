@@ -163,7 +163,15 @@ pub enum Error {
 
     // ---- typed access -------------------------------------------------------------------------
     /// A column was read as a Rust type that does not match its dtype.
-    #[error("column {column:?} holds {actual}, not {requested}")]
+    #[error(
+        "column {column:?} holds {actual}, not {requested}{}",
+        if actual.is_opaque() {
+            " (an opaque dtype is read as raw row bytes with its descriptor, never through a \
+             typed view; a big-endian column keeps its byte order)"
+        } else {
+            ""
+        }
+    )]
     DTypeMismatch {
         /// The column.
         column: String,
@@ -185,6 +193,16 @@ pub enum Error {
     UnsupportedDType {
         /// The descriptor (NumPy `descr`, or a Rust type name).
         descr: String,
+    },
+
+    /// A NumPy dtype descriptor that cannot be carried: it holds Python objects, or it is not a
+    /// descriptor NumPy would read (or one of the spellings arraydrain does not size).
+    #[error("dtype descriptor {descr}: {reason}")]
+    BadDescriptor {
+        /// The descriptor's text, quoted and cut to a readable length.
+        descr: String,
+        /// Why it cannot be carried.
+        reason: String,
     },
 
     // ---- streams of batches -------------------------------------------------------------------
@@ -294,6 +312,17 @@ pub enum Error {
         bytes: u64,
         /// What the memory was for.
         what: String,
+    },
+    /// A device column the engine cannot order its own work after: made in a non-primary
+    /// context or another context than the engine's, or on the per-thread default stream (whose
+    /// handle means "this thread's stream" to whichever thread uses it, so the engine cannot
+    /// wait for the producer's work).
+    #[error("device column {column:?} cannot be used by the engine: {reason}")]
+    UnorderableColumn {
+        /// The column.
+        column: String,
+        /// Why.
+        reason: String,
     },
     /// A device buffer belongs to another device than the engine's.
     #[error("a buffer of device {got} was given to the engine of device {expected}")]

@@ -6,15 +6,16 @@
 //!
 //! 1. [`Table`] (`table`, `dtype`): named columns sharing one row count; each a [`DType`] and a
 //!    row shape over contiguous row-major bytes — borrowed from `ndarray` views, owned, or
-//!    memory-mapped. Validated once, at construction.
+//!    memory-mapped. Validated once, at construction. A dtype is numeric (viewed as a Rust
+//!    type) or opaque: any other fixed-size NumPy dtype, carried as bytes with its descriptor.
 //! 2. [`Order`] and [`Shard`] (`sampler`): sequential, a seeded shuffle, explicit indices, and
 //!    PyTorch `DistributedSampler` sharding, resolved into validated [`Indices`].
 //! 3. [`Batches`] (`batch`): `batch_size` and `drop_last`, pure arithmetic over the indices.
 //! 4. Gather (`gather`): the [`Strategy`]s — the classic `Concat` and `PerBatch` recipes, the
 //!    parallel `Preallocated` gather straight into the output, and on CUDA the `Pinned` engine
 //!    (gather kernel + asynchronous copies into pinned output).
-//! 5. [`Materialized`] (`output`): one array per column, read through typed `ndarray` views,
-//!    with a [`Report`] of rows, bytes, time and the peak bytes the strategy allocated.
+//! 5. [`Materialized`] (`output`): one array per column, read through typed `ndarray` views
+//!    (opaque columns as raw row bytes), with a [`Report`] of rows, bytes, time and the peak bytes the strategy allocated.
 //!
 //! Two ways in: a [`Loader`] over an indexable table (iterate it like a `DataLoader`, or
 //! `materialize` it), and [`drain()`] over any iterator of [`Batch`]es.
@@ -67,7 +68,7 @@ pub mod shards;
 
 pub use batch::Batches;
 pub use drain::{drain, DrainOptions};
-pub use dtype::{DType, Element};
+pub use dtype::{DType, Element, Opaque};
 pub use error::{Error, Result};
 pub use gather::Strategy;
 pub use loader::{BatchIter, Loader, OutputSpec};

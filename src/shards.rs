@@ -439,15 +439,15 @@ fn run_spec(args: &ConvertArgs, world_size: usize) -> Result<RunSpec> {
         .map(|c| {
             Ok(ColumnRecord {
                 name: c.name().to_string(),
-                dtype: npy::descr(c.dtype())
+                dtype: npy::descr(&c.dtype())
+                    .map(|d| d.into_owned())
                     .ok_or_else(|| Error::UnsupportedDType {
                         descr: format!(
                             "{} (column {:?}; NumPy has no such dtype)",
                             c.dtype(),
                             c.name()
                         ),
-                    })?
-                    .to_string(),
+                    })?,
                 row_shape: c.row_shape().to_vec(),
             })
         })
@@ -936,7 +936,7 @@ fn check_file(
         reason,
     };
     let col = npy::read_npy(&path).map_err(|e| bad(e.to_string()))?;
-    let descr = npy::descr(col.dtype()).unwrap_or("?");
+    let descr = npy::descr(&col.dtype()).map_or_else(|| "?".to_string(), |d| d.into_owned());
     if descr != c.dtype || col.row_shape() != c.row_shape.as_slice() || col.rows() != rows {
         return Err(bad(format!(
             "holds {descr} {:?} x {} rows; the manifest says {} {:?} x {rows} rows",
@@ -1064,7 +1064,7 @@ impl ShardSet {
         let col = &self.parts[0][index];
         let mut shape = vec![rows];
         shape.extend_from_slice(&c.row_shape);
-        let header = NpyHeader::encode(col.dtype(), &shape)?;
+        let header = NpyHeader::encode(&col.dtype(), &shape)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let tmp = tempfile::Builder::new()
             .prefix(".arraydrain-")

@@ -195,9 +195,9 @@ impl<'a> Column<'a> {
         &self.name
     }
 
-    /// Element type.
+    /// Element type (a cheap clone: an opaque dtype's descriptor is shared).
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.dtype.clone()
     }
 
     /// Shape of one row (`[]` for scalar rows such as labels).
