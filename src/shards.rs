@@ -94,6 +94,9 @@ pub struct OrderRecord {
     pub seed: Option<u64>,
     /// The explicit order's file name.
     pub indices_file: Option<String>,
+    /// CRC-32 of the explicit order's file (8 hex digits), so that runs with different orders
+    /// of the same size are told apart.
+    pub indices_crc32: Option<String>,
     /// Length of the base order, before sharding.
     pub length: usize,
     /// `DistributedSampler(drop_last=)`: the order was cut to an even split.
@@ -192,6 +195,8 @@ pub struct RunSpec {
     pub seed: Option<u64>,
     /// The explicit order's file name.
     pub indices_file: Option<String>,
+    /// CRC-32 of the explicit order's file.
+    pub indices_crc32: Option<String>,
     /// Length of the base order.
     pub order_length: usize,
     /// `DistributedSampler(drop_last=)`.
@@ -258,6 +263,7 @@ impl Manifest {
                 kind: spec.order_kind.into(),
                 seed: spec.seed,
                 indices_file: spec.indices_file.clone(),
+                indices_crc32: spec.indices_crc32.clone(),
                 length: n,
                 shard_drop_last: spec.shard_drop_last,
                 padding_repeats_rows: padded_total > n,
@@ -338,6 +344,7 @@ impl Manifest {
             order_kind,
             seed: m.order.seed,
             indices_file: m.order.indices_file.clone(),
+            indices_crc32: m.order.indices_crc32.clone(),
             order_length: m.order.length,
             shard_drop_last: m.order.shard_drop_last,
             batch_size: m.batch.batch_size,
@@ -460,20 +467,19 @@ fn run_spec(args: &ConvertArgs, world_size: usize) -> Result<RunSpec> {
             bytes,
         });
     }
-    let (order_kind, seed, indices_file, order_length) = match &args.indices {
+    let (order_kind, seed, indices_file, indices_crc32, order_length) = match &args.indices {
         Some(path) => {
             let n = npy::read_indices(path)?.len();
-            let bytes = std::fs::metadata(path)
-                .map_err(|e| Error::io(path, e))?
-                .len();
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             inputs.push(InputRecord {
                 name: file_name(path),
-                bytes,
+                bytes: bytes.len() as u64,
             });
-            ("indices", None, Some(file_name(path)), n)
+            let crc = format!("{:08x}", crc32fast::hash(&bytes));
+            ("indices", None, Some(file_name(path)), Some(crc), n)
         }
-        None if args.shuffle => ("shuffle", Some(args.seed), None, table.rows()),
-        None => ("sequential", None, None, table.rows()),
+        None if args.shuffle => ("shuffle", Some(args.seed), None, None, table.rows()),
+        None => ("sequential", None, None, None, table.rows()),
     };
     Ok(RunSpec {
         world_size,
@@ -481,6 +487,7 @@ fn run_spec(args: &ConvertArgs, world_size: usize) -> Result<RunSpec> {
         order_kind,
         seed,
         indices_file,
+        indices_crc32,
         order_length,
         shard_drop_last: args.shard_drop_last,
         batch_size: args.batch,
@@ -1289,6 +1296,7 @@ mod tests {
             order_kind: "sequential",
             seed: None,
             indices_file: None,
+            indices_crc32: None,
             order_length: n,
             shard_drop_last,
             batch_size: batch,
@@ -1369,6 +1377,14 @@ mod tests {
         let a = Manifest::compute(&seeded).unwrap();
         seeded.seed = Some(2);
         assert_ne!(a.run_id, Manifest::compute(&seeded).unwrap().run_id);
+        // Explicit orders of the same file name and size, different content.
+        let mut explicit = spec(10, 3, false, 2, false);
+        explicit.order_kind = "indices";
+        explicit.indices_file = Some("order.npy".into());
+        explicit.indices_crc32 = Some("0badf00d".into());
+        let a = Manifest::compute(&explicit).unwrap();
+        explicit.indices_crc32 = Some("12345678".into());
+        assert_ne!(a.run_id, Manifest::compute(&explicit).unwrap().run_id);
     }
 
     #[test]
