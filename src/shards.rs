@@ -134,6 +134,9 @@ pub struct InputRecord {
     pub name: String,
     /// Size in bytes.
     pub bytes: u64,
+    /// CRC-32 of its first and last MiB (the whole file when smaller), 8 hex digits: a cheap
+    /// fingerprint that tells regenerated inputs of the same size apart.
+    pub sample_crc32: String,
 }
 
 /// One rank's part.
@@ -421,6 +424,27 @@ fn crc_hasher(data: &[u8]) -> crc32fast::Hasher {
     h
 }
 
+/// A file's size and the CRC-32 of its first and last MiB.
+fn sample_crc(path: &Path) -> Result<(u64, String)> {
+    const EDGE: u64 = 1 << 20;
+    let io = |e| Error::io(path, e);
+    let mut f = File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; len.min(EDGE) as usize];
+    f.read_exact(&mut buf).map_err(io)?;
+    h.update(&buf);
+    if len > EDGE {
+        use std::io::{Seek, SeekFrom};
+        let tail = (len - EDGE).max(EDGE);
+        buf.resize((len - tail) as usize, 0);
+        f.seek(SeekFrom::Start(tail)).map_err(io)?;
+        f.read_exact(&mut buf).map_err(io)?;
+        h.update(&buf);
+    }
+    Ok((len, format!("{:08x}", h.finalize())))
+}
+
 fn writer_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -461,10 +485,11 @@ fn run_spec(args: &ConvertArgs, world_size: usize) -> Result<RunSpec> {
         .collect::<Result<Vec<_>>>()?;
     let mut inputs = Vec::new();
     for p in &args.inputs {
-        let bytes = std::fs::metadata(p).map_err(|e| Error::io(p, e))?.len();
+        let (bytes, sample_crc32) = sample_crc(p)?;
         inputs.push(InputRecord {
             name: file_name(p),
             bytes,
+            sample_crc32,
         });
     }
     let (order_kind, seed, indices_file, indices_crc32, order_length) = match &args.indices {
@@ -474,6 +499,7 @@ fn run_spec(args: &ConvertArgs, world_size: usize) -> Result<RunSpec> {
             inputs.push(InputRecord {
                 name: file_name(path),
                 bytes: bytes.len() as u64,
+                sample_crc32: sample_crc(path)?.1,
             });
             let crc = format!("{:08x}", crc32fast::hash(&bytes));
             ("indices", None, Some(file_name(path)), Some(crc), n)
@@ -1427,6 +1453,33 @@ mod tests {
         let mut m = good;
         m.batch.batch_size = 0;
         assert!(reasons(m).contains("batch_size"));
+    }
+
+    #[test]
+    fn input_fingerprints_see_the_head_and_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        let small: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        std::fs::write(&path, &small).unwrap();
+        let (len, crc) = sample_crc(&path).unwrap();
+        assert_eq!(
+            (len, crc),
+            (1000, format!("{:08x}", crc32fast::hash(&small)))
+        );
+        for size in [(1usize << 20) + 10, 5 << 20] {
+            let mut big: Vec<u8> = (0..size).map(|i| (i * 31) as u8).collect();
+            std::fs::write(&path, &big).unwrap();
+            let (_, before) = sample_crc(&path).unwrap();
+            let last = big.len() - 1;
+            big[last] ^= 1;
+            std::fs::write(&path, &big).unwrap();
+            let (_, after) = sample_crc(&path).unwrap();
+            assert_ne!(before, after, "{size}");
+            big[0] ^= 1;
+            big[last] ^= 1;
+            std::fs::write(&path, &big).unwrap();
+            assert_ne!(sample_crc(&path).unwrap().1, before, "{size}");
+        }
     }
 
     #[test]
