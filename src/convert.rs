@@ -72,15 +72,25 @@ pub struct ConvertArgs {
     /// An explicit order: a 1-D int64/uint64/int32 `.npy` of row indices.
     #[arg(long, value_name = "ORDER.npy")]
     pub indices: Option<PathBuf>,
+    /// One rank of a distributed run: rank and world size from the launcher's environment
+    /// (torchrun, Slurm, Open MPI, MPICH; explicit --rank/--world-size win), this rank's shard
+    /// written to `DIR/part-RRRRR-of-WWWWW/` beside `DIR/manifest.json`; `arraydrain merge DIR`
+    /// puts the shards back together. With CUDA the device is the local rank.
+    #[arg(long, requires = "out_dir", conflicts_with_all = ["out", "save_order"])]
+    pub distributed: bool,
     /// This process's rank (with --world-size): PyTorch `DistributedSampler` sharding.
     #[arg(long, requires = "world_size")]
     pub rank: Option<usize>,
     /// Number of ranks (with --rank).
     #[arg(long, requires = "rank")]
     pub world_size: Option<usize>,
-    /// Drop a short last batch (and, sharded, cut rather than pad the order).
+    /// Drop a short last batch (as PyTorch's `DataLoader(drop_last=True)`).
     #[arg(long)]
     pub drop_last: bool,
+    /// Sharded: cut the order to an even split across ranks instead of padding it by repeating
+    /// rows (as PyTorch's `DistributedSampler(drop_last=True)`).
+    #[arg(long)]
+    pub shard_drop_last: bool,
     /// Strategy: auto, preallocated, concat, per-batch, pinned (CUDA).
     #[arg(long, default_value = "auto")]
     pub strategy: Strategy,
@@ -127,6 +137,8 @@ pub struct ConvertSummary {
     pub streamed: bool,
     /// The files written.
     pub outputs: Vec<PathBuf>,
+    /// With `--distributed`: where this process sat in the run.
+    pub placement: Option<crate::launcher::Placement>,
 }
 
 impl fmt::Display for ConvertSummary {
@@ -150,6 +162,9 @@ impl fmt::Display for ConvertSummary {
                 self.write.as_secs_f64()
             )
         };
+        if let Some(p) = &self.placement {
+            write!(f, "rank {} of {}: ", p.rank, p.world_size)?;
+        }
         write!(
             f,
             "{} rows, {:.1} MB in {:.3} s ({:.2} GB/s; {phases}), strategy {}, backend {}{} -> {}",
@@ -206,6 +221,14 @@ impl fmt::Display for ConvertSummary {
 /// [`Error::RankOutOfRange`], [`Error::IndexOutOfBounds`], [`Error::UnknownColumn`]), an
 /// unavailable strategy or backend, and output I/O errors. No output file is left behind.
 pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
+    if args.distributed {
+        return crate::shards::convert_distributed(args);
+    }
+    run_on(args, 0)
+}
+
+/// [`run`] without `--distributed`, on CUDA device `ordinal` when CUDA drains.
+pub(crate) fn run_on(args: &ConvertArgs, ordinal: usize) -> Result<ConvertSummary> {
     let started = Instant::now();
     if args.compress && args.out.is_none() {
         return Err(Error::ConflictingOptions {
@@ -223,7 +246,8 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
     }
     let mut loader = Loader::new(&table)
         .batch_size(args.batch)
-        .drop_last(args.drop_last);
+        .drop_last(args.drop_last)
+        .shard_drop_last(args.shard_drop_last);
     check_index_memory(args, table.rows())?;
     if args.shuffle {
         loader = loader.shuffle(args.seed);
@@ -259,7 +283,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
                 what: "the output".into(),
             })
     })?;
-    let engine = open_engine(args.device, &table)?;
+    let engine = open_engine(args.device, ordinal, &table)?;
     let backend = if engine.is_some() {
         Backend::Cuda
     } else {
@@ -321,6 +345,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
             mapped: false,
             streamed: true,
             outputs,
+            placement: None,
         });
     }
     let bar = progress_bar(show, bytes, "drain");
@@ -380,6 +405,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
         mapped,
         streamed: false,
         outputs,
+        placement: None,
     })
 }
 
@@ -615,9 +641,13 @@ fn progress_bar(show: bool, total: u64, phase: &str) -> ProgressBar {
 /// CUDA, `cuda` fails when it cannot be used, `auto` uses it when it can and falls back to the
 /// CPU otherwise (no driver, no device, a build without the `cuda` feature, a table too large
 /// for the device).
-fn open_engine(device: Device, table: &Table<'_>) -> Result<Option<(CudaEngine, DeviceTable)>> {
+fn open_engine(
+    device: Device,
+    ordinal: usize,
+    table: &Table<'_>,
+) -> Result<Option<(CudaEngine, DeviceTable)>> {
     let open = || -> Result<(CudaEngine, DeviceTable)> {
-        let engine = CudaEngine::new(0)?;
+        let engine = CudaEngine::new(ordinal)?;
         let dev = engine.upload(table)?;
         Ok((engine, dev))
     };

@@ -26,7 +26,9 @@
 //! mapping), `fsafe` (output files staged under exclusive temporary names and put in place
 //! together, cleaned up on failure and on `SIGINT`/`SIGTERM`), `cuda` (the device engine: `CudaEngine`, device tables, the gather kernel,
 //! pinned output), `bench` (the harness behind `arraydrain bench`) and `convert` (the
-//! `arraydrain convert` command). Unsafe code is denied crate-wide and allowed in exactly two
+//! `arraydrain convert` command); past one machine, `launcher` (rank, world size and local rank
+//! from torchrun, Slurm or MPI variables) and `shards` (each rank's part beside a manifest, and
+//! `arraydrain merge`). Unsafe code is denied crate-wide and allowed in exactly two
 //! modules, `cuda` and `mmap`, where every block carries a `// SAFETY:` comment.
 //!
 //! ```
@@ -64,6 +66,8 @@ pub mod bench;
 #[allow(unsafe_code)]
 pub mod cuda;
 pub mod convert;
+pub mod launcher;
+pub mod shards;
 
 pub use batch::Batches;
 pub use drain::{drain, DrainOptions};

@@ -1,4 +1,4 @@
-//! The `arraydrain` command line: `info`, `bench` and `convert`.
+//! The `arraydrain` command line: `info`, `bench`, `convert` and `merge`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -18,6 +18,9 @@ fn main() -> ExitCode {
         // SIGINT / SIGTERM remove the run's temporary files before exiting (130 / 143).
         Command::Convert(args) => arraydrain::fsafe::cleanup_on_signals()
             .and_then(|()| arraydrain::convert::run(args))
+            .map(|summary| println!("{summary}"))
+            .map_err(Into::into),
+        Command::Merge(args) => arraydrain::shards::merge(args)
             .map(|summary| println!("{summary}"))
             .map_err(Into::into),
     };
@@ -42,13 +45,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Version, threads, and which backends are available.
+    /// Version, threads, which backends are available, and the rank this process would take in a
+    /// distributed run (from torchrun, Slurm, Open MPI or MPICH variables).
     Info,
     /// Drain a synthetic table (x: DTYPE [rows, ROW_SHAPE], y: i64 [rows]) with every strategy,
     /// verify each output against a naive reference gather, and time it against same-run floors.
     Bench(BenchArgs),
     /// Convert `.npy` / `.npz` inputs into drained, reordered NumPy files.
     Convert(arraydrain::convert::ConvertArgs),
+    /// Check the shards of `convert --distributed` against their manifest and write them back
+    /// as one dataset, in the sampler's global order.
+    Merge(arraydrain::shards::MergeArgs),
 }
 
 /// Which backends to use.
@@ -116,6 +123,7 @@ fn info() -> CliResult {
     println!("backends:");
     println!("  cpu: available");
     println!("  cuda: {}", cuda_status());
+    println!("distributed: {}", arraydrain::shards::describe_placement());
     Ok(())
 }
 

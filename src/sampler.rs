@@ -132,8 +132,9 @@ impl Indices {
     /// Resolves `order` (then `shard`) against a table of `rows` rows.
     ///
     /// Sharding follows PyTorch's `DistributedSampler`: the order is padded by wrapping around to
-    /// a multiple of `world_size` (or, with `drop_last`, cut down to one), then rank `r` takes
-    /// positions `r, r + world_size, r + 2·world_size, …`.
+    /// a multiple of `world_size` (or, with `shard_drop_last` — the sampler's `drop_last`, not
+    /// the `DataLoader`'s — cut down to one), then rank `r` takes positions
+    /// `r, r + world_size, r + 2·world_size, …`.
     ///
     /// # Errors
     /// [`Error::IndexOutOfBounds`] for an explicit index `>= rows`; [`Error::HostAllocation`]
@@ -142,7 +143,7 @@ impl Indices {
     pub fn resolve(
         order: &Order,
         shard: Option<Shard>,
-        drop_last: bool,
+        shard_drop_last: bool,
         rows: usize,
     ) -> Result<Self> {
         let base = match order {
@@ -167,7 +168,7 @@ impl Indices {
         let Some(shard) = shard else {
             return Ok(base);
         };
-        let (positions, count) = shard_positions(base.len(), shard, drop_last)?;
+        let (positions, count) = shard_positions(base.len(), shard, shard_drop_last)?;
         let mut list = index_vec(count, "the shard's index list")?;
         list.extend(positions.map(|p| base.get(p).map_or(0, |v| v as u64)));
         Ok(Indices::List(list.into()))

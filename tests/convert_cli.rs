@@ -119,10 +119,43 @@ fn convert_output_equals_numpys_gather_in_every_order() {
             "--world-size",
             "4",
             "--drop-last",
+            "--shard-drop-last",
             "--batch",
             "10",
         ],
         json!({"shard": [3, 4], "drop_last": true}),
+        json!({"batch": 10, "drop_last": true}),
+    );
+    // The two flags apart: `--shard-drop-last` cuts the sampler's order and keeps a short last
+    // batch; `--drop-last` drops a short last batch of the padded shard.
+    run(
+        "shard-cut",
+        "npz",
+        &[
+            "--rank",
+            "3",
+            "--world-size",
+            "4",
+            "--shard-drop-last",
+            "--batch",
+            "10",
+        ],
+        json!({"shard": [3, 4], "drop_last": true}),
+        json!({"batch": 10}),
+    );
+    run(
+        "shard-padded-drop",
+        "npz",
+        &[
+            "--rank",
+            "3",
+            "--world-size",
+            "4",
+            "--drop-last",
+            "--batch",
+            "10",
+        ],
+        json!({"shard": [3, 4]}),
         json!({"batch": 10, "drop_last": true}),
     );
     run(

@@ -32,6 +32,7 @@ struct Case {
     shard: Option<(usize, usize)>,
     batch_size: usize,
     drop_last: bool,
+    shard_drop_last: bool,
 }
 
 /// Every numeric dtype and opaque ones of odd sizes (3, 12 and 0 bytes, a big-endian `>f8`):
@@ -88,15 +89,19 @@ fn case() -> impl Strategy<Value = Case> {
             shard,
             1usize..(rows + 6),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(rows, cols, order, shard, batch_size, drop_last)| Case {
-                rows,
-                cols,
-                order,
-                shard,
-                batch_size,
-                drop_last,
-            })
+            .prop_map(
+                |(rows, cols, order, shard, batch_size, drop_last, shard_drop_last)| Case {
+                    rows,
+                    cols,
+                    order,
+                    shard,
+                    batch_size,
+                    drop_last,
+                    shard_drop_last,
+                },
+            )
     })
 }
 
@@ -128,6 +133,7 @@ fn loader<'t, 'a>(case: &Case, table: &'t Table<'a>) -> Loader<'t, 'a> {
     let mut l = Loader::new(table)
         .batch_size(case.batch_size)
         .drop_last(case.drop_last)
+        .shard_drop_last(case.shard_drop_last)
         .order(order);
     if let Some((rank, world)) = case.shard {
         l = l.shard(rank, world);
@@ -136,8 +142,9 @@ fn loader<'t, 'a>(case: &Case, table: &'t Table<'a>) -> Loader<'t, 'a> {
 }
 
 /// The naive reference: the base order written out by hand, sharded as DistributedSampler does
-/// (pad by wrapping, or cut with drop_last; rank takes every world-th), batched, and each row's
-/// bytes copied one at a time.
+/// (pad by wrapping, or cut with the sampler's drop_last; rank takes every world-th), batched
+/// (dropping a short last batch with the loader's drop_last), and each row's bytes copied one
+/// at a time.
 fn naive(case: &Case) -> Vec<Vec<u8>> {
     let base: Vec<u64> = match &case.order {
         OrderSpec::Sequential => (0..case.rows as u64).collect(),
@@ -148,7 +155,7 @@ fn naive(case: &Case) -> Vec<Vec<u8>> {
         None => base,
         Some((rank, world)) => {
             let n = base.len();
-            let per = if case.drop_last && n % world != 0 {
+            let per = if case.shard_drop_last && n % world != 0 {
                 n / world
             } else {
                 n.div_ceil(world)
