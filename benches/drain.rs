@@ -48,7 +48,7 @@ fn drain_benches(c: &mut Criterion) {
             loader = loader.order(Order::Shuffle { seed: 1 });
         }
         let batches = loader.batches().expect("batches");
-        let expected = reference(&table, &batches);
+        let expected = reference(&table, &batches).expect("reference");
         let bytes: u64 = expected.iter().map(|r| r.len() as u64).sum();
 
         let mut group = c.benchmark_group(w.name);

@@ -10,6 +10,9 @@
 # timed (so each starts from the same state and one run's write-back does not slow the next).
 # The inputs are in the page cache for all of them, as they are after being written. Prints
 # each trial and the medians, and convert's median over cp's median.
+#
+# With BASE_BIN=path/to/another/arraydrain set, each trial also times that binary's sequential
+# convert (e.g. a build of an earlier commit), so a change is compared in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-target/convert-vs-cp}
@@ -61,8 +64,10 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 
 printf 'input: %s MB (x.npy %sx%s f32 + y.npy int64) in %s\n' "$IN_MB" "$ROWS" "$DIM" "$DIR"
 printf 'disk: %s\n' "$(df -hT "$DIR" | awk 'NR==2 {print $1, $2}')"
-printf '%-6s %10s %16s %16s\n' trial "cp (s)" "convert seq (s)" "convert shuf (s)"
-cp_t=(); seq_t=(); shuf_t=()
+printf '%-6s %10s %16s %16s' trial "cp (s)" "convert seq (s)" "convert shuf (s)"
+[ -n "${BASE_BIN:-}" ] && printf ' %16s' "base seq (s)"
+printf '\n'
+cp_t=(); seq_t=(); shuf_t=(); base_t=()
 for i in $(seq 1 "$TRIALS"); do
   a=$(secs "$DIR/cp" copy_inputs)
   b=$(secs "$DIR/seq.npz" "$BIN" convert "$DIR/x.npy" "$DIR/y.npy" --out "$DIR/seq.npz" \
@@ -70,7 +75,14 @@ for i in $(seq 1 "$TRIALS"); do
   c=$(secs "$DIR/shuf.npz" "$BIN" convert "$DIR/x.npy" "$DIR/y.npy" --out "$DIR/shuf.npz" \
         --device cpu --shuffle --seed "$i" --quiet)
   cp_t+=("$a"); seq_t+=("$b"); shuf_t+=("$c")
-  printf '%-6s %10.3f %16.3f %16.3f\n' "$i" "$a" "$b" "$c"
+  printf '%-6s %10.3f %16.3f %16.3f' "$i" "$a" "$b" "$c"
+  if [ -n "${BASE_BIN:-}" ]; then
+    d=$(secs "$DIR/base.npz" "$BASE_BIN" convert "$DIR/x.npy" "$DIR/y.npy" \
+          --out "$DIR/base.npz" --device cpu --quiet)
+    base_t+=("$d")
+    printf ' %16.3f' "$d"
+  fi
+  printf '\n'
 done
 mc=$(printf '%s\n' "${cp_t[@]}" | median)
 ms=$(printf '%s\n' "${seq_t[@]}" | median)
@@ -80,4 +92,9 @@ printf '%-6s %10.3f %16.3f %16.3f\n' best "$(printf '%s\n' "${cp_t[@]}" | sort -
   "$(printf '%s\n' "${seq_t[@]}" | sort -g | head -1)" "$(printf '%s\n' "${shuf_t[@]}" | sort -g | head -1)"
 printf '%-6s %10s %15.2fx %15.2fx   (targets: 1.5x sequential, 2.5x shuffled)\n' \
   "vs cp" "1.00x" "$(echo "$ms / $mc" | bc -l)" "$(echo "$mh / $mc" | bc -l)"
-rm -rf "$DIR/cp" "$DIR/seq.npz" "$DIR/shuf.npz"
+if [ -n "${BASE_BIN:-}" ]; then
+  mb=$(printf '%s\n' "${base_t[@]}" | median)
+  printf 'base   %10s %16.3f   (%.2fx cp; this build %.2fx base)\n' "seq median" "$mb" \
+    "$(echo "$mb / $mc" | bc -l)" "$(echo "$ms / $mb" | bc -l)"
+fi
+rm -rf "$DIR/cp" "$DIR/seq.npz" "$DIR/shuf.npz" "$DIR/base.npz"

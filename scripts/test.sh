@@ -10,6 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
+# Open MPI's mpirun for the distributed tests (Debian's openmpi-bin), unless one is present.
+if ! command -v mpirun >/dev/null 2>&1; then
+  echo "test.sh: installing openmpi-bin (mpirun) with apt-get" >&2
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq openmpi-bin >/dev/null
+fi
+
 req=scripts/test-requirements.txt
 hash=$(sha256sum "$req" | cut -c1-12)
 venv=${ARRAYDRAIN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/arraydrain/venv-$hash}

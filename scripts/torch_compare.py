@@ -146,6 +146,11 @@ def main():
         a.drop_last = bool(w.get("drop_last", False))
         for c in w.get("columns", []):
             if c.get("name") == "x" and c.get("row_shape"):
+                if c.get("dtype", "f32") != "f32" or len(c["row_shape"]) != 1:
+                    sys.exit(
+                        f"torch_compare.py: only x f32 [dim] workloads are mirrored, not "
+                        f"x {c.get('dtype')} {c['row_shape']}"
+                    )
                 a.dim = int(c["row_shape"][0])
 
     import torch

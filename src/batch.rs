@@ -71,8 +71,8 @@ impl Batches {
 
     /// Positions (into the index list, and so into the output) of batch `k`.
     pub fn range(&self, k: usize) -> Range<usize> {
-        let start = (k * self.batch_size).min(self.rows());
-        let end = (start + self.batch_size).min(self.rows());
+        let start = k.saturating_mul(self.batch_size).min(self.rows());
+        let end = start.saturating_add(self.batch_size).min(self.rows());
         start..end
     }
 

@@ -2,27 +2,35 @@
 //! options over a table read from `.npy` / `.npz` inputs, written as one `.npz` or a folder of
 //! `.npy` files. Library code, so the command line is a thin call to [`run`].
 //!
-//! Outputs are written under temporary names and renamed when complete. With `--mmap` (or when
-//! the output would not fit comfortably in free memory) the drain writes straight into
-//! memory-mapped `.npy` files ([`MappedNpy`](crate::npy::MappedNpy)), so outputs larger than RAM
-//! work; for `--out X.npz` those files are staged in a hidden folder beside the archive and
-//! streamed into it.
+//! Every file of a run (the outputs and the `--save-order` file) is written under a temporary
+//! name in its destination folder and all are renamed into place only when all are complete
+//! (see [`crate::fsafe`]); a failed run removes everything it created. Before anything is
+//! written, output paths that name an input or another output of the run are refused, and
+//! after the drain every mapped input is checked to be unchanged ([`crate::mmap`]). With
+//! `--mmap` (or when the output would not fit comfortably in the memory this process may use)
+//! the drain writes straight into memory-mapped `.npy` files
+//! ([`MappedNpy`](crate::npy::MappedNpy)) whose space is reserved first, so outputs larger than
+//! RAM work; for `--out X.npz` those files are made in a private scratch folder beside the
+//! archive and streamed into it.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::io::IsTerminal;
+use std::fs::File;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::Array1;
 
 use crate::cuda::{CudaEngine, DeviceTable};
 use crate::error::{Error, Result};
+use crate::fsafe::Staged;
 use crate::gather::Strategy;
 use crate::loader::Loader;
-use crate::npy::{self, WriteOptions};
-use crate::output::{Backend, ColumnArray, Materialized};
+use crate::loader::OutputSpec;
+use crate::npy::{self, MappedIn, WriteOptions};
+use crate::output::{Backend, Materialized};
 use crate::table::Table;
 
 /// Which backend drains.
@@ -49,8 +57,8 @@ pub struct ConvertArgs {
     /// Write a folder of `.npy` files (one per column).
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// Deflate the `.npz` members (as `numpy.savez_compressed`).
-    #[arg(long, requires = "out")]
+    /// Deflate the `.npz` members (as `numpy.savez_compressed`); only with `--out`.
+    #[arg(long, requires = "out", conflicts_with = "out_dir")]
     pub compress: bool,
     /// Rows per batch.
     #[arg(long, default_value_t = 256)]
@@ -64,15 +72,25 @@ pub struct ConvertArgs {
     /// An explicit order: a 1-D int64/uint64/int32 `.npy` of row indices.
     #[arg(long, value_name = "ORDER.npy")]
     pub indices: Option<PathBuf>,
+    /// One rank of a distributed run: rank and world size from the launcher's environment
+    /// (torchrun, Slurm, Open MPI, MPICH; explicit --rank/--world-size win), this rank's shard
+    /// written to `DIR/part-RRRRR-of-WWWWW/` beside `DIR/manifest.json`; `arraydrain merge DIR`
+    /// puts the shards back together. With CUDA the device is the local rank.
+    #[arg(long, requires = "out_dir", conflicts_with_all = ["out", "save_order"])]
+    pub distributed: bool,
     /// This process's rank (with --world-size): PyTorch `DistributedSampler` sharding.
     #[arg(long, requires = "world_size")]
     pub rank: Option<usize>,
     /// Number of ranks (with --rank).
     #[arg(long, requires = "rank")]
     pub world_size: Option<usize>,
-    /// Drop a short last batch (and, sharded, cut rather than pad the order).
+    /// Drop a short last batch (as PyTorch's `DataLoader(drop_last=True)`).
     #[arg(long)]
     pub drop_last: bool,
+    /// Sharded: cut the order to an even split across ranks instead of padding it by repeating
+    /// rows (as PyTorch's `DistributedSampler(drop_last=True)`).
+    #[arg(long)]
+    pub shard_drop_last: bool,
     /// Strategy: auto, preallocated, concat, per-batch, pinned (CUDA).
     #[arg(long, default_value = "auto")]
     pub strategy: Strategy,
@@ -119,6 +137,8 @@ pub struct ConvertSummary {
     pub streamed: bool,
     /// The files written.
     pub outputs: Vec<PathBuf>,
+    /// With `--distributed`: where this process sat in the run.
+    pub placement: Option<crate::launcher::Placement>,
 }
 
 impl fmt::Display for ConvertSummary {
@@ -142,6 +162,9 @@ impl fmt::Display for ConvertSummary {
                 self.write.as_secs_f64()
             )
         };
+        if let Some(p) = &self.placement {
+            write!(f, "rank {} of {}: ", p.rank, p.world_size)?;
+        }
         write!(
             f,
             "{} rows, {:.1} MB in {:.3} s ({:.2} GB/s; {phases}), strategy {}, backend {}{} -> {}",
@@ -198,7 +221,24 @@ impl fmt::Display for ConvertSummary {
 /// [`Error::RankOutOfRange`], [`Error::IndexOutOfBounds`], [`Error::UnknownColumn`]), an
 /// unavailable strategy or backend, and output I/O errors. No output file is left behind.
 pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
+    if args.distributed {
+        return crate::shards::convert_distributed(args);
+    }
+    run_on(args, 0)
+}
+
+/// [`run`] without `--distributed`, on CUDA device `ordinal` when CUDA drains.
+pub(crate) fn run_on(args: &ConvertArgs, ordinal: usize) -> Result<ConvertSummary> {
     let started = Instant::now();
+    if args.compress && args.out.is_none() {
+        return Err(Error::ConflictingOptions {
+            reason: "--compress deflates the members of an --out archive; .npy files in \
+                     --out-dir are never compressed"
+                .into(),
+        });
+    }
+    // A truncated input then reads as zeros and is reported before anything is kept.
+    crate::mmap::catch_input_faults()?;
     let mut table = npy::read_table(&args.inputs)?;
     if let Some(names) = &args.columns {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -206,7 +246,9 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
     }
     let mut loader = Loader::new(&table)
         .batch_size(args.batch)
-        .drop_last(args.drop_last);
+        .drop_last(args.drop_last)
+        .shard_drop_last(args.shard_drop_last);
+    check_index_memory(args, table.rows())?;
     if args.shuffle {
         loader = loader.shuffle(args.seed);
     }
@@ -227,18 +269,21 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
     })?;
     let specs = loader.output_specs()?;
     for s in &specs {
-        if npy::descr(s.dtype).is_none() {
+        if npy::descr(&s.dtype).is_none() {
             return Err(Error::UnsupportedDType {
                 descr: format!("{} (column {:?}; NumPy has no such dtype)", s.dtype, s.name),
             });
         }
     }
+    check_output_paths(args, &specs)?;
     let rows = specs.first().map_or(0, |s| s.rows);
-    let bytes: u64 = specs
-        .iter()
-        .map(|s| s.bytes().map(|b| b as u64))
-        .sum::<Result<u64>>()?;
-    let engine = open_engine(args.device, &table)?;
+    let bytes = specs.iter().try_fold(0u64, |sum, s| {
+        sum.checked_add(s.bytes()? as u64)
+            .ok_or_else(|| Error::SizeOverflow {
+                what: "the output".into(),
+            })
+    })?;
+    let engine = open_engine(args.device, ordinal, &table)?;
     let backend = if engine.is_some() {
         Backend::Cuda
     } else {
@@ -260,14 +305,14 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
                 .into(),
         });
     }
-    // Written once the output is complete, so a failed run leaves no file at all.
-    let save_order = |loader: &Loader<'_, '_>| -> Result<()> {
-        if let Some(path) = &args.save_order {
-            let order = loader.batches()?.output_indices().to_vec();
-            let order = Array1::from_iter(order.into_iter().map(|i| i as i64));
-            npy::write_npy(path, &ColumnArray::from_array("order", order)?)?;
-        }
-        Ok(())
+
+    // Everything the run writes, put in place together at the end (or removed on failure).
+    let mut staged = Staged::new();
+    // The order file is staged first, so that an unwritable destination fails the run before
+    // any work is done.
+    let order_file = match &args.save_order {
+        Some(path) => Some((path.as_path(), staged.file(path)?.1)),
+        None => None,
     };
 
     let show = !args.quiet && std::io::stderr().is_terminal();
@@ -282,23 +327,13 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
                 .compress(args.compress)
                 .on_progress(move |done| bar.set_position(done))
         };
-        let (report, outputs) = match (&args.out_dir, &args.out) {
-            (Some(dir), _) => {
-                let report = npy::drain_to_npy_dir(&loader, dir, &options)?;
-                let files = specs
-                    .iter()
-                    .map(|s| dir.join(format!("{}.npy", s.name)))
-                    .collect();
-                (report, files)
-            }
-            (None, Some(path)) => (
-                npy::drain_to_npz(&loader, path, &options)?,
-                vec![path.clone()],
-            ),
+        let report = match (&args.out_dir, &args.out) {
+            (Some(dir), _) => npy::stage_drain_npy_dir(&mut staged, &loader, dir, &options)?,
+            (None, Some(path)) => npy::stage_drain_npz(&mut staged, &loader, path, &options)?,
             (None, None) => unreachable_output()?,
         };
         bar.finish_and_clear();
-        save_order(&loader)?;
+        let outputs = finish(staged, order_file, &loader, &args.inputs)?;
         return Ok(ConvertSummary {
             rows,
             bytes,
@@ -310,6 +345,7 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
             mapped: false,
             streamed: true,
             outputs,
+            placement: None,
         });
     }
     let bar = progress_bar(show, bytes, "drain");
@@ -321,21 +357,21 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
         });
     }
 
-    // The mapped output's staging folder (for `--out X.npz`), removed however the run ends.
-    let mut staging = None;
+    // For `--out X.npz` with a mapped output: the private scratch folder holding the mapped
+    // files until they are packed (removed with the staged set, whatever happens).
+    let mut scratch = None;
     let drain_started = Instant::now();
     let (out, strategy) = if mapped {
-        let dir = match (&args.out_dir, &args.out) {
-            (Some(dir), _) => dir.clone(),
+        let mut out = match (&args.out_dir, &args.out) {
+            (Some(dir), _) => npy::stage_mapped_output(MappedIn::Staged(&mut staged, dir), &specs)?,
             (None, Some(out)) => {
-                let guard = Staging::new(out)?;
-                let dir = guard.dir.clone();
-                staging = Some(guard);
-                dir
+                let dir = staged.scratch_dir(out)?;
+                let files = npy::stage_mapped_output(MappedIn::Scratch(&dir), &specs)?;
+                scratch = Some(dir);
+                files
             }
             (None, None) => unreachable_output()?,
         };
-        let mut out = npy::mapped_output(&dir, &specs)?;
         let report = match &engine {
             Some((engine, dev)) => engine.materialize_into(dev, &loader.batches()?, &mut out)?,
             None => loader.materialize_into(&mut out)?,
@@ -354,12 +390,10 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
 
     let write_started = Instant::now();
     let bar = progress_bar(show, bytes, "write");
-    let staged = staging.as_ref().map(|s| s.dir.as_path());
-    let outputs = write_output(args, &out, mapped, staged, &bar)?;
+    write_output(args, &out, mapped, scratch.as_deref(), &bar, &mut staged)?;
     bar.finish_and_clear();
-    save_order(&loader)?;
     drop(out);
-    drop(staging);
+    let outputs = finish(staged, order_file, &loader, &args.inputs)?;
     Ok(ConvertSummary {
         rows,
         bytes,
@@ -371,7 +405,26 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
         mapped,
         streamed: false,
         outputs,
+        placement: None,
     })
+}
+
+/// Writes the order file (when asked for), checks that no input changed while it was read,
+/// and puts every staged file in place; returns the output files (without the order file).
+fn finish(
+    staged: Staged,
+    order_file: Option<(&Path, File)>,
+    loader: &Loader<'_, '_>,
+    inputs: &[PathBuf],
+) -> Result<Vec<PathBuf>> {
+    let order_path = order_file.as_ref().map(|(p, _)| p.to_path_buf());
+    if let Some((path, file)) = order_file {
+        write_order(path, file, loader)?;
+    }
+    crate::mmap::verify_inputs(inputs)?;
+    let mut outputs = staged.commit()?;
+    outputs.retain(|p| Some(p) != order_path.as_ref());
+    Ok(outputs)
 }
 
 fn unreachable_output<T>() -> Result<T> {
@@ -389,73 +442,183 @@ fn write_output(
     args: &ConvertArgs,
     out: &Materialized,
     mapped: bool,
-    staged: Option<&Path>,
+    scratch: Option<&Path>,
     bar: &ProgressBar,
-) -> Result<Vec<PathBuf>> {
+    staged: &mut Staged,
+) -> Result<()> {
     let progress: npy::WriteProgress = {
         let bar = bar.clone();
         Arc::new(move |done: u64| bar.set_position(done))
     };
     match (&args.out, &args.out_dir) {
-        (_, Some(dir)) if mapped => Ok(out
-            .columns()
-            .iter()
-            .map(|c| dir.join(format!("{}.npy", c.name())))
-            .collect()),
-        (_, Some(dir)) => npy::write_npy_dir_with(
+        // The mapped files are the staged outputs already.
+        (_, Some(_)) if mapped => Ok(()),
+        (_, Some(dir)) => npy::stage_npy_dir(
+            staged,
             dir,
             out.columns(),
             &WriteOptions::new().on_progress(move |done| progress(done)),
-        ),
+        )
+        .map(drop),
         (Some(path), None) => {
             let options = WriteOptions::new()
                 .compress(args.compress)
                 .on_progress(move |done| progress(done));
-            if let Some(dir) = staged {
-                // The mapped files are complete (finished and renamed) in the staging folder.
+            if let Some(dir) = scratch {
+                // The mapped files are complete (written back) in the scratch folder.
                 let files: Vec<(String, PathBuf)> = out
                     .columns()
                     .iter()
                     .map(|c| (c.name().to_string(), dir.join(format!("{}.npy", c.name()))))
                     .collect();
-                npy::pack_npz(path, &files, &options)?;
+                npy::pack_npz(staged, path, &files, &options)
             } else {
-                npy::write_npz(path, out.columns(), &options)?;
+                npy::stage_npz(staged, path, out.columns(), &options)
             }
-            Ok(vec![path.clone()])
         }
         (None, None) => unreachable_output(),
     }
 }
 
-/// A hidden folder beside `OUT.npz` holding the mapped output until it is packed; removed on
-/// drop, whatever happened.
-struct Staging {
-    dir: PathBuf,
+/// Writes the output's row order as an int64 `.npy` into `file` (staged for `path`), streamed
+/// from the index list: no copy of the order is made in memory.
+fn write_order(path: &Path, file: File, loader: &Loader<'_, '_>) -> Result<()> {
+    let batches = loader.batches()?;
+    let rows = batches.rows();
+    let header = npy::NpyHeader::encode(&crate::DType::I64, &[rows])?;
+    let total = rows
+        .checked_mul(8)
+        .and_then(|b| b.checked_add(header.len()))
+        .ok_or_else(|| Error::SizeOverflow {
+            what: format!("the order file {} ({rows} rows)", path.display()),
+        })? as u64;
+    let no_room = |e| crate::fsafe::write_error(path, e, total);
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    w.write_all(&header).map_err(no_room)?;
+    let order = batches.indices();
+    let mut chunk = Vec::with_capacity(8 << 10);
+    let mut at = 0;
+    while at < rows {
+        let end = (at + 1024).min(rows);
+        chunk.clear();
+        for i in at..end {
+            // Entries were validated against the table's row count, which fits an i64 file
+            // (a file of more rows could not have been read).
+            let v = order.get(i).unwrap_or(0) as i64;
+            chunk.extend_from_slice(&v.to_le_bytes());
+        }
+        w.write_all(&chunk).map_err(no_room)?;
+        at = end;
+    }
+    w.flush().map_err(no_room)
 }
 
-impl Staging {
-    fn new(out: &Path) -> Result<Staging> {
-        let name = out
-            .file_name()
-            .ok_or_else(|| Error::BadFile {
-                path: out.to_path_buf(),
-                reason: "an output path needs a file name".into(),
-            })?
-            .to_string_lossy();
-        let dir = out.with_file_name(format!(".{name}.{}.staging", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
-            path: dir.clone(),
-            source: e,
-        })?;
-        Ok(Staging { dir })
+/// Refuses a shuffle or shard whose index lists (8 bytes an entry) cannot fit in the memory
+/// this process may use, before they are built.
+fn check_index_memory(args: &ConvertArgs, rows: usize) -> Result<()> {
+    let shuffled = if args.shuffle { rows } else { 0 };
+    let sharded = match args.world_size {
+        Some(world) if world > 0 => rows.div_ceil(world),
+        _ => 0,
+    };
+    let what = format!("the index list of an order of {rows} rows");
+    let bytes = shuffled
+        .checked_add(sharded)
+        .and_then(|n| n.checked_mul(8))
+        .ok_or_else(|| Error::SizeOverflow { what: what.clone() })?;
+    match crate::sysmem::available_bytes() {
+        Some(avail) if bytes as u64 > avail => Err(Error::HostAllocation {
+            bytes: bytes as u128,
+            what,
+            reason: format!("only {avail} bytes of memory are available to this process"),
+        }),
+        _ => Ok(()),
     }
 }
 
-impl Drop for Staging {
-    fn drop(&mut self) {
-        // Best effort: nothing in it is an output.
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// The output files a run will write (with the option that names each).
+fn planned_outputs(args: &ConvertArgs, specs: &[OutputSpec]) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    if let Some(path) = &args.out {
+        out.push((path.clone(), "--out".to_string()));
+    }
+    if let Some(dir) = &args.out_dir {
+        for s in specs {
+            out.push((
+                dir.join(format!("{}.npy", s.name)),
+                format!("column {:?} in --out-dir", s.name),
+            ));
+        }
+    }
+    if let Some(path) = &args.save_order {
+        out.push((path.clone(), "--save-order".to_string()));
+    }
+    out
+}
+
+/// Refuses output paths that name an input (the same file, by path or by device and inode:
+/// links count) or another output of the same run.
+fn check_output_paths(args: &ConvertArgs, specs: &[OutputSpec]) -> Result<()> {
+    let inputs: Vec<&PathBuf> = args.inputs.iter().chain(&args.indices).collect();
+    let input_ids: Vec<_> = inputs
+        .iter()
+        .map(|p| (file_id(p), normalized(p), *p))
+        .collect();
+    let outputs = planned_outputs(args, specs);
+    let mut seen: HashMap<PathBuf, &str> = HashMap::with_capacity(outputs.len());
+    for (path, role) in &outputs {
+        let key = normalized(path);
+        let id = file_id(path);
+        if let Some((_, _, input)) = input_ids
+            .iter()
+            .find(|(iid, ikey, _)| *ikey == key || (id.is_some() && *iid == id))
+        {
+            return Err(Error::PathConflict {
+                path: path.clone(),
+                reason: format!(
+                    "{role} names the input {}; an output never replaces an input",
+                    input.display()
+                ),
+            });
+        }
+        if let Some(other) = seen.get(&key) {
+            return Err(Error::PathConflict {
+                path: path.clone(),
+                reason: format!("{role} names the same file as {other}"),
+            });
+        }
+        seen.insert(key, role);
+    }
+    Ok(())
+}
+
+/// Device and inode of an existing file (following links).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// `path` made absolute, its longest existing part resolved (links and `..`), the rest
+/// appended: two spellings of one output compare equal even before it exists.
+fn normalized(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut at = absolute.as_path();
+    loop {
+        if let Ok(real) = at.canonicalize() {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out;
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return absolute,
+        }
     }
 }
 
@@ -478,9 +641,13 @@ fn progress_bar(show: bool, total: u64, phase: &str) -> ProgressBar {
 /// CUDA, `cuda` fails when it cannot be used, `auto` uses it when it can and falls back to the
 /// CPU otherwise (no driver, no device, a build without the `cuda` feature, a table too large
 /// for the device).
-fn open_engine(device: Device, table: &Table<'_>) -> Result<Option<(CudaEngine, DeviceTable)>> {
+fn open_engine(
+    device: Device,
+    ordinal: usize,
+    table: &Table<'_>,
+) -> Result<Option<(CudaEngine, DeviceTable)>> {
     let open = || -> Result<(CudaEngine, DeviceTable)> {
-        let engine = CudaEngine::new(0)?;
+        let engine = CudaEngine::new(ordinal)?;
         let dev = engine.upload(table)?;
         Ok((engine, dev))
     };

@@ -129,7 +129,13 @@ where
                         parts.extend([dtype.size(), declared]);
                         let bytes = checked_bytes(&parts, name)?;
                         let buf = HostBuf::counted(bytes, name, &counter)?;
-                        ColumnArray::new(name.as_str(), *dtype, shape, declared, Box::new(buf))
+                        ColumnArray::new(
+                            name.as_str(),
+                            dtype.clone(),
+                            shape,
+                            declared,
+                            Box::new(buf),
+                        )
                     })
                     .collect::<Result<Vec<_>>>()?;
                 schema = Some(out);
@@ -197,7 +203,7 @@ where
                 }
                 out.push(ColumnArray::new(
                     name.as_str(),
-                    *dtype,
+                    dtype.clone(),
                     shape,
                     rows,
                     Box::new(buf),
@@ -265,11 +271,12 @@ pub(crate) fn check_batch_columns(
     }
     let mut rows = None;
     for (name, dtype, shape) in template {
-        let &(_, c_dtype, c_shape, c_rows) = columns
+        let (_, c_dtype, c_shape, c_rows) = columns
             .iter()
             .find(|c| c.0 == name)
             .ok_or_else(|| mismatch(name, "column missing from this batch".into()))?;
-        if c_dtype != *dtype {
+        let (c_shape, c_rows) = (*c_shape, *c_rows);
+        if c_dtype != dtype {
             return Err(mismatch(
                 name,
                 format!("dtype {c_dtype} differs from the first batch's {dtype}"),

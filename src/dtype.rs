@@ -1,13 +1,28 @@
 //! Element types. The engine itself is dtype-agnostic — it moves `row_bytes` per row — so a
 //! dtype only fixes the element size, the name shown to people, and which Rust type may view it.
+//!
+//! Any other fixed-size NumPy dtype (complex, strings, datetimes, void, long double, structured
+//! records, and every big-endian dtype) is an [`Opaque`] dtype: its elements are carried as
+//! bytes, and its NumPy descriptor is kept verbatim so a file written from it declares exactly
+//! the dtype that was read.
 
 use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
 
 /// The element type of a column.
 ///
 /// 2-byte floats (`F16`, `BF16`) are carried as raw 2-byte elements and viewed as
 /// [`half::f16`] / [`half::bf16`]; `Bool` is one byte per element (0 or 1) and viewed as `u8`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Typed views ([`ColumnArray::view`](crate::ColumnArray::view)) exist for the numeric
+/// variants, which are always in the machine's byte order. A [`DType::Opaque`] column is read
+/// as raw row bytes ([`ColumnArray::row`](crate::ColumnArray::row),
+/// [`Column::row`](crate::Column::row)) together with its descriptor; asking for a typed view of
+/// one, a big-endian `>f8` included, is an [`Error::DTypeMismatch`] — its bytes are never swapped
+/// behind the caller's back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DType {
     /// 32-bit float.
@@ -36,6 +51,63 @@ pub enum DType {
     U64,
     /// Boolean, one byte per element.
     Bool,
+    /// Fixed-size elements of any other NumPy dtype, carried as bytes with their descriptor.
+    Opaque(Opaque),
+}
+
+/// A NumPy dtype carried as fixed-size bytes: its descriptor (the Python literal a `.npy`
+/// header holds as `descr`, kept verbatim) and its element size.
+///
+/// ```
+/// use arraydrain::dtype::Opaque;
+///
+/// let c = Opaque::new("'<c8'")?;
+/// assert_eq!((c.descr(), c.size()), ("'<c8'", 8));
+/// let rec = Opaque::new("[('t', '<M8[ns]'), ('name', '|S5'), ('', '|V3')]")?;
+/// assert_eq!(rec.size(), 16);
+/// assert!(Opaque::new("'|O'").is_err()); // objects are not data
+/// # Ok::<(), arraydrain::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Opaque {
+    descr: Arc<str>,
+    size: usize,
+}
+
+impl Opaque {
+    /// An opaque dtype from a NumPy descriptor, written as the Python literal a `.npy` header
+    /// holds (`"'<c16'"`, `"'>f8'"`, `"[('x', '<f4', (2,)), ('n', '|S8')]"`); the element size
+    /// is computed as NumPy does.
+    ///
+    /// # Errors
+    /// [`Error::BadDescriptor`] when the text is not a descriptor NumPy would read, holds
+    /// Python objects, or is one arraydrain does not size (see [`crate::npy`]).
+    pub fn new(descr: &str) -> Result<Opaque> {
+        let element =
+            crate::npy::element_of_descr(descr).map_err(|reason| Error::BadDescriptor {
+                descr: crate::npy::clip(descr, 60),
+                reason,
+            })?;
+        Ok(Opaque::from_parts(descr, element.size))
+    }
+
+    /// An opaque dtype for a descriptor already checked and sized.
+    pub(crate) fn from_parts(descr: &str, size: usize) -> Opaque {
+        Opaque {
+            descr: Arc::from(descr),
+            size,
+        }
+    }
+
+    /// The descriptor, as the Python literal it was read from.
+    pub fn descr(&self) -> &str {
+        &self.descr
+    }
+
+    /// Bytes per element.
+    pub fn size(&self) -> usize {
+        self.size
+    }
 }
 
 impl DType {
@@ -57,8 +129,9 @@ impl DType {
     ];
 
     /// Bytes per element.
-    pub const fn size(self) -> usize {
+    pub fn size(&self) -> usize {
         match self {
+            DType::Opaque(o) => o.size,
             DType::I8 | DType::U8 | DType::Bool => 1,
             DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::F32 | DType::I32 | DType::U32 => 4,
@@ -66,9 +139,11 @@ impl DType {
         }
     }
 
-    /// Short lower-case name (`"f32"`, `"bf16"`, `"bool"` …).
-    pub const fn name(self) -> &'static str {
+    /// Short lower-case name (`"f32"`, `"bf16"`, `"bool"` …); an opaque dtype's name is its
+    /// NumPy descriptor.
+    pub fn name(&self) -> &str {
         match self {
+            DType::Opaque(o) => o.descr(),
             DType::F32 => "f32",
             DType::F64 => "f64",
             DType::F16 => "f16",
@@ -85,15 +160,23 @@ impl DType {
         }
     }
 
-    /// Parses a name as printed by [`DType::name`].
+    /// Parses a numeric dtype's name as printed by [`DType::name`].
     pub fn from_name(name: &str) -> Option<DType> {
         DType::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// Whether this is a [`DType::Opaque`] dtype (read as bytes, not through typed views).
+    pub fn is_opaque(&self) -> bool {
+        matches!(self, DType::Opaque(_))
     }
 }
 
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            DType::Opaque(o) => write!(f, "opaque {}", crate::npy::clip(o.descr(), 60)),
+            d => f.write_str(d.name()),
+        }
     }
 }
 
@@ -103,8 +186,8 @@ pub trait Element: bytemuck::Pod + Send + Sync + std::fmt::Debug + 'static {
     const DTYPE: DType;
 
     /// Whether a column of `dtype` can be viewed as this type (`u8` also views `Bool`).
-    fn views(dtype: DType) -> bool {
-        dtype == Self::DTYPE
+    fn views(dtype: &DType) -> bool {
+        *dtype == Self::DTYPE
     }
 }
 
@@ -122,7 +205,7 @@ element!(
 
 impl Element for u8 {
     const DTYPE: DType = DType::U8;
-    fn views(dtype: DType) -> bool {
+    fn views(dtype: &DType) -> bool {
         matches!(dtype, DType::U8 | DType::Bool)
     }
 }
@@ -134,11 +217,14 @@ mod tests {
     #[test]
     fn names_round_trip_and_sizes_match_rust_types() {
         for d in DType::ALL {
-            assert_eq!(DType::from_name(d.name()), Some(d));
+            assert_eq!(DType::from_name(d.name()), Some(d.clone()));
         }
         assert_eq!(DType::F16.size(), std::mem::size_of::<half::f16>());
         assert_eq!(DType::I64.size(), std::mem::size_of::<i64>());
-        assert!(u8::views(DType::Bool));
-        assert!(!i8::views(DType::U8));
+        assert!(u8::views(&DType::Bool));
+        assert!(!i8::views(&DType::U8));
+        let big = DType::Opaque(Opaque::new("'>f8'").unwrap());
+        assert!(!f64::views(&big) && !u8::views(&big));
+        assert_eq!((big.size(), big.name()), (8, "'>f8'"));
     }
 }

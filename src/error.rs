@@ -85,9 +85,93 @@ pub enum Error {
         world_size: usize,
     },
 
+    // ---- distributed runs ---------------------------------------------------------------------
+    /// `--distributed` found no launcher's variables in the environment.
+    #[error(
+        "no launcher detected: none of {} is set; run under torchrun, srun or mpirun, or pass \
+         --rank and --world-size",
+        looked_for.join("; ")
+    )]
+    LauncherNotDetected {
+        /// The variables looked for, one entry per launcher.
+        looked_for: Vec<String>,
+    },
+    /// A launcher's rank or world-size variable is missing while others of its set are there.
+    #[error("{launcher}: {} set but {} missing", set.join(", "), missing.join(", "))]
+    LauncherIncomplete {
+        /// The launcher (`torchrun`, `slurm`, `openmpi`, `mpich`, or `explicit` for the flags).
+        launcher: &'static str,
+        /// The variables (or flags) that are set.
+        set: Vec<String>,
+        /// The ones that are missing.
+        missing: Vec<String>,
+    },
+    /// A launcher variable does not hold what it should.
+    #[error("{name}={value:?}: {reason}")]
+    LauncherVariable {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Launcher variables contradict each other.
+    #[error("{launcher}: {} — {reason}", variables.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", "))]
+    LauncherContradiction {
+        /// The launcher (`torchrun`, `slurm`, `openmpi`, `mpich`, `mpi` for Open MPI against
+        /// MPICH, `cuda` for the device).
+        launcher: &'static str,
+        /// The variables concerned, with their values.
+        variables: Vec<(String, String)>,
+        /// How they contradict each other.
+        reason: String,
+    },
+
+    /// Options that do not go together.
+    #[error("{option}: {reason}")]
+    OptionConflict {
+        /// The option concerned.
+        option: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A distributed run's output folder already holds this rank's part, or another run.
+    #[error("{} already exists: {reason}", path.display())]
+    ShardExists {
+        /// The part folder or manifest.
+        path: PathBuf,
+        /// Whose it is, and what to do.
+        reason: String,
+    },
+    /// A shard folder's manifest cannot be used.
+    #[error("{}: not a usable shard manifest: {reason}", path.display())]
+    ManifestInvalid {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A shard folder is incomplete, corrupt or mixed with another run.
+    #[error("{}: the shards do not match the manifest:\n  {}", dir.display(), issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    ShardSetInvalid {
+        /// The shard folder.
+        dir: PathBuf,
+        /// Every problem found.
+        issues: Vec<crate::shards::ShardIssue>,
+    },
+
     // ---- typed access -------------------------------------------------------------------------
     /// A column was read as a Rust type that does not match its dtype.
-    #[error("column {column:?} holds {actual}, not {requested}")]
+    #[error(
+        "column {column:?} holds {actual}, not {requested}{}",
+        if actual.is_opaque() {
+            " (an opaque dtype is read as raw row bytes with its descriptor, never through a \
+             typed view; a big-endian column keeps its byte order)"
+        } else {
+            ""
+        }
+    )]
     DTypeMismatch {
         /// The column.
         column: String,
@@ -109,6 +193,16 @@ pub enum Error {
     UnsupportedDType {
         /// The descriptor (NumPy `descr`, or a Rust type name).
         descr: String,
+    },
+
+    /// A NumPy dtype descriptor that cannot be carried: it holds Python objects, or it is not a
+    /// descriptor NumPy would read (or one of the spellings arraydrain does not size).
+    #[error("dtype descriptor {descr}: {reason}")]
+    BadDescriptor {
+        /// The descriptor's text, quoted and cut to a readable length.
+        descr: String,
+        /// Why it cannot be carried.
+        reason: String,
     },
 
     // ---- streams of batches -------------------------------------------------------------------
@@ -187,6 +281,71 @@ pub enum Error {
         reason: String,
     },
 
+    // ---- file safety: names, paths, space, faults ----------------------------------------------
+    /// A column name cannot be used as a file name (it comes from an input, so it is refused
+    /// rather than rewritten).
+    #[error("column name {name:?} cannot name a file: {reason}")]
+    UnsafeName {
+        /// The name.
+        name: String,
+        /// Why not.
+        reason: String,
+    },
+    /// An output path of a run names one of its inputs, another of its outputs, or something
+    /// an output file cannot replace (a folder).
+    #[error("{}: {reason}", path.display())]
+    PathConflict {
+        /// The output path.
+        path: PathBuf,
+        /// What it collides with.
+        reason: String,
+    },
+    /// The file system has no room for a file (or the process may not write one that large).
+    #[error("not enough space on {device} for {bytes} bytes ({}: {source})", path.display())]
+    NoSpace {
+        /// The file being written.
+        path: PathBuf,
+        /// The file system (device and mount point) it is on.
+        device: String,
+        /// The bytes that were to be reserved or written.
+        bytes: u64,
+        /// The system's answer (ENOSPC, EDQUOT or EFBIG).
+        source: std::io::Error,
+    },
+    /// An input file was truncated or rewritten while it was being read through its map.
+    #[error("{} changed while being read ({reason}); the output was discarded", path.display())]
+    FileChanged {
+        /// The input file.
+        path: PathBuf,
+        /// What was seen.
+        reason: String,
+    },
+    /// A size, count or offset computed from the input does not fit the machine's integers.
+    #[error("the size of {what} overflows")]
+    SizeOverflow {
+        /// What was being sized.
+        what: String,
+    },
+    /// Options that cannot be used together.
+    #[error("conflicting options: {reason}")]
+    ConflictingOptions {
+        /// Which, and why.
+        reason: String,
+    },
+    /// More memory maps are needed than the kernel allows one process.
+    #[error(
+        "{needed} memory maps are needed but vm.max_map_count allows {limit} ({in_use} in use); \
+         raise it (sysctl vm.max_map_count) or drain without --mmap"
+    )]
+    MapLimit {
+        /// Maps this run would add.
+        needed: u64,
+        /// `/proc/sys/vm/max_map_count`.
+        limit: u64,
+        /// Maps the process already has.
+        in_use: u64,
+    },
+
     // ---- CUDA ---------------------------------------------------------------------------------
     /// The crate was built without the `cuda` feature.
     #[error("CUDA support was not compiled in (build with the `cuda` feature)")]
@@ -218,6 +377,17 @@ pub enum Error {
         bytes: u64,
         /// What the memory was for.
         what: String,
+    },
+    /// A device column the engine cannot order its own work after: made in a non-primary
+    /// context or another context than the engine's, or on the per-thread default stream (whose
+    /// handle means "this thread's stream" to whichever thread uses it, so the engine cannot
+    /// wait for the producer's work).
+    #[error("device column {column:?} cannot be used by the engine: {reason}")]
+    UnorderableColumn {
+        /// The column.
+        column: String,
+        /// Why.
+        reason: String,
     },
     /// A device buffer belongs to another device than the engine's.
     #[error("a buffer of device {got} was given to the engine of device {expected}")]

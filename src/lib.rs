@@ -6,24 +6,29 @@
 //!
 //! 1. [`Table`] (`table`, `dtype`): named columns sharing one row count; each a [`DType`] and a
 //!    row shape over contiguous row-major bytes — borrowed from `ndarray` views, owned, or
-//!    memory-mapped. Validated once, at construction.
+//!    memory-mapped. Validated once, at construction. A dtype is numeric (viewed as a Rust
+//!    type) or opaque: any other fixed-size NumPy dtype, carried as bytes with its descriptor.
 //! 2. [`Order`] and [`Shard`] (`sampler`): sequential, a seeded shuffle, explicit indices, and
 //!    PyTorch `DistributedSampler` sharding, resolved into validated [`Indices`].
 //! 3. [`Batches`] (`batch`): `batch_size` and `drop_last`, pure arithmetic over the indices.
 //! 4. Gather (`gather`): the [`Strategy`]s — the classic `Concat` and `PerBatch` recipes, the
 //!    parallel `Preallocated` gather straight into the output, and on CUDA the `Pinned` engine
 //!    (gather kernel + asynchronous copies into pinned output).
-//! 5. [`Materialized`] (`output`): one array per column, read through typed `ndarray` views,
-//!    with a [`Report`] of rows, bytes, time and the peak bytes the strategy allocated.
+//! 5. [`Materialized`] (`output`): one array per column, read through typed `ndarray` views
+//!    (opaque columns as raw row bytes), with a [`Report`] of rows, bytes, time and the peak bytes the strategy allocated.
 //!
 //! Two ways in: a [`Loader`] over an indexable table (iterate it like a `DataLoader`, or
 //! `materialize` it), and [`drain()`] over any iterator of [`Batch`]es.
 //!
 //! Around the pipeline: `memory` (fallible, huge-page-advised host buffers and the peak-bytes
 //! counter), `npy` (NumPy `.npy`/`.npz` in and out, memory-mapped output larger than RAM) with
-//! `mmap` beneath it, `cuda` (the device engine: `CudaEngine`, device tables, the gather kernel,
+//! `mmap` beneath it (input maps that survive a truncated file, output space reserved before
+//! mapping), `fsafe` (output files staged under exclusive temporary names and put in place
+//! together, cleaned up on failure and on `SIGINT`/`SIGTERM`), `cuda` (the device engine: `CudaEngine`, device tables, the gather kernel,
 //! pinned output), `bench` (the harness behind `arraydrain bench`) and `convert` (the
-//! `arraydrain convert` command). Unsafe code is denied crate-wide and allowed in exactly two
+//! `arraydrain convert` command); past one machine, `launcher` (rank, world size and local rank
+//! from torchrun, Slurm or MPI variables) and `shards` (each rank's part beside a manifest, and
+//! `arraydrain merge`). Unsafe code is denied crate-wide and allowed in exactly two
 //! modules, `cuda` and `mmap`, where every block carries a `// SAFETY:` comment.
 //!
 //! ```
@@ -46,6 +51,7 @@ pub mod error;
 pub mod dtype;
 pub mod memory;
 pub mod sysmem;
+pub mod fsafe;
 #[allow(unsafe_code)]
 pub mod mmap;
 pub mod npy;
@@ -60,10 +66,12 @@ pub mod bench;
 #[allow(unsafe_code)]
 pub mod cuda;
 pub mod convert;
+pub mod launcher;
+pub mod shards;
 
 pub use batch::Batches;
 pub use drain::{drain, DrainOptions};
-pub use dtype::{DType, Element};
+pub use dtype::{DType, Element, Opaque};
 pub use error::{Error, Result};
 pub use gather::Strategy;
 pub use loader::{BatchIter, Loader, OutputSpec};

@@ -1,5 +1,5 @@
 //! The loader: PyTorch `DataLoader`'s counterpart over an indexable [`Table`]. It owns the
-//! choices (batch size, order, sharding, drop_last), resolves them into [`Batches`] once, and
+//! choices (batch size, order, sharding, the two `drop_last` flags), resolves them into [`Batches`] once, and
 //! either yields batch after batch or drains everything into a [`Materialized`] output.
 
 use std::fmt;
@@ -44,6 +44,7 @@ pub struct Loader<'t, 'a> {
     drop_last: bool,
     order: Order,
     shard: Option<(usize, usize)>,
+    shard_drop_last: bool,
     progress: Option<Progress>,
     /// The resolved batches, computed once (a shuffle of millions of rows costs milliseconds)
     /// and reset by every builder method.
@@ -51,7 +52,8 @@ pub struct Loader<'t, 'a> {
 }
 
 impl<'t, 'a> Loader<'t, 'a> {
-    /// A loader with PyTorch's defaults: batch size 1, sequential, keep the last batch.
+    /// A loader with PyTorch's defaults: batch size 1, sequential, keep the last batch (and, when
+    /// sharded, pad the order to an even split).
     pub fn new(table: &'t Table<'a>) -> Self {
         Loader {
             table,
@@ -59,6 +61,7 @@ impl<'t, 'a> Loader<'t, 'a> {
             drop_last: false,
             order: Order::Sequential,
             shard: None,
+            shard_drop_last: false,
             progress: None,
             resolved: OnceLock::new(),
         }
@@ -71,8 +74,8 @@ impl<'t, 'a> Loader<'t, 'a> {
         self
     }
 
-    /// Drop a short last batch (and, with sharding, cut the order to an even split instead of
-    /// padding it, as `DistributedSampler(drop_last=True)` does).
+    /// Drop a short last batch, as `DataLoader(drop_last=True)` does. Batching only: how a shard
+    /// is split is [`Loader::shard_drop_last`].
     pub fn drop_last(mut self, drop_last: bool) -> Self {
         self.drop_last = drop_last;
         self.resolved = OnceLock::new();
@@ -103,6 +106,16 @@ impl<'t, 'a> Loader<'t, 'a> {
         self
     }
 
+    /// With sharding, cut the order down to an even split instead of padding it by wrapping
+    /// around, as `DistributedSampler(drop_last=True)` does. Independent of
+    /// [`Loader::drop_last`], which drops a short last batch; both are off by default, as in
+    /// PyTorch.
+    pub fn shard_drop_last(mut self, shard_drop_last: bool) -> Self {
+        self.shard_drop_last = shard_drop_last;
+        self.resolved = OnceLock::new();
+        self
+    }
+
     /// Calls `f(rows_done, bytes_done)` as a drain proceeds.
     pub fn on_progress(mut self, f: impl Fn(usize, u64) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(f));
@@ -127,7 +140,8 @@ impl<'t, 'a> Loader<'t, 'a> {
         if self.batch_size == 0 {
             return Err(Error::ZeroBatchSize);
         }
-        let indices = Indices::resolve(&self.order, shard, self.drop_last, self.table.rows())?;
+        let indices =
+            Indices::resolve(&self.order, shard, self.shard_drop_last, self.table.rows())?;
         let batches = Batches::new(indices, self.batch_size, self.drop_last)?;
         Ok(self.resolved.get_or_init(|| batches).clone())
     }
@@ -219,6 +233,7 @@ impl fmt::Debug for Loader<'_, '_> {
             .field("drop_last", &self.drop_last)
             .field("order", &self.order.name())
             .field("shard", &self.shard)
+            .field("shard_drop_last", &self.shard_drop_last)
             .finish()
     }
 }

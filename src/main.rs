@@ -1,11 +1,11 @@
-//! The `arraydrain` command line: `info`, `bench` and `convert`.
+//! The `arraydrain` command line: `info`, `bench`, `convert` and `merge`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use arraydrain::bench::{self, BenchRow, CpuFloors};
-use arraydrain::{Loader, Order, Strategy, Table};
+use arraydrain::{DType, Loader, Order, Strategy, Table};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -15,7 +15,12 @@ fn main() -> ExitCode {
     let result: CliResult = match &cli.command {
         Command::Info => info(),
         Command::Bench(args) => run_bench(args),
-        Command::Convert(args) => arraydrain::convert::run(args)
+        // SIGINT / SIGTERM remove the run's temporary files before exiting (130 / 143).
+        Command::Convert(args) => arraydrain::fsafe::cleanup_on_signals()
+            .and_then(|()| arraydrain::convert::run(args))
+            .map(|summary| println!("{summary}"))
+            .map_err(Into::into),
+        Command::Merge(args) => arraydrain::shards::merge(args)
             .map(|summary| println!("{summary}"))
             .map_err(Into::into),
     };
@@ -40,13 +45,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Version, threads, and which backends are available.
+    /// Version, threads, which backends are available, and the rank this process would take in a
+    /// distributed run (from torchrun, Slurm, Open MPI or MPICH variables).
     Info,
-    /// Drain a synthetic table (x: f32 [rows, dim], y: i64 [rows]) with every strategy, verify
-    /// each output against a naive reference gather, and time it against same-run floors.
+    /// Drain a synthetic table (x: DTYPE [rows, ROW_SHAPE], y: i64 [rows]) with every strategy,
+    /// verify each output against a naive reference gather, and time it against same-run floors.
     Bench(BenchArgs),
     /// Convert `.npy` / `.npz` inputs into drained, reordered NumPy files.
     Convert(arraydrain::convert::ConvertArgs),
+    /// Check the shards of `convert --distributed` against their manifest and write them back
+    /// as one dataset, in the sampler's global order.
+    Merge(arraydrain::shards::MergeArgs),
 }
 
 /// Which backends to use.
@@ -65,9 +74,15 @@ struct BenchArgs {
     /// Rows in the synthetic table.
     #[arg(long, default_value_t = 1_000_000)]
     rows: usize,
-    /// Features per row of `x`.
-    #[arg(long, default_value_t = 128)]
+    /// Features per row of `x` (shorthand for `--row-shape DIM`).
+    #[arg(long, default_value_t = 128, conflicts_with = "row_shape")]
     dim: usize,
+    /// Shape of one row of `x`, comma-separated (e.g. `3,224,224` for images).
+    #[arg(long, value_delimiter = ',')]
+    row_shape: Option<Vec<usize>>,
+    /// Element type of `x`: f32, f64, u8, i64, … (any arraydrain dtype name).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: DType,
     /// Batch size.
     #[arg(long, default_value_t = 256)]
     batch: usize,
@@ -95,28 +110,50 @@ struct BenchArgs {
     device: DeviceChoice,
 }
 
+fn parse_dtype(name: &str) -> Result<DType, String> {
+    DType::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
+        format!("unknown dtype {name:?} (one of {})", names.join(", "))
+    })
+}
+
 fn info() -> CliResult {
     println!("arraydrain {}", env!("CARGO_PKG_VERSION"));
     println!("threads: {}", rayon::current_num_threads());
     println!("backends:");
     println!("  cpu: available");
     println!("  cuda: {}", cuda_status());
+    println!("distributed: {}", arraydrain::shards::describe_placement());
     Ok(())
 }
 
 fn cuda_status() -> String {
-    match arraydrain::cuda::probe(0) {
-        Ok(d) => format!(
-            "available: device 0 {}, compute capability {}.{}, {:.1} GiB, driver {}.{}",
-            d.name,
-            d.compute_capability.0,
-            d.compute_capability.1,
-            d.total_memory as f64 / (1u64 << 30) as f64,
-            d.driver_version / 1000,
-            d.driver_version % 1000 / 10
+    let min = arraydrain::cuda::MIN_DRIVER_VERSION;
+    let (device, driver) = match arraydrain::cuda::probe(0) {
+        Ok(d) => (
+            format!(
+                "available: device 0 {}, compute capability {}.{}, {:.1} GiB, driver CUDA {}.{}",
+                d.name,
+                d.compute_capability.0,
+                d.compute_capability.1,
+                d.total_memory as f64 / (1u64 << 30) as f64,
+                d.driver_version / 1000,
+                d.driver_version % 1000 / 10
+            ),
+            Some(d.driver_version),
         ),
-        Err(e) => e.to_string(),
-    }
+        Err(e) => (e.to_string(), None),
+    };
+    let nvrtc = match arraydrain::cuda::nvrtc_status(driver) {
+        Ok(s) => s,
+        Err(reason) => format!("no usable NVRTC: {reason}"),
+    };
+    format!(
+        "{device}\n  cuda kernels: {nvrtc}\n  cuda needs: a driver of CUDA {}.{} or newer, and \
+         NVRTC 12.x or 13.x (the newest the driver runs: 13.x needs a 13.x driver)",
+        min / 1000,
+        min % 1000 / 10
+    )
 }
 
 const CPU_STRATEGIES: [&str; 5] = [
@@ -129,8 +166,20 @@ const CPU_STRATEGIES: [&str; 5] = [
 
 fn run_bench(args: &BenchArgs) -> CliResult {
     let mut progress = Progress::new();
+    let row_shape = args.row_shape.clone().unwrap_or_else(|| vec![args.dim]);
+    // Refuse a workload that cannot fit before allocating anything large.
+    let x_row = row_shape
+        .iter()
+        .try_fold(args.dtype.size(), |a, &d| a.checked_mul(d))
+        .and_then(|b| b.checked_add(8))
+        .ok_or_else(|| arraydrain::Error::HostAllocation {
+            bytes: u128::MAX,
+            what: "a row of the benchmark table".into(),
+            reason: "size overflows the address space".into(),
+        })?;
+    bench::check_fits(args.rows, args.rows, x_row)?;
     progress.message("making the synthetic table");
-    let table = bench::synthetic_table(args.rows, args.dim, args.seed)?;
+    let table = bench::synthetic_workload(args.rows, args.dtype.clone(), &row_shape, args.seed)?;
     let mut loader = Loader::new(&table)
         .batch_size(args.batch)
         .drop_last(args.drop_last);
@@ -139,7 +188,7 @@ fn run_bench(args: &BenchArgs) -> CliResult {
     }
     let batches = loader.batches()?;
     progress.message("computing the reference gather");
-    let reference = bench::reference(&table, &batches);
+    let reference = bench::reference(&table, &batches)?;
     let out_bytes: u64 = reference.iter().map(|r| r.len() as u64).sum();
 
     let run_cpu = args.device != DeviceChoice::Cuda;
@@ -198,11 +247,13 @@ fn run_bench(args: &BenchArgs) -> CliResult {
     } else {
         "sequential"
     };
+    let shape: Vec<String> = row_shape.iter().map(|d| d.to_string()).collect();
     println!(
-        "workload: {} rows -> {} out, x f32 [{}] + y i64 [], batch {}, {}{}, {:.1} MB",
+        "workload: {} rows -> {} out, x {} [{}] + y i64 [], batch {}, {}{}, {:.1} MB",
         args.rows,
         batches.rows(),
-        args.dim,
+        args.dtype.name(),
+        shape.join(", "),
         args.batch,
         order,
         if args.drop_last { ", drop_last" } else { "" },
@@ -294,7 +345,7 @@ fn run_cuda_bench(
         Some(list) => list.iter().filter_map(|s| s.parse().ok()).collect(),
         None => CUDA_STRATEGIES.to_vec(),
     };
-    let run = arraydrain::cuda::bench::run(table, batches, &strategies, args.repeat, reference)?;
+    let run = bench::cuda::run(table, batches, &strategies, args.repeat, reference)?;
     let f = &run.floor;
     report.floors_text.push(format!(
         "cuda_d2h_pinned {:.3} ms ({:.2} GB/s) on {}",

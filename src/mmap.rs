@@ -7,14 +7,29 @@
 //!   process (`msync(MS_ASYNC)` then `madvise(MADV_DONTNEED)`), so an output or input larger
 //!   than RAM never has to be resident at once.
 //!
-//! The contract every map here relies on, as for `numpy.memmap`: **no other process truncates
-//! or shrinks a mapped file while it is mapped** (that would make a later access fault with
-//! `SIGBUS`). Output files are created by this crate under a private temporary name, so only the
-//! inputs depend on the caller keeping that promise.
+//! - [`reserve`]: allocate an output file's blocks before it is mapped (`posix_fallocate`), so
+//!   writing through the map cannot fault for lack of space; a full disk is an
+//!   [`Error::NoSpace`] up front instead of a `SIGBUS` mid-run.
+//! - [`catch_input_faults`] and [`verify_inputs`]: an input truncated by another process while
+//!   it is mapped makes reads past its new end fault with `SIGBUS`. Once `catch_input_faults`
+//!   has run, a fault inside a [`ReadMap`] is answered by mapping a zero page there (the read
+//!   goes on) and recorded; `verify_inputs` then reports the file as changed
+//!   ([`Error::FileChanged`]), as it does a file whose size or modification time changed, so the
+//!   caller discards what it read instead of trusting it. Faults anywhere else keep their
+//!   default action.
+//! - [`check_map_budget`]: the kernel's per-process limit on maps (`vm.max_map_count`), checked
+//!   before a run makes one map per output column.
+//!
+//! Output files are created by this crate under a private temporary name and their space is
+//! reserved before they are mapped, so nothing else shrinks them while mapped.
 
 use std::fs::File;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
 
 use memmap2::{Mmap, MmapMut, MmapOptions, UncheckedAdvice};
 
@@ -25,25 +40,88 @@ use crate::error::{Error, Result};
 pub struct ReadMap {
     map: Mmap,
     path: PathBuf,
+    watch: Arc<Watched>,
+    id: u64,
+    slot: Option<usize>,
 }
 
+/// What [`verify_inputs`] needs of a live [`ReadMap`].
+#[derive(Debug)]
+struct Watched {
+    path: PathBuf,
+    /// Kept open to compare its size and modification time with `stamp`.
+    file: File,
+    /// Size and modification time when mapped.
+    stamp: (u64, i64, i64),
+    range: Range<usize>,
+}
+
+/// The live [`ReadMap`]s, by id.
+static WATCHED: Mutex<Vec<(u64, Arc<Watched>)>> = Mutex::new(Vec::new());
+static NEXT_WATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl ReadMap {
-    /// Maps `path` read-only. An empty file gives an empty map.
+    /// Maps `path` read-only. An empty file gives an empty map. Only regular files are read:
+    /// a FIFO, socket or device would block or change under the map.
     ///
     /// # Errors
-    /// [`Error::Io`] naming the file when it cannot be opened or mapped.
+    /// [`Error::BadFile`] for something that is not a regular file; [`Error::Io`] naming the
+    /// file when it cannot be opened or mapped.
     pub fn open(path: &Path) -> Result<ReadMap> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // Non-blocking, so that opening a FIFO returns at once (and is then refused) instead of
+        // waiting for a writer; the flag means nothing for the regular files that are read.
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            let kind = match meta.file_type() {
+                t if t.is_dir() => "a folder",
+                _ => "not a regular file (a FIFO, socket or device)",
+            };
+            return Err(Error::BadFile {
+                path: path.to_path_buf(),
+                reason: format!("is {kind}; only regular .npy/.npz files are read"),
+            });
+        }
         // SAFETY: the map is read-only and private to this process; its bytes are only read
-        // through `&[u8]`. The one thing that could invalidate them is another process truncating
-        // the file while it is mapped, which the module contract (see the module docs) rules out,
-        // exactly as for `numpy.memmap`. The `File` may be dropped: the mapping keeps its own
-        // reference to the file.
+        // through `&[u8]`. Another process truncating the file while it is mapped would make a
+        // later read fault with SIGBUS: with `catch_input_faults` installed that fault maps a
+        // zero page (the bytes stay readable memory) and `verify_inputs` reports the file, as
+        // described in the module docs; without it the process stops, as `numpy.memmap` does.
+        // The file is kept open to compare its size and times later.
         let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, e))?;
+        let start = map.as_ptr() as usize;
+        let slot = register_read_map(start, map.len());
+        let watch = Arc::new(Watched {
+            path: path.to_path_buf(),
+            file,
+            stamp: stamp(&meta),
+            range: start..start + map.len(),
+        });
+        let id = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
+        WATCHED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, Arc::clone(&watch)));
         Ok(ReadMap {
             map,
             path: path.to_path_buf(),
+            watch,
+            id,
+            slot,
         })
+    }
+
+    /// Whether the file is as it was when mapped: no read of it faulted (see
+    /// [`catch_input_faults`]), and its size and modification time are unchanged.
+    ///
+    /// # Errors
+    /// [`Error::FileChanged`] naming the file.
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.watch.check()
     }
 
     /// The file's bytes.
@@ -84,6 +162,47 @@ impl ReadMap {
     }
 }
 
+impl Drop for ReadMap {
+    fn drop(&mut self) {
+        WATCHED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(id, _)| *id != self.id);
+        if let Some(slot) = self.slot {
+            unregister_read_map(slot);
+        }
+        forget_faults(self.watch.range.clone());
+    }
+}
+
+impl Watched {
+    fn check(&self) -> Result<()> {
+        let changed = |reason: String| Error::FileChanged {
+            path: self.path.clone(),
+            reason,
+        };
+        let faults = recorded_faults(self.range.clone());
+        if faults > 0 {
+            return Err(changed(format!(
+                "reads past its new end faulted ({faults} pages); it was truncated or replaced"
+            )));
+        }
+        let now = self.file.metadata().map_err(|e| Error::io(&self.path, e))?;
+        if stamp(&now) != self.stamp {
+            return Err(changed(format!(
+                "its size or modification time changed (was {} bytes, now {})",
+                self.stamp.0,
+                now.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn stamp(meta: &std::fs::Metadata) -> (u64, i64, i64) {
+    (meta.len(), meta.mtime(), meta.mtime_nsec())
+}
+
 /// A writable, shared map of `len` bytes at `offset` of a file that is at least
 /// `offset + len` bytes long. Writes land in the file's page cache; nothing is copied.
 #[derive(Debug)]
@@ -114,7 +233,7 @@ impl WriteMap {
         // for this output (module contract), so nothing else truncates it or writes to it while
         // it is mapped; all access goes through `&self`/`&mut self` borrows of this map.
         let map = unsafe { MmapOptions::new().offset(offset).len(len).map_mut(file) }
-            .map_err(|e| Error::io(path, e))?;
+            .map_err(|e| map_error(path, e))?;
         Ok(WriteMap {
             map,
             path: path.to_path_buf(),
@@ -164,6 +283,239 @@ impl WriteMap {
     pub fn flush(&self) -> Result<()> {
         self.map.flush().map_err(|e| Error::io(&self.path, e))
     }
+}
+
+/// An `mmap` failure; `ENOMEM` with the process at its map limit is [`Error::MapLimit`].
+fn map_error(path: &Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ENOMEM) {
+        let (limit, in_use) = (max_map_count(), maps_in_use());
+        if let (Some(limit), Some(in_use)) = (limit, in_use) {
+            if in_use + 16 >= limit {
+                return Error::MapLimit {
+                    needed: 1,
+                    limit,
+                    in_use,
+                };
+            }
+        }
+    }
+    Error::io(path, e)
+}
+
+fn max_map_count() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn maps_in_use() -> Option<u64> {
+    let maps = std::fs::read("/proc/self/maps").ok()?;
+    Some(maps.iter().filter(|&&b| b == b'\n').count() as u64)
+}
+
+/// Checks that `needed` more maps fit under the kernel's per-process limit
+/// (`/proc/sys/vm/max_map_count`, with a margin for the allocator and libraries). Passes when the
+/// limit cannot be read.
+///
+/// # Errors
+/// [`Error::MapLimit`] naming the limit.
+pub fn check_map_budget(needed: u64) -> Result<()> {
+    const MARGIN: u64 = 1024;
+    if let (Some(limit), Some(in_use)) = (max_map_count(), maps_in_use()) {
+        if in_use + needed + MARGIN > limit {
+            return Err(Error::MapLimit {
+                needed,
+                limit,
+                in_use,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Allocates the first `len` bytes of `file` on disk (`posix_fallocate`), extending it to
+/// `len` bytes, so that later writes into that range, through a map or not, cannot fail for
+/// lack of space.
+///
+/// # Errors
+/// [`Error::NoSpace`] naming the file system when it has no room (or the file would exceed the
+/// process's file size limit); [`Error::Io`] otherwise.
+pub fn reserve(file: &File, path: &Path, len: u64) -> Result<()> {
+    let Ok(len_off) = libc::off_t::try_from(len) else {
+        return Err(Error::SizeOverflow {
+            what: format!("{} ({len} bytes)", path.display()),
+        });
+    };
+    if len_off == 0 {
+        return Ok(());
+    }
+    // SAFETY: `posix_fallocate` only reads its integer arguments; the descriptor belongs to
+    // `file`, which is open (borrowed for the call) and writable by the caller's contract. It
+    // returns an error number instead of setting errno.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
+    if rc == 0 {
+        return Ok(());
+    }
+    Err(crate::fsafe::write_error(
+        path,
+        std::io::Error::from_raw_os_error(rc),
+        len,
+    ))
+}
+
+// ---- faults of truncated inputs -------------------------------------------------------------
+
+/// Address ranges of the live [`ReadMap`]s, for the signal handler (which may only use atomics):
+/// slot `i` holds `[start, end)`, `0..0` when free.
+const SLOTS: usize = 1024;
+static MAP_START: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static MAP_END: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+/// Pages answered by the handler: their count and the first few addresses.
+const RECORDED: usize = 256;
+static FAULTS: AtomicUsize = AtomicUsize::new(0);
+static FAULT_PAGES: [AtomicUsize; RECORDED] = [const { AtomicUsize::new(0) }; RECORDED];
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
+/// Serialises slot allocation (never taken by the handler).
+static SLOT_LOCK: Mutex<()> = Mutex::new(());
+static INSTALL: Once = Once::new();
+/// The `SIGBUS` action in force before ours, restored for faults that are not ours.
+static PREVIOUS: Mutex<Option<libc::sigaction>> = Mutex::new(None);
+
+fn register_read_map(start: usize, len: usize) -> Option<usize> {
+    if len == 0 {
+        return None;
+    }
+    let _guard = SLOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = (0..SLOTS).find(|&i| MAP_END[i].load(Ordering::Acquire) == 0)?;
+    MAP_START[slot].store(start, Ordering::Release);
+    MAP_END[slot].store(start + len, Ordering::Release);
+    Some(slot)
+}
+
+fn unregister_read_map(slot: usize) {
+    let _guard = SLOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    MAP_END[slot].store(0, Ordering::Release);
+    MAP_START[slot].store(0, Ordering::Release);
+}
+
+fn in_read_map(addr: usize) -> bool {
+    (0..SLOTS).any(|i| {
+        let end = MAP_END[i].load(Ordering::Acquire);
+        end != 0 && MAP_START[i].load(Ordering::Acquire) <= addr && addr < end
+    })
+}
+
+fn recorded_faults(range: Range<usize>) -> usize {
+    let n = FAULTS.load(Ordering::Acquire).min(RECORDED);
+    FAULT_PAGES[..n]
+        .iter()
+        .filter(|p| range.contains(&p.load(Ordering::Acquire)))
+        .count()
+}
+
+fn forget_faults(range: Range<usize>) {
+    for p in &FAULT_PAGES {
+        let _ = p.fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+            range.contains(&a).then_some(usize::MAX)
+        });
+    }
+}
+
+extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // Only atomics and raw system calls here (async-signal-safe).
+    // SAFETY: the kernel passes a valid siginfo for a handler installed with SA_SIGINFO;
+    // `si_addr` is the field it fills for SIGBUS.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    if code == libc::BUS_ADRERR && in_read_map(addr) {
+        let page_size = PAGE_SIZE.load(Ordering::Relaxed);
+        let page = addr & !(page_size - 1);
+        // SAFETY: `page` lies inside a live read-only input map of this process (checked just
+        // above against the registered ranges), which only ever hands out `&[u8]`: replacing that
+        // one page by a private zero page keeps every borrow pointing at readable memory, and
+        // `verify_inputs` reports the file before anything read from it is trusted. MAP_FIXED
+        // replaces exactly this page of our own mapping and nothing else.
+        let p = unsafe {
+            libc::mmap(
+                page as *mut libc::c_void,
+                page_size,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            let n = FAULTS.fetch_add(1, Ordering::AcqRel);
+            if n < RECORDED {
+                FAULT_PAGES[n].store(page, Ordering::Release);
+            }
+            return;
+        }
+    }
+    // Not a fault of ours: put the previous action back and return, so the access faults again
+    // and is handled (or ends the process) as it would have been without us.
+    if let Ok(previous) = PREVIOUS.try_lock() {
+        if let Some(old) = previous.as_ref() {
+            // SAFETY: `old` is the action the kernel returned when ours was installed.
+            unsafe { libc::sigaction(signal, old, std::ptr::null_mut()) };
+            return;
+        }
+    }
+    // SAFETY: restoring the default action of SIGBUS takes no pointers.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+}
+
+/// Installs (once per process) the `SIGBUS` handler that answers faults inside [`ReadMap`]s
+/// with zero pages and records them (see the module docs). Whoever calls it must call
+/// [`verify_inputs`] (or [`ReadMap::check_unchanged`]) before trusting bytes read from a map.
+///
+/// # Errors
+/// [`Error::Io`] when the handler cannot be installed.
+pub fn catch_input_faults() -> Result<()> {
+    let mut result = Ok(());
+    INSTALL.call_once(|| {
+        // SAFETY: sysconf only reads its argument.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if let Ok(page) = usize::try_from(page) {
+            if page.is_power_of_two() {
+                PAGE_SIZE.store(page, Ordering::Relaxed);
+            }
+        }
+        // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no flags); the fields
+        // set below make it a SA_SIGINFO action whose handler has the matching signature and
+        // only uses async-signal-safe operations (atomics, mmap, sigaction).
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_sigbus as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+        // SAFETY: as above; `old` receives the previous action.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are to live, initialised `sigaction` values.
+        let rc = unsafe { libc::sigaction(libc::SIGBUS, &action, &mut old) };
+        if rc != 0 {
+            result = Err(Error::io("SIGBUS handler", std::io::Error::last_os_error()));
+            return;
+        }
+        *PREVIOUS.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
+    });
+    result
+}
+
+/// Checks the live [`ReadMap`]s of `paths` (as they were given to [`ReadMap::open`]) with
+/// [`ReadMap::check_unchanged`]: call before keeping anything derived from those inputs.
+///
+/// # Errors
+/// [`Error::FileChanged`] naming the first changed input.
+pub fn verify_inputs<P: AsRef<Path>>(paths: &[P]) -> Result<()> {
+    let watched: Vec<Arc<Watched>> = WATCHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(_, w)| paths.iter().any(|p| p.as_ref() == w.path))
+        .map(|(_, w)| Arc::clone(w))
+        .collect();
+    watched.iter().try_for_each(|w| w.check())
 }
 
 fn check_range(range: &Range<usize>, len: usize, path: &Path) -> Result<()> {

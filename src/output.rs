@@ -185,9 +185,9 @@ impl ColumnArray {
         &self.name
     }
 
-    /// Element type.
+    /// Element type (a cheap clone: an opaque dtype's descriptor is shared).
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.dtype.clone()
     }
 
     /// Shape of one row.
@@ -222,6 +222,14 @@ impl ColumnArray {
         self.storage.as_bytes()
     }
 
+    /// The bytes of one row (`None` past the end): how a [`DType::Opaque`] column is read,
+    /// with its descriptor from [`ColumnArray::dtype`].
+    pub fn row(&self, i: usize) -> Option<&[u8]> {
+        let rb = self.row_bytes();
+        let start = i.checked_mul(rb)?;
+        self.as_bytes().get(start..start.checked_add(rb)?)
+    }
+
     /// The raw bytes, writable.
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         self.storage.as_bytes_mut()
@@ -232,12 +240,12 @@ impl ColumnArray {
     }
 
     fn check<T: Element>(&self) -> Result<()> {
-        if T::views(self.dtype) {
+        if T::views(&self.dtype) {
             Ok(())
         } else {
             Err(Error::DTypeMismatch {
                 column: self.name.clone(),
-                actual: self.dtype,
+                actual: self.dtype.clone(),
                 requested: T::DTYPE,
             })
         }

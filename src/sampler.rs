@@ -132,15 +132,18 @@ impl Indices {
     /// Resolves `order` (then `shard`) against a table of `rows` rows.
     ///
     /// Sharding follows PyTorch's `DistributedSampler`: the order is padded by wrapping around to
-    /// a multiple of `world_size` (or, with `drop_last`, cut down to one), then rank `r` takes
-    /// positions `r, r + world_size, r + 2·world_size, …`.
+    /// a multiple of `world_size` (or, with `shard_drop_last` — the sampler's `drop_last`, not
+    /// the `DataLoader`'s — cut down to one), then rank `r` takes positions
+    /// `r, r + world_size, r + 2·world_size, …`.
     ///
     /// # Errors
-    /// [`Error::IndexOutOfBounds`] for an explicit index `>= rows`.
+    /// [`Error::IndexOutOfBounds`] for an explicit index `>= rows`; [`Error::HostAllocation`]
+    /// when a shuffled or sharded index list cannot be allocated; [`Error::SizeOverflow`] when
+    /// the padded length of a sharded order overflows.
     pub fn resolve(
         order: &Order,
         shard: Option<Shard>,
-        drop_last: bool,
+        shard_drop_last: bool,
         rows: usize,
     ) -> Result<Self> {
         let base = match order {
@@ -148,7 +151,7 @@ impl Indices {
                 start: 0,
                 end: rows,
             },
-            Order::Shuffle { seed } => Indices::List(shuffled(rows, *seed).into()),
+            Order::Shuffle { seed } => Indices::List(try_shuffled(rows, *seed)?.into()),
             Order::Indices(list) => {
                 if let Some((position, &index)) =
                     list.iter().enumerate().find(|(_, &i)| i >= rows as u64)
@@ -165,11 +168,10 @@ impl Indices {
         let Some(shard) = shard else {
             return Ok(base);
         };
-        Ok(Indices::List(
-            shard_positions(base.len(), shard, drop_last)
-                .map(|p| base.get(p).map_or(0, |v| v as u64))
-                .collect(),
-        ))
+        let (positions, count) = shard_positions(base.len(), shard, shard_drop_last)?;
+        let mut list = index_vec(count, "the shard's index list")?;
+        list.extend(positions.map(|p| base.get(p).map_or(0, |v| v as u64)));
+        Ok(Indices::List(list.into()))
     }
 }
 
@@ -222,8 +224,16 @@ impl IndexSlice<'_> {
     }
 }
 
-/// The positions (into a base order of `n`) that `shard` takes, as `DistributedSampler` does.
-fn shard_positions(n: usize, shard: Shard, drop_last: bool) -> impl Iterator<Item = usize> {
+/// The positions (into a base order of `n`) that `shard` takes, as `DistributedSampler` does,
+/// and how many there are.
+///
+/// # Errors
+/// [`Error::SizeOverflow`] when the padded order's length overflows.
+fn shard_positions(
+    n: usize,
+    shard: Shard,
+    drop_last: bool,
+) -> Result<(impl Iterator<Item = usize>, usize)> {
     let w = shard.world_size;
     let per_rank = if drop_last && n % w != 0 {
         // ceil((n - w) / w) == floor(n / w) for n % w != 0.
@@ -231,9 +241,38 @@ fn shard_positions(n: usize, shard: Shard, drop_last: bool) -> impl Iterator<Ite
     } else {
         n.div_ceil(w)
     };
-    let total = if n == 0 { 0 } else { per_rank * w };
+    let total = if n == 0 {
+        0
+    } else {
+        per_rank.checked_mul(w).ok_or_else(|| Error::SizeOverflow {
+            what: format!("an order of {n} rows padded to a multiple of {w} ranks"),
+        })?
+    };
+    let count = if n == 0 { 0 } else { per_rank };
     // Padding wraps around the base order (repeatedly, when it is shorter than the padding).
-    (shard.rank..total).step_by(w).map(move |p| p % n.max(1))
+    let positions = (shard.rank..total).step_by(w).map(move |p| p % n.max(1));
+    Ok((positions, count))
+}
+
+/// An empty vector with room for `len` indices, or an error when that memory cannot be had
+/// (never an abort).
+fn index_vec(len: usize, what: &str) -> Result<Vec<u64>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|e| Error::alloc(len.saturating_mul(8), what, e))?;
+    Ok(v)
+}
+
+/// [`shuffled`], with the index list's allocation failing as an [`Error::HostAllocation`]
+/// instead of aborting.
+///
+/// # Errors
+/// [`Error::HostAllocation`] when `rows` indices do not fit in memory.
+pub fn try_shuffled(rows: usize, seed: u64) -> Result<Vec<u64>> {
+    let mut v = index_vec(rows, "the shuffled order")?;
+    v.extend(0..rows as u64);
+    shuffle_in_place(&mut v, seed);
+    Ok(v)
 }
 
 /// The seeded permutation of `0..rows` used by [`Order::Shuffle`].
@@ -244,12 +283,16 @@ fn shard_positions(n: usize, shard: Shard, drop_last: bool) -> impl Iterator<Ite
 /// multiply-and-reject method on 64-bit outputs.
 pub fn shuffled(rows: usize, seed: u64) -> Vec<u64> {
     let mut v: Vec<u64> = (0..rows as u64).collect();
+    shuffle_in_place(&mut v, seed);
+    v
+}
+
+fn shuffle_in_place(v: &mut [u64], seed: u64) {
     let mut rng = SplitMix64(seed);
-    for i in (1..rows).rev() {
+    for i in (1..v.len()).rev() {
         let j = rng.below(i as u64 + 1) as usize;
         v.swap(i, j);
     }
-    v
 }
 
 struct SplitMix64(u64);
@@ -291,6 +334,22 @@ mod tests {
         // Pinned values (checked against an independent Python transcription of the documented
         // algorithm): the algorithm is part of the contract.
         assert_eq!(shuffled(8, 0), vec![1, 2, 6, 5, 4, 0, 3, 7]);
+    }
+
+    #[test]
+    fn huge_orders_are_errors_not_aborts() {
+        let s = Shard::new(0, 2).unwrap();
+        // usize::MAX rows padded to a multiple of 2 ranks overflows.
+        assert!(matches!(
+            Indices::resolve(&Order::Sequential, Some(s), false, usize::MAX),
+            Err(Error::SizeOverflow { .. })
+        ));
+        // 2^61 indices (16 EiB) cannot be allocated.
+        assert!(matches!(
+            Indices::resolve(&Order::Shuffle { seed: 1 }, None, false, 1 << 61),
+            Err(Error::HostAllocation { .. })
+        ));
+        assert_eq!(try_shuffled(8, 0).unwrap(), shuffled(8, 0));
     }
 
     #[test]

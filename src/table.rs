@@ -195,9 +195,9 @@ impl<'a> Column<'a> {
         &self.name
     }
 
-    /// Element type.
+    /// Element type (a cheap clone: an opaque dtype's descriptor is shared).
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.dtype.clone()
     }
 
     /// Shape of one row (`[]` for scalar rows such as labels).
@@ -271,8 +271,9 @@ impl<'a> Table<'a> {
             return Err(Error::EmptyTable);
         };
         let rows = first.rows;
-        for (i, c) in columns.iter().enumerate() {
-            if columns[..i].iter().any(|p| p.name == c.name) {
+        let mut seen = std::collections::HashSet::with_capacity(columns.len());
+        for c in &columns {
+            if !seen.insert(c.name.as_str()) {
                 return Err(Error::DuplicateColumn {
                     name: c.name.clone(),
                 });

@@ -15,6 +15,9 @@ fn info_reports_version_threads_and_backends() {
     assert!(text.contains("threads:"), "{text}");
     assert!(text.contains("cpu: available"), "{text}");
     assert!(text.contains("cuda:"), "{text}");
+    // Which NVRTC the kernels would be compiled with (or why none), and what CUDA needs.
+    assert!(text.contains("cuda kernels:"), "{text}");
+    assert!(text.contains("a driver of CUDA 12.0 or newer"), "{text}");
 }
 
 #[test]
@@ -159,4 +162,103 @@ fn without_a_cuda_device_bench_auto_runs_the_cpu_and_cuda_fails_cleanly() {
     assert!(!out.status.success());
     assert!(stderr.contains("CUDA"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `--row-shape` and `--dtype` set the shape and element type of `x` (an image-like workload
+/// here), and the JSON says so; every output is still verified.
+#[test]
+fn bench_takes_a_row_shape_and_a_dtype() {
+    let dir = std::env::temp_dir().join(format!("arraydrain-cli-shape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let out = arraydrain()
+        .args([
+            "bench",
+            "--rows",
+            "40",
+            "--row-shape",
+            "3,16,16",
+            "--dtype",
+            "u8",
+        ])
+        .args([
+            "--batch",
+            "7",
+            "--shuffle",
+            "--repeat",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("x u8 [3, 16, 16]"), "{stdout}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let w = &doc["workload"];
+    assert_eq!(w["columns"][0]["dtype"], "u8");
+    assert_eq!(w["columns"][0]["row_shape"], serde_json::json!([3, 16, 16]));
+    assert_eq!(w["output_bytes"], 40 * (3 * 16 * 16 + 8));
+    for r in doc["results"].as_array().unwrap() {
+        assert_eq!(r["verified"], true, "{r}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+
+    let out = arraydrain()
+        .args(["bench", "--rows", "10", "--dtype", "f33", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown dtype"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A workload too large for the machine is a typed allocation error with a message and a
+/// failure exit — not an abort in the reference gather or the table — whether its size
+/// overflows the address space or only exceeds the memory available.
+#[test]
+fn bench_with_huge_rows_is_an_allocation_error_not_an_abort() {
+    // Rows whose table fits in half the memory available now, but not with the reference, the
+    // floors and an output beside it: refused before anything large is touched.
+    let avail = arraydrain::sysmem::available_bytes().expect("available memory is known here");
+    let half = (avail / 9 / 2).to_string();
+    for args in [
+        &["--rows", half.as_str(), "--row-shape", "1", "--dtype", "u8"][..],
+        // 2^62 rows of 128 f32: the size overflows.
+        &["--rows", "4611686018427387904"][..],
+        // 10^12 rows of one byte: fits the address space, not the machine.
+        &[
+            "--rows",
+            "1000000000000",
+            "--row-shape",
+            "1",
+            "--dtype",
+            "u8",
+        ][..],
+        // Rows whose own size overflows.
+        &["--rows", "10", "--row-shape", "4294967296,4294967296"][..],
+    ] {
+        let out = arraydrain()
+            .arg("bench")
+            .args(args)
+            .args(["--device", "cpu", "--repeat", "1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("cannot allocate"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("memory allocation"), "{args:?}: {stderr}");
+    }
 }

@@ -119,10 +119,43 @@ fn convert_output_equals_numpys_gather_in_every_order() {
             "--world-size",
             "4",
             "--drop-last",
+            "--shard-drop-last",
             "--batch",
             "10",
         ],
         json!({"shard": [3, 4], "drop_last": true}),
+        json!({"batch": 10, "drop_last": true}),
+    );
+    // The two flags apart: `--shard-drop-last` cuts the sampler's order and keeps a short last
+    // batch; `--drop-last` drops a short last batch of the padded shard.
+    run(
+        "shard-cut",
+        "npz",
+        &[
+            "--rank",
+            "3",
+            "--world-size",
+            "4",
+            "--shard-drop-last",
+            "--batch",
+            "10",
+        ],
+        json!({"shard": [3, 4], "drop_last": true}),
+        json!({"batch": 10}),
+    );
+    run(
+        "shard-padded-drop",
+        "npz",
+        &[
+            "--rank",
+            "3",
+            "--world-size",
+            "4",
+            "--drop-last",
+            "--batch",
+            "10",
+        ],
+        json!({"shard": [3, 4]}),
         json!({"batch": 10, "drop_last": true}),
     );
     run(
@@ -185,7 +218,7 @@ fn convert_output_equals_numpys_gather_in_every_order() {
     );
     let leftovers: Vec<String> = files_under(&s.0)
         .into_iter()
-        .filter(|f| f.contains(".tmp") || f.contains("staging"))
+        .filter(|f| f.contains(".arraydrain-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -297,10 +330,10 @@ fn status_kb(pid: u32) -> Option<(u64, u64)> {
 
 #[test]
 fn mapped_output_is_never_resident_as_a_whole() {
-    if !Path::new("/proc/self/status").exists() {
-        eprintln!("SKIPPED: needs /proc/<pid>/status");
-        return;
-    }
+    assert!(
+        Path::new("/proc/self/status").exists(),
+        "this test reads the memory of the converting process from /proc/<pid>/status"
+    );
     let py = numpy_python();
     let s = Scratch::new("convert-mmap-rss");
     // A 64 MiB input drained four times over (in a shuffled order with repeats) into a 256 MiB

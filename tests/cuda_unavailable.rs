@@ -63,10 +63,10 @@ fn no_driver_library_is_a_typed_error_not_a_panic() {
         .build()
         .unwrap();
     let batches = Batches::new(Indices::Range { start: 0, end: 10 }, 3, false).unwrap();
-    let reference = arraydrain::bench::reference(&table, &batches);
+    let reference = arraydrain::bench::reference(&table, &batches).unwrap();
     unavailable(
-        "cuda::bench::run",
-        cuda::bench::run(&table, &batches, &[Strategy::Pinned], 1, &reference),
+        "bench::cuda::run",
+        arraydrain::bench::cuda::run(&table, &batches, &[Strategy::Pinned], 1, &reference),
     );
 }
 

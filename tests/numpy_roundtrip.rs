@@ -139,9 +139,22 @@ fn numpy_inputs_drain_to_numpy_outputs_equal_to_numpys_own_gather() {
         json!({"shard": [2, 5]}),
         false,
     );
+    // The two drop_last flags apart: the sampler's alone, and the loader's alone.
+    case(
+        "shard-cut",
+        Loader::new(&table).shard(4, 7).shard_drop_last(true),
+        json!({"shard": [4, 7], "drop_last": true}),
+        false,
+    );
+    case(
+        "shard-padded-drop",
+        Loader::new(&table).shard(4, 7),
+        json!({"shard": [4, 7]}),
+        true,
+    );
     case(
         "shard-drop",
-        Loader::new(&table).shard(4, 7),
+        Loader::new(&table).shard(4, 7).shard_drop_last(true),
         json!({"shard": [4, 7], "drop_last": true}),
         true,
     );

@@ -136,7 +136,7 @@ impl DeviceBuffer {
             })?;
         DeviceColumn::with_offset(
             meta.name.as_str(),
-            meta.dtype,
+            meta.dtype.clone(),
             &meta.row_shape,
             rows,
             slice,

@@ -64,16 +64,24 @@ impl Kind {
 /// Which exception class an engine error becomes.
 pub fn kind_of(e: &Error) -> Kind {
     match e {
-        Error::HostAllocation { .. } => Kind::Memory,
+        Error::HostAllocation { .. } | Error::SizeOverflow { .. } | Error::MapLimit { .. } => {
+            Kind::Memory
+        }
         Error::IndexOutOfBounds { .. } => Kind::Index,
-        Error::DTypeMismatch { .. } | Error::UnsupportedDType { .. } => Kind::Type,
-        Error::Io { .. } => Kind::Os,
+        Error::DTypeMismatch { .. }
+        | Error::UnsupportedDType { .. }
+        | Error::BadDescriptor { .. } => Kind::Type,
+        Error::Io { .. }
+        | Error::NoSpace { .. }
+        | Error::PathConflict { .. }
+        | Error::FileChanged { .. } => Kind::Os,
         Error::CudaNotCompiled
         | Error::CudaUnavailable { .. }
         | Error::Cuda { .. }
         | Error::KernelCompile { .. }
         | Error::DeviceOutOfMemory { .. }
         | Error::WrongDevice { .. }
+        | Error::UnorderableColumn { .. }
         | Error::Misaligned { .. } => Kind::Runtime,
         _ => Kind::Value,
     }

@@ -143,7 +143,7 @@ pub fn table<'a>(metas: &[Meta], bytes: &[&'a [u8]], rows: usize) -> Result<Tabl
         }
         columns.push(Column::from_bytes(
             m.name.as_str(),
-            m.dtype,
+            m.dtype.clone(),
             &m.row_shape,
             rows,
             &b[..rows * m.row_bytes],
@@ -497,8 +497,9 @@ impl Sink {
             let mut shape = vec![rows];
             shape.extend_from_slice(&m.row_shape);
             let file = dir.join(format!("{}.npy", m.name));
-            sink.buffers
-                .push(Box::new(MappedNpy::create(file, m.dtype, &shape).py()?));
+            sink.buffers.push(Box::new(
+                MappedNpy::create(file, m.dtype.clone(), &shape).py()?,
+            ));
         }
         Ok(sink)
     }
@@ -720,7 +721,7 @@ impl Sink {
             .into_iter()
             .zip(&self.metas)
             .map(|(b, m)| {
-                ColumnArray::new(m.name.as_str(), m.dtype, &m.row_shape, capacity, b).py()
+                ColumnArray::new(m.name.as_str(), m.dtype.clone(), &m.row_shape, capacity, b).py()
             })
             .collect()
     }

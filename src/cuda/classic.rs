@@ -7,15 +7,15 @@
 //! One stream, ordinary (pageable) host memory: every copy to host is synchronous, and the link
 //! idles between batches. They are kept as honest baselines for `Pinned`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cudarc::driver::result::{self, mem_pool};
-use cudarc::driver::{sys, CudaContext};
+use cudarc::driver::{sys, CudaContext, CudaStream};
 
-use super::engine::CudaEngine;
-use super::kernels::Gather;
-use super::memory::{dtod_async, dtoh_async, htod_async, DevBuf};
+use super::kernels::{Gather, IndexWidth, Kernels};
+use super::memory::{bind_ctx, dtod_async, dtoh_async, htod_async, wait_stream, DevBuf};
 use super::pipeline::LaneGuard;
 use super::table::DeviceTable;
 use crate::batch::Batches;
@@ -26,9 +26,11 @@ use crate::memory::{checked_bytes, AllocCounter, HostBuf};
 use crate::output::{Backend, ColumnArray, Materialized, Report};
 use crate::sampler::IndexSlice;
 
-/// Runs `Concat`, `PerBatch` or `Preallocated` (anything else is treated as `Preallocated`).
+/// Runs `Concat`, `PerBatch` or `Preallocated` (anything else is treated as `Preallocated`) on
+/// `stream`, a stream of the engine's context that only this call uses.
 pub(crate) fn run(
-    engine: &CudaEngine,
+    stream: &Arc<CudaStream>,
+    kernels: &Kernels,
     table: &DeviceTable,
     batches: &Batches,
     strategy: Strategy,
@@ -36,16 +38,12 @@ pub(crate) fn run(
     let started = Instant::now();
     let host = AllocCounter::new();
     let dev = AllocCounter::new();
-    let stream = engine.stream();
-    stream
-        .context()
-        .bind_to_thread()
-        .map_err(super::device::cuda_err("binding the CUDA context"))?;
+    bind_ctx(stream.context())?;
     // Dropped last: the device buffers below are freed (stream-ordered) before it restores
     // the pool's release threshold.
     let _caching = CachingPool::enter(stream.context());
     let guard = LaneGuard::new(vec![Arc::clone(stream)]);
-    let mut loader = BatchGather::new(engine, table, batches, &dev)?;
+    let mut loader = BatchGather::new(stream, kernels, table, batches, &dev)?;
     let rows = batches.rows();
     let cols = table.columns();
     let strategy = match strategy {
@@ -75,9 +73,7 @@ pub(crate) fn run(
                 // 2. `buf` holds `bytes` bytes and is untouched until the synchronize below;
                 // 3. the context was bound at the start.
                 unsafe { dtoh_async(buf.as_bytes_mut().as_mut_ptr(), full.ptr(), bytes, stream)? };
-                stream
-                    .synchronize()
-                    .map_err(super::device::cuda_err("copying a concatenated column"))?;
+                wait_stream(stream)?;
                 out.push(ColumnArray::new(
                     col.name(),
                     col.dtype(),
@@ -103,9 +99,7 @@ pub(crate) fn run(
                     };
                     on_host.push(buf);
                 }
-                stream
-                    .synchronize()
-                    .map_err(super::device::cuda_err("copying a batch to host"))?;
+                wait_stream(stream)?;
                 kept.push(on_host);
             }
             let mut out = Vec::with_capacity(cols.len());
@@ -157,9 +151,7 @@ pub(crate) fn run(
                     // synchronize below; 3. bound at the start.
                     unsafe { dtoh_async(dst.as_mut_ptr(), d.ptr(), len, stream)? };
                 }
-                stream
-                    .synchronize()
-                    .map_err(super::device::cuda_err("copying a batch to host"))?;
+                wait_stream(stream)?;
             }
             outs.into_iter()
                 .zip(cols)
@@ -196,7 +188,8 @@ pub(crate) fn run(
 /// Produces batches on the device the way a GPU data loader does: batch `k`'s indices are
 /// uploaded (from ordinary memory) and the gather kernel fills one device buffer per column.
 struct BatchGather<'e> {
-    engine: &'e CudaEngine,
+    stream: &'e Arc<CudaStream>,
+    kernels: &'e Kernels,
     table: &'e DeviceTable,
     batches: &'e Batches,
     dev: &'e Arc<AllocCounter>,
@@ -205,14 +198,15 @@ struct BatchGather<'e> {
 
 impl<'e> BatchGather<'e> {
     fn new(
-        engine: &'e CudaEngine,
+        stream: &'e Arc<CudaStream>,
+        kernels: &'e Kernels,
         table: &'e DeviceTable,
         batches: &'e Batches,
         dev: &'e Arc<AllocCounter>,
     ) -> Result<Self> {
         let idx = match batches.indices() {
             crate::sampler::Indices::List(_) if !batches.is_empty() => Some(DevBuf::alloc(
-                engine.stream(),
+                stream,
                 batches.batch_size().min(batches.rows()) * 8,
                 "batch indices",
                 Some(dev),
@@ -220,7 +214,8 @@ impl<'e> BatchGather<'e> {
             _ => None,
         };
         Ok(BatchGather {
-            engine,
+            stream,
+            kernels,
             table,
             batches,
             dev,
@@ -231,7 +226,7 @@ impl<'e> BatchGather<'e> {
     /// Gathers batch `k` of every column, into `into` (buffers large enough for a full batch)
     /// or into new buffers, which are returned.
     fn batch(&mut self, k: usize, into: Option<&[DevBuf]>) -> Result<Vec<DevBuf>> {
-        let stream = self.engine.stream();
+        let stream = self.stream;
         let r = self.batches.range(k);
         let n = r.len();
         let (idx, base) = match self.batches.indices().view(r.start, r.end) {
@@ -265,11 +260,12 @@ impl<'e> BatchGather<'e> {
             // (a new buffer of exactly that, or a reused full-batch buffer), a distinct
             // allocation used only on this stream; 4. all of the engine's context.
             unsafe {
-                self.engine.kernels().gather(
+                self.kernels.gather(
                     stream,
                     Gather {
                         src: col.address(),
                         idx,
+                        idx_width: IndexWidth::U64,
                         base,
                         dst,
                         n,
@@ -285,10 +281,76 @@ impl<'e> BatchGather<'e> {
 /// Makes the device's stream-ordered memory pool keep freed memory for reuse while a classic
 /// recipe runs — as PyTorch's caching allocator does for the loops these recipes stand for —
 /// instead of returning it to the driver at every synchronisation (release threshold 0, the
-/// default), which would make each batch's allocation cost a driver allocation. On drop the
-/// previous threshold is restored and unused memory released.
+/// default), which would make each batch's allocation cost a driver allocation. When the last
+/// classic run of the process on that pool ends, the threshold it had before the first one began
+/// is restored and unused memory released. Runs overlap (several threads, several engines): a
+/// process-wide count per pool ([`Holders`]) makes the first save and the last restore, so an
+/// overlapping run can never save `u64::MAX` as "the previous value" and leave it set.
 struct CachingPool {
-    pool: Option<(sys::CUmemoryPool, u64)>,
+    pool: Option<sys::CUmemoryPool>,
+}
+
+/// How many classic runs hold each pool's threshold raised, and the value to restore.
+#[derive(Debug, Default)]
+pub(crate) struct Holders {
+    pools: HashMap<usize, (usize, u64)>,
+}
+
+impl Holders {
+    /// One more run holds `pool`. Returns `true` when it is the first: the caller must then
+    /// read the current threshold (`save`), raise it, and call [`Holders::saved`].
+    pub(crate) fn enter(&mut self, pool: usize) -> bool {
+        let e = self.pools.entry(pool).or_insert((0, 0));
+        e.0 += 1;
+        e.0 == 1
+    }
+
+    /// Records the threshold the first holder found.
+    pub(crate) fn saved(&mut self, pool: usize, previous: u64) {
+        if let Some(e) = self.pools.get_mut(&pool) {
+            e.1 = previous;
+        }
+    }
+
+    /// One run releases `pool`. Returns the threshold to restore when it was the last holder.
+    pub(crate) fn leave(&mut self, pool: usize) -> Option<u64> {
+        let e = self.pools.get_mut(&pool)?;
+        e.0 = e.0.saturating_sub(1);
+        if e.0 > 0 {
+            return None;
+        }
+        self.pools.remove(&pool).map(|(_, previous)| previous)
+    }
+}
+
+static HOLDERS: Mutex<Option<Holders>> = Mutex::new(None);
+
+fn with_holders<T>(f: impl FnOnce(&mut Holders) -> T) -> T {
+    let mut g = HOLDERS.lock().unwrap_or_else(|p| p.into_inner());
+    f(g.get_or_insert_with(Holders::default))
+}
+
+const THRESHOLD: sys::CUmemPool_attribute =
+    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+
+/// The release threshold of the device's current stream-ordered memory pool (`None` when the
+/// device has no memory pools).
+pub(crate) fn release_threshold(ctx: &Arc<CudaContext>) -> Result<Option<u64>> {
+    if !ctx.has_async_alloc() {
+        return Ok(None);
+    }
+    bind_ctx(ctx)?;
+    let err = super::device::cuda_err("reading the memory pool's release threshold");
+    // SAFETY: as in `CachingPool::enter`: the context's device, bound; a u64 attribute read into
+    // a live local.
+    unsafe {
+        let pool = result::device::get_mem_pool(ctx.cu_device()).map_err(err)?;
+        let mut value: u64 = 0;
+        mem_pool::get_attribute(pool, THRESHOLD, (&mut value as *mut u64).cast()).map_err(
+            super::device::cuda_err("reading the memory pool's release threshold"),
+        )?;
+        Ok(Some(value))
+    }
 }
 
 impl CachingPool {
@@ -296,39 +358,85 @@ impl CachingPool {
         if !ctx.has_async_alloc() {
             return CachingPool { pool: None };
         }
-        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
         // SAFETY: `cu_device` is the context's device (from cuDeviceGet); the context is bound
         // (by `run`), and the pool returned is the device's current pool, which lives as long as
-        // the device. The threshold attribute is a u64 (cuuint64_t) read into / written from a
-        // live local.
-        let pool = unsafe {
-            let Ok(pool) = result::device::get_mem_pool(ctx.cu_device()) else {
-                return CachingPool { pool: None };
-            };
-            let mut previous: u64 = 0;
-            if mem_pool::get_attribute(pool, attr, (&mut previous as *mut u64).cast()).is_err() {
-                return CachingPool { pool: None };
-            }
-            let mut keep = u64::MAX;
-            if mem_pool::set_attribute(pool, attr, (&mut keep as *mut u64).cast()).is_err() {
-                return CachingPool { pool: None };
-            }
-            (pool, previous)
+        // the device.
+        let Ok(pool) = (unsafe { result::device::get_mem_pool(ctx.cu_device()) }) else {
+            return CachingPool { pool: None };
         };
+        let key = pool as usize;
+        // The lock is held across the attribute calls so that a concurrent first / last holder
+        // cannot interleave between the save and the raise.
+        with_holders(|h| {
+            if h.enter(key) {
+                let mut previous: u64 = 0;
+                // SAFETY: a valid pool (above); the threshold attribute is a u64 (cuuint64_t),
+                // read into / written from live locals.
+                unsafe {
+                    if mem_pool::get_attribute(pool, THRESHOLD, (&mut previous as *mut u64).cast())
+                        .is_ok()
+                    {
+                        h.saved(key, previous);
+                        let mut keep = u64::MAX;
+                        let _ = mem_pool::set_attribute(
+                            pool,
+                            THRESHOLD,
+                            (&mut keep as *mut u64).cast(),
+                        );
+                    }
+                }
+            }
+        });
         CachingPool { pool: Some(pool) }
     }
 }
 
 impl Drop for CachingPool {
     fn drop(&mut self) {
-        if let Some((pool, mut previous)) = self.pool.take() {
-            let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
-            // SAFETY: the same valid pool and u64 attribute as in `enter`. Failures only leave
-            // memory cached, which is harmless, so they are ignored.
-            unsafe {
-                let _ = mem_pool::set_attribute(pool, attr, (&mut previous as *mut u64).cast());
-                let _ = mem_pool::trim_to(pool, 0);
+        let Some(pool) = self.pool.take() else {
+            return;
+        };
+        with_holders(|h| {
+            if let Some(mut previous) = h.leave(pool as usize) {
+                // SAFETY: the same valid pool and u64 attribute as in `enter`. Failures only
+                // leave memory cached, which is harmless, so they are ignored.
+                unsafe {
+                    let _ = mem_pool::set_attribute(
+                        pool,
+                        THRESHOLD,
+                        (&mut previous as *mut u64).cast(),
+                    );
+                    let _ = mem_pool::trim_to(pool, 0);
+                }
             }
-        }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Holders;
+
+    #[test]
+    fn overlapping_runs_restore_the_first_saved_threshold_once() {
+        let mut h = Holders::default();
+        // Run A enters first and saves the default threshold 0; run B overlaps it.
+        assert!(h.enter(7));
+        h.saved(7, 0);
+        assert!(
+            !h.enter(7),
+            "the second holder must not save (it would save u64::MAX)"
+        );
+        // A ends first: B still runs, nothing is restored.
+        assert_eq!(h.leave(7), None);
+        // B ends: the value saved by A comes back.
+        assert_eq!(h.leave(7), Some(0));
+        // A later run starts afresh.
+        assert!(h.enter(7));
+        h.saved(7, 42);
+        assert!(h.enter(9), "another pool is counted apart");
+        assert_eq!(h.leave(7), Some(42));
+        assert_eq!(h.leave(9), Some(0));
+        assert_eq!(h.leave(9), None, "an unmatched leave restores nothing");
     }
 }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// Looks at device `ordinal`: name, compute capability, memory and driver version.
 ///
 /// Creates no context. Never panics: no driver library, no device, a driver older than
-/// CUDA 13.0 ([`MIN_DRIVER_VERSION`]) or an ordinal past the last device are all
+/// CUDA 12.0 ([`MIN_DRIVER_VERSION`]) or an ordinal past the last device are all
 /// [`Error::CudaUnavailable`] with the reason.
 ///
 /// # Errors
@@ -80,15 +80,21 @@ pub fn probe(ordinal: usize) -> Result<CudaInfo> {
 /// Probes, then creates (retains) the device's primary context, under `catch_unwind`.
 pub(crate) fn open(ordinal: usize) -> Result<(CudaInfo, Arc<CudaContext>)> {
     let info = probe(ordinal)?;
-    let ctx = catch("creating the CUDA context", || {
+    let ctx = open_context(ordinal)?;
+    Ok((info, ctx))
+}
+
+/// Creates another handle on device `ordinal`'s primary context (cudarc's per-handle settings,
+/// such as event tracking, are its own), under `catch_unwind`.
+pub(crate) fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
+    catch("creating the CUDA context", || {
         CudaContext::new(ordinal).map_err(|e| Error::CudaUnavailable {
             reason: format!(
                 "cannot create a context on device {ordinal}: {}",
                 describe(e)
             ),
         })
-    })?;
-    Ok((info, ctx))
+    })
 }
 
 /// Runs `f`, turning a panic (cudarc panics on a missing library or symbol, and on a few

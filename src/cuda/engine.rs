@@ -2,16 +2,19 @@
 //! pool; the entry points that upload or adopt device tables and drain them into host arrays.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 
+use super::checkout::{Checkout, Held};
 use super::classic;
 use super::device::{self, catch, cuda_err};
 use super::kernels::Kernels;
-use super::memory::{dtoh_async, htod_async, physical_memory, DevBuf, PinnedPool};
+use super::memory::{
+    auto_pin_budget, dtoh_async, htod_async, wait_context, wait_event, wait_stream, DevBuf,
+    PinnedAlloc, PinnedPool,
+};
 use super::pipeline::{self, Lane, LaneGuard, Plan, LANES};
 use super::table::{DeviceBatch, DeviceColumn, DeviceTable};
 use super::CudaInfo;
@@ -21,10 +24,14 @@ use crate::error::{Error, Result};
 use crate::gather::Strategy;
 use crate::memory::{checked_bytes, AllocCounter, HostBuf};
 use crate::output::{Backend, ColumnArray, Materialized, Report, StorageKind};
+use crate::sysmem::MemoryLimits;
 use crate::table::Table;
 
 /// Device batches a drain may hold while their copies are in flight.
 const MAX_IN_FLIGHT: usize = 4 * LANES;
+
+/// Idle lane sets an engine keeps (each call takes one; concurrent or nested calls make more).
+const KEEP_LANE_SETS: usize = 2;
 
 /// The CUDA engine of one device.
 ///
@@ -44,12 +51,20 @@ const MAX_IN_FLIGHT: usize = 4 * LANES;
 /// ```
 pub struct CudaEngine {
     info: CudaInfo,
+    /// The engine's own handle on the device's primary context, with cudarc's event tracking
+    /// off: the engine orders its own work (lanes never share buffers; see `pipeline`). Never
+    /// handed out: a user's buffer made here would carry no events, and could be freed under a
+    /// write queued on another stream.
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    /// A second handle on the same primary context, with event tracking on, for users.
+    user_ctx: Arc<CudaContext>,
+    user_stream: Arc<CudaStream>,
     kernels: Kernels,
-    lanes: Mutex<Vec<Lane>>,
+    /// Lane sets, one taken per call for its length (see `checkout`).
+    lanes: Checkout<Vec<Lane>>,
     pool: PinnedPool,
-    pin_budget: AtomicUsize,
+    /// `None`: the automatic budget ([`CudaEngine::pin_budget`]).
+    pin_budget: Mutex<Option<usize>>,
 }
 
 impl CudaEngine {
@@ -61,25 +76,29 @@ impl CudaEngine {
     /// libnvrtc), [`Error::KernelCompile`], [`Error::Cuda`]. Never panics.
     pub fn new(ordinal: usize) -> Result<CudaEngine> {
         let (info, ctx) = device::open(ordinal)?;
+        let user_ctx = device::open_context(ordinal)?;
         catch("opening the CUDA engine", || {
-            // SAFETY: called before this context has made any stream or buffer, so no buffer
-            // of the engine is half tracked. From here on the engine orders all of its work
-            // itself: lanes never share buffers, shared inputs (tables) are synchronised before
-            // use, and every drain waits for its streams before returning (see `pipeline`).
+            // SAFETY: called before this context handle has made any stream or buffer, so no
+            // buffer of the engine is half tracked. From here on the engine orders all of its
+            // work itself: lanes never share buffers, shared inputs (tables) are synchronised
+            // before use, and every drain waits for its streams before returning (see
+            // `pipeline`). `ctx` is a handle of its own (event tracking is a flag of the handle,
+            // not of the driver's context): users get `user_ctx`, whose tracking stays on.
             unsafe { ctx.disable_event_tracking() };
-            let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
-            let kernels = Kernels::load(&ctx, &info.arch())?;
-            let lanes = (0..LANES)
-                .map(|_| Lane::new(&ctx))
-                .collect::<Result<Vec<_>>>()?;
+            let kernels = Kernels::load(&ctx, &info.arch(), info.driver_version)?;
+            let lanes = new_lanes(&ctx)?;
+            let user_stream = user_ctx
+                .new_stream()
+                .map_err(cuda_err("creating a stream"))?;
             Ok(CudaEngine {
                 pool: PinnedPool::new(Arc::clone(&ctx)),
-                pin_budget: AtomicUsize::new(physical_memory().map_or(usize::MAX, |b| b / 2)),
+                pin_budget: Mutex::new(None),
                 info: info.clone(),
                 ctx: Arc::clone(&ctx),
-                stream,
+                user_ctx: Arc::clone(&user_ctx),
+                user_stream,
                 kernels,
-                lanes: Mutex::new(lanes),
+                lanes: Checkout::new(vec![lanes], KEEP_LANE_SETS),
             })
         })
     }
@@ -89,21 +108,16 @@ impl CudaEngine {
         &self.info
     }
 
-    /// The engine's context (shared with every `CudaContext::new` of the same device: it is the
-    /// device's primary context).
+    /// A handle on the device's primary context — the context the engine works in — with
+    /// cudarc's event tracking on: buffers made through it are safe to use across streams.
     pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
+        &self.user_ctx
     }
 
-    /// The engine's main stream (uploads, the classic recipes). Buffers allocated on it carry
-    /// no cudarc event tracking (the engine turned it off for its context): order their uses
-    /// across streams yourself.
+    /// A stream of [`CudaEngine::context`] for the caller's own work (e.g. making the device
+    /// columns handed to [`CudaEngine::wrap`]); the engine does not use it.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
-
-    pub(crate) fn kernels(&self) -> &Kernels {
-        &self.kernels
+        &self.user_stream
     }
 
     /// The pool of pinned memory behind pinned outputs.
@@ -111,19 +125,37 @@ impl CudaEngine {
         &self.pool
     }
 
-    /// The largest output `Pinned` pins whole; larger outputs run staged (default: half of
-    /// physical memory).
+    /// The largest output `Pinned` pins whole; larger outputs run staged. By default it is
+    /// read at each drain: half the memory this process may use (the cgroup limit and
+    /// `MemTotal`), at most three quarters of what is available now (`MemAvailable`, the
+    /// cgroup's free memory).
     pub fn pin_budget(&self) -> usize {
-        self.pin_budget.load(Ordering::Relaxed)
+        let set = *self.pin_budget.lock().unwrap_or_else(|p| p.into_inner());
+        set.unwrap_or_else(|| auto_pin_budget(&MemoryLimits::read()))
     }
 
-    /// Sets [`CudaEngine::pin_budget`] (0 forces the staged mode).
+    /// Sets [`CudaEngine::pin_budget`] (0 forces the staged mode, `usize::MAX` always tries to
+    /// pin).
     pub fn set_pin_budget(&self, bytes: usize) {
-        self.pin_budget.store(bytes, Ordering::Relaxed);
+        *self.pin_budget.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
     }
 
-    fn lanes(&self) -> MutexGuard<'_, Vec<Lane>> {
-        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    /// The release threshold of the device's stream-ordered memory pool in bytes (`None` when
+    /// the device has no memory pools). The classic recipes raise it to `u64::MAX` while they
+    /// run (so freed batches are reused, as a caching allocator would); when the last running
+    /// one ends, the value from before the first is restored.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`].
+    pub fn mem_pool_release_threshold(&self) -> Result<Option<u64>> {
+        self.guarded("reading the memory pool", || {
+            classic::release_threshold(&self.ctx)
+        })
+    }
+
+    /// A lane set for one call, idle or new.
+    fn lanes(&self) -> Result<Held<'_, Vec<Lane>>> {
+        self.lanes.take(|| new_lanes(&self.ctx))
     }
 
     /// Runs `f` under `catch_unwind`; after a panic, waits for the device before returning so
@@ -132,10 +164,45 @@ impl CudaEngine {
         let r = catch(what, f);
         if let Err(Error::Cuda { message, .. }) = &r {
             if message.starts_with("panic") {
-                let _ = self.ctx.synchronize();
+                let _ = wait_context(&self.ctx);
             }
         }
         r
+    }
+
+    /// Times the GPU floor: one device→host copy of `bytes` bytes from a contiguous device
+    /// buffer into pinned, cacheable host memory, waited for; a warm-up copy, then `repeat`
+    /// timed ones (seconds each). The buffers are freed before it returns.
+    ///
+    /// # Errors
+    /// [`Error::DeviceOutOfMemory`], [`Error::HostAllocation`], [`Error::Cuda`].
+    pub fn time_d2h_pinned(&self, bytes: usize, repeat: usize) -> Result<Vec<f64>> {
+        self.guarded("timing the device→host floor", || {
+            let lanes = self.lanes()?;
+            let stream = &lanes[0].stream;
+            let dev = DevBuf::alloc(stream, bytes, "the floor's device buffer", None)?;
+            let host = PinnedAlloc::new(&self.ctx, bytes)?;
+            let guard = LaneGuard::new(vec![Arc::clone(stream)]);
+            // SAFETY (dtod_async's sibling memset): `dev` holds `bytes` device bytes of this
+            // stream, used by nothing else.
+            unsafe { super::memory::memset_async(dev.ptr(), 0, bytes, stream)? };
+            let copy = || -> Result<()> {
+                // SAFETY (dtoh_async): 1. `dev` holds `bytes` device bytes of this stream,
+                // cleared above in order; 2. `host` is pinned, holds ≥ `bytes` bytes, read by no
+                // one, and the stream is waited for right after; 3. bound by `dtoh_async`.
+                unsafe { dtoh_async(host.as_ptr(), dev.ptr(), bytes, stream)? };
+                wait_stream(stream)
+            };
+            copy()?;
+            let mut runs = Vec::with_capacity(repeat.max(1));
+            for _ in 0..repeat.max(1) {
+                let t = Instant::now();
+                copy()?;
+                runs.push(t.elapsed().as_secs_f64());
+            }
+            guard.finish()?;
+            Ok(runs)
+        })
     }
 
     /// Copies a host table to the device once (one buffer per column).
@@ -144,18 +211,17 @@ impl CudaEngine {
     /// [`Error::DeviceOutOfMemory`], [`Error::Cuda`].
     pub fn upload(&self, table: &Table<'_>) -> Result<DeviceTable> {
         self.guarded("uploading a table", || {
-            self.ctx
-                .bind_to_thread()
-                .map_err(cuda_err("binding the CUDA context"))?;
-            let guard = LaneGuard::new(vec![Arc::clone(&self.stream)]);
+            let lanes = self.lanes()?;
+            let stream = &lanes[0].stream;
+            let guard = LaneGuard::new(vec![Arc::clone(stream)]);
             let mut columns = Vec::with_capacity(table.columns().len());
             for c in table.columns() {
                 let bytes = c.bytes();
-                let buf = DevBuf::alloc(&self.stream, bytes.len(), c.name(), None)?;
+                let buf = DevBuf::alloc(stream, bytes.len(), c.name(), None)?;
                 // SAFETY (htod_async): 1. `buf` holds bytes.len() bytes, new, of this stream;
                 // 2. the host bytes are borrowed from `table` for this whole call and the
-                // stream is synchronised (guard) before it returns; 3. bound above.
-                unsafe { htod_async(buf.ptr(), bytes.as_ptr(), bytes.len(), &self.stream)? };
+                // stream is synchronised (guard) before it returns; 3. bound by `htod_async`.
+                unsafe { htod_async(buf.ptr(), bytes.as_ptr(), bytes.len(), stream)? };
                 columns.push(DeviceColumn::uploaded(
                     c.name(),
                     c.dtype(),
@@ -169,20 +235,26 @@ impl CudaEngine {
             // The columns are complete (and their stream-ordered allocation visible to every
             // stream) once this returns.
             guard.finish()?;
-            DeviceTable::new(columns, self.info.ordinal)
+            DeviceTable::new(columns, self.info.ordinal, self.ctx_handle())
         })
     }
 
+    /// The engine's `CUcontext` handle, to compare columns' contexts with.
+    fn ctx_handle(&self) -> usize {
+        self.ctx.cu_ctx() as usize
+    }
+
     /// Adopts columns already on the device (the user's `CudaSlice`s, moved in), without a
-    /// copy. Validates like [`Table::new`], checks every column is on this engine's device, and
-    /// waits for work pending on the columns' own streams.
+    /// copy. Validates like [`Table::new`], checks every column is on this engine's device and
+    /// in its context (the device's primary context) on a stream it can wait for, and waits for
+    /// work pending on the columns' own streams.
     ///
     /// # Errors
     /// [`Error::EmptyTable`], [`Error::DuplicateColumn`], [`Error::RowCountMismatch`],
-    /// [`Error::WrongDevice`], [`Error::Cuda`].
+    /// [`Error::WrongDevice`], [`Error::UnorderableColumn`], [`Error::Cuda`].
     pub fn wrap(&self, columns: Vec<DeviceColumn>) -> Result<DeviceTable> {
         self.guarded("adopting device columns", || {
-            let table = DeviceTable::new(columns, self.info.ordinal)?;
+            let table = DeviceTable::new(columns, self.info.ordinal, self.ctx_handle())?;
             for c in table.columns() {
                 c.sync_source()?;
             }
@@ -200,7 +272,8 @@ impl CudaEngine {
                 got: table.ordinal(),
             });
         }
-        if full {
+        // A table of zero-byte rows moves nothing, so no upload checks its indices on the way.
+        if full || table.row_bytes() == 0 {
             pipeline::check_indices(table.rows(), batches)
         } else {
             pipeline::check_range(table.rows(), batches)
@@ -225,7 +298,8 @@ impl CudaEngine {
         self.guarded("materialize", || match strategy {
             Strategy::Concat | Strategy::PerBatch | Strategy::Preallocated => {
                 self.check(table, batches, true)?;
-                classic::run(self, table, batches, strategy)
+                let lanes = self.lanes()?;
+                classic::run(&lanes[0].stream, &self.kernels, table, batches, strategy)
             }
             Strategy::Pinned | Strategy::Auto => {
                 self.check(table, batches, false)?;
@@ -244,7 +318,7 @@ impl CudaEngine {
         for c in table.columns() {
             total = total.saturating_add(checked_bytes(&[rows, c.row_bytes()], c.name())?);
         }
-        let mut lanes = self.lanes();
+        let mut lanes = self.lanes()?;
         let mut direct = None;
         if total <= self.pin_budget() {
             // A refused pinned allocation is not an error: the staged mode takes over.
@@ -338,7 +412,7 @@ impl CudaEngine {
                 .columns()
                 .iter()
                 .all(|c| c.storage_kind() == StorageKind::Pinned);
-            let mut lanes = self.lanes();
+            let mut lanes = self.lanes()?;
             let device_bytes = if all_pinned {
                 let mut dsts: Vec<&mut [u8]> = out
                     .columns_mut()
@@ -417,12 +491,10 @@ impl CudaEngine {
         I: IntoIterator<Item = Result<DeviceBatch>>,
     {
         let started = Instant::now();
-        self.ctx
-            .bind_to_thread()
-            .map_err(cuda_err("binding the CUDA context"))?;
+        super::memory::bind_ctx(&self.ctx)?;
         let host = AllocCounter::new();
         let mut pin_seconds = 0.0;
-        let lanes = self.lanes();
+        let lanes = self.lanes()?;
         let mut schema: Vec<Schema> = Vec::new();
         // The output, then the in-flight batches: dropped in reverse order, so on every exit
         // the in-flight copies are waited for before the output is freed.
@@ -442,7 +514,7 @@ impl CudaEngine {
                     .map(|c| (c.name().to_string(), c.dtype(), c.row_shape().to_vec()))
                     .collect();
             }
-            let n = check_batch(&batch, k, &schema, self.info.ordinal)?;
+            let n = check_batch(&batch, k, &schema, self.info.ordinal, self.ctx_handle())?;
             if let Some(d) = declared {
                 if total + n > d {
                     return Err(Error::StreamLengthMismatch {
@@ -558,6 +630,10 @@ impl std::fmt::Debug for CudaEngine {
     }
 }
 
+fn new_lanes(ctx: &Arc<CudaContext>) -> Result<Vec<Lane>> {
+    (0..LANES).map(|_| Lane::new(ctx)).collect()
+}
+
 /// A column's name, dtype and row shape.
 type Schema = (String, DType, Vec<usize>);
 
@@ -617,14 +693,17 @@ fn check_output(table: &DeviceTable, rows: usize, out: &[ColumnArray]) -> Result
     )
 }
 
-/// Checks a device batch against the first batch's columns and the engine's device; returns
-/// its row count.
-fn check_batch(batch: &DeviceBatch, k: usize, schema: &[Schema], ordinal: usize) -> Result<usize> {
-    if let Some(c) = batch.columns().iter().find(|c| c.ordinal() != ordinal) {
-        return Err(Error::WrongDevice {
-            expected: ordinal,
-            got: c.ordinal(),
-        });
+/// Checks a device batch against the first batch's columns and the engine's device and
+/// context; returns its row count.
+fn check_batch(
+    batch: &DeviceBatch,
+    k: usize,
+    schema: &[Schema],
+    ordinal: usize,
+    ctx: usize,
+) -> Result<usize> {
+    for c in batch.columns() {
+        c.check_usable(ordinal, ctx)?;
     }
     let columns: Vec<crate::drain::ColumnMeta<'_>> = batch
         .columns()
@@ -727,8 +806,7 @@ impl<'l> InFlight<'l> {
                 break;
             }
             if !complete {
-                ev.synchronize()
-                    .map_err(cuda_err("waiting for a batch copy"))?;
+                wait_event(ev, "waiting for a batch copy")?;
             }
             self.queue.pop_front();
         }

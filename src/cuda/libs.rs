@@ -1,11 +1,11 @@
-//! Finding the CUDA libraries. `cudarc` opens `libcuda` and `libnvrtc` by bare file name
-//! (`libcuda.so.1`, `libnvrtc.so.13`, …), so only the loader's default search (`LD_LIBRARY_PATH`,
-//! the ld.so cache) finds them, and setting `LD_LIBRARY_PATH` at run time changes nothing
-//! (glibc reads it once, at start-up). When the default search misses a library, this module
-//! opens it by absolute path from the usual CUDA folders and keeps it open: glibc's `dlopen`
-//! then matches cudarc's later open by bare name against the `SONAME` of the already loaded
-//! object, so cudarc uses exactly that file. For NVRTC the `libnvrtc-builtins` next to it is
-//! preloaded the same way (libnvrtc opens it by bare name too).
+//! Finding the CUDA libraries. `cudarc` opens `libcuda` by bare file name (`libcuda.so.1`), so
+//! only the loader's default search (`LD_LIBRARY_PATH`, the ld.so cache) finds it, and setting
+//! `LD_LIBRARY_PATH` at run time changes nothing (glibc reads it once, at start-up). When the
+//! default search misses it, this module opens it by absolute path from the usual CUDA folders
+//! and keeps it open: glibc's `dlopen` then matches cudarc's later open by bare name against the
+//! `SONAME` of the already loaded object, so cudarc uses exactly that file. NVRTC is opened by
+//! path by the engine itself (`nvrtc`), from the same folders; the `libnvrtc-builtins` next to it
+//! is preloaded first (libnvrtc opens it by bare name).
 //!
 //! Probing never panics: it only calls `is_culib_present` (which tries to open, never
 //! resolves a symbol) and `libloading`.
@@ -20,7 +20,7 @@ static PRELOADED: Mutex<Vec<libloading::Library>> = Mutex::new(Vec::new());
 /// The folders searched, in order, when the loader's default search misses a library:
 /// `$ARRAYDRAIN_CUDA_LIB_DIR` (colon-separated), `$CUDA_HOME`, `$CUDA_PATH`, `$CUDA_ROOT`
 /// (each `/lib64`, `/lib`, `/targets/<arch>-linux/lib`), `/usr/local/cuda`, the versioned
-/// `/usr/local/cuda-13*` installs (newest first), then the distribution folders
+/// `/usr/local/cuda-1*` installs (12.x and 13.x; by name, last first), then the distribution folders
 /// (`/usr/lib/<arch>-linux-gnu`, `/usr/lib64`, `/usr/lib`, `/usr/lib/wsl/lib`). Driver stubs
 /// (`…/stubs`) are never searched: a stub `libcuda` only fails at run time.
 pub fn library_dirs() -> Vec<PathBuf> {
@@ -48,7 +48,7 @@ pub fn library_dirs() -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("cuda-13"))
+                        .is_some_and(|n| n.starts_with("cuda-1"))
                 })
                 .collect()
         })
@@ -104,20 +104,12 @@ pub(crate) fn ensure_driver() -> Result<(), String> {
         .clone()
 }
 
-/// Makes `libnvrtc` (and its builtins) loadable by cudarc.
-pub(crate) fn ensure_nvrtc() -> Result<(), String> {
-    static STATE: OnceLock<Result<(), String>> = OnceLock::new();
-    STATE
-        .get_or_init(|| {
-            ensure(
-                "libnvrtc",
-                // SAFETY: as in `ensure_driver`: a trial `dlopen` of cudarc's candidate names.
-                || unsafe { cudarc::nvrtc::sys::is_culib_present() },
-                &["libnvrtc.so.13", "libnvrtc.so"],
-                &["libnvrtc-builtins.so.13"],
-            )
-        })
-        .clone()
+/// Loads every `prefix*` file of `dir` by absolute path (e.g. `libnvrtc-builtins.so.13.0`, which
+/// libnvrtc opens by bare name), best effort: a library that needs one that failed reports it.
+pub(crate) fn preload_companions(dir: &Path, prefix: &str) {
+    for companion in files_with_prefix(dir, prefix) {
+        let _ = preload(&companion);
+    }
 }
 
 fn ensure(

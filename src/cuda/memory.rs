@@ -14,13 +14,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use cudarc::driver::sys::{self, CUresult};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
+use cudarc::driver::{
+    result, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DriverError, PinnedHostSlice,
+};
 use rayon::prelude::*;
 
 use super::device::{alloc_err, cuda_err, describe};
 use crate::error::{Error, Result};
 use crate::memory::AllocCounter;
 use crate::output::{Storage, StorageKind};
+use crate::sysmem::MemoryLimits;
 
 /// A device buffer allocated by the engine, charged to a device-byte counter while it lives.
 pub(crate) struct DevBuf {
@@ -89,10 +92,72 @@ pub(crate) fn device_address<T>(slice: &CudaSlice<T>) -> u64 {
 /// resolves the pointers against the current context). Costs one `cuCtxGetCurrent` when the
 /// context is already current.
 fn bind(stream: &CudaStream) -> Result<()> {
-    stream
-        .context()
-        .bind_to_thread()
-        .map_err(cuda_err("binding the CUDA context"))
+    bind_ctx(stream.context())
+}
+
+/// Makes `ctx` current on the calling thread **without** consuming a stale error that cudarc
+/// stored in it from a `Drop` (cudarc's `bind_to_thread` returns such an error instead of
+/// binding). Stale errors are collected and reported where the engine waits for its streams
+/// ([`take_stale_error`], `pipeline::LaneGuard`), after every stream has been waited for.
+pub(crate) fn bind_ctx(ctx: &CudaContext) -> Result<()> {
+    let err = cuda_err("binding the CUDA context");
+    let current = result::ctx::get_current().map_err(cuda_err("reading the current context"))?;
+    if current != Some(ctx.cu_ctx()) {
+        // SAFETY: `cu_ctx` is the live context owned by `ctx` (a retained primary context, held
+        // for as long as `ctx` lives); making it current has no other effect.
+        unsafe { result::ctx::set_current(ctx.cu_ctx()) }.map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Takes (and clears) the error cudarc stored in `ctx` from a failed call inside a `Drop`
+/// (freeing a buffer, destroying an event), if any.
+pub(crate) fn take_stale_error(ctx: &CudaContext) -> Option<DriverError> {
+    ctx.check_err().err()
+}
+
+/// Blocks until everything queued on `stream` has run, even when its context holds a stale
+/// error (cudarc's `CudaStream::synchronize` would return that error without waiting).
+pub(crate) fn wait_stream(stream: &CudaStream) -> Result<()> {
+    bind(stream)?;
+    // SAFETY: `cu_stream` is the live stream owned by `stream`; the context is bound above.
+    unsafe { result::stream::synchronize(stream.cu_stream()) }
+        .map_err(cuda_err("waiting for the device work of a drain"))
+}
+
+/// Blocks until the work recorded in `event` has run, ignoring stale errors as
+/// [`wait_stream`] does.
+pub(crate) fn wait_event(event: &CudaEvent, what: &str) -> Result<()> {
+    bind_ctx(event.context())?;
+    // SAFETY: `cu_event` is the live event owned by `event`; the context is bound above.
+    unsafe { result::event::synchronize(event.cu_event()) }.map_err(cuda_err(what.to_string()))
+}
+
+/// Blocks until everything queued in `ctx` has run, ignoring stale errors as [`wait_stream`]
+/// does.
+pub(crate) fn wait_context(ctx: &CudaContext) -> Result<()> {
+    bind_ctx(ctx)?;
+    result::ctx::synchronize().map_err(cuda_err("waiting for the device"))
+}
+
+/// Enqueues setting `bytes` device bytes at `dst` to `value` on `stream`.
+///
+/// # Safety
+/// `dst` points at `bytes` writable device bytes of `stream`'s context, not used by other work
+/// until this has run. (The context is bound here.)
+pub(crate) unsafe fn memset_async(
+    dst: u64,
+    value: u8,
+    bytes: usize,
+    stream: &CudaStream,
+) -> Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    bind(stream)?;
+    // SAFETY: this function's contract; the context is bound just above.
+    unsafe { result::memset_d8_async(dst, value, bytes, stream.cu_stream()) }
+        .map_err(cuda_err(format!("setting {bytes} device bytes")))
 }
 
 /// Enqueues a device→host copy of `bytes` bytes on `stream`.
@@ -185,11 +250,12 @@ impl PinnedAlloc {
     /// Allocates and zeroes `cap ≥ 1` bytes of pinned, cacheable host memory.
     pub(crate) fn new(ctx: &Arc<CudaContext>, cap: usize) -> std::result::Result<Self, Error> {
         let cap = cap.max(1);
-        if cap > isize::MAX as usize {
+        // cudarc asserts `bytes < isize::MAX`: refuse what it would panic on.
+        if cap >= isize::MAX as usize {
             return Err(Error::alloc(
                 cap,
                 "pinned host memory",
-                "larger than isize::MAX",
+                "not below isize::MAX",
             ));
         }
         // SAFETY: the memory is uninitialised after this call; it is zeroed below, through
@@ -339,8 +405,7 @@ impl PinnedPool {
             return Ok((self.wrap(alloc, len), 0.0));
         }
         let started = Instant::now();
-        // Round up to 2 MiB so that near sizes share allocations (and huge pages fit).
-        let cap = len.max(1).div_ceil(2 << 20) * (2 << 20);
+        let cap = pinned_capacity(len)?;
         let alloc = match PinnedAlloc::new(&self.inner.ctx, cap) {
             Ok(a) => a,
             Err(_) => {
@@ -358,6 +423,18 @@ impl PinnedPool {
             pool: Arc::downgrade(&self.inner),
         }
     }
+}
+
+/// The capacity the pool allocates for a request of `len` bytes: rounded up to 2 MiB so that
+/// near sizes share allocations (and huge pages fit), checked.
+///
+/// # Errors
+/// [`Error::HostAllocation`] when the rounded size overflows or is not below `isize::MAX`.
+pub(crate) fn pinned_capacity(len: usize) -> Result<usize> {
+    len.max(1)
+        .checked_next_multiple_of(2 << 20)
+        .filter(|&c| c < isize::MAX as usize)
+        .ok_or_else(|| Error::alloc(len, "pinned host memory", "size overflows when rounded"))
 }
 
 fn shrink_to(st: &mut PoolState, limit: usize) -> Vec<PinnedAlloc> {
@@ -387,15 +464,34 @@ impl fmt::Debug for PinnedPool {
     }
 }
 
-/// A quarter of the memory this process may use, or 8 GiB when unknown.
+/// The pool's default limit: a quarter of the memory this process may use (the cgroup limit
+/// and `MemTotal`), at most what is available now, or 8 GiB when unknown.
 fn default_cache_limit() -> usize {
-    physical_memory().map_or(8 << 30, |b| b / 4)
+    auto_cache_limit(&MemoryLimits::read())
 }
 
-/// Memory this process may use in bytes (the smaller of `MemTotal` and the cgroup limit, see
-/// [`crate::sysmem`]), when known.
-pub(crate) fn physical_memory() -> Option<usize> {
-    crate::sysmem::total_bytes().map(|b| usize::try_from(b).unwrap_or(usize::MAX))
+pub(crate) fn auto_cache_limit(m: &MemoryLimits) -> usize {
+    let quarter = m.total().map(|t| t / 4);
+    let limit = match (quarter, m.available()) {
+        (Some(q), Some(a)) => q.min(a),
+        (q, a) => q.or(a).unwrap_or(8 << 30),
+    };
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+/// The automatic pin budget: half the memory this process may use in all (the smaller of
+/// `MemTotal` and the cgroup limit), at most three quarters of what is available now
+/// (`MemAvailable`, and the cgroup's limit less its usage) — page-locked memory cannot be
+/// swapped or reclaimed, so pinning what is not free pushes other memory out or gets the process
+/// killed in a container. Unknown limits give no budget limit.
+pub(crate) fn auto_pin_budget(m: &MemoryLimits) -> usize {
+    let half = m.total().map(|t| t / 2);
+    let avail = m.available().map(|a| a / 4 * 3);
+    let budget = match (half, avail) {
+        (Some(h), Some(a)) => h.min(a),
+        (h, a) => h.or(a).unwrap_or(u64::MAX),
+    };
+    usize::try_from(budget).unwrap_or(usize::MAX)
 }
 
 /// Pinned (page-locked, cacheable) host bytes backing a pinned output column: the
@@ -471,5 +567,48 @@ impl fmt::Debug for PinnedBuf {
             .field("len", &self.len)
             .field("capacity", &self.capacity())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_capacity_rounds_and_refuses_overflow() {
+        assert_eq!(pinned_capacity(0).unwrap(), 2 << 20);
+        assert_eq!(pinned_capacity(1).unwrap(), 2 << 20);
+        assert_eq!(pinned_capacity(2 << 20).unwrap(), 2 << 20);
+        assert_eq!(pinned_capacity((2 << 20) + 1).unwrap(), 4 << 20);
+        for len in [usize::MAX, usize::MAX - (1 << 20), isize::MAX as usize] {
+            let e = pinned_capacity(len).unwrap_err();
+            assert!(matches!(e, Error::HostAllocation { .. }), "{len}: {e}");
+        }
+    }
+
+    #[test]
+    fn pin_budget_and_pool_limit_follow_the_cgroup_and_available_memory() {
+        let gib = 1u64 << 30;
+        // A 4 GiB container on a 512 GiB host with 400 GiB available.
+        let container = MemoryLimits {
+            host_total: Some(512 * gib),
+            host_available: Some(400 * gib),
+            cgroup_limit: Some(4 * gib),
+            cgroup_usage: Some(gib),
+        };
+        assert_eq!(auto_pin_budget(&container) as u64, 2 * gib);
+        assert_eq!(auto_cache_limit(&container) as u64, gib);
+        // A busy host: 64 GiB in all, 8 GiB available.
+        let busy = MemoryLimits {
+            host_total: Some(64 * gib),
+            host_available: Some(8 * gib),
+            cgroup_limit: None,
+            cgroup_usage: None,
+        };
+        assert_eq!(auto_pin_budget(&busy) as u64, 6 * gib);
+        assert_eq!(auto_cache_limit(&busy) as u64, 8 * gib);
+        // Nothing known: no budget limit, the pool keeps 8 GiB.
+        assert_eq!(auto_pin_budget(&MemoryLimits::default()), usize::MAX);
+        assert_eq!(auto_cache_limit(&MemoryLimits::default()), 8 << 30);
     }
 }

@@ -7,9 +7,11 @@
 //!
 //! 1. [`probe`] / [`CudaEngine::new`]: find `libcuda` (and `libnvrtc`) — in the loader's default
 //!    path, then in the usual CUDA folders (`library_dirs`) — without ever panicking; no
-//!    library, no device or a driver older than CUDA 13.0 is [`Error::CudaUnavailable`].
+//!    library, no device or a driver older than CUDA 12.0 is [`Error::CudaUnavailable`].
 //! 2. The kernels in `kernels/*.cu` are embedded in the binary and compiled once per process
 //!    with NVRTC to a CUBIN for the device's own architecture (`sm_XY`), then loaded per engine.
+//!    NVRTC 12.x and 13.x both work; the newest whose major version the driver supports is used
+//!    ([`nvrtc`]).
 //! 3. [`CudaEngine::upload`] copies a host [`Table`] to the device once; [`CudaEngine::wrap`]
 //!    adopts columns that already live there (the user's `CudaSlice`s), without a copy.
 //! 4. [`CudaEngine::materialize`] runs a [`Strategy`]:
@@ -49,9 +51,21 @@
 //!
 //! Every public entry point runs under `catch_unwind`; every exit, including errors and
 //! unwinding, first waits for the copies in flight into the output (a guard synchronises the
-//! lanes), so no output is returned, or freed, while the device still writes it. Errors are
+//! lanes), so no output is returned, or freed, while the device still writes it. The guard
+//! clears errors that cudarc stored from an earlier `Drop` before it waits (such an error would
+//! make a wait return without waiting), waits for every stream, and only then reports. Each call
+//! takes a set of lanes for its length from a small pool instead of locking them, so the engine
+//! may be called concurrently, or again from a rayon job that a waiting drain runs. Errors are
 //! typed: [`Error::DeviceOutOfMemory`], [`Error::IndexOutOfBounds`], [`Error::WrongDevice`],
-//! [`Error::Cuda`] for a failed call or launch, [`Error::KernelCompile`].
+//! [`Error::UnorderableColumn`], [`Error::Cuda`] for a failed call or launch,
+//! [`Error::KernelCompile`].
+//!
+//! # Two handles on one context
+//!
+//! The engine works in the device's primary context through a handle of its own whose cudarc
+//! event tracking is off (it orders its work itself, and tracking would serialise its lanes).
+//! `CudaEngine::context` and `CudaEngine::stream` give users a second handle on the same
+//! context with tracking on, so their buffers stay safe across streams.
 //!
 //! With the `cuda` feature off, the same entry points exist and return
 //! [`Error::CudaNotCompiled`].
@@ -60,6 +74,7 @@
 //! [`Error::DeviceOutOfMemory`]: crate::Error::DeviceOutOfMemory
 //! [`Error::IndexOutOfBounds`]: crate::Error::IndexOutOfBounds
 //! [`Error::WrongDevice`]: crate::Error::WrongDevice
+//! [`Error::UnorderableColumn`]: crate::Error::UnorderableColumn
 //! [`Error::Cuda`]: crate::Error::Cuda
 //! [`Error::KernelCompile`]: crate::Error::KernelCompile
 //! [`Error::CudaNotCompiled`]: crate::Error::CudaNotCompiled
@@ -69,6 +84,8 @@
 
 use std::fmt;
 
+#[cfg(feature = "cuda")]
+mod checkout;
 #[cfg(feature = "cuda")]
 mod classic;
 #[cfg(feature = "cuda")]
@@ -82,12 +99,11 @@ mod libs;
 #[cfg(feature = "cuda")]
 mod memory;
 #[cfg(feature = "cuda")]
+pub mod nvrtc;
+#[cfg(feature = "cuda")]
 mod pipeline;
 #[cfg(feature = "cuda")]
 mod table;
-
-#[cfg(feature = "cuda")]
-pub mod bench;
 
 #[cfg(feature = "cuda")]
 pub use device::probe;
@@ -113,8 +129,28 @@ mod stub;
 pub use stub::*;
 
 /// The oldest driver the engine accepts (`cuDriverGetVersion` encoding: 1000 × major + 10 ×
-/// minor): the driver bindings are CUDA 13.0's, and the kernels are compiled by NVRTC 13.0.
-pub const MIN_DRIVER_VERSION: i32 = 13000;
+/// minor): CUDA 12.0. The driver bindings are CUDA 12.0's (every call the engine makes —
+/// stream-ordered allocation and memory pools from 11.2, events, module loading, launches —
+/// exists there and keeps its ABI in every later driver), and the kernels are compiled by NVRTC
+/// 12.x or 13.x, whose CUBINs need a driver of the same major version or newer.
+pub const MIN_DRIVER_VERSION: i32 = 12000;
+
+/// Which NVRTC the engine compiles its kernels with for a driver of CUDA version `driver`
+/// (`None`: for any driver), as `NVRTC 13.0 (/path/libnvrtc.so.13)`; or why there is none.
+///
+/// # Errors
+/// Why no NVRTC can be used (none found, or only ones newer than the driver).
+#[cfg(feature = "cuda")]
+pub fn nvrtc_status(driver: Option<i32>) -> std::result::Result<String, String> {
+    nvrtc::for_driver(driver).map(|n| {
+        format!(
+            "NVRTC {}.{} ({})",
+            n.version().0,
+            n.version().1,
+            n.path().display()
+        )
+    })
+}
 
 /// What [`probe`] found about a device.
 #[derive(Debug, Clone, PartialEq, Eq)]

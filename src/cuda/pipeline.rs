@@ -25,8 +25,11 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 use rayon::prelude::*;
 
 use super::device::cuda_err;
-use super::kernels::{Gather, Kernels};
-use super::memory::{dtoh_async, htod_async, DevBuf, PinnedAlloc};
+use super::kernels::{Gather, IndexWidth, Kernels};
+use super::memory::{
+    bind_ctx, dtoh_async, htod_async, take_stale_error, wait_event, wait_stream, DevBuf,
+    PinnedAlloc,
+};
 use super::table::DeviceTable;
 use crate::batch::Batches;
 use crate::error::{Error, Result};
@@ -48,6 +51,9 @@ const MAX_CHUNK_ROWS: usize = 2 << 20;
 
 /// Column regions in a staging buffer start at multiples of this (keeps 16-byte vector access).
 const STAGING_ALIGN: usize = 256;
+
+/// Indices per rayon task when a chunk's indices are checked and copied.
+const INDEX_TASK: usize = 1 << 16;
 
 /// One stream and the buffers only it uses.
 pub(crate) struct Lane {
@@ -93,7 +99,7 @@ impl Lane {
                 None,
             )?);
         }
-        let idx_bytes = need.idx_rows * 8;
+        let idx_bytes = need.idx_rows * need.idx_width.bytes();
         if idx_bytes > 0 {
             if self.idx_dev.as_ref().is_none_or(|b| b.len() < idx_bytes) {
                 self.idx_dev = None;
@@ -121,27 +127,40 @@ impl Lane {
     }
 
     /// Uploads `list` — the indices of output rows `first..first + list.len()` — into the
-    /// lane's device index buffer (through its pinned host buffer), checking on the way that
-    /// every index is below `table_rows`; returns the device address. Requires `prepare` with
-    /// enough `idx_rows`.
-    fn upload_indices(&mut self, list: &[u64], table_rows: usize, first: usize) -> Result<u64> {
+    /// lane's device index buffer (through its pinned host buffer) as `width` integers, checking
+    /// on the way, on all host threads, that every index is below `table_rows`; returns the
+    /// device address. Requires `prepare` with enough `idx_rows` of this width.
+    fn upload_indices(
+        &mut self,
+        list: &[u64],
+        width: IndexWidth,
+        table_rows: usize,
+        first: usize,
+    ) -> Result<u64> {
         let (Some(host), Some(dev)) = (self.idx_host.as_mut(), self.idx_dev.as_ref()) else {
             return Err(internal("lane index buffers missing"));
         };
-        let bytes = list.len() * 8;
+        let bytes = list.len() * width.bytes();
         if bytes > host.cap() || bytes > dev.len() {
             return Err(internal("chunk larger than the lane's index buffers"));
         }
         // The previous upload from `host` has completed: it may be rewritten.
-        self.idx_free
-            .synchronize()
-            .map_err(cuda_err("waiting for a lane's index upload"))?;
-        let dst: &mut [u64] = bytemuck::try_cast_slice_mut(host.bytes_mut(bytes))
-            .map_err(|_| internal("misaligned pinned index buffer"))?;
-        copy_checked(dst, list, table_rows, first)?;
+        wait_event(&self.idx_free, "waiting for a lane's index upload")?;
+        match width {
+            IndexWidth::U64 => {
+                let dst: &mut [u64] = bytemuck::try_cast_slice_mut(host.bytes_mut(bytes))
+                    .map_err(|_| internal("misaligned pinned index buffer"))?;
+                copy_checked(dst, list, table_rows, first)?;
+            }
+            IndexWidth::U32 => {
+                let dst: &mut [u32] = bytemuck::try_cast_slice_mut(host.bytes_mut(bytes))
+                    .map_err(|_| internal("misaligned pinned index buffer"))?;
+                copy_checked(dst, list, table_rows, first)?;
+            }
+        }
         // SAFETY: `dev` holds ≥ `bytes` bytes (checked above), used only on this lane's
         // stream; `host` is pinned, holds them, and is rewritten only after `idx_free`, recorded
-        // just below, has completed; the context is bound (by the synchronize above).
+        // just below, has completed; the context is bound (by `htod_async`).
         unsafe { htod_async(dev.ptr(), host.as_ptr(), bytes, &self.stream)? };
         self.idx_free
             .record(&self.stream)
@@ -171,53 +190,87 @@ fn internal(what: &str) -> Error {
     }
 }
 
+/// Something a drain queued work on and must wait for: a stream (in the engine) or a stand-in
+/// (in the tests of [`LaneGuard`]).
+pub(crate) trait Waitable {
+    /// Takes and clears an error stored earlier in the stream's context by a call that could not
+    /// return it (cudarc records failures inside `Drop` and hands them to the next call, which
+    /// then fails *without doing its work*).
+    fn take_stale(&self) -> Option<Error>;
+    /// Blocks until all work queued so far has run; a stale error does not stop it.
+    fn wait(&self) -> Result<()>;
+}
+
+impl Waitable for Arc<CudaStream> {
+    fn take_stale(&self) -> Option<Error> {
+        take_stale_error(self.context()).map(|e| Error::Cuda {
+            context: "an earlier asynchronous release (reported late by the driver)".into(),
+            message: super::device::describe(e),
+        })
+    }
+    fn wait(&self) -> Result<()> {
+        wait_stream(self)
+    }
+}
+
 /// Waits for every lane when dropped, so no copy scheduled by a drain outlives it — on error
 /// and unwinding paths too. [`LaneGuard::finish`] is the normal, error-reporting exit.
-pub(crate) struct LaneGuard {
-    streams: Vec<Arc<CudaStream>>,
+///
+/// Stale errors are cleared first and every stream is waited for before anything is reported:
+/// a wait that returned a stale error early would let the output (or a pinned buffer going back
+/// to the pool) be reused while a copy still writes into it.
+pub(crate) struct LaneGuard<S: Waitable = Arc<CudaStream>> {
+    streams: Vec<S>,
     armed: bool,
 }
 
-impl LaneGuard {
-    pub(crate) fn new(streams: Vec<Arc<CudaStream>>) -> Self {
+impl<S: Waitable> LaneGuard<S> {
+    pub(crate) fn new(streams: Vec<S>) -> Self {
         LaneGuard {
             streams,
             armed: true,
         }
     }
 
-    /// Waits for all streams, reporting the first failure (e.g. a faulted kernel).
+    /// Clears stale errors, waits for every stream, then reports the first failure: a wait that
+    /// failed (e.g. a faulted kernel), else a stale error.
     pub(crate) fn finish(mut self) -> Result<()> {
         self.armed = false;
-        let mut first = Ok(());
-        for s in &self.streams {
-            let r = s
-                .synchronize()
-                .map_err(cuda_err("waiting for the device work of a drain"));
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
+        wait_all(&self.streams)
     }
 }
 
-impl Drop for LaneGuard {
+fn wait_all<S: Waitable>(streams: &[S]) -> Result<()> {
+    let stale: Vec<Error> = streams.iter().filter_map(Waitable::take_stale).collect();
+    let mut first = Ok(());
+    for s in streams {
+        let r = s.wait();
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first?;
+    match stale.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+impl<S: Waitable> Drop for LaneGuard<S> {
     fn drop(&mut self) {
         if self.armed {
-            for s in &self.streams {
-                // Nothing to report to on this path; the error that brought us here is returned.
-                let _ = s.synchronize();
-            }
+            // Nothing to report to on this path; the error that brought us here is returned.
+            let _ = wait_all(&self.streams);
         }
     }
 }
 
 /// What a drain needs of each lane.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Need {
     staging: usize,
     idx_rows: usize,
+    idx_width: IndexWidth,
     ring: usize,
 }
 
@@ -242,6 +295,8 @@ pub(crate) struct Plan {
     pub(crate) cols: Vec<ColPlan>,
     /// Bytes of one staging (and ring) buffer: every column's rows of one chunk.
     pub(crate) staging_bytes: usize,
+    /// How the chunks' indices are uploaded (u32 when every index fits).
+    pub(crate) idx_width: IndexWidth,
 }
 
 impl Plan {
@@ -252,6 +307,9 @@ impl Plan {
         chunk_bytes: usize,
     ) -> Self {
         let row_bytes: usize = cols.iter().map(|c| c.1).sum();
+        // Columns whose rows are all zero bytes move nothing: no chunks, no staging (the engine
+        // checks such a drain's indices in full instead).
+        let rows = if row_bytes == 0 { 0 } else { rows };
         let chunk_rows = (chunk_bytes / row_bytes.max(1)).clamp(1, MAX_CHUNK_ROWS);
         let chunk_rows = chunk_rows.min(rows.max(1));
         let mut offset = 0;
@@ -273,6 +331,7 @@ impl Plan {
             chunk_rows,
             cols,
             staging_bytes: offset,
+            idx_width: IndexWidth::for_rows(table_rows),
         }
     }
 
@@ -299,7 +358,7 @@ impl Plan {
         if sequential || self.rows == 0 {
             0
         } else {
-            (LANES * (self.staging_bytes + self.chunk_rows * 8)) as u64
+            (LANES * (self.staging_bytes + self.chunk_rows * self.idx_width.bytes())) as u64
         }
     }
 
@@ -307,6 +366,7 @@ impl Plan {
         Need {
             staging: if sequential { 0 } else { self.staging_bytes },
             idx_rows: if sequential { 0 } else { self.chunk_rows },
+            idx_width: self.idx_width,
             ring: if staged { self.staging_bytes } else { 0 },
         }
     }
@@ -341,45 +401,71 @@ pub(crate) fn check_indices(table_rows: usize, batches: &Batches) -> Result<()> 
 }
 
 /// Binds the lanes' context to the calling thread (raw driver calls need it: CUDA-NOTES
-/// pitfall 7).
+/// pitfall 7), without consuming a stale error (see [`LaneGuard`]).
 fn bind(lanes: &[Lane]) -> Result<()> {
     match lanes.first() {
-        Some(l) => l
-            .stream
-            .context()
-            .bind_to_thread()
-            .map_err(cuda_err("binding the CUDA context")),
+        Some(l) => bind_ctx(l.stream.context()),
         None => Err(internal("no lanes")),
     }
 }
 
+/// An integer type the gather kernel reads indices as.
+pub(crate) trait DeviceIndex: Copy + Send + Sync {
+    /// `i` as this type; only called for `i < table_rows`, which [`IndexWidth::for_rows`]
+    /// guarantees fits.
+    fn from_u64(i: u64) -> Self;
+}
+
+impl DeviceIndex for u64 {
+    fn from_u64(i: u64) -> Self {
+        i
+    }
+}
+
+impl DeviceIndex for u32 {
+    fn from_u64(i: u64) -> Self {
+        i as u32
+    }
+}
+
 /// Copies `list` (the indices of output rows `first..`) into `dst`, failing with
-/// [`Error::IndexOutOfBounds`] if one is not below `table_rows`. One pass, fused with the copy
-/// the pipeline makes anyway, so an index list made for another table is caught before the
-/// kernel could read past the device column.
-pub(crate) fn copy_checked(
-    dst: &mut [u64],
+/// [`Error::IndexOutOfBounds`] (the first bad position) if one is not below `table_rows`. One
+/// pass on all host threads, fused with the copy the pipeline makes anyway, so an index list
+/// made for another table is caught before the kernel could read past the device column. Every
+/// index written is below `table_rows`, so it fits `T` when the plan chose `T`.
+pub(crate) fn copy_checked<T: DeviceIndex>(
+    dst: &mut [T],
     list: &[u64],
     table_rows: usize,
     first: usize,
 ) -> Result<()> {
-    let mut max = 0u64;
-    for (d, &s) in dst.iter_mut().zip(list) {
-        *d = s;
-        max = max.max(s);
-    }
-    if !list.is_empty() && max >= table_rows as u64 {
-        let p = list
-            .iter()
-            .position(|&i| i >= table_rows as u64)
-            .unwrap_or(0);
-        return Err(Error::IndexOutOfBounds {
+    let rows = table_rows as u64;
+    let bad = dst
+        .par_chunks_mut(INDEX_TASK)
+        .zip(list.par_chunks(INDEX_TASK))
+        .enumerate()
+        .filter_map(|(k, (d, l))| {
+            let mut max = 0u64;
+            for (d, &s) in d.iter_mut().zip(l) {
+                *d = T::from_u64(s);
+                max = max.max(s);
+            }
+            if l.is_empty() || max < rows {
+                return None;
+            }
+            l.iter()
+                .position(|&i| i >= rows)
+                .map(|p| k * INDEX_TASK + p)
+        })
+        .min();
+    match bad {
+        Some(p) => Err(Error::IndexOutOfBounds {
             index: list[p],
             position: first + p,
             rows: table_rows,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The bounds check the pipeline does not do itself: a sequential order must end within the
@@ -409,13 +495,13 @@ unsafe fn gather_chunk(
     list: &[u64],
     first: usize,
 ) -> Result<()> {
-    let idx = lane.upload_indices(list, plan.table_rows, first)?;
+    let idx = lane.upload_indices(list, plan.idx_width, plan.table_rows, first)?;
     let staging = lane.staging_ptr()?;
     for col in &plan.cols {
         // SAFETY (Kernels::gather's items): 1. `col.src` is a live device column of the table
         // (this function's contract) and every index of `list` is below its rows (checked by
         // `upload_indices`, which returned Ok); 2. `idx` holds
-        // `list.len()` u64 just uploaded on this stream, rewritten only after `idx_free`; 3. the
+        // `list.len()` indices of `plan.idx_width` just uploaded on this stream, rewritten only after `idx_free`; 3. the
         // column's region `staging + offset .. + n × row_bytes` lies inside the lane's staging
         // buffer (`prepare` sized it to `plan.staging_bytes`, n ≤ chunk_rows), which is used only
         // by this lane's stream, in order; 4. every pointer is of the engine's context.
@@ -425,6 +511,7 @@ unsafe fn gather_chunk(
                 Gather {
                     src: col.src,
                     idx,
+                    idx_width: plan.idx_width,
                     base: 0,
                     dst: staging + col.offset as u64,
                     n: list.len(),
@@ -454,12 +541,17 @@ pub(crate) fn run_direct(
             return Err(internal("output column of the wrong size"));
         }
     }
+    if plan.rows == 0 {
+        // Nothing to move (no rows, or zero-byte rows, whose indices the engine checked in
+        // full before the drain).
+        return Ok(0);
+    }
     bind(lanes)?;
     let need = plan.need(sequential, false);
     for lane in lanes.iter_mut() {
         lane.prepare(&need, pin_seconds)?;
     }
-    host.add((need.idx_rows * 8 * lanes.len()) as u64);
+    host.add((need.idx_rows * need.idx_width.bytes() * lanes.len()) as u64);
     // One base pointer per column, taken once; `dsts` stays mutably borrowed by our caller
     // until we return, after the guard has waited for every copy.
     let bases: Vec<*mut u8> = dsts.iter_mut().map(|d| d.as_mut_ptr()).collect();
@@ -528,12 +620,20 @@ pub(crate) fn run_staged(
             return Err(internal("output column of the wrong size"));
         }
     }
+    if plan.rows == 0 {
+        // Nothing to move (no rows, or zero-byte rows, whose indices the engine checked in
+        // full before the drain): the outputs are empty, so every region is done.
+        for o in out.iter_mut() {
+            o.storage_mut().region_done(0..0)?;
+        }
+        return Ok(0);
+    }
     bind(lanes)?;
     let need = plan.need(sequential, true);
     for lane in lanes.iter_mut() {
         lane.prepare(&need, pin_seconds)?;
     }
-    host.add(((need.idx_rows * 8 + need.ring) * lanes.len()) as u64);
+    host.add(((need.idx_rows * need.idx_width.bytes() + need.ring) * lanes.len()) as u64);
     let n_lanes = lanes.len();
     let guard = LaneGuard::new(lanes.iter().map(|l| Arc::clone(&l.stream)).collect());
     let mut pending: VecDeque<(usize, Range<usize>)> = VecDeque::with_capacity(n_lanes);
@@ -598,9 +698,7 @@ pub(crate) fn run_staged(
 /// Waits for `lane`'s last chunk (output rows `range`) to land in its ring, then copies it
 /// into every output column on all host threads.
 fn copy_out(lane: &Lane, plan: &Plan, range: Range<usize>, out: &mut [ColumnArray]) -> Result<()> {
-    lane.done
-        .synchronize()
-        .map_err(cuda_err("waiting for a staged chunk"))?;
+    wait_event(&lane.done, "waiting for a staged chunk")?;
     let Some(ring) = lane.ring.as_ref() else {
         return Err(internal("lane ring buffer missing"));
     };
@@ -652,8 +750,144 @@ mod tests {
         let plan = Plan::new(&[(0, 16)], 0, 0, CHUNK_BYTES);
         assert_eq!(plan.chunks().count(), 0);
         assert_eq!(plan.device_bytes(false), 0);
-        let plan = Plan::new(&[(0, 0)], 10, 10, CHUNK_BYTES);
+    }
+
+    /// Tables whose rows are all zero bytes wide move nothing: no chunks, so no lane ever asks
+    /// for a staging buffer that was never allocated (once "internal error: staging missing").
+    #[test]
+    fn zero_width_tables_have_no_chunks_and_need_no_staging() {
+        for cols in [&[(0u64, 0usize)][..], &[(0, 0), (64, 0), (128, 0)][..]] {
+            let plan = Plan::new(cols, 10, 10, CHUNK_BYTES);
+            assert_eq!(plan.chunks().count(), 0, "{cols:?}");
+            assert_eq!(plan.rows, 0);
+            assert_eq!(plan.staging_bytes, 0);
+            assert_eq!(plan.device_bytes(false), 0);
+            let need = plan.need(false, true);
+            assert_eq!((need.staging, need.ring), (0, 0));
+        }
+        // One zero-width column beside a real one still moves the real one.
+        let plan = Plan::new(&[(0, 0), (64, 4)], 10, 10, CHUNK_BYTES);
         assert_eq!(plan.chunks().count(), 1);
+        assert_eq!(plan.rows, 10);
+    }
+
+    #[test]
+    fn plans_upload_u32_indices_for_tables_below_2_pow_32_rows() {
+        let plan = Plan::new(&[(0, 1)], 1000, 1000, CHUNK_BYTES);
+        assert_eq!(plan.idx_width, IndexWidth::U32);
+        assert_eq!(plan.need(false, false).idx_width, IndexWidth::U32);
+        assert_eq!(
+            plan.device_bytes(false),
+            (LANES * (plan.staging_bytes + plan.chunk_rows * 4)) as u64
+        );
+        let plan = Plan::new(&[(0, 1)], (1 << 32) + 1, 10, CHUNK_BYTES);
+        assert_eq!(plan.idx_width, IndexWidth::U64);
+    }
+
+    #[test]
+    fn indices_are_checked_and_narrowed_in_parallel_reporting_the_first_bad_one() {
+        let n = 5 * INDEX_TASK + 123;
+        let list: Vec<u64> = (0..n as u64).map(|i| (i * 7919) % 1_000_000).collect();
+        let mut dst = vec![0u32; n];
+        copy_checked(&mut dst, &list, 1_000_000, 0).unwrap();
+        assert!(dst.iter().zip(&list).all(|(&d, &s)| d as u64 == s));
+        // Two bad indices in different tasks: the first position is reported.
+        let mut bad = list.clone();
+        bad[3 * INDEX_TASK + 5] = 2_000_000;
+        bad[INDEX_TASK + 9] = 1_000_000;
+        let e = copy_checked(&mut dst, &bad, 1_000_000, 40).unwrap_err();
+        assert!(
+            matches!(e, Error::IndexOutOfBounds { index: 1_000_000, position, rows: 1_000_000 }
+                if position == 40 + INDEX_TASK + 9),
+            "{e}"
+        );
+        // u64 indices past 2^32 stay exact.
+        let big = [(1u64 << 32) + 5, 3];
+        let mut wide = [0u64; 2];
+        copy_checked(&mut wide, &big, 1usize << 33, 0).unwrap();
+        assert_eq!(wide, big);
+    }
+
+    /// A stand-in stream: a stale error waiting in its context, a wait that may fail, and a log
+    /// of what was done in which order.
+    struct Fake {
+        name: &'static str,
+        stale: std::cell::Cell<bool>,
+        fail_wait: bool,
+        log: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+    }
+
+    impl Waitable for Fake {
+        fn take_stale(&self) -> Option<Error> {
+            self.log.borrow_mut().push(format!("clear {}", self.name));
+            self.stale.replace(false).then(|| Error::Cuda {
+                context: "stale".into(),
+                message: self.name.into(),
+            })
+        }
+        fn wait(&self) -> Result<()> {
+            // A wait with a stale error still pending would return early without waiting.
+            assert!(
+                !self.stale.get(),
+                "{} waited with a stale error pending",
+                self.name
+            );
+            self.log.borrow_mut().push(format!("wait {}", self.name));
+            if self.fail_wait {
+                Err(Error::Cuda {
+                    context: "wait".into(),
+                    message: self.name.into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn fakes(
+        spec: &[(&'static str, bool, bool)],
+    ) -> (Vec<Fake>, std::rc::Rc<std::cell::RefCell<Vec<String>>>) {
+        let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let v = spec
+            .iter()
+            .map(|&(name, stale, fail_wait)| Fake {
+                name,
+                stale: std::cell::Cell::new(stale),
+                fail_wait,
+                log: std::rc::Rc::clone(&log),
+            })
+            .collect();
+        (v, log)
+    }
+
+    #[test]
+    fn lane_guard_clears_stale_errors_waits_for_every_stream_then_reports() {
+        // A stale error on the first lane: every lane is still waited for, then it is reported.
+        let (streams, log) = fakes(&[("a", true, false), ("b", false, false), ("c", true, false)]);
+        let e = LaneGuard::new(streams).finish().unwrap_err();
+        assert!(
+            matches!(&e, Error::Cuda { context, message } if context == "stale" && message == "a"),
+            "{e}"
+        );
+        assert_eq!(
+            *log.borrow(),
+            ["clear a", "clear b", "clear c", "wait a", "wait b", "wait c"]
+        );
+        // A failed wait is reported before a stale error, and the later lanes are still waited
+        // for.
+        let (streams, log) = fakes(&[("a", false, true), ("b", true, false)]);
+        let e = LaneGuard::new(streams).finish().unwrap_err();
+        assert!(
+            matches!(&e, Error::Cuda { context, .. } if context == "wait"),
+            "{e}"
+        );
+        assert_eq!(*log.borrow(), ["clear a", "clear b", "wait a", "wait b"]);
+        // Dropped without finish (an error path): same waits.
+        let (streams, log) = fakes(&[("a", true, false), ("b", false, false)]);
+        drop(LaneGuard::new(streams));
+        assert_eq!(*log.borrow(), ["clear a", "clear b", "wait a", "wait b"]);
+        let (streams, _) = fakes(&[("a", false, false)]);
+        assert!(LaneGuard::new(streams).finish().is_ok());
     }
 
     #[test]

@@ -15,6 +15,15 @@ pub fn driver_library_present() -> bool {
     false
 }
 
+/// Which NVRTC the engine would use: none in a build without the `cuda` feature.
+///
+/// # Errors
+/// Always: CUDA support is not compiled in.
+pub fn nvrtc_status(driver: Option<i32>) -> std::result::Result<String, String> {
+    let _ = driver;
+    Err(Error::CudaNotCompiled.to_string())
+}
+
 /// Always [`Error::CudaNotCompiled`] in this build.
 ///
 /// # Errors
@@ -60,6 +69,15 @@ impl CudaEngine {
 
     /// Unreachable: no engine exists in this build.
     pub fn info(&self) -> &CudaInfo {
+        match self.never {}
+    }
+
+    /// Unreachable: no engine exists in this build.
+    ///
+    /// # Errors
+    /// [`Error::CudaNotCompiled`].
+    pub fn time_d2h_pinned(&self, bytes: usize, repeat: usize) -> Result<Vec<f64>> {
+        let _ = (bytes, repeat);
         match self.never {}
     }
 
@@ -140,45 +158,5 @@ impl DeviceBatch {
     /// Unreachable: no device batch exists in this build.
     pub fn rows(&self) -> Option<usize> {
         match self.never {}
-    }
-}
-
-/// The CUDA side of `arraydrain bench`; unavailable in this build.
-pub mod bench {
-    use crate::batch::Batches;
-    use crate::bench::{BenchRow, Floor};
-    use crate::error::{Error, Result};
-    use crate::gather::Strategy;
-    use crate::table::Table;
-
-    use super::CudaInfo;
-
-    /// The floor's name in reports.
-    pub const FLOOR: &str = "cuda_d2h_pinned";
-
-    /// The CUDA results of one benchmark run.
-    #[derive(Debug, Clone)]
-    pub struct CudaBench {
-        /// The device.
-        pub device: CudaInfo,
-        /// One D2H copy of the output's bytes into pinned cacheable memory.
-        pub floor: Floor,
-        /// One row per strategy.
-        pub rows: Vec<BenchRow>,
-    }
-
-    /// Always [`Error::CudaNotCompiled`] in this build.
-    ///
-    /// # Errors
-    /// [`Error::CudaNotCompiled`].
-    pub fn run(
-        table: &Table<'_>,
-        batches: &Batches,
-        strategies: &[Strategy],
-        repeat: usize,
-        reference: &[Vec<u8>],
-    ) -> Result<CudaBench> {
-        let _ = (table, batches, strategies, repeat, reference);
-        Err(Error::CudaNotCompiled)
     }
 }

@@ -18,6 +18,68 @@ trait DeviceBytes: Send + Sync {
     fn address(&self) -> u64;
     fn ordinal(&self) -> usize;
     fn stream(&self) -> Option<&Arc<CudaStream>>;
+    /// The context and stream of a user's buffer (`None` for the engine's own).
+    fn origin(&self) -> Option<Origin>;
+}
+
+/// Where a user's device buffer was made, as far as the engine must order its work after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Origin {
+    /// The `CUcontext` handle.
+    pub(crate) ctx: usize,
+    /// Whether that context is the device's primary context.
+    pub(crate) primary: bool,
+    /// The `CUstream` handle of the buffer's stream.
+    pub(crate) stream: usize,
+}
+
+/// `CU_STREAM_PER_THREAD`: the handle of the calling thread's default stream.
+pub(crate) const PER_THREAD_STREAM: usize = 0x2;
+
+/// Checks that the engine of device `engine_ordinal`, whose context handle is `engine_ctx`, can
+/// order its work after a column of device `ordinal` made at `origin`.
+///
+/// # Errors
+/// [`Error::WrongDevice`] for another device; [`Error::UnorderableColumn`] for a non-primary
+/// context, another context, or the per-thread default stream.
+pub(crate) fn check_origin(
+    column: &str,
+    engine_ordinal: usize,
+    engine_ctx: usize,
+    ordinal: usize,
+    origin: Option<Origin>,
+) -> Result<()> {
+    if ordinal != engine_ordinal {
+        return Err(Error::WrongDevice {
+            expected: engine_ordinal,
+            got: ordinal,
+        });
+    }
+    let Some(o) = origin else {
+        return Ok(());
+    };
+    let reject = |reason: &str| {
+        Err(Error::UnorderableColumn {
+            column: column.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if !o.primary {
+        return reject(
+            "its buffer belongs to a non-primary context; the engine works in the device's \
+             primary context (CudaContext::new)",
+        );
+    }
+    if o.ctx != engine_ctx {
+        return reject("its buffer belongs to another context than the engine's");
+    }
+    if o.stream == PER_THREAD_STREAM {
+        return reject(
+            "its buffer's stream is the per-thread default stream, which the engine cannot wait \
+             for from its own threads; allocate it on a stream made with new_stream()",
+        );
+    }
+    Ok(())
 }
 
 impl<T: DeviceRepr + 'static> DeviceBytes for CudaSlice<T> {
@@ -29,6 +91,14 @@ impl<T: DeviceRepr + 'static> DeviceBytes for CudaSlice<T> {
     }
     fn stream(&self) -> Option<&Arc<CudaStream>> {
         Some(CudaSlice::stream(self))
+    }
+    fn origin(&self) -> Option<Origin> {
+        let ctx = CudaSlice::context(self);
+        Some(Origin {
+            ctx: ctx.cu_ctx() as usize,
+            primary: ctx.is_primary(),
+            stream: CudaSlice::stream(self).cu_stream() as usize,
+        })
     }
 }
 
@@ -46,6 +116,9 @@ impl DeviceBytes for Uploaded {
         self.ordinal
     }
     fn stream(&self) -> Option<&Arc<CudaStream>> {
+        None
+    }
+    fn origin(&self) -> Option<Origin> {
         None
     }
 }
@@ -77,7 +150,7 @@ impl DeviceColumn {
         slice: CudaSlice<T>,
     ) -> Result<Self> {
         let name = name.into();
-        let row_bytes = row_bytes(&name, dtype, row_shape)?;
+        let row_bytes = row_bytes(&name, &dtype, row_shape)?;
         let expected = checked_bytes(&[row_bytes, rows], &name)?;
         if slice.num_bytes() != expected {
             return Err(Error::ByteLengthMismatch {
@@ -128,7 +201,7 @@ impl DeviceColumn {
         offset: usize,
     ) -> Result<Self> {
         let name = name.into();
-        let row_bytes = row_bytes(&name, dtype, row_shape)?;
+        let row_bytes = row_bytes(&name, &dtype, row_shape)?;
         let bytes = checked_bytes(&[row_bytes, rows], &name)?;
         let end = offset
             .checked_add(bytes)
@@ -196,9 +269,9 @@ impl DeviceColumn {
         &self.name
     }
 
-    /// Element type.
+    /// Element type (a cheap clone: an opaque dtype's descriptor is shared).
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.dtype.clone()
     }
 
     /// Shape of one row.
@@ -226,6 +299,18 @@ impl DeviceColumn {
         self.buf.ordinal()
     }
 
+    /// Checks that the engine of device `engine_ordinal` with context handle `engine_ctx` can
+    /// order its work after this column (see [`check_origin`]).
+    pub(crate) fn check_usable(&self, engine_ordinal: usize, engine_ctx: usize) -> Result<()> {
+        check_origin(
+            &self.name,
+            engine_ordinal,
+            engine_ctx,
+            self.ordinal(),
+            self.buf.origin(),
+        )
+    }
+
     /// The device address of row 0.
     pub(crate) fn address(&self) -> u64 {
         self.buf.address() + self.offset as u64
@@ -251,7 +336,7 @@ impl DeviceColumn {
     }
 }
 
-fn row_bytes(name: &str, dtype: DType, row_shape: &[usize]) -> Result<usize> {
+fn row_bytes(name: &str, dtype: &DType, row_shape: &[usize]) -> Result<usize> {
     let mut parts = row_shape.to_vec();
     parts.push(dtype.size());
     checked_bytes(&parts, name)
@@ -281,8 +366,9 @@ pub struct DeviceTable {
 }
 
 impl DeviceTable {
-    /// Validates like [`Table::new`](crate::Table::new), plus: every column on `ordinal`.
-    pub(crate) fn new(columns: Vec<DeviceColumn>, ordinal: usize) -> Result<Self> {
+    /// Validates like [`Table::new`](crate::Table::new), plus: every column on `ordinal`, in the
+    /// context `ctx` (the engine's; see [`check_origin`]).
+    pub(crate) fn new(columns: Vec<DeviceColumn>, ordinal: usize, ctx: usize) -> Result<Self> {
         let Some(first) = columns.first() else {
             return Err(Error::EmptyTable);
         };
@@ -300,12 +386,7 @@ impl DeviceTable {
                     got: c.rows,
                 });
             }
-            if c.ordinal() != ordinal {
-                return Err(Error::WrongDevice {
-                    expected: ordinal,
-                    got: c.ordinal(),
-                });
-            }
+            c.check_usable(ordinal, ctx)?;
         }
         Ok(DeviceTable {
             columns,
@@ -401,5 +482,64 @@ impl DeviceBatch {
     /// Rows of the first column.
     pub fn rows(&self) -> Option<usize> {
         self.columns.first().map(|c| c.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_the_engine_cannot_order_are_rejected() {
+        let ok = Origin {
+            ctx: 0x1000,
+            primary: true,
+            stream: 0x5000,
+        };
+        assert!(check_origin("x", 0, 0x1000, 0, Some(ok)).is_ok());
+        assert!(
+            check_origin("x", 0, 0x1000, 0, None).is_ok(),
+            "the engine's own"
+        );
+        // The legacy default stream (null) is ordered by events like any other.
+        let legacy = Origin { stream: 0, ..ok };
+        assert!(check_origin("x", 0, 0x1000, 0, Some(legacy)).is_ok());
+        let e = check_origin("x", 0, 0x1000, 1, Some(ok)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::WrongDevice {
+                    expected: 0,
+                    got: 1
+                }
+            ),
+            "{e}"
+        );
+        for (bad, what) in [
+            (
+                Origin {
+                    primary: false,
+                    ..ok
+                },
+                "non-primary",
+            ),
+            (Origin { ctx: 0x2000, ..ok }, "another context"),
+            (
+                Origin {
+                    stream: PER_THREAD_STREAM,
+                    ..ok
+                },
+                "per-thread",
+            ),
+        ] {
+            let e = check_origin("x", 0, 0x1000, 0, Some(bad)).unwrap_err();
+            match e {
+                Error::UnorderableColumn { column, reason } => {
+                    assert_eq!(column, "x");
+                    assert!(reason.contains(what), "{what}: {reason}");
+                }
+                other => panic!("{what}: {other}"),
+            }
+        }
     }
 }

@@ -218,14 +218,18 @@ pub(crate) fn fill_preallocated(
 ) -> Result<()> {
     let idx = batches.indices();
     let rows = batches.rows();
-    let total_row_bytes = table.row_bytes().max(1);
-    let block_rows = (BLOCK_BYTES / total_row_bytes).max(1);
+    // Zero-width rows have no bytes to move: one step covers them all, however many.
+    let block_rows = match table.row_bytes() {
+        0 => rows.max(1),
+        row_bytes => (BLOCK_BYTES / row_bytes).max(1),
+    };
     let mut done_bytes = 0u64;
     let mut start = 0;
     while start < rows {
         let end = (start + block_rows).min(rows);
         for (col, o) in table.columns().iter().zip(out.iter_mut()) {
             let rb = col.row_bytes();
+            // In bounds: `rows * rb` is the column's checked output length.
             let range = start * rb..end * rb;
             cpu::par_gather(
                 col.bytes(),
@@ -276,7 +280,14 @@ fn classic(
     counter: &Arc<AllocCounter>,
     progress: Option<&Progress>,
 ) -> Result<Vec<ColumnArray>> {
-    let mut kept: Vec<Vec<HostBuf>> = Vec::with_capacity(batches.len());
+    let mut kept: Vec<Vec<HostBuf>> = Vec::new();
+    kept.try_reserve_exact(batches.len()).map_err(|e| {
+        Error::alloc(
+            (batches.len() as u128).saturating_mul(std::mem::size_of::<Vec<HostBuf>>() as u128),
+            "the list of batches",
+            e,
+        )
+    })?;
     let mut done = 0u64;
     for k in 0..batches.len() {
         let mut cols = Vec::with_capacity(table.columns().len());

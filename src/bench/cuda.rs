@@ -1,20 +1,17 @@
-//! The CUDA side of `arraydrain bench`: uploads the workload, measures the GPU floor in the same
+//! The CUDA half of `arraydrain bench`: uploads the workload, measures the GPU floor in the same
 //! run — one device→host copy of the output's bytes from a contiguous device buffer into pinned,
-//! cacheable host memory — and times every strategy on the device against it, each output
-//! verified against the CPU reference before it is timed.
+//! cacheable host memory ([`CudaEngine::time_d2h_pinned`]) — and times every strategy on the
+//! device against it, each output verified against the CPU reference before it is timed. It
+//! uses the engine's public API only; in a build without the `cuda` feature it returns
+//! [`Error::CudaNotCompiled`](crate::Error::CudaNotCompiled).
 
-use std::ffi::c_void;
 use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::device::cuda_err;
-use super::engine::CudaEngine;
-use super::memory::{DevBuf, PinnedAlloc};
-use super::table::DeviceTable;
-use super::CudaInfo;
+use super::{gbps, verify, BenchRow, Floor, Timing};
 use crate::batch::Batches;
-use crate::bench::{gbps, verify, BenchRow, Floor, Timing};
+use crate::cuda::{CudaEngine, CudaInfo, DeviceTable};
 use crate::error::Result;
 use crate::gather::Strategy;
 use crate::output::Materialized;
@@ -163,50 +160,9 @@ fn bench_strategy(
     })
 }
 
-/// The GPU floor: one `cuMemcpyDtoHAsync` of `bytes` bytes from a contiguous device buffer into
-/// pinned, cacheable host memory, synchronised; a warm-up copy, then `repeat` timed ones. The
-/// buffers are freed before the strategies run.
+/// The GPU floor: one device→host copy of `bytes` bytes into pinned, cacheable host memory,
+/// a warm-up copy, then `repeat` timed ones. The buffers are freed before the strategies run.
 fn measure_floor(engine: &CudaEngine, bytes: usize, repeat: usize) -> Result<Floor> {
-    let stream = engine.stream();
-    stream
-        .context()
-        .bind_to_thread()
-        .map_err(cuda_err("binding the CUDA context"))?;
-    let dev = DevBuf::alloc(stream, bytes, "the floor's device buffer", None)?;
-    // SAFETY: `dev` holds `bytes` device bytes of this stream, used by nothing else; the
-    // context is bound above.
-    if bytes > 0 {
-        unsafe { cudarc::driver::result::memset_d8_async(dev.ptr(), 0, bytes, stream.cu_stream()) }
-            .map_err(cuda_err("clearing the floor's device buffer"))?;
-    }
-    let host = PinnedAlloc::new(engine.context(), bytes)?;
-    let copy = || -> Result<()> {
-        if bytes == 0 {
-            return Ok(());
-        }
-        // SAFETY: `dev` holds `bytes` device bytes of this stream (cleared above, in order);
-        // `host` is pinned and holds ≥ `bytes` bytes, read by no one; the stream is synchronised
-        // right after, before either buffer can be dropped; the context is bound above.
-        unsafe {
-            cudarc::driver::sys::cuMemcpyDtoHAsync_v2(
-                host.as_ptr().cast::<c_void>(),
-                dev.ptr(),
-                bytes,
-                stream.cu_stream(),
-            )
-        }
-        .result()
-        .map_err(cuda_err("the floor copy"))?;
-        stream
-            .synchronize()
-            .map_err(cuda_err("waiting for the floor copy"))
-    };
-    copy()?;
-    let mut runs = Vec::with_capacity(repeat.max(1));
-    for _ in 0..repeat.max(1) {
-        let t = Instant::now();
-        copy()?;
-        runs.push(t.elapsed().as_secs_f64());
-    }
+    let runs = engine.time_d2h_pinned(bytes, repeat.max(1))?;
     Ok(Floor::new(&runs, bytes as u64))
 }

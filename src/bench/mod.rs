@@ -1,0 +1,293 @@
+//! The benchmark harness behind `arraydrain bench`: a synthetic workload, a naive reference
+//! gather to verify every output before it is timed, the same-run floors, and the result rows
+//! (printed as a table and written as JSON). The backends add their rows through [`BenchRow`]:
+//! [`cpu`] (host threads) and [`cuda`] (the CUDA engine, through its public API only).
+//!
+//! Every size the harness computes is checked and every large buffer it allocates is fallible:
+//! a workload too large for the machine is an [`Error::HostAllocation`] before anything big is
+//! touched, never an abort.
+//!
+//! [`Error::HostAllocation`]: crate::Error::HostAllocation
+
+pub mod cpu;
+pub mod cuda;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::batch::Batches;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::memory::{checked_bytes, HostBuf};
+use crate::output::Materialized;
+use crate::table::{Column, Table};
+
+pub use cpu::{run_cpu, CpuFloors};
+
+/// Minimum, median and maximum seconds over repeated runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Timing {
+    /// Fastest run.
+    pub min: f64,
+    /// Median run.
+    pub median: f64,
+    /// Slowest run.
+    pub max: f64,
+}
+
+impl Timing {
+    /// Summarises run times in seconds (an empty list gives zeros).
+    pub fn from_runs(runs: &[f64]) -> Timing {
+        let mut v = runs.to_vec();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Timing {
+                min: 0.0,
+                median: 0.0,
+                max: 0.0,
+            };
+        }
+        let median = if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
+        Timing {
+            min: v[0],
+            median,
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// A floor: the time of a plain copy of the same output bytes, measured in the same run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Floor {
+    /// Median seconds.
+    pub seconds: f64,
+    /// Output gigabytes (1e9 bytes) per second at the median.
+    pub gbps: f64,
+    /// All three statistics.
+    pub timing: Timing,
+}
+
+impl Floor {
+    /// A floor from run times over `bytes` bytes.
+    pub fn new(runs: &[f64], bytes: u64) -> Floor {
+        let timing = Timing::from_runs(runs);
+        Floor {
+            seconds: timing.median,
+            gbps: gbps(bytes, timing.median),
+            timing,
+        }
+    }
+}
+
+/// One strategy on one backend.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchRow {
+    /// Strategy name (`concat`, `per-batch`, `preallocated`, `pinned`, `auto`, or a
+    /// comparison recipe's name).
+    pub strategy: String,
+    /// `cpu` or `cuda`.
+    pub backend: String,
+    /// Run times.
+    pub seconds: Timing,
+    /// Output GB/s at the median.
+    pub gbps: f64,
+    /// Median seconds over the floor's median seconds (1.0 is the floor).
+    pub floor_ratio: f64,
+    /// The floor the ratio is taken against (`cpu_fresh`, `cuda_d2h_pinned`, …).
+    pub floor: String,
+    /// Peak host bytes the strategy allocated.
+    pub peak_alloc_bytes: u64,
+    /// Peak device bytes the strategy allocated (CUDA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_device_bytes: Option<u64>,
+    /// Seconds spent allocating / pinning page-locked memory (CUDA `pinned`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_seconds: Option<f64>,
+    /// Whether the output equalled the reference gather before timing.
+    pub verified: bool,
+}
+
+/// Gigabytes (1e9 bytes) per second.
+pub fn gbps(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / seconds / 1e9
+    } else {
+        0.0
+    }
+}
+
+/// Times `f` `repeat` times (at least once), returning each run's seconds.
+///
+/// # Errors
+/// The first error `f` returns.
+pub fn time_runs<E>(repeat: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<Vec<f64>, E> {
+    let mut runs = Vec::with_capacity(repeat.max(1));
+    for _ in 0..repeat.max(1) {
+        let t = Instant::now();
+        f()?;
+        runs.push(t.elapsed().as_secs_f64());
+    }
+    Ok(runs)
+}
+
+/// The deliberately naive reference: for each column, the bytes of each output row copied one
+/// at a time, in order, from the table.
+///
+/// # Errors
+/// [`Error::HostAllocation`] when an output column's size overflows or cannot be allocated;
+/// [`Error::IndexOutOfBounds`] when an index is not a row of the table.
+pub fn reference(table: &Table<'_>, batches: &Batches) -> Result<Vec<Vec<u8>>> {
+    let idx = batches.indices();
+    let rows = batches.rows();
+    table
+        .columns()
+        .iter()
+        .map(|c| {
+            let bytes = checked_bytes(&[rows, c.row_bytes()], c.name())?;
+            let mut out = Vec::new();
+            out.try_reserve_exact(bytes)
+                .map_err(|e| Error::alloc(bytes, format!("the reference of {}", c.name()), e))?;
+            for p in 0..rows {
+                // `p < batches.rows()`, so the index exists; a row past the table is an error.
+                let i = idx.get(p).unwrap_or(usize::MAX);
+                let Some(r) = c.row(i) else {
+                    return Err(Error::IndexOutOfBounds {
+                        index: i as u64,
+                        position: p,
+                        rows: c.rows(),
+                    });
+                };
+                out.extend_from_slice(r);
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Whether an output equals the reference, column by column, byte for byte.
+pub fn verify(out: &Materialized, reference: &[Vec<u8>]) -> bool {
+    out.columns().len() == reference.len()
+        && out
+            .columns()
+            .iter()
+            .zip(reference)
+            .all(|(c, r)| c.as_bytes() == r.as_slice())
+}
+
+/// The built-in workload with `x` f32 `[rows, dim]`: see [`synthetic_workload`].
+///
+/// # Errors
+/// As [`synthetic_workload`].
+pub fn synthetic_table(rows: usize, dim: usize, seed: u64) -> Result<Table<'static>> {
+    synthetic_workload(rows, DType::F32, &[dim], seed)
+}
+
+/// The built-in workload: `x` of `dtype` with row shape `row_shape` (floats uniform in
+/// `[0, 1)`, integers and raw types random bytes) and `y` i64 `[rows]` labels in `0..10`, like the
+/// classic "features and labels" example — or an image data set with `dtype` u8 and row shape
+/// `[3, 224, 224]`. Deterministic for a seed.
+///
+/// # Errors
+/// [`Error::HostAllocation`] when the table does not fit in memory or its size overflows.
+pub fn synthetic_workload(
+    rows: usize,
+    dtype: DType,
+    row_shape: &[usize],
+    seed: u64,
+) -> Result<Table<'static>> {
+    const CHUNK: usize = 1 << 16;
+    let mut parts = row_shape.to_vec();
+    parts.extend([dtype.size(), rows]);
+    let x_bytes = checked_bytes(&parts, "x")?;
+    let mut x = HostBuf::zeroed(x_bytes, "x")?;
+    match dtype {
+        DType::F32 => {
+            let xs: &mut [f32] = bytemuck::cast_slice_mut(x.as_bytes_mut());
+            xs.par_chunks_mut(CHUNK).enumerate().for_each(|(k, c)| {
+                let mut s = seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                for v in c {
+                    s = splitmix(s);
+                    *v = (s >> 40) as f32 / (1u64 << 24) as f32;
+                }
+            });
+        }
+        DType::F64 => {
+            let xs: &mut [f64] = bytemuck::cast_slice_mut(x.as_bytes_mut());
+            xs.par_chunks_mut(CHUNK).enumerate().for_each(|(k, c)| {
+                let mut s = seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                for v in c {
+                    s = splitmix(s);
+                    *v = (s >> 11) as f64 / (1u64 << 53) as f64;
+                }
+            });
+        }
+        _ => {
+            x.as_bytes_mut()
+                .par_chunks_mut(CHUNK * 8)
+                .enumerate()
+                .for_each(|(k, c)| {
+                    let mut s = seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    for w in c.chunks_mut(8) {
+                        s = splitmix(s);
+                        w.copy_from_slice(&s.to_le_bytes()[..w.len()]);
+                    }
+                });
+        }
+    }
+    let mut y = HostBuf::zeroed(checked_bytes(&[rows, 8], "y")?, "y")?;
+    let ys: &mut [i64] = bytemuck::cast_slice_mut(y.as_bytes_mut());
+    ys.par_chunks_mut(CHUNK).enumerate().for_each(|(k, c)| {
+        let mut s = !seed ^ (k as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        for v in c {
+            s = splitmix(s);
+            *v = ((s >> 33) % 10) as i64;
+        }
+    });
+    Table::new(vec![
+        Column::from_shared("x", dtype, row_shape, rows, Arc::new(x))?,
+        Column::from_shared("y", DType::I64, &[], rows, Arc::new(y))?,
+    ])
+}
+
+/// Host bytes a benchmark run needs at its peak: the table (`table_rows` rows of `row_bytes`),
+/// the reference and the CPU floor's reused copy (each `out_rows` rows), one output being timed
+/// and one fresh floor copy. Checked arithmetic: an overflow is an error.
+///
+/// # Errors
+/// [`Error::HostAllocation`] when the size overflows.
+pub fn peak_host_bytes(table_rows: usize, out_rows: usize, row_bytes: usize) -> Result<u128> {
+    let table = checked_bytes(&[table_rows, row_bytes], "the benchmark table")?;
+    let out = checked_bytes(&[out_rows, row_bytes], "the benchmark output")?;
+    Ok(table as u128 + 4 * out as u128)
+}
+
+/// Refuses a benchmark whose peak host memory ([`peak_host_bytes`]) exceeds what this process
+/// may use now ([`crate::sysmem::available_bytes`]; the check passes when that is unknown).
+///
+/// # Errors
+/// [`Error::HostAllocation`] naming the need and what is available.
+pub fn check_fits(table_rows: usize, out_rows: usize, row_bytes: usize) -> Result<()> {
+    let need = peak_host_bytes(table_rows, out_rows, row_bytes)?;
+    match crate::sysmem::available_bytes() {
+        Some(avail) if need > avail as u128 => Err(Error::alloc(
+            need,
+            "the benchmark (table, reference, floors and one output)",
+            format!("only {avail} bytes are available to this process"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

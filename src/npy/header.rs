@@ -1,0 +1,500 @@
+//! The `.npy` header: parsing and checking a header exactly as strictly as `numpy.load`, and
+//! encoding the one NumPy would write. Descriptors are sized in `descr.rs`, the Python literal
+//! the header is written in is parsed in `literal.rs`.
+
+use std::borrow::Cow;
+
+use crate::dtype::{DType, Opaque};
+use crate::error::{Error, Result};
+
+use super::descr::{self, element, Element};
+use super::literal::{self, clip, Node, Value};
+use super::MAGIC;
+
+/// Headers longer than this are refused. NumPy's reader refuses more than 10 000 characters
+/// unless told otherwise (`max_header_size`), a guard against slow parsing rather than a format
+/// rule: its own writer makes longer headers for wide structured dtypes. This parser is linear
+/// in the header's length, so it reads headers up to this larger bound.
+const MAX_HEADER_LEN: usize = 1 << 20;
+
+/// Headers are padded so the data starts at a multiple of this (as NumPy does).
+pub(super) const HEADER_ALIGN: usize = 64;
+
+/// Quoted header text in messages is cut to this many characters.
+const QUOTE: usize = 80;
+
+// ---- dtypes -------------------------------------------------------------------------------------
+
+/// The NumPy `descr` of a dtype as the Python literal a header holds (`'<f4'` with its quotes;
+/// an opaque dtype's descriptor verbatim), or `None` for `bf16`, which NumPy lacks.
+pub fn descr(dtype: &DType) -> Option<Cow<'_, str>> {
+    Some(Cow::Borrowed(match dtype {
+        DType::F32 => "'<f4'",
+        DType::F64 => "'<f8'",
+        DType::F16 => "'<f2'",
+        DType::BF16 => return None,
+        DType::I8 => "'|i1'",
+        DType::I16 => "'<i2'",
+        DType::I32 => "'<i4'",
+        DType::I64 => "'<i8'",
+        DType::U8 => "'|u1'",
+        DType::U16 => "'<u2'",
+        DType::U32 => "'<u4'",
+        DType::U64 => "'<u8'",
+        DType::Bool => "'|b1'",
+        DType::Opaque(o) => o.descr(),
+    }))
+}
+
+/// What a descriptor (a Python literal) describes: its element size and numeric dtype.
+pub(crate) fn element_of_descr(text: &str) -> std::result::Result<Element, String> {
+    element(&literal::parse(text, false)?)
+}
+
+/// For an opaque dtype that is a numeric dtype in the other byte order (`'>f8'` on this
+/// little-endian machine), that numeric dtype; `None` for any other dtype.
+pub fn byte_swapped(dtype: &DType) -> Option<DType> {
+    let DType::Opaque(o) = dtype else {
+        return None;
+    };
+    descr::byte_swapped_numeric(&literal::parse(o.descr(), false).ok()?)
+}
+
+// ---- headers ------------------------------------------------------------------------------------
+
+/// What a `.npy` header declares, checked as NumPy checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyHeader {
+    /// Format version `(major, minor)`: (1, 0), (2, 0) or (3, 0).
+    pub version: (u8, u8),
+    /// Element type: a numeric dtype when the descriptor is one (in this machine's byte
+    /// order), else [`DType::Opaque`] with the descriptor's text verbatim.
+    pub dtype: DType,
+    /// Whether the data is in Fortran (column-major) order.
+    pub fortran_order: bool,
+    /// The array's shape (the first axis is rows).
+    pub shape: Vec<usize>,
+    /// Offset of the data from the start of the file (the header's full length).
+    pub data_offset: usize,
+    /// Bytes of data the shape and dtype imply (any bytes after them are ignored, as NumPy
+    /// ignores them).
+    pub data_len: usize,
+}
+
+impl NpyHeader {
+    /// Parses and checks the header at the start of `bytes` (a whole file, or at least its
+    /// header), refusing exactly what `numpy.load` refuses: another magic, versions other than
+    /// 1.0, 2.0 and 3.0, a header that is not a Python dict literal with exactly the keys
+    /// `descr`, `fortran_order` (a bool) and `shape` (a tuple of ints), a descriptor NumPy
+    /// would not read. Beyond that, arraydrain refuses object dtypes, negative dimensions
+    /// (which NumPy refuses when it makes the array) and the descriptor spellings listed in
+    /// [`crate::npy`]. The data itself is not looked at.
+    ///
+    /// # Errors
+    /// A message saying what is wrong; quoted header text in it is cut to a readable length.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<NpyHeader, String> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err("not a .npy file (wrong magic; expected \\x93NUMPY)".into());
+        }
+        let (major, minor) = match bytes.get(6..8) {
+            Some(&[a, b]) => (a, b),
+            _ => return Err("truncated: the file ends inside the header".into()),
+        };
+        let (len_bytes, utf8) = match (major, minor) {
+            (1, 0) => (2, false),
+            (2, 0) => (4, false),
+            (3, 0) => (4, true),
+            _ => {
+                return Err(format!(
+                    "unsupported .npy format version {major}.{minor} (NumPy reads 1.0, 2.0 and 3.0)"
+                ))
+            }
+        };
+        let Some(len_field) = bytes.get(8..8 + len_bytes) else {
+            return Err("truncated: the file ends inside the header".into());
+        };
+        let header_len = len_field
+            .iter()
+            .rev()
+            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        if header_len > MAX_HEADER_LEN {
+            return Err(format!(
+                "header of {header_len} bytes is longer than the {MAX_HEADER_LEN} allowed"
+            ));
+        }
+        let start = 8 + len_bytes;
+        let Some(raw) = bytes.get(start..start + header_len) else {
+            return Err(format!(
+                "truncated: the header declares {header_len} bytes, the file has {}",
+                bytes.len().saturating_sub(start)
+            ));
+        };
+        let text: Cow<'_, str> = if utf8 {
+            Cow::Borrowed(
+                std::str::from_utf8(raw)
+                    .map_err(|e| format!("header of a version 3.0 file is not UTF-8: {e}"))?,
+            )
+        } else {
+            // Versions 1.0 and 2.0 are latin-1: each byte is the code point of its value.
+            match std::str::from_utf8(raw) {
+                Ok(s) if s.is_ascii() => Cow::Borrowed(s),
+                _ => Cow::Owned(raw.iter().map(|&b| char::from(b)).collect()),
+            }
+        };
+        let bad = |e: String| format!("bad header {}: {e}", clip(&text, QUOTE));
+        let root = literal::parse(&text, major <= 2).map_err(bad)?;
+        let Value::Dict(pairs) = &root.value else {
+            return Err(format!(
+                "header is not a dictionary but a {}: {}",
+                root.value.type_name(),
+                clip(&text, QUOTE)
+            ));
+        };
+        fn key(k: &Node) -> Option<&str> {
+            match &k.value {
+                Value::Str(s) => Some(s.as_str()),
+                _ => None,
+            }
+        }
+        // Python keeps the last value of a repeated key.
+        let get = |name: &str| {
+            pairs
+                .iter()
+                .rev()
+                .find(|(k, _)| key(k) == Some(name))
+                .map(|(_, v)| v)
+        };
+        let mut keys: Vec<&str> = Vec::new();
+        for (k, _) in pairs {
+            let k = &text[k.span.clone()];
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        let expected = ["descr", "fortran_order", "shape"];
+        let exact = keys.len() == expected.len()
+            && pairs
+                .iter()
+                .all(|(k, _)| key(k).is_some_and(|k| expected.contains(&k)));
+        if !exact {
+            keys.sort_unstable();
+            return Err(format!(
+                "header does not contain exactly the keys 'descr', 'fortran_order' and 'shape': \
+                 it has {}",
+                clip(&keys.join(", "), QUOTE)
+            ));
+        }
+        let (Some(descr), Some(fortran), Some(shape)) =
+            (get("descr"), get("fortran_order"), get("shape"))
+        else {
+            return Err("header lacks 'descr', 'fortran_order' or 'shape'".into());
+        };
+        let quoted = |n: &Node| clip(&text[n.span.clone()], QUOTE);
+        let Value::Tuple(dims) = &shape.value else {
+            return Err(format!("shape is not a tuple of ints: {}", quoted(shape)));
+        };
+        let mut dims_out = Vec::with_capacity(dims.len());
+        for d in dims {
+            let n = match d.value {
+                Value::Int(Some(n)) => n,
+                // `isinstance(True, int)` holds in Python, so NumPy takes bools as 1 and 0.
+                Value::Bool(b) => i128::from(b),
+                Value::Int(None) => {
+                    return Err(format!(
+                        "shape {} is too large for this machine",
+                        quoted(shape)
+                    ))
+                }
+                _ => return Err(format!("shape is not a tuple of ints: {}", quoted(shape))),
+            };
+            if n < 0 {
+                return Err(format!(
+                    "shape {} has a negative dimension (non-negative integers only)",
+                    quoted(shape)
+                ));
+            }
+            dims_out.push(
+                usize::try_from(n).map_err(|_| {
+                    format!("shape {} is too large for this machine", quoted(shape))
+                })?,
+            );
+        }
+        let Value::Bool(fortran_order) = fortran.value else {
+            return Err(format!(
+                "fortran_order is not a valid bool (True or False): {}",
+                quoted(fortran)
+            ));
+        };
+        let element = element(descr).map_err(|e| format!("descr {}: {e}", quoted(descr)))?;
+        let dtype = match element.numeric {
+            Some(d) => d,
+            None => DType::Opaque(Opaque::from_parts(&text[descr.span.clone()], element.size)),
+        };
+        let mut parts = dims_out.clone();
+        parts.push(element.size);
+        let data_len = parts
+            .iter()
+            .try_fold(1usize, |a, &p| a.checked_mul(p))
+            .filter(|&n| n <= isize::MAX as usize)
+            .ok_or_else(|| format!("shape {} is too large for this machine", quoted(shape)))?;
+        Ok(NpyHeader {
+            version: (major, minor),
+            dtype,
+            fortran_order,
+            shape: dims_out,
+            data_offset: start + header_len,
+            data_len,
+        })
+    }
+
+    /// The header bytes NumPy would write for a C-order array of `dtype` and `shape`:
+    /// version 1.0 when the header is latin-1 text that fits in 64 KiB, else 2.0, else 3.0
+    /// (UTF-8, for descriptors with other characters), padded with spaces and a newline so the
+    /// data starts at a multiple of 64 bytes.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedDType`] for `bf16`.
+    pub fn encode(dtype: &DType, shape: &[usize]) -> Result<Vec<u8>> {
+        let descr = descr(dtype).ok_or_else(|| Error::UnsupportedDType {
+            descr: "bf16 (NumPy has no bfloat16 dtype; store such a column as u16 or f32)".into(),
+        })?;
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let shape_text = match dims.len() {
+            1 => format!("({},)", dims[0]),
+            _ => format!("({})", dims.join(", ")),
+        };
+        let dict = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': {shape_text}, }}");
+        let latin1: Option<Vec<u8>> = dict.chars().map(|c| u8::try_from(c).ok()).collect();
+        let candidates: Vec<(u8, usize, Vec<u8>)> = match latin1 {
+            Some(bytes) => vec![(1, 2, bytes.clone()), (2, 4, bytes)],
+            None => vec![(3, 4, dict.into_bytes())],
+        };
+        for (version, len_bytes, text) in candidates {
+            let unpadded = MAGIC.len() + 2 + len_bytes + text.len() + 1;
+            let total = unpadded.div_ceil(HEADER_ALIGN) * HEADER_ALIGN;
+            let header_len = total - MAGIC.len() - 2 - len_bytes;
+            if len_bytes == 2 && header_len > u16::MAX as usize {
+                continue;
+            }
+            if header_len > u32::MAX as usize {
+                break;
+            }
+            let mut out = Vec::with_capacity(total);
+            out.extend_from_slice(MAGIC);
+            out.extend_from_slice(&[version, 0]);
+            out.extend_from_slice(&(header_len as u64).to_le_bytes()[..len_bytes]);
+            out.extend_from_slice(&text);
+            out.resize(total - 1, b' ');
+            out.push(b'\n');
+            return Ok(out);
+        }
+        Err(Error::UnsupportedDType {
+            descr: format!(
+                "{} (the descriptor is too long for a .npy header)",
+                clip(&descr, QUOTE)
+            ),
+        })
+    }
+
+    /// Rows (the first axis).
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(version: (u8, u8), text: &str) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&[version.0, version.1]);
+        if version.0 == 1 {
+            bytes.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        } else {
+            bytes.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        }
+        bytes.extend_from_slice(text.as_bytes());
+        bytes
+    }
+
+    #[test]
+    fn headers_round_trip_for_every_numpy_dtype() {
+        let opaque = DType::Opaque(Opaque::from_parts("[('a', '<c8'), ('é', '|S3')]", 11));
+        for d in DType::ALL.into_iter().chain([opaque]) {
+            for shape in [vec![0], vec![5], vec![3, 4], vec![2, 0, 7]] {
+                match NpyHeader::encode(&d, &shape) {
+                    Ok(h) => {
+                        assert_eq!(h.len() % 64, 0);
+                        assert_eq!(h.last(), Some(&b'\n'));
+                        let p = NpyHeader::parse(&h).unwrap();
+                        assert_eq!(
+                            (&p.dtype, &p.shape[..], p.data_offset),
+                            (&d, &shape[..], h.len())
+                        );
+                        assert_eq!(p.version, (1, 0));
+                        assert!(!p.fortran_order);
+                    }
+                    Err(e) => {
+                        assert_eq!(d, DType::BF16);
+                        assert!(matches!(e, Error::UnsupportedDType { .. }));
+                    }
+                }
+            }
+        }
+        // Text outside latin-1 needs version 3.0 (UTF-8); long headers need 2.0.
+        let cjk = DType::Opaque(Opaque::from_parts("[('名', '<f4')]", 4));
+        let h = NpyHeader::encode(&cjk, &[2]).unwrap();
+        assert_eq!(&h[6..8], &[3, 0]);
+        assert_eq!(NpyHeader::parse(&h).unwrap().dtype, cjk);
+        let fields: Vec<String> = (0..5000).map(|i| format!("('f{i}', '<f4')")).collect();
+        let wide = format!("[{}]", fields.join(", "));
+        let wide = DType::Opaque(Opaque::from_parts(&wide, 20000));
+        let h = NpyHeader::encode(&wide, &[2]).unwrap();
+        assert_eq!(&h[6..8], &[2, 0]);
+        assert_eq!(NpyHeader::parse(&h).unwrap().dtype, wide);
+    }
+
+    #[test]
+    fn numpy_written_headers_parse() {
+        type Want = std::result::Result<(DType, Vec<usize>, bool), &'static str>;
+        let c8 = || DType::Opaque(Opaque::from_parts("'<c8'", 8));
+        let cases: Vec<(&str, Want)> = vec![
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }",
+                Ok((DType::F32, vec![3, 4], false)),
+            ),
+            (
+                "{'descr': '|b1', 'fortran_order': True, 'shape': (7,), }",
+                Ok((DType::Bool, vec![7], true)),
+            ),
+            (
+                "{\"shape\": (2L, 3L), \"fortran_order\": False, \"descr\": \"<i8\"}",
+                Ok((DType::I64, vec![2, 3], false)),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (), }",
+                Ok((DType::F32, vec![], false)),
+            ),
+            (
+                "{'descr': '<d', 'fortran_order': False, 'shape': (2,)}",
+                Ok((DType::F64, vec![2], false)),
+            ),
+            (
+                "{'descr': '?', 'fortran_order': False, 'shape': (2,)}",
+                Ok((DType::Bool, vec![2], false)),
+            ),
+            (
+                "{'descr': '<c8', 'fortran_order': False, 'shape': (True, 3)}",
+                Ok((c8(), vec![1, 3], false)),
+            ),
+            (
+                "{'descr': 'x', 'descr': '<c8', 'fortran_order': False, 'shape': (3,)}",
+                Ok((c8(), vec![3], false)),
+            ),
+            (
+                "{'descr': '|O', 'fortran_order': False, 'shape': (3,), }",
+                Err("object"),
+            ),
+            (
+                "{'descr': [('a', 'O')], 'fortran_order': False, 'shape': (3,), }",
+                Err("object"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (-3,), }",
+                Err("negative"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4), }",
+                Err("not a tuple"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': [4], }",
+                Err("not a tuple"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4.0,), }",
+                Err("not a tuple"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, }",
+                Err("exactly the keys"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), 'x': 1}",
+                Err("exactly the keys"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': 'False', 'shape': (3,)}",
+                Err("valid bool (True or False): \"'False'\""),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': 0, 'shape': (3,)}",
+                Err("valid bool"),
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': 0, 'shape': (3,)",
+                Err("bad header"),
+            ),
+            ("['descr', '<f4']", Err("not a dictionary")),
+            (
+                "{'descr': 'f4,i4', 'fortran_order': False, 'shape': (3,)}",
+                Err("not understood"),
+            ),
+        ];
+        for (text, want) in cases {
+            match (NpyHeader::parse(&header((1, 0), text)), want) {
+                (Ok(h), Ok((d, s, f))) => {
+                    assert_eq!((h.dtype, h.shape, h.fortran_order), (d, s, f), "{text}")
+                }
+                (Err(e), Err(w)) => assert!(e.contains(w), "{text}: {e}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+        // Python 2 longs only in versions 1.0 and 2.0.
+        let py2 = "{'descr': '<f4', 'fortran_order': False, 'shape': (3L,)}";
+        assert!(NpyHeader::parse(&header((2, 0), py2)).is_ok());
+        assert!(NpyHeader::parse(&header((3, 0), py2)).is_err());
+        let good = "{'descr': '<f4', 'fortran_order': False, 'shape': (3,)}";
+        for v in [(1, 1), (1, 255), (2, 1), (3, 1), (4, 0), (0, 0)] {
+            let e = NpyHeader::parse(&header(v, good)).unwrap_err();
+            assert!(e.contains(&format!("version {}.{}", v.0, v.1)), "{e}");
+        }
+        assert!(NpyHeader::parse(b"\x93NUMPZ\x01\x00")
+            .unwrap_err()
+            .contains("magic"));
+        assert!(NpyHeader::parse(b"\x93NUMPY\x01\x00\xff")
+            .unwrap_err()
+            .contains("truncated"));
+        assert!(NpyHeader::parse(b"\x93NUMPY\x01\x00\xff\x00{")
+            .unwrap_err()
+            .contains("truncated"));
+    }
+
+    #[test]
+    fn refusals_quote_at_most_a_readable_length() {
+        let fields: Vec<String> = (0..10_001).map(|i| format!("('f{i}', 'O')")).collect();
+        let text = format!(
+            "{{'descr': [{}], 'fortran_order': False, 'shape': (3,)}}",
+            fields.join(", ")
+        );
+        let e = NpyHeader::parse(&header((2, 0), &text)).unwrap_err();
+        assert!(
+            e.contains("object") && e.len() < 400,
+            "{} bytes: {e}",
+            e.len()
+        );
+        let text = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': (3,), 'x': '{}'}}",
+            "y".repeat(100_000)
+        );
+        let e = NpyHeader::parse(&header((2, 0), &text)).unwrap_err();
+        assert!(e.len() < 400, "{} bytes: {e}", e.len());
+        let text = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': (3,) {}",
+            "z".repeat(100_000)
+        );
+        let e = NpyHeader::parse(&header((2, 0), &text)).unwrap_err();
+        assert!(e.len() < 400, "{} bytes: {e}", e.len());
+    }
+}
