@@ -167,9 +167,9 @@ def to_npz(
     (outputs larger than RAM are fine). The general path writes each batch into memory-mapped
     ``.npy`` files when the loader's length is known (an archive is packed from them at the end),
     and into memory first when it is not. The archive appears under its name only when
-    complete. ``compress=True`` deflates the members. Complex dtypes are refused
-    (``DrainTypeError``): the engine's writers have no complex type. ``progress`` counts rows,
-    or on the fast path the bytes written.
+    complete. ``compress=True`` deflates the members. Every dtype ``drain`` takes is written,
+    complex ones with their NumPy descriptor. ``progress`` counts rows, or on the fast path the
+    bytes written.
 
     Raises:
         As :func:`drain`, and ``DrainOSError`` (an ``OSError``) when the file cannot be written.

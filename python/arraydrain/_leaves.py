@@ -11,7 +11,7 @@ import numpy as np
 
 from ._errors import DrainTypeError, DrainValueError
 
-# NumPy dtype -> the engine's dtype name (None: carried as opaque bytes, arrays only).
+# NumPy dtype -> the engine's dtype: a numeric dtype's name, or a NumPy descriptor literal.
 _ENGINE_NAMES = {
     np.dtype(np.float16): "f16",
     np.dtype(np.float32): "f32",
@@ -25,8 +25,9 @@ _ENGINE_NAMES = {
     np.dtype(np.uint32): "u32",
     np.dtype(np.uint64): "u64",
     np.dtype(np.bool_): "bool",
-    np.dtype(np.complex64): None,
-    np.dtype(np.complex128): None,
+    # Complex: an opaque engine dtype named by its NumPy descriptor (kept verbatim in files).
+    np.dtype(np.complex64): repr(np.dtype(np.complex64).str),
+    np.dtype(np.complex128): repr(np.dtype(np.complex128).str),
 }
 
 BFLOAT16_MESSAGE = (
@@ -36,7 +37,8 @@ BFLOAT16_MESSAGE = (
 
 
 def engine_dtype(dtype: np.dtype, where: str) -> str | None:
-    """The engine's name for a NumPy dtype (``None`` for complex, moved as bytes)."""
+    """The engine's dtype for a NumPy dtype: a numeric dtype's name, or for complex dtypes the
+    NumPy descriptor literal (an opaque engine dtype)."""
     d = np.dtype(dtype).newbyteorder("=") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
     if d not in _ENGINE_NAMES:
         raise DrainTypeError(f"{where}: dtype {dtype} is not supported (numeric and bool only)")

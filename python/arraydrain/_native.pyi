@@ -1,7 +1,8 @@
 """Type stubs of ``arraydrain._native``, the engine behind the package (built from
 ``python/src`` by maturin). Everything crossing it is bytes: a column is a C-contiguous
 ``uint8`` array of shape ``(rows, row_bytes)`` plus its engine dtype name (``"f32"``, ``"i64"``,
-``"bool"`` …, or ``None`` for opaque bytes such as complex) and the shape of one row."""
+``"bool"`` …, a NumPy descriptor literal such as ``"'<c8'"`` for complex, or ``None`` for
+bare bytes) and the shape of one row."""
 
 from collections.abc import Iterable, Sequence
 from os import PathLike

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use arraydrain::dtype::Opaque;
 use arraydrain::gather::cpu;
 use arraydrain::memory::HostBuf;
 use arraydrain::npy::{self, MappedNpy, WriteOptions};
@@ -24,8 +25,8 @@ use crate::errors::{to_py, IntoPy, Kind};
 const BLOCK_BYTES: usize = 32 << 20;
 
 /// One column as the Python package describes it: a name, its bytes as a C-contiguous `uint8`
-/// array of shape `(rows, row_bytes)`, the engine dtype name (`None` for a dtype the engine has
-/// no name for, e.g. complex: moved as opaque bytes) and the shape of one row.
+/// array of shape `(rows, row_bytes)`, its engine dtype (see [`layout`]; `None`: opaque bytes)
+/// and the shape of one row.
 pub type Spec<'py> = (
     String,
     PyReadonlyArray2<'py, u8>,
@@ -33,18 +34,19 @@ pub type Spec<'py> = (
     Vec<usize>,
 );
 
-/// A column's engine dtype and row shape: the named dtype, or opaque bytes.
+/// A column's engine dtype and row shape: a numeric dtype by its engine name (`"f32"` …), an
+/// opaque one by its NumPy descriptor literal (`"'<c8'"`, kept verbatim in files), or opaque
+/// bytes (`None`).
 pub fn layout(
     dtype: Option<&str>,
     row_shape: &[usize],
     row_bytes: usize,
 ) -> PyResult<(DType, Vec<usize>)> {
     match dtype {
-        Some(name) => {
-            let d = DType::from_name(name)
-                .ok_or_else(|| Kind::Type.err(format!("unknown engine dtype {name:?}")))?;
-            Ok((d, row_shape.to_vec()))
-        }
+        Some(name) => match DType::from_name(name) {
+            Some(d) => Ok((d, row_shape.to_vec())),
+            None => Ok((DType::Opaque(Opaque::new(name).py()?), row_shape.to_vec())),
+        },
         None => Ok((DType::U8, vec![row_bytes])),
     }
 }
@@ -363,12 +365,11 @@ pub fn gather_to_files(
     .py()
 }
 
-/// Files need a real dtype in their header: opaque columns (no engine dtype) are refused.
+/// Files need a dtype for their header: columns given as bare bytes (no dtype) are refused.
 pub fn named_check(metas: &[Meta]) -> PyResult<()> {
     match metas.iter().find(|m| !m.named) {
         Some(m) => Err(Kind::Type.err(format!(
-            "column {:?}: its dtype has no .npy type the engine writes (complex dtypes drain to \
-             arrays, not to files)",
+            "column {:?}: it was given as bare bytes, without a dtype for a .npy header",
             m.name
         ))),
         None => Ok(()),
