@@ -11,7 +11,14 @@
 #                                   on 512-byte rows (sequential and shuffled) and on images
 #                                   (u8 and f32 3x224x224, shuffled), each against the same-run
 #                                   pinned D2H floor, and the PyTorch baselines on the 512-byte
-#                                   rows (scripts/torch_compare.py).
+#                                   rows (scripts/torch_compare.py); the Python package's CUDA
+#                                   tests (pytest -m cuda on python/tests) and, last,
+#                                   python/bench.py --device cuda on a smaller workload.
+#
+# The Python half: `build` also puts the package's wheel (maturin, from ARRAYDRAIN_PYTHON or
+# python3) and pytest's pure-Python wheels into .device-bin/wheels; `run` installs them into
+# .device-bin/pylib (no network, no venv) on top of the GPU machine's python3 with PyTorch and
+# NumPy.
 #
 # Budget: the whole run takes at most DEVICE_CHECK_BUDGET_S seconds (default 480, so that it fits
 # 15 minutes of GPU machine time with its start). Every step has its own time box, shrunk to what
@@ -55,6 +62,13 @@ for line in open(os.path.join(bin_dir, "test-build.json")):
 print("test binaries:", ", ".join(sorted(seen)))
 PY
   rm -f "$BIN/test-build.json"
+  # The Python package and pytest, for the CUDA tests of python/tests on the GPU machine.
+  local py=${ARRAYDRAIN_PYTHON:-python3}
+  "$py" -m maturin build --release --manifest-path python/Cargo.toml --out "$BIN/wheels"
+  # Pure-Python wheels that install on any Python >= 3.9 (exceptiongroup and tomli: what pytest
+  # needs below 3.11, named because pip evaluates markers for the running Python).
+  "$py" -m pip download -q --only-binary=:all: --python-version 3.9 --implementation py \
+    --platform any --dest "$BIN/wheels" pytest exceptiongroup tomli
   git rev-parse --short HEAD >"$BIN/commit" 2>/dev/null || true
   du -sh "$BIN"
   echo "built into $BIN/ — copy the repository (with $BIN/) to the GPU machine and run: scripts/device-check.sh run"
@@ -122,6 +136,16 @@ run() {
   run_step "GPU tests (--ignored)" 170 "$L/gpu-tests.log" "$T/cuda_gpu" --ignored --test-threads=1
   run_step "GPU tests, opaque dtypes (--ignored)" 30 "$L/gpu-tests-opaque.log" \
     "$T/cuda_opaque" --ignored --test-threads=1
+  # The Python package on CUDA tensors, from the wheels built with `build`: python/tests -m cuda.
+  rm -rf "$BIN/pylib"
+  if timeout 60 python3 -m pip install -q --no-index --no-deps --target "$BIN/pylib" \
+    "$BIN"/wheels/*.whl >"$L/pylib.log" 2>&1; then
+    run_step "pytest -m cuda (python/tests)" 120 "$L/pytest-cuda.log" \
+      env PYTHONPATH="$BIN/pylib" python3 -m pytest python/tests -m cuda -q -rs -p no:cacheprovider
+  else
+    cat "$L/pylib.log"
+    step "python wheels install" FAIL 0
+  fi
   local san=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
   for tool in memcheck racecheck; do
     run_step "compute-sanitizer $tool" 60 "$L/sanitizer-$tool.log" \
@@ -143,6 +167,15 @@ run() {
   if [ -f "$J/bench-shuf.json" ]; then
     run_step "torch 512 B rows shuffled" 60 "$L/torch-shuf.log" \
       python3 scripts/torch_compare.py --from-json "$J/bench-shuf.json" --label shuf --repeat 3
+  fi
+
+  # python/bench.py on CUDA tensors (last: the first step the budget drops). Smaller than the Rust
+  # benches: the classic recipes over a DataLoader fetch CUDA samples one by one.
+  if [ -d "$BIN/pylib/arraydrain" ]; then
+    run_step "python/bench.py --device cuda" 90 "$L/py-bench.log" \
+      env PYTHONPATH="$BIN/pylib" python3 python/bench.py --device cuda --orders shuffled \
+      --rows 200000 --repeat 3 --recipe-repeat 1 --no-memory --rust-bin "$AD" \
+      --json "$J/py-bench.json"
   fi
 
   {
@@ -193,6 +226,16 @@ for w in ["seq", "shuf", "img-u8", "img-f32"]:
         print(f"{'':<10} torch: " + ", ".join(f"{r['strategy'][6:]} {r['gbps']:.2f}" for r in t["results"]))
 print("targets: pinned x floor <= 1.11 (>= 0.9x floor speed) for >= 512 MB; pin/pre >= 3; pin/torch >= 1")
 PY
+    if [ -f "$L/pytest-cuda.log" ]; then
+      echo
+      echo "=== pytest -m cuda (python/tests), last lines"
+      tail -n 15 "$L/pytest-cuda.log"
+    fi
+    if [ -f "$L/py-bench.log" ]; then
+      echo
+      echo "=== python/bench.py --device cuda"
+      grep -v '^\[' "$L/py-bench.log" | tail -n 45
+    fi
   } >"$OUT/summary.txt" 2>&1
   tar -czf "$OUT/logs.tar.gz" -C "$W" logs machine.txt
   tar -czf "$OUT/bench-json.tar.gz" -C "$W" json
