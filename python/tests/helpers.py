@@ -14,8 +14,7 @@ import torch
 
 import arraydrain
 
-# Every torch dtype that has a NumPy twin (bfloat16 has none). The NumPy file writers have no
-# complex type, so the file tests use FILE_DTYPES.
+# Every torch dtype that has a NumPy twin (bfloat16 has none).
 DTYPES = [
     torch.float16,
     torch.float32,
@@ -32,7 +31,6 @@ DTYPES = [
     torch.complex64,
     torch.complex128,
 ]
-FILE_DTYPES = [d for d in DTYPES if not d.is_complex]
 
 
 def values(shape, dtype, seed=0):

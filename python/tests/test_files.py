@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
-    FILE_DTYPES,
+    DTYPES,
     assert_same,
     assert_same_state,
     capture,
@@ -150,16 +150,7 @@ def test_a_loader_error_midway_leaves_no_file(tmp_path, write, known_length):
     assert list(tmp_path.iterdir()) == [], "no file or temporary folder is left behind"
 
 
-@pytest.mark.parametrize("write", [arraydrain.to_npz, arraydrain.to_npy_dir])
-def test_complex_is_refused_by_the_writers(tmp_path, write):
-    z = values((N, 2), torch.complex64)
-    loader = DataLoader(TensorDataset(z), batch_size=32)
-    with pytest.raises(TypeError, match="complex"):
-        write(loader, str(tmp_path / "z"))
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("dtype", FILE_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "write, read",
     [(arraydrain.to_npz, read_npz), (arraydrain.to_npy_dir, read_npy_dir)],
