@@ -21,6 +21,10 @@ fi
 req=scripts/test-requirements.txt
 hash=$(sha256sum "$req" | cut -c1-12)
 venv=${ARRAYDRAIN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/arraydrain/venv-$hash}
+mkdir -p "$(dirname "$venv")"
+# One installer at a time: a second run waits for the first, then finds the venv complete.
+exec 9>"$venv.lock"
+flock 9
 if [ ! -f "$venv/.complete" ]; then
   echo "test.sh: installing test requirements into $venv" >&2
   rm -rf "$venv"
@@ -28,6 +32,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
   touch "$venv/.complete"
 fi
+flock -u 9
 py="$venv/bin/python"
 export ARRAYDRAIN_PYTHON="$py"
 
