@@ -9,7 +9,9 @@
 
 :func:`drain` returns the structure of one batch with every leaf a NumPy array holding all rows,
 in exactly the order one epoch of ``for batch in loader`` would yield them at that moment.
-:func:`to_npz` and :func:`to_npy_dir` drain into NumPy files instead.
+:func:`to_npz` and :func:`to_npy_dir` drain into NumPy files instead. :func:`load_shards`
+reads back, as one dataset, the shard folder the ranks of ``arraydrain convert --distributed``
+write.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from ._order import (
     wrap_indices,
 )
 from ._progress import progress_bar
+from ._shards import load_shards
 
 __version__ = _native.__version__
 
@@ -64,6 +67,7 @@ __all__ = [
     "DrainTypeError",
     "DrainValueError",
     "drain",
+    "load_shards",
     "to_npy_dir",
     "to_npz",
 ]

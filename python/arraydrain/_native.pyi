@@ -6,6 +6,7 @@ bare bytes) and the shape of one row."""
 
 from collections.abc import Iterable, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -94,3 +95,15 @@ def cuda_drain(
     rows: int | None,
     batches: Iterable[Sequence[tuple[DeviceBuffer, int]]],
 ) -> list[Bytes2D]: ...
+def check_shards(
+    dir: str | PathLike[str],
+) -> tuple[list[str], list[list[Path]], int, int]:
+    """Checks a shard folder as ``arraydrain merge`` does: column names, each rank's column
+    files, merged rows without and with the sampler's padding."""
+
+def merge_shards(
+    dir: str | PathLike[str],
+    out_dir: str | PathLike[str],
+    keep_padding: bool = False,
+) -> list[tuple[str, Path]]:
+    """Checks and merges a shard folder into ``out_dir/NAME.npy``: each column's name and file."""

@@ -14,6 +14,7 @@ mod buffer;
 mod cuda;
 mod errors;
 mod host;
+mod shards;
 
 use pyo3::prelude::*;
 
@@ -30,6 +31,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<host::Sink>()?;
     m.add_function(wrap_pyfunction!(host::gather, m)?)?;
     m.add_function(wrap_pyfunction!(host::gather_to_files, m)?)?;
+    m.add_function(wrap_pyfunction!(shards::check_shards, m)?)?;
+    m.add_function(wrap_pyfunction!(shards::merge_shards, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_compiled, m)?)?;
     #[cfg(feature = "cuda")]
     {

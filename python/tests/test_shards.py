@@ -1,0 +1,315 @@
+"""Past one machine, from Python: `arraydrain.drain` inside each rank of a real torchrun, and
+`arraydrain.load_shards` on folders written by ranks of `arraydrain convert --distributed`.
+
+Every expected order comes from torch itself: each rank's own epoch of its DataLoader, and
+`DistributedSampler(num_replicas=3, rank=r)` iterated for every rank (its global order is
+position `i*3 + r` = row `i` of rank `r`). The CLI comes from ARRAYDRAIN_BIN, else the newer of
+target/release/arraydrain and target/debug/arraydrain (`cargo build` or `cargo test` makes it);
+a missing binary fails the tests. torchrun is `python -m torch.distributed.run`, the module its
+console script runs.
+"""
+
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DistributedSampler, TensorDataset
+
+import arraydrain
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+N = 20  # rows: not divisible by 3
+WORLD = 3
+
+LAUNCHER_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "PMI_RANK",
+    "PMI_SIZE",
+    "MPI_LOCALRANKID",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+)
+
+
+def clean_env(**extra):
+    """This environment without any launcher's variables (the tests may run under one)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env.update(extra)
+    return env
+
+
+def cli() -> str:
+    if os.environ.get("ARRAYDRAIN_BIN"):
+        return os.environ["ARRAYDRAIN_BIN"]
+    found = [ROOT / "target" / p / "arraydrain" for p in ("release", "debug")]
+    found = [p for p in found if p.is_file()]
+    if not found:
+        pytest.fail(
+            "the arraydrain CLI is not built: run `cargo build --release` (or scripts/test.sh), "
+            "or set ARRAYDRAIN_BIN"
+        )
+    return str(max(found, key=lambda p: p.stat().st_mtime))
+
+
+def run(cmd, **kw):
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, **kw)
+    assert out.returncode == 0, f"{cmd}\n{out.stdout}\n{out.stderr}"
+    return out.stdout + out.stderr
+
+
+def sampler_order(n, shuffle, seed, drop_last, epoch=0):
+    """The global order of DistributedSampler over `n` rows and 3 ranks, padding included, read
+    from torch's sampler of each rank."""
+    ds = TensorDataset(torch.zeros(n))
+    parts = []
+    for r in range(WORLD):
+        s = DistributedSampler(
+            ds, num_replicas=WORLD, rank=r, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+        s.set_epoch(epoch)
+        parts.append(list(s))
+    order = np.empty(sum(map(len, parts)), dtype=np.int64)
+    for r, p in enumerate(parts):
+        order[r::WORLD] = p
+    return order
+
+
+def assert_same_array(got, want):
+    got = np.asarray(got)
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.shape)
+    assert got.tobytes() == want.tobytes()
+
+
+# ---- drain inside torchrun -----------------------------------------------------------------------
+
+
+def test_drain_in_each_torchrun_rank_is_the_ranks_epoch_and_the_union_is_the_sampler_order(
+    tmp_path,
+):
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={WORLD}",
+            str(HERE / "dist_drain.py"),
+            str(tmp_path),
+            str(N),
+        ],
+        env=clean_env(OMP_NUM_THREADS="1"),
+    )
+    x = (torch.arange(N * 3, dtype=torch.float32).reshape(N, 3) / 4).numpy()
+    y = (torch.arange(N, dtype=torch.int64) * 10 - 7).numpy()
+    for shuffle in (False, True):
+        for drop_last in (False, True):
+            per_rank = math.floor(N / WORLD) if drop_last else math.ceil(N / WORLD)
+            got_x = np.empty((per_rank * WORLD, 3), np.float32)
+            got_y = np.empty(per_rank * WORLD, np.int64)
+            for r in range(WORLD):
+                with np.load(tmp_path / f"rank{r}-{int(shuffle)}{int(drop_last)}.npz") as f:
+                    dx, dy, ex, ey = f["dx"], f["dy"], f["ex"], f["ey"]
+                # The rank's drain is its own epoch of the loader.
+                assert_same_array(dx, ex)
+                assert_same_array(dy, ey)
+                assert len(dx) == per_rank
+                got_x[r::WORLD], got_y[r::WORLD] = dx, dy
+            # The union, interleaved, is x[DistributedSampler's global order] (seed 7, epoch 3).
+            order = sampler_order(N, shuffle, 7, drop_last, epoch=3)
+            assert_same_array(got_x, x[order])
+            assert_same_array(got_y, y[order])
+            if drop_last:
+                assert len(set(got_y.tolist())) == len(got_y) == 18
+            else:
+                # Every row once, then the sampler's padding: the order's first row again.
+                assert sorted(got_y[:N].tolist()) == sorted(y.tolist())
+                assert_same_array(got_y[N:], got_y[: WORLD * per_rank - N])
+
+
+# ---- load_shards on `arraydrain convert --distributed` folders -----------------------------------
+
+
+def write_inputs(folder: pathlib.Path, n: int):
+    folder.mkdir(parents=True, exist_ok=True)
+    x = (np.arange(n * 4, dtype=np.float32).reshape(n, 4) * 1.5).astype(np.float32)
+    y = np.arange(n, dtype=np.int64) * 3 + 1
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    return x, y
+
+
+def convert_ranks(inputs, shards, world, *args):
+    """`arraydrain convert --distributed` in `world` processes at once, the rank of each from
+    torchrun's variables set by hand."""
+    procs = []
+    for r in range(world):
+        env = clean_env(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r))
+        cmd = [
+            cli(),
+            "convert",
+            str(inputs / "x.npy"),
+            str(inputs / "y.npy"),
+            "--distributed",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out-dir",
+            str(shards),
+            "--batch",
+            "4",
+            *args,
+        ]
+        procs.append(
+            (
+                cmd,
+                subprocess.Popen(
+                    cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                ),
+            )
+        )
+    for cmd, p in procs:
+        log, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, f"{cmd}\n{log}"
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Shard folders of 3 ranks: (shuffled with torch's permutation or not) × (shard drop_last
+    or not), with the expected global order (padding included) of each."""
+    base = tmp_path_factory.mktemp("shards")
+    x, y = write_inputs(base / "in", N)
+    seed = 11
+    g = torch.Generator()
+    g.manual_seed(seed)  # what DistributedSampler(shuffle=True, seed=11) draws in epoch 0
+    np.save(base / "perm.npy", torch.randperm(N, generator=g).numpy().astype(np.int64))
+    cases = {}
+    for shuffle in (False, True):
+        for shard_drop_last in (False, True):
+            shards = base / f"shards-{int(shuffle)}{int(shard_drop_last)}"
+            args = []
+            if shuffle:
+                args += ["--indices", str(base / "perm.npy")]
+            if shard_drop_last:
+                args.append("--shard-drop-last")
+            convert_ranks(base / "in", shards, WORLD, *args)
+            order = sampler_order(N, shuffle, seed, shard_drop_last)
+            cases[(shuffle, shard_drop_last)] = (shards, order)
+    return x, y, cases
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["sequential", "shuffled"])
+@pytest.mark.parametrize("shard_drop_last", [False, True], ids=["padded", "shard-drop-last"])
+@pytest.mark.parametrize("mmap", [True, False], ids=["mmap", "in-memory"])
+def test_load_shards_is_x_in_sampler_order(converted, shuffle, shard_drop_last, mmap):
+    x, y, cases = converted
+    shards, order = cases[(shuffle, shard_drop_last)]
+    got = arraydrain.load_shards(shards, mmap=mmap)
+    assert list(got) == ["x", "y"]
+    merged = order if shard_drop_last else order[:N]
+    assert_same_array(got["x"], x[merged])
+    assert_same_array(got["y"], y[merged])
+    assert isinstance(got["x"], np.memmap) == mmap
+    if not shard_drop_last:
+        assert sorted(got["y"].tolist()) == sorted(y.tolist())  # every row once
+    # The padding, on request: the sampler's repeated rows at the end.
+    padded = arraydrain.load_shards(shards, mmap=mmap, keep_padding=True)
+    assert_same_array(padded["x"], x[order])
+    assert_same_array(padded["y"], y[order])
+    if not shard_drop_last:
+        assert len(order) == 21
+
+
+def test_load_shards_into_out_dir_keeps_the_merged_files(converted, tmp_path):
+    x, y, cases = converted
+    shards, order = cases[(True, False)]
+    out = tmp_path / "merged"
+    got = arraydrain.load_shards(shards, out_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == ["x.npy", "y.npy"]
+    assert pathlib.Path(got["x"].filename) == out / "x.npy"
+    assert not got["x"].flags.writeable
+    assert_same_array(np.load(out / "y.npy"), y[order[:N]])
+    got = arraydrain.load_shards(shards, out_dir=out, mmap=False)
+    assert not isinstance(got["x"], np.memmap)
+    assert_same_array(got["x"], x[order[:N]])
+
+
+def test_load_shards_of_one_rank_maps_the_part_in_place(tmp_path):
+    x, y = write_inputs(tmp_path / "in", 7)
+    np.save(tmp_path / "perm.npy", np.array([3, 0, 6, 1, 5, 2, 4], dtype=np.int64))
+    shards = tmp_path / "shards"
+    convert_ranks(tmp_path / "in", shards, 1, "--indices", str(tmp_path / "perm.npy"))
+    got = arraydrain.load_shards(shards)
+    perm = np.load(tmp_path / "perm.npy")
+    assert_same_array(got["x"], x[perm])
+    assert_same_array(got["y"], y[perm])
+    part = shards / "part-00000-of-00001"
+    assert pathlib.Path(got["x"].filename) == part / "x.npy"
+    assert not got["x"].flags.writeable
+
+
+def damaged(converted, tmp_path, how):
+    _, _, cases = converted
+    shards = tmp_path / "shards"
+    shutil.copytree(cases[(True, False)][0], shards)
+    part = shards / "part-00001-of-00003"
+    if how == "missing":
+        shutil.rmtree(part)
+        return shards, "part-00001-of-00003: missing"
+    f = part / "x.npy"
+    data = bytearray(f.read_bytes())
+    if how == "truncated":
+        f.write_bytes(bytes(data[:-5]))
+        return shards, "part-00001-of-00003/x.npy: "
+    data[-3] ^= 0xFF
+    f.write_bytes(bytes(data))
+    return shards, "(corrupt)"
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "corrupt"])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"mmap": False}, {"keep_padding": True}, {"out": True}], ids=repr
+)
+def test_load_shards_refuses_a_damaged_folder_naming_the_problem(converted, tmp_path, how, kwargs):
+    shards, problem = damaged(converted, tmp_path, how)
+    kwargs = dict(kwargs)
+    out = tmp_path / "out"
+    if kwargs.pop("out", False):
+        kwargs["out_dir"] = out
+    with pytest.raises(arraydrain.DrainValueError) as e:
+        arraydrain.load_shards(shards, **kwargs)
+    msg = str(e.value)
+    assert "do not match the manifest" in msg and problem in msg, msg
+    if how == "truncated":
+        assert "truncated" in msg, msg
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_load_shards_bad_arguments(converted, tmp_path):
+    _, _, cases = converted
+    shards = cases[(False, False)][0]
+    with pytest.raises(arraydrain.DrainOSError, match="manifest.json"):
+        arraydrain.load_shards(tmp_path)
+    with pytest.raises(arraydrain.DrainTypeError, match="path must be"):
+        arraydrain.load_shards(3)
+    with pytest.raises(arraydrain.DrainTypeError, match="mmap must be a bool"):
+        arraydrain.load_shards(shards, mmap="yes")
+    with pytest.raises(arraydrain.DrainTypeError, match="keep_padding must be a bool"):
+        arraydrain.load_shards(shards, keep_padding=1)
