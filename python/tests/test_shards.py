@@ -273,6 +273,11 @@ def damaged(converted, tmp_path, how):
     if how == "missing":
         shutil.rmtree(part)
         return shards, "part-00001-of-00003: missing"
+    if how == "foreign":
+        # The same rank's part of another run (sequential instead of shuffled).
+        shutil.rmtree(part)
+        shutil.copytree(cases[(False, False)][0] / part.name, part)
+        return shards, "part-00001-of-00003: from another run"
     f = part / "x.npy"
     data = bytearray(f.read_bytes())
     if how == "truncated":
@@ -283,7 +288,7 @@ def damaged(converted, tmp_path, how):
     return shards, "(corrupt)"
 
 
-@pytest.mark.parametrize("how", ["missing", "truncated", "corrupt"])
+@pytest.mark.parametrize("how", ["missing", "truncated", "corrupt", "foreign"])
 @pytest.mark.parametrize(
     "kwargs", [{}, {"mmap": False}, {"keep_padding": True}, {"out": True}], ids=repr
 )
@@ -313,3 +318,20 @@ def test_load_shards_bad_arguments(converted, tmp_path):
         arraydrain.load_shards(shards, mmap="yes")
     with pytest.raises(arraydrain.DrainTypeError, match="keep_padding must be a bool"):
         arraydrain.load_shards(shards, keep_padding=1)
+
+
+def test_load_shards_with_fewer_rows_than_ranks(tmp_path):
+    x, y = write_inputs(tmp_path / "in", 2)
+    # Padded: the two rows, then row 0 again for the third rank.
+    convert_ranks(tmp_path / "in", tmp_path / "padded", WORLD)
+    got = arraydrain.load_shards(tmp_path / "padded")
+    assert_same_array(got["x"], x)
+    assert_same_array(got["y"], y)
+    padded = arraydrain.load_shards(tmp_path / "padded", keep_padding=True, mmap=False)
+    assert_same_array(padded["y"], y[[0, 1, 0]])
+    # Cut to an even split: nothing left, as DistributedSampler(drop_last=True) gives.
+    convert_ranks(tmp_path / "in", tmp_path / "cut", WORLD, "--shard-drop-last")
+    for mmap in (True, False):
+        got = arraydrain.load_shards(tmp_path / "cut", mmap=mmap)
+        assert_same_array(got["x"], x[:0])
+        assert_same_array(got["y"], y[:0])
