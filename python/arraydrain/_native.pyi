@@ -95,6 +95,9 @@ def cuda_drain(
     rows: int | None,
     batches: Iterable[Sequence[tuple[DeviceBuffer, int]]],
 ) -> list[Bytes2D]: ...
+def shard_world_size(dir: str | PathLike[str]) -> int:
+    """The world size in a shard folder's manifest (read and validated)."""
+
 def check_shards(
     dir: str | PathLike[str],
 ) -> tuple[list[str], list[list[Path]], int, int]:

@@ -68,12 +68,12 @@ def load_shards(
     if out_dir is not None:
         dest = _path(out_dir, "out_dir")
         return _load(_native.merge_shards(src, dest, keep_padding), mode)
-    if mmap:
+    if mmap and _native.shard_world_size(src) == 1:
+        # One rank: its part is the merged output; checked (as merge would), then mapped.
         names, files, merged_rows, padded_rows = _native.check_shards(src)
-        if len(files) == 1:
-            rows = padded_rows if keep_padding else merged_rows
-            arrays = _load(list(zip(names, files[0])), mode)
-            return {n: a[:rows] for n, a in arrays.items()}
+        rows = padded_rows if keep_padding else merged_rows
+        arrays = _load(list(zip(names, files[0])), mode)
+        return {n: a[:rows] for n, a in arrays.items()}
     tmp = tempfile.mkdtemp(prefix="arraydrain-shards-")
     try:
         return _load(_native.merge_shards(src, tmp, keep_padding), mode)

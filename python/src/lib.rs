@@ -33,6 +33,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(host::gather_to_files, m)?)?;
     m.add_function(wrap_pyfunction!(shards::check_shards, m)?)?;
     m.add_function(wrap_pyfunction!(shards::merge_shards, m)?)?;
+    m.add_function(wrap_pyfunction!(shards::shard_world_size, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_compiled, m)?)?;
     #[cfg(feature = "cuda")]
     {

@@ -9,6 +9,15 @@ use pyo3::prelude::*;
 
 use crate::errors::IntoPy;
 
+/// The world size recorded in the shard folder `dir`'s manifest (read and validated, the parts
+/// not looked at).
+#[pyfunction]
+pub fn shard_world_size(py: Python<'_>, dir: PathBuf) -> PyResult<usize> {
+    py.detach(|| shards::Manifest::read(&dir))
+        .py()
+        .map(|m| m.world_size)
+}
+
 /// Checks the shard folder `dir` (every part present, finished, of this run, claimed once; every
 /// file of the recorded size, CRC-32, dtype and shape) and returns its column names, each rank's
 /// column files (`files[rank][column]`), the merged row count without and with the sampler's
