@@ -328,10 +328,10 @@ impl Manifest {
         // Every derived field (parts, files, row counts) must be what the run's inputs give, and
         // every column name a plain file name: a manifest is a file, and files are untrusted.
         for c in &m.columns {
-            let n = c.name.as_str();
-            if n.is_empty() || n == "." || n == ".." || n.contains(['/', '\\', '\0']) {
+            if let Some(why) = crate::npy::unsafe_name_reason(&c.name) {
                 return Err(invalid(format!(
-                    "column name {n:?} is not a plain file name"
+                    "column name {:?} is not a plain file name: {why}",
+                    c.name
                 )));
             }
         }
