@@ -20,7 +20,8 @@ static PRELOADED: Mutex<Vec<libloading::Library>> = Mutex::new(Vec::new());
 /// The folders searched, in order, when the loader's default search misses a library:
 /// `$ARRAYDRAIN_CUDA_LIB_DIR` (colon-separated), `$CUDA_HOME`, `$CUDA_PATH`, `$CUDA_ROOT`
 /// (each `/lib64`, `/lib`, `/targets/<arch>-linux/lib`), `/usr/local/cuda`, the versioned
-/// `/usr/local/cuda-1*` installs (12.x and 13.x; by name, last first), then the distribution folders
+/// `/usr/local/cuda-1*` installs (12.x and 13.x; by name, last first), `/usr/local/nvidia/lib64`
+/// and `/usr/local/nvidia/lib` (where container runtimes mount the driver), then the distribution folders
 /// (`/usr/lib/<arch>-linux-gnu`, `/usr/lib64`, `/usr/lib`, `/usr/lib/wsl/lib`). Driver stubs
 /// (`…/stubs`) are never searched: a stub `libcuda` only fails at run time.
 pub fn library_dirs() -> Vec<PathBuf> {
@@ -62,6 +63,8 @@ pub fn library_dirs() -> Vec<PathBuf> {
         dirs.push(root.join("targets").join(target).join("lib"));
     }
     for d in [
+        "/usr/local/nvidia/lib64".to_string(),
+        "/usr/local/nvidia/lib".to_string(),
         format!("/usr/lib/{arch}-linux-gnu"),
         "/usr/lib64".to_string(),
         "/usr/lib".to_string(),
@@ -195,6 +198,11 @@ mod tests {
     fn dirs_are_unique_and_skip_stubs() {
         let dirs = library_dirs();
         assert!(dirs.iter().any(|d| d == Path::new("/usr/local/cuda/lib64")));
+        assert!(
+            dirs.iter()
+                .any(|d| d == Path::new("/usr/local/nvidia/lib64")),
+            "container runtimes mount libcuda there"
+        );
         assert!(!dirs.iter().any(|d| d.ends_with("stubs")));
         let mut sorted = dirs.clone();
         sorted.sort();

@@ -271,18 +271,14 @@ pub fn load(path: &Path) -> Result<&'static Nvrtc, String> {
 }
 
 /// Every libnvrtc of a supported major version found: `$ARRAYDRAIN_NVRTC` (a file) first, then
-/// `libnvrtc.so.<major>` in the folders of `LD_LIBRARY_PATH` and [`libs::library_dirs`],
-/// newest major first. Returns `(major, path)` pairs, one per major (the first found), plus the
-/// override.
+/// `libnvrtc.so.<major>` in [`search_dirs`], newest major first. Returns `(major, path)` pairs,
+/// one per major (the first found), plus the override.
 pub fn candidates() -> Vec<(Option<i32>, PathBuf)> {
     let mut found: Vec<(Option<i32>, PathBuf)> = Vec::new();
     if let Some(p) = std::env::var_os("ARRAYDRAIN_NVRTC") {
         found.push((None, PathBuf::from(p)));
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
-        .map(|v| std::env::split_paths(&v).collect())
-        .unwrap_or_default();
-    dirs.extend(libs::library_dirs());
+    let dirs = search_dirs();
     for major in SUPPORTED_MAJORS {
         let file = format!("libnvrtc.so.{major}");
         if let Some(dir) = dirs.iter().find(|d| d.join(&file).is_file()) {
@@ -290,6 +286,123 @@ pub fn candidates() -> Vec<(Option<i32>, PathBuf)> {
         }
     }
     found
+}
+
+/// The folders searched for `libnvrtc.so.<major>`, in order:
+/// 1. the folders of libnvrtc libraries this process has already loaded (for example by
+///    PyTorch, or by a Python package's preload), read from `/proc/self/maps`;
+/// 2. `LD_LIBRARY_PATH`;
+/// 3. the `nvidia/*/lib` folders of the Python environments NVRTC's pip wheels install into
+///    (`nvidia/cu13/lib`, `nvidia/cuda_nvrtc/lib`): the `site-packages` that holds this code
+///    when it runs as a Python extension, then those of `$VIRTUAL_ENV` and `$CONDA_PREFIX`;
+/// 4. [`libs::library_dirs`] (CUDA toolkit and system folders).
+///
+/// A PyTorch user who installed with pip has no CUDA toolkit: their NVRTC is only in (1) or (3).
+pub fn search_dirs() -> Vec<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut dirs = loaded_nvrtc_dirs(&maps);
+    if let Some(v) = std::env::var_os("LD_LIBRARY_PATH") {
+        dirs.extend(std::env::split_paths(&v).filter(|d| !d.as_os_str().is_empty()));
+    }
+    let mut site: Vec<PathBuf> = own_object(&maps)
+        .into_iter()
+        .flat_map(|own| {
+            own.ancestors()
+                .skip(1)
+                .take(3)
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(prefix) = std::env::var_os(var) {
+            site.extend(site_packages(Path::new(&prefix)));
+        }
+    }
+    for s in &site {
+        dirs.extend(wheel_lib_dirs(s));
+    }
+    dirs.extend(libs::library_dirs());
+    let mut seen = Vec::new();
+    dirs.retain(|d| {
+        let keep = !seen.contains(d);
+        seen.push(d.clone());
+        keep
+    });
+    dirs
+}
+
+/// The folders of every `libnvrtc.so*` mapped into this process (`maps`: `/proc/self/maps`).
+fn loaded_nvrtc_dirs(maps: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for path in maps.lines().filter_map(mapped_path) {
+        let is_nvrtc = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libnvrtc.so"));
+        if let (true, Some(dir)) = (is_nvrtc, path.parent()) {
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+    }
+    dirs
+}
+
+/// The file of a `/proc/self/maps` line (the sixth field, an absolute path), if any.
+fn mapped_path(line: &str) -> Option<&Path> {
+    let path = line.splitn(6, ' ').nth(5)?.trim_start();
+    path.starts_with('/').then(|| Path::new(path))
+}
+
+/// The file that holds this code (the shared library when the engine runs as a Python
+/// extension; the executable otherwise), from the mapping that contains one of its functions.
+fn own_object(maps: &str) -> Option<PathBuf> {
+    let here = search_dirs as fn() -> Vec<PathBuf> as usize;
+    maps.lines().find_map(|line| {
+        let range = line.split(' ').next()?;
+        let (lo, hi) = range.split_once('-')?;
+        let lo = usize::from_str_radix(lo, 16).ok()?;
+        let hi = usize::from_str_radix(hi, 16).ok()?;
+        (lo..hi)
+            .contains(&here)
+            .then(|| mapped_path(line).map(Path::to_path_buf))
+            .flatten()
+    })
+}
+
+/// `PREFIX/lib/python3*/site-packages` folders of an environment prefix.
+fn site_packages(prefix: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(prefix.join("lib"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("python3"))
+                })
+                .map(|p| p.join("site-packages"))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// `SITE/nvidia/*/lib` folders (where NVIDIA's pip wheels put their libraries), sorted.
+fn wheel_lib_dirs(site: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(site.join("nvidia"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path().join("lib"))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 /// The major version of NVRTC to use with a driver of CUDA version `driver` (the
@@ -311,7 +424,22 @@ pub fn choose(driver: Option<i32>, available: &[i32]) -> Option<i32> {
 pub fn for_driver(driver: Option<i32>) -> Result<&'static Nvrtc, String> {
     let found = candidates();
     if let Some((None, path)) = found.first() {
-        return load(path);
+        // The override gets the same check as the automatic choice: a driver that cannot load
+        // what this NVRTC compiles is refused here, not at module load.
+        let n = load(path).map_err(|e| format!("ARRAYDRAIN_NVRTC: {e}"))?;
+        if choose(driver, &[n.version.0]).is_none() {
+            return Err(format!(
+                "ARRAYDRAIN_NVRTC names NVRTC {}.{} ({}), but the driver (CUDA {}) cannot load \
+                 what NVRTC {} compiles; name an NVRTC of major version {} or older",
+                n.version.0,
+                n.version.1,
+                n.path.display(),
+                driver.map_or("?".into(), |d| format!("{}.{}", d / 1000, (d % 1000) / 10)),
+                n.version.0,
+                driver.map_or(0, |d| d / 1000)
+            ));
+        }
+        return Ok(n);
     }
     let mut loaded: Vec<(i32, &'static Nvrtc)> = Vec::new();
     let mut problems = Vec::new();
@@ -329,8 +457,9 @@ pub fn for_driver(driver: Option<i32>) -> Result<&'static Nvrtc, String> {
     }
     let mut reason = if loaded.is_empty() {
         format!(
-            "no libnvrtc.so.13 or libnvrtc.so.12 in LD_LIBRARY_PATH or {}",
-            libs::library_dirs()
+            "no libnvrtc.so.13 or libnvrtc.so.12 in {} (pip users: `pip install \
+             nvidia-cuda-nvrtc` into the running environment, or set ARRAYDRAIN_NVRTC)",
+            search_dirs()
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
@@ -363,6 +492,65 @@ pub fn for_driver(driver: Option<i32>) -> Result<&'static Nvrtc, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loaded_libnvrtc_folders_are_read_from_the_process_maps() {
+        let maps = "\
+7f00-7f10 r-xp 00000000 08:01 1 /venv/lib/python3.11/site-packages/nvidia/cu13/lib/libnvrtc.so.13
+7f10-7f20 r--p 00000000 08:01 1 /venv/lib/python3.11/site-packages/nvidia/cu13/lib/libnvrtc.so.13
+7f20-7f30 r-xp 00000000 08:01 2 /opt/builtins/libnvrtc-builtins.so.13.0
+7f28-7f30 r-xp 00000000 08:01 2       /opt/x/libnvrtc.so.12
+7f30-7f40 r-xp 00000000 08:01 3 /usr/lib/libc.so.6
+7f40-7f50 rw-p 00000000 00:00 0 [heap]
+7f50-7f60 rw-p 00000000 00:00 0
+";
+        assert_eq!(
+            loaded_nvrtc_dirs(maps),
+            vec![
+                PathBuf::from("/venv/lib/python3.11/site-packages/nvidia/cu13/lib"),
+                PathBuf::from("/opt/x"),
+            ]
+        );
+        assert!(loaded_nvrtc_dirs("").is_empty());
+    }
+
+    #[test]
+    fn this_code_is_found_in_its_own_mapping() {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("Linux /proc");
+        let own = own_object(&maps).expect("a mapping holds this function");
+        assert!(own.is_file(), "{}", own.display());
+        assert_eq!(
+            own.canonicalize().ok(),
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.canonicalize().ok()),
+            "a test binary's code is its executable"
+        );
+    }
+
+    #[test]
+    fn pip_wheel_folders_of_an_environment_are_searched() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let site = root.path().join("lib/python3.11/site-packages");
+        for wheel in ["cu13", "cuda_nvrtc", "cublas"] {
+            std::fs::create_dir_all(site.join("nvidia").join(wheel).join("lib")).expect("mkdir");
+        }
+        std::fs::create_dir_all(site.join("nvidia/empty")).expect("mkdir");
+        assert_eq!(site_packages(root.path()), vec![site.clone()]);
+        assert_eq!(
+            wheel_lib_dirs(&site),
+            vec![
+                site.join("nvidia/cu13/lib"),
+                site.join("nvidia/cuda_nvrtc/lib"),
+                site.join("nvidia/cublas/lib"),
+            ]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        );
+        assert!(site_packages(&root.path().join("missing")).is_empty());
+    }
 
     #[test]
     fn the_newest_nvrtc_the_driver_can_run_is_chosen() {
