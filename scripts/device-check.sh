@@ -2,12 +2,14 @@
 # Device check for the CUDA engine, in two halves:
 #
 #   scripts/device-check.sh build   on the build machine (Rust toolchain, no GPU needed):
-#                                   release binary + release test binaries into .device-bin/
-#                                   (git-ignored), to be copied to the GPU machine with the repo.
+#                                   the release CLI and the GPU test binaries (cuda_gpu,
+#                                   cuda_opaque), stripped, and the Python wheel into .device-bin/
+#                                   (git-ignored; at most 56 MiB, checked), to be carried to the
+#                                   GPU machine with the repo.
 #   scripts/device-check.sh run     on the GPU machine (no Rust there), from the repo root:
 #                                   nvidia-smi and the loader's view of libcuda/libnvrtc,
 #                                   `arraydrain info`, the GPU tests, compute-sanitizer memcheck +
-#                                   racecheck on a small GPU test, `arraydrain bench --device cuda`
+#                                   initcheck on a small GPU test, `arraydrain bench --device cuda`
 #                                   on 512-byte rows (sequential and shuffled) and on images
 #                                   (u8 and f32 3x224x224, shuffled), each against the same-run
 #                                   pinned D2H floor, and the PyTorch baselines on the 512-byte
@@ -15,8 +17,8 @@
 #                                   tests (pytest -m cuda on python/tests) and, last,
 #                                   python/bench.py --device cuda on a smaller workload.
 #
-# The Python half: `build` also puts the package's wheel (maturin, from ARRAYDRAIN_PYTHON or
-# python3) and pytest's pure-Python wheels into .device-bin/wheels; `run` installs them into
+# The Python half: `build` also puts the package's wheel (maturin from the test venv of
+# scripts/venv.sh) and pytest's pure-Python wheels into .device-bin/wheels; `run` installs them into
 # .device-bin/pylib (no network, no venv) on top of the GPU machine's python3 with PyTorch and
 # NumPy.
 #
@@ -34,16 +36,24 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=.device-bin
+# The GPU test binaries carried to the GPU machine (everything else runs in CI, under the CUDA
+# simulator or on the CPU).
+GPU_TESTS="cuda_gpu cuda_opaque"
+# What may travel to the GPU machine: the tree and this folder together must stay under 64 MiB.
+CARRY_LIMIT_MIB=56
+
 build() {
   set -e
   rm -rf "$BIN"
   mkdir -p "$BIN/tests"
   cargo build --release
   cp target/release/arraydrain "$BIN/"
-  cargo test --release --no-run --message-format=json 2>/dev/null >"$BIN/test-build.json"
-  python3 - "$BIN" <<'PY'
+  local args=()
+  for t in $GPU_TESTS; do args+=(--test "$t"); done
+  cargo test --release --no-run "${args[@]}" --message-format=json 2>/dev/null >"$BIN/test-build.json"
+  python3 - "$BIN" $GPU_TESTS <<'PY'
 import json, shutil, sys, os
-bin_dir = sys.argv[1]
+bin_dir, wanted = sys.argv[1], set(sys.argv[2:])
 seen = []
 for line in open(os.path.join(bin_dir, "test-build.json")):
     try:
@@ -52,25 +62,36 @@ for line in open(os.path.join(bin_dir, "test-build.json")):
         continue
     if m.get("reason") != "compiler-artifact" or not m.get("executable"):
         continue
-    if not m.get("profile", {}).get("test"):
-        continue
     t = m["target"]
-    kind = t["kind"][0] if t["kind"] else "x"
-    name = t["name"] if kind == "test" else f"{kind}-{t['name']}"
-    shutil.copy2(m["executable"], os.path.join(bin_dir, "tests", name))
-    seen.append(name)
+    if not m.get("profile", {}).get("test") or t["kind"] != ["test"] or t["name"] not in wanted:
+        continue
+    shutil.copy2(m["executable"], os.path.join(bin_dir, "tests", t["name"]))
+    seen.append(t["name"])
+missing = wanted - set(seen)
+if missing:
+    sys.exit(f"test binaries not built: {sorted(missing)}")
 print("test binaries:", ", ".join(sorted(seen)))
 PY
   rm -f "$BIN/test-build.json"
-  # The Python package and pytest, for the CUDA tests of python/tests on the GPU machine.
-  local py=${ARRAYDRAIN_PYTHON:-python3}
-  "$py" -m maturin build --release --manifest-path python/Cargo.toml --out "$BIN/wheels"
+  strip "$BIN/arraydrain" "$BIN"/tests/*
+  # The Python package and pytest, for the CUDA tests of python/tests on the GPU machine; maturin
+  # from the test venv (scripts/venv.sh, the one scripts/test.sh uses).
+  # shellcheck source=scripts/venv.sh
+  source scripts/venv.sh
+  PATH="$venv/bin:$PATH" "$py" -m maturin build --release --strip --manifest-path python/Cargo.toml \
+    --out "$BIN/wheels"
   # Pure-Python wheels that install on any Python >= 3.9 (exceptiongroup and tomli: what pytest
   # needs below 3.11, named because pip evaluates markers for the running Python).
   "$py" -m pip download -q --only-binary=:all: --python-version 3.9 --implementation py \
     --platform any --dest "$BIN/wheels" pytest exceptiongroup tomli
   git rev-parse --short HEAD >"$BIN/commit" 2>/dev/null || true
-  du -sh "$BIN"
+  local kib
+  kib=$(du -sk "$BIN" | cut -f1)
+  du -sh "$BIN" "$BIN"/* "$BIN"/tests/*
+  if [ "$kib" -gt $((CARRY_LIMIT_MIB * 1024)) ]; then
+    echo "$BIN is $((kib / 1024)) MiB: over the ${CARRY_LIMIT_MIB} MiB that may travel with the tree" >&2
+    exit 1
+  fi
   echo "built into $BIN/ — copy the repository (with $BIN/) to the GPU machine and run: scripts/device-check.sh run"
 }
 
@@ -120,6 +141,12 @@ run() {
   mkdir -p "$W/logs" "$W/json"
   [ -x "$BIN/arraydrain" ] || { echo "no $BIN/arraydrain: run 'scripts/device-check.sh build' on the build machine first"; exit 2; }
   export PATH="$PATH:/usr/local/cuda/bin"
+  # The engine finds NVRTC where pip puts it (site-packages/nvidia/*/lib of VIRTUAL_ENV), as it
+  # does for a PyTorch user's activated environment; the GPU machine's python3 is such a one.
+  if [ -z "${VIRTUAL_ENV:-}" ]; then
+    VIRTUAL_ENV=$(python3 -c 'import sys; print(sys.prefix)' 2>/dev/null || true)
+    export VIRTUAL_ENV
+  fi
   {
     echo "=== machine"
     timeout 20 nvidia-smi || echo "nvidia-smi failed"
@@ -133,7 +160,11 @@ run() {
   cat "$W/machine.txt"
 
   local T=$BIN/tests L=$W/logs J=$W/json AD=$BIN/arraydrain
-  run_step "GPU tests (--ignored)" 170 "$L/gpu-tests.log" "$T/cuda_gpu" --ignored --test-threads=1
+  # The rayon test runs alone, time-boxed: a deadlock there must not hang every other GPU test.
+  run_step "GPU tests (--ignored)" 170 "$L/gpu-tests.log" "$T/cuda_gpu" --ignored --test-threads=1 \
+    --skip the_engine_can_be_called_from_rayon_jobs
+  run_step "GPU test, rayon jobs (alone)" 30 "$L/gpu-tests-rayon.log" "$T/cuda_gpu" --ignored \
+    --exact the_engine_can_be_called_from_rayon_jobs
   run_step "GPU tests, opaque dtypes (--ignored)" 30 "$L/gpu-tests-opaque.log" \
     "$T/cuda_opaque" --ignored --test-threads=1
   # The Python package on CUDA tensors, from the wheels built with `build`: python/tests -m cuda.
@@ -147,7 +178,11 @@ run() {
     step "python wheels install" FAIL 0
   fi
   local san=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
-  for tool in memcheck racecheck; do
+  # memcheck: out-of-bounds and misaligned accesses; initcheck: copies of device memory nothing
+  # wrote (a staging buffer copied before its gather). racecheck has nothing to find in a kernel
+  # without shared memory. Where the GPU machine has no compute-sanitizer, the PyPI wheel
+  # nvidia-cuda-sanitizer-api ships one (SANITIZER=<its bin/compute-sanitizer>, chmod +x).
+  for tool in memcheck initcheck; do
     run_step "compute-sanitizer $tool" 60 "$L/sanitizer-$tool.log" \
       "$san" --tool "$tool" --error-exitcode 3 --print-limit 20 \
       "$T/cuda_gpu" --ignored --exact small_drains_for_the_sanitizer --test-threads=1

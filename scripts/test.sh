@@ -18,22 +18,8 @@ if ! command -v mpirun >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq openmpi-bin >/dev/null
 fi
 
-req=scripts/test-requirements.txt
-hash=$(sha256sum "$req" | cut -c1-12)
-venv=${ARRAYDRAIN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/arraydrain/venv-$hash}
-mkdir -p "$(dirname "$venv")"
-# One installer at a time: a second run waits for the first, then finds the venv complete.
-exec 9>"$venv.lock"
-flock 9
-if [ ! -f "$venv/.complete" ]; then
-  echo "test.sh: installing test requirements into $venv" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
-  touch "$venv/.complete"
-fi
-flock -u 9
-py="$venv/bin/python"
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
 export ARRAYDRAIN_PYTHON="$py"
 
 # NVRTC's lib folders from the venv (cu13: nvidia/cu13/lib; cu12: nvidia/cuda_nvrtc/lib).
