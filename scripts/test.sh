@@ -10,14 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-# Open MPI's mpirun for the distributed tests (Debian's openmpi-bin), unless one is present.
-if ! command -v mpirun >/dev/null 2>&1; then
-  echo "test.sh: installing openmpi-bin (mpirun) with apt-get" >&2
-  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq openmpi-bin >/dev/null
-fi
-
 # shellcheck source=scripts/venv.sh
 source scripts/venv.sh
 export ARRAYDRAIN_PYTHON="$py"

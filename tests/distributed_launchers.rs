@@ -3,7 +3,8 @@
 //!   (`DataLoader` + `DistributedSampler` iterated by `tests/py/dist.py`): shuffled and not, with
 //!   and without `--shard-drop-last`, with the loader's `--drop-last`, 10 rows over 3 ranks. The
 //!   shuffled order is torch's own (`--indices` from `torch.randperm` under the sampler's seed);
-//! - `mpirun -np 3` from Open MPI (Debian's `openmpi-bin`, installed by `scripts/test.sh`);
+//! - `mpiexec -n 3` from MPICH (the `mpich` wheel from PyPI, installed into the test venv by
+//!   `scripts/test.sh`; no root needed);
 //! - Slurm: no Slurm daemon exists on these machines, so three processes are started by hand with
 //!   the variables `srun -n 3` sets (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`).
 //!
@@ -93,18 +94,17 @@ fn torchrun(py: &Path) -> PathBuf {
     t
 }
 
-fn mpirun() -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", "command -v mpirun"])
-        .output()
-        .expect("run sh");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+/// MPICH's `mpiexec` (Hydra), from the `mpich` wheel in the test venv beside
+/// `$ARRAYDRAIN_PYTHON`.
+fn mpiexec() -> PathBuf {
+    let exe = numpy_python().with_file_name("mpiexec");
     assert!(
-        out.status.success() && !path.is_empty(),
-        "mpirun not found: these tests need Open MPI (scripts/test.sh installs Debian's \
-         openmpi-bin)"
+        exe.is_file(),
+        "{} not found: these tests need MPICH's mpiexec from the `mpich` wheel, which \
+         scripts/test.sh installs into its venv",
+        exe.display()
     );
-    PathBuf::from(path)
+    exe
 }
 
 fn s(p: &Path) -> &str {
@@ -241,16 +241,16 @@ fn check_order(py: &Path, sc: &Scratch, inputs: &Path, merged: &Path, order: &Pa
 }
 
 #[test]
-fn mpirun_ranks_write_shards_that_merge_into_the_sampler_order() {
+fn mpiexec_ranks_write_shards_that_merge_into_the_sampler_order() {
     let py = numpy_python();
-    let mpirun = mpirun();
+    let mpiexec = mpiexec();
     let sc = Scratch::new("dist-mpirun");
     let inputs = sc.path("in");
     dist_py(py, &["make", &ROWS.to_string(), s(&inputs)]);
     for (tag, shuffle) in [("seq", false), ("shuffle", true)] {
         let shards = sc.path(&format!("shards-{tag}"));
-        let mut c = clean(&mpirun);
-        c.args(["-np", "3", "--oversubscribe", "--allow-run-as-root"])
+        let mut c = clean(&mpiexec);
+        c.args(["-n", "3"])
             .args([
                 bin(),
                 "convert",
@@ -261,10 +261,7 @@ fn mpirun_ranks_write_shards_that_merge_into_the_sampler_order() {
             ])
             .arg(inputs.join("x.npy"))
             .arg(inputs.join("y.npy"))
-            .args(["--out-dir", s(&shards), "--batch", "2"])
-            // Open MPI refuses to run as root without both of these in some builds.
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+            .args(["--out-dir", s(&shards), "--batch", "2"]);
         if shuffle {
             c.args(["--shuffle", "--seed", "9"]);
         }
@@ -288,21 +285,12 @@ fn mpirun_ranks_write_shards_that_merge_into_the_sampler_order() {
         check_order(py, &sc, &inputs, &merged, &order);
     }
     // And what each rank detects.
-    let mut c = clean(&mpirun);
-    c.args([
-        "-np",
-        "3",
-        "--oversubscribe",
-        "--allow-run-as-root",
-        bin(),
-        "info",
-    ])
-    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    let mut c = clean(&mpiexec);
+    c.args(["-n", "3", bin(), "info"]);
     let log = run_ok(c);
     for r in 0..3 {
         assert!(
-            log.contains(&format!("rank {r} of 3, local rank {r}, from openmpi")),
+            log.contains(&format!("rank {r} of 3, local rank {r}, from mpich")),
             "{log}"
         );
     }
