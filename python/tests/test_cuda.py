@@ -1,6 +1,12 @@
 """CUDA tensors: the fast path (CUDA gather kernel + async copies into pinned output) and the
 general path (device batches copied into pinned output). Skipped without a CUDA device; the
-reference is the classic recipe with `.cpu()` over one real epoch from the same RNG state."""
+reference is PyTorch itself — the classic recipe with `.cpu()` over one real epoch from the same
+RNG state, or NumPy indexing of the source by that epoch's order — never arraydrain's own CPU
+drain.
+
+On a machine with a CUDA device these tests fail, rather than pass on the CPU, when the engine
+cannot start (the autouse check below), and every GPU drain must return arrays backed by the
+engine's pinned memory (`storage == "pinned"`), not host copies made on the CPU path."""
 
 import numpy as np
 import pytest
@@ -16,6 +22,28 @@ pytestmark = [
 ]
 
 N = 5000
+
+
+@pytest.fixture(autouse=True)
+def engine_must_start():
+    """The CUDA engine starts on the current device; otherwise every test here fails with the
+    engine's reason (a drain of CUDA tensors on the CPU would pass the equality checks)."""
+    ordinal = torch.cuda.current_device()
+    ok, why = arraydrain._native.cuda_status(ordinal)
+    assert ok, f"the CUDA engine cannot start on cuda:{ordinal}: {why}"
+
+
+def storage(a):
+    """Where an array's bytes live, from the engine buffer at the end of its `base` chain."""
+    while a is not None and not hasattr(a, "storage"):
+        a = getattr(a, "base", None)
+    return None if a is None else a.storage
+
+
+def assert_pinned(got):
+    arrays = got.values() if isinstance(got, dict) else got
+    kinds = [storage(a) for a in arrays]
+    assert kinds and all(k == "pinned" for k in kinds), f"not the GPU path's pinned output: {kinds}"
 
 
 def cuda_dataset(rows=N):
@@ -34,11 +62,13 @@ def test_tensor_dataset_on_the_gpu(shuffle, batch_size, drop_last, device):
     )
     got, _ = drain_vs_epoch(loader, device=device)
     assert all(isinstance(a, np.ndarray) for a in got)
+    assert_pinned(got)
 
 
 def test_global_rng_shuffle_on_the_gpu():
     torch.manual_seed(3)
-    drain_vs_epoch(DataLoader(cuda_dataset(), batch_size=64, shuffle=True))
+    got, _ = drain_vs_epoch(DataLoader(cuda_dataset(), batch_size=64, shuffle=True))
+    assert_pinned(got)
 
 
 @pytest.mark.parametrize("rank", [0, 1, 2])
@@ -88,14 +118,12 @@ def test_larger_table_on_the_gpu():
     g = torch.Generator().manual_seed(0)
     loader = DataLoader(TensorDataset(x, y), batch_size=256, shuffle=True, generator=g)
     got = arraydrain.drain(loader)
-    np.testing.assert_array_equal(got[0], x.cpu().numpy()[got[1]])
+    assert_pinned(got)
+    # y is the row index: one real epoch from the same generator state gives the order.
     g.manual_seed(0)
-    assert_same(
-        got,
-        arraydrain.drain(
-            DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=256, shuffle=True, generator=g)
-        ),
-    )
+    order = torch.cat([by for _, by in loader]).cpu().numpy()
+    np.testing.assert_array_equal(got[1], order)
+    np.testing.assert_array_equal(got[0], x.cpu().numpy()[order])
 
 
 def test_out_reuse_on_the_gpu():
@@ -104,6 +132,7 @@ def test_out_reuse_on_the_gpu():
     first, _ = drain_vs_epoch(loader)
     second, _ = drain_vs_epoch(loader, out=first)
     assert all(np.shares_memory(a, b) for a, b in zip(first, second))
+    assert_pinned(second)
 
 
 def test_device_cpu_forces_the_cpu_path_with_the_same_result():
@@ -129,6 +158,7 @@ def test_general_path_with_cuda_batches():
     loader = DataLoader(CudaItems(x, y), batch_size=100, shuffle=True)
     got, _ = drain_vs_epoch(loader)
     assert type(got) is dict
+    assert_pinned(got)
 
 
 def test_generator_of_cuda_batches():
@@ -136,6 +166,7 @@ def test_generator_of_cuda_batches():
     batches = [(x[s : s + 77],) for s in range(0, N, 77)]
     got = arraydrain.drain(iter(batches))
     np.testing.assert_array_equal(got[0], x.cpu().numpy())
+    assert_pinned(got)
 
 
 def test_result_outlives_the_gpu_tensors():
@@ -155,3 +186,4 @@ def test_tensors_on_a_side_stream_are_read_after_their_writes():
         x.copy_(torch.arange(N * 256, dtype=torch.float32, device="cuda").reshape(N, 256))
         got = arraydrain.drain(DataLoader(TensorDataset(x), batch_size=128))
     np.testing.assert_array_equal(got[0], np.arange(N * 256, dtype=np.float32).reshape(N, 256))
+    assert_pinned(got)
