@@ -20,6 +20,7 @@ import contextlib
 import os
 import sys
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -124,9 +125,11 @@ def drain(
             engine keeps for comparison — ``"concat"``, ``"per-batch"``, ``"preallocated"`` —
             and on CUDA also ``"pinned"``. All produce identical arrays. The general path always
             copies batches into preallocated output (``"auto"`` or ``"preallocated"``).
-        device: ``"auto"`` (CUDA tensors on the GPU engine when it is usable, else the CPU),
-            ``"cpu"`` (always the CPU path; CUDA tensors are copied to the host first),
-            ``"cuda"`` or ``"cuda:N"`` (the GPU engine; an error if no GPU is usable).
+        device: ``"auto"`` (CUDA tensors on the GPU engine when it is usable, else the CPU
+            with a ``RuntimeWarning`` naming why), ``"cpu"`` (always the CPU path; CUDA tensors
+            are copied to the host first), ``"cuda"`` (the GPU engine on PyTorch's current
+            device, ``torch.cuda.current_device()``) or ``"cuda:N"`` (device N); with these
+            two, a GPU the engine cannot use is an error naming the reason.
         out: a previous result of ``drain`` on the same loader (or the same structure of
             writable C-contiguous arrays of the right dtypes and shapes) to refill in place —
             the epoch case; that same object is returned.
@@ -211,11 +214,12 @@ def _check_device(device: str) -> int | None:
     if device in ("auto", "cpu"):
         return None
     if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
-        try:
-            ordinal = int(device[5:]) if device != "cuda" else 0
-        except ValueError:
-            ordinal = -1
-        if ordinal < 0 or (device != "cuda" and not device[5:].isdigit()):
+        if device == "cuda":
+            # As in PyTorch: the current device (torch.cuda.set_device, e.g. each torchrun rank's).
+            ordinal = _current_cuda_device()
+        elif device[5:].isdigit():
+            ordinal = int(device[5:])
+        else:
             raise DrainValueError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)")
         ok, why = _cuda_status(ordinal)
         if not ok:
@@ -267,16 +271,47 @@ def _preload_nvrtc() -> None:
                     continue
 
 
+def _current_cuda_device() -> int:
+    """PyTorch's current CUDA device (0 where PyTorch or CUDA is missing: the status check that
+    follows says why CUDA is not usable)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None:
+            import torch
+        return torch.cuda.current_device() if torch.cuda.is_available() else 0
+    except (ImportError, RuntimeError):
+        return 0
+
+
+_FALLBACK_WARNED: set = set()
+
+
 def _use_cuda(device: str, ordinal: int | None, tensor_device) -> int | None:
-    """The ordinal to run the GPU engine on, or ``None`` for the CPU path."""
+    """The ordinal to run the GPU engine on, or ``None`` for the CPU path.
+
+    With ``device="auto"``, CUDA tensors whose device the engine cannot use are drained on the
+    CPU (PyTorch copies them to the host first): never silently — a ``RuntimeWarning`` naming
+    the reason is issued once per device and reason."""
     if device == "cpu":
         return None
     if ordinal is not None:
         return ordinal
     if tensor_device is None or tensor_device.type != "cuda":
         return None
-    o = tensor_device.index or 0
-    return o if _cuda_status(o)[0] else None
+    o = tensor_device.index if tensor_device.index is not None else _current_cuda_device()
+    ok, why = _cuda_status(o)
+    if ok:
+        return o
+    if (o, why) not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add((o, why))
+        warnings.warn(
+            f"arraydrain: CUDA tensors on cuda:{o} are drained on the CPU (copied to the host "
+            f"first) because the CUDA engine cannot start there: {why}. Pass device='cuda' to "
+            "make this an error instead.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return None
 
 
 # ---- the fast path ----------------------------------------------------------------------------
