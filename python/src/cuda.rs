@@ -95,9 +95,22 @@ impl DeviceBuffer {
     }
 
     /// The CUDA array interface (version 3): `len` writable `uint8` at the buffer's address,
-    /// ready to use on any stream.
+    /// ready to use on any stream. Once the buffer has been handed to the engine (its memory
+    /// moved out, and freed when the engine is done with it) there is no address to advertise:
+    /// reading the attribute then raises `AttributeError`, so nothing can write to freed memory.
     #[getter]
     fn __cuda_array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        if self
+            .slice
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return Err(pyo3::exceptions::PyAttributeError::new_err(
+                "this device buffer was handed to the engine: its memory is no longer the \
+                 buffer's to describe",
+            ));
+        }
         let d = PyDict::new(py);
         d.set_item("version", 3)?;
         d.set_item("shape", (self.len,))?;
