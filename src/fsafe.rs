@@ -150,12 +150,23 @@ pub struct Staged {
     inputs: Vec<(Option<(u64, u64)>, PathBuf)>,
     /// Folders of the run's inputs, normalized: nothing inside them is written.
     trees: Vec<PathBuf>,
+    /// Random characters of temporary names (0: the default, 6); tests use fewer, so that every
+    /// name can be planted in advance.
+    name_chars: usize,
 }
 
 impl Staged {
     /// An empty set.
     pub fn new() -> Staged {
         Staged::default()
+    }
+
+    fn rand_bytes(&self) -> usize {
+        if self.name_chars == 0 {
+            6
+        } else {
+            self.name_chars
+        }
     }
 
     /// Marks `path` as an input of the run: no output of this set may be that file, by any
@@ -267,7 +278,7 @@ impl Staged {
         let mut live = live();
         let file = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
-            .rand_bytes(6)
+            .rand_bytes(self.rand_bytes())
             // What a plain create would give (the umask applies), not tempfile's private 0600:
             // the file becomes an ordinary output.
             .permissions(std::fs::Permissions::from_mode(0o666))
@@ -293,7 +304,7 @@ impl Staged {
         let mut live = live();
         let made = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
-            .rand_bytes(6)
+            .rand_bytes(self.rand_bytes())
             .tempdir_in(dir)
             .map_err(|e| Error::io(dir, e))?;
         let path = made.keep();
@@ -336,7 +347,7 @@ impl Staged {
         let mut live = live();
         let made = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
-            .rand_bytes(6)
+            .rand_bytes(self.rand_bytes())
             .permissions(std::fs::Permissions::from_mode(0o777))
             .tempdir_in(dir)
             .map_err(|e| Error::io(dir, e))?;
@@ -366,7 +377,7 @@ impl Staged {
             let mut live = live();
             let temp = tempfile::Builder::new()
                 .prefix(TEMP_PREFIX)
-                .rand_bytes(6)
+                .rand_bytes(self.rand_bytes())
                 .permissions(std::fs::Permissions::from_mode(0o666))
                 .tempfile_in(dir)
                 .map_err(|e| Error::io(dir, e))?;
@@ -818,6 +829,39 @@ mod tests {
             Some("/dev/vda (mounted on /)")
         );
         assert_eq!(mount_of(info, "9:9"), None);
+    }
+
+    /// With one random character there are 62 temporary names: all of them are planted as links
+    /// to a victim, so the only way a file can be made is by following one. None is followed.
+    #[test]
+    fn links_planted_at_every_temporary_name_are_never_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let victim = root.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let out = root.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let chars = ('a'..='z').chain('A'..='Z').chain('0'..='9');
+        for c in chars.clone() {
+            std::os::unix::fs::symlink(&victim, out.join(format!("{TEMP_PREFIX}{c}"))).unwrap();
+        }
+        let planted = || std::fs::read_dir(&out).unwrap().count();
+        let mut s = Staged::new();
+        s.name_chars = 1;
+        assert!(s.file(&out.join("x.npy")).is_err());
+        assert!(s.folder(&out.join("part")).is_err());
+        assert!(s.claim(&out.join("manifest.json"), b"{}").is_err());
+        assert!(s.scratch_dir(&out.join("x.npy")).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(planted(), 62);
+        // One name freed: that one is used, and still no link is followed.
+        std::fs::remove_file(out.join(format!("{TEMP_PREFIX}q"))).unwrap();
+        let (temp, mut file) = s.file(&out.join("x.npy")).unwrap();
+        assert_eq!(temp, out.join(format!("{TEMP_PREFIX}q")));
+        file.write_all(b"output").unwrap();
+        assert_eq!(s.commit().unwrap(), vec![out.join("x.npy")]);
+        assert_eq!(std::fs::read(out.join("x.npy")).unwrap(), b"output");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(planted(), 62);
     }
 
     #[test]

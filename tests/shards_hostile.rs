@@ -707,3 +707,34 @@ fn merge_reads_what_it_checked_and_merges_a_good_set_exactly() {
     let on_disk = fs::metadata(out.join("x.npy")).unwrap();
     assert_eq!((meta.dev(), meta.ino()), (on_disk.dev(), on_disk.ino()));
 }
+
+#[test]
+fn links_planted_at_the_names_a_rank_writes_are_never_followed() {
+    let s = scratch();
+    let root = s.path();
+    let ins = inputs(&root.join("in"), 10);
+    let victim_dir = root.join("victim");
+    fs::create_dir_all(&victim_dir).unwrap();
+    let victim = victim_dir.join("file");
+    fs::write(&victim, b"precious").unwrap();
+    // manifest.json a link to a victim file: refused, never written through.
+    let out = root.join("set");
+    fs::create_dir_all(&out).unwrap();
+    symlink(&victim, out.join(MANIFEST)).unwrap();
+    assert_error(
+        &convert(&ins, &out, 0, 2),
+        &["manifest.json", "symbolic link"],
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    fs::remove_file(out.join(MANIFEST)).unwrap();
+    // A rank's part folder a link to a victim folder: the rank fails, nothing lands there.
+    symlink(&victim_dir, out.join("part-00001-of-00002")).unwrap();
+    assert_ok(&convert(&ins, &out, 0, 2));
+    assert_error(
+        &convert(&ins, &out, 1, 2),
+        &["part-00001-of-00002", "already exists"],
+    );
+    assert_eq!(tree(&victim_dir), vec![victim.clone()]);
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert!(temps(&out).is_empty(), "{:?}", temps(&out));
+}
