@@ -388,13 +388,10 @@ static FAULT_PAGES: [AtomicUsize; RECORDED] = [const { AtomicUsize::new(0) }; RE
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
 /// Serialises slot allocation (never taken by the handler).
 static SLOT_LOCK: Mutex<()> = Mutex::new(());
-static INSTALL_LOCK: Mutex<()> = Mutex::new(());
 /// The `SIGBUS` action in force before ours, restored for faults that are not ours. Written once,
 /// before our handler is installed (so before the handler can run), then only read: the handler
-/// reads it through `PREVIOUS_SET` (an atomic, async-signal-safe), never through a lock.
+/// reads it with `OnceLock::get` (one atomic load, async-signal-safe), never through a lock.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
-/// Whether our handler is installed (`catch_input_faults` succeeded).
-static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 fn register_read_map(start: usize, len: usize) -> Option<usize> {
     if len == 0 {
@@ -487,15 +484,42 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
 /// # Errors
 /// [`Error::Io`] when the handler cannot be installed.
 pub fn catch_input_faults() -> Result<()> {
-    if INSTALLED.load(Ordering::Acquire) {
-        return Ok(());
+    SIGBUS_HANDLER.run(install_sigbus_handler)
+}
+
+/// Something installed once per process: a call after a success does nothing; a failed install
+/// is reported, and tried again (and reported again) by the next call, never taken for success.
+struct InstallOnce {
+    installed: AtomicBool,
+    lock: Mutex<()>,
+}
+
+impl InstallOnce {
+    const fn new() -> InstallOnce {
+        InstallOnce {
+            installed: AtomicBool::new(false),
+            lock: Mutex::new(()),
+        }
     }
-    // Serialised so two threads do not install at once; a failed install is retried by the
-    // next call (and reported by each), never taken for success.
-    let _guard = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if INSTALLED.load(Ordering::Acquire) {
-        return Ok(());
+
+    fn run(&self, install: impl FnOnce() -> Result<()>) -> Result<()> {
+        if self.installed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Two threads never install at once.
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.installed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        install()?;
+        self.installed.store(true, Ordering::Release);
+        Ok(())
     }
+}
+
+static SIGBUS_HANDLER: InstallOnce = InstallOnce::new();
+
+fn install_sigbus_handler() -> Result<()> {
     // SAFETY: sysconf only reads its argument.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if let Ok(page) = usize::try_from(page) {
@@ -525,7 +549,6 @@ pub fn catch_input_faults() -> Result<()> {
     if rc != 0 {
         return Err(Error::io("SIGBUS handler", std::io::Error::last_os_error()));
     }
-    INSTALLED.store(true, Ordering::Release);
     Ok(())
 }
 
@@ -562,6 +585,28 @@ fn check_range(range: &Range<usize>, len: usize, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_failed_install_is_reported_and_retried_never_taken_for_success() {
+        let once = InstallOnce::new();
+        let calls = std::cell::Cell::new(0);
+        let fail = || {
+            calls.set(calls.get() + 1);
+            Err(Error::io(
+                "SIGBUS handler",
+                std::io::Error::other("refused"),
+            ))
+        };
+        assert!(once.run(fail).is_err());
+        assert!(
+            once.run(fail).is_err(),
+            "a second call after a failure is not Ok"
+        );
+        assert_eq!(calls.get(), 2);
+        assert!(once.run(|| Ok(())).is_ok());
+        assert!(once.run(fail).is_ok(), "installed: nothing more to do");
+        assert_eq!(calls.get(), 2);
+    }
 
     #[test]
     fn written_bytes_survive_release_and_reach_the_file() {
