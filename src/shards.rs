@@ -933,7 +933,7 @@ impl FileSum {
 /// [`Error::ShardSetInvalid`] listing the problems found (at most [`MAX_LISTED_ISSUES`], then
 /// their count).
 pub fn check(dir: &Path) -> Result<ShardSet> {
-    check_set(dir, true)
+    check_set(dir, true, true)
 }
 
 fn id_of(file: &File) -> Option<(u64, u64)> {
@@ -941,8 +941,10 @@ fn id_of(file: &File) -> Option<(u64, u64)> {
     file.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// [`check`], the checksums verified only when `verify_sums` (else by the caller, as it reads).
-fn check_set(dir: &Path, verify_sums: bool) -> Result<ShardSet> {
+/// [`check`], the checksums verified only when `verify_sums` (else by the caller, as it reads),
+/// the column files kept open for [`ShardSet::files`] only when `keep_files` (each is open anyway
+/// while mapped; a second descriptor per file is only held for callers that hand files out).
+fn check_set(dir: &Path, verify_sums: bool, keep_files: bool) -> Result<ShardSet> {
     let root = SafeDir::open(dir)?;
     let manifest = Manifest::read_in(&root)?;
     let mut read: Vec<(u64, u64)> = root
@@ -1024,7 +1026,8 @@ fn check_set(dir: &Path, verify_sums: bool) -> Result<ShardSet> {
     let mut sums = Vec::new();
     for rank in 0..w {
         let entry_dir = part_name(rank, w);
-        let Some((record, part)) = records.get(&entry_dir) else {
+        // Taken out of the map: the part's folder is closed once its files are checked.
+        let Some((record, part)) = records.remove(&entry_dir) else {
             if !present.contains(entry_dir.as_str()) {
                 issues.push(ShardIssue::MissingPart { part: entry_dir });
             }
@@ -1038,14 +1041,16 @@ fn check_set(dir: &Path, verify_sums: bool) -> Result<ShardSet> {
         let mut part_files = Vec::new();
         let mut part_sums = Vec::new();
         for (c, file) in manifest.columns.iter().zip(&entry.files) {
-            match check_file(part, file, c, entry.rows, record) {
+            match check_file(&part, file, c, entry.rows, &record) {
                 Ok((col, opened, sum)) => {
                     if verify_sums {
                         issues.extend(sum.verify(&crc_hasher(col.bytes())));
                     }
                     read.extend(id_of(&opened));
                     columns.push(col);
-                    part_files.push(opened);
+                    if keep_files {
+                        part_files.push(opened);
+                    }
                     part_sums.push(sum);
                 }
                 Err(issue) => issues.push(issue),
@@ -1134,7 +1139,8 @@ fn check_file(
 
 impl ShardSet {
     /// The open column files of every rank (`[rank][column]`), the very files that were checked
-    /// and are read: reopening them by path could read something else.
+    /// and are read: reopening them by path could read something else. (Empty for the set
+    /// [`merge`] checks internally.)
     pub fn files(&self) -> &[Vec<File>] {
         &self.files
     }
@@ -1340,7 +1346,7 @@ pub fn merge(args: &MergeArgs) -> Result<MergeSummary> {
 pub fn merge_open(args: &MergeArgs) -> Result<(MergeSummary, Vec<File>)> {
     let started = Instant::now();
     // Everything but the checksums, which are verified while the data is read for the output.
-    let set = check_set(&args.dir, false)?;
+    let set = check_set(&args.dir, false, false)?;
     let checked = started.elapsed();
     let rows = set.rows(args.keep_padding);
     let names: Vec<String> = set
