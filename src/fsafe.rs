@@ -390,7 +390,14 @@ impl Staged {
                 .and_then(|()| file.flush())
                 .map_err(|e| write_error(temp.path(), e, bytes.len() as u64))?;
             let mut live = live();
-            match std::fs::hard_link(temp.path(), dest) {
+            let linked = match std::fs::hard_link(temp.path(), dest) {
+                // File systems without hard links: a rename that replaces nothing.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
+                    rename_noreplace(temp.path(), dest)
+                }
+                other => other,
+            };
+            match linked {
                 Ok(()) => {
                     let id = register(&mut live, dest.to_path_buf(), Kind::Claim);
                     self.claims.push((id, dest.to_path_buf()));
@@ -438,19 +445,11 @@ impl Staged {
             moved.push((&f.dest, Kind::File));
         }
         for f in &self.folders {
-            let renamed = rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &f.temp,
-                rustix::fs::CWD,
-                &f.dest,
-                rustix::fs::RenameFlags::NOREPLACE,
-            );
-            if let Err(e) = renamed {
+            if let Err(e) = rename_noreplace(&f.temp, &f.dest) {
                 undo(moved);
-                return Err(if e == rustix::io::Errno::EXIST {
-                    exists(&f.dest)
-                } else {
-                    Error::io(&f.dest, e.into())
+                return Err(match e.raw_os_error() {
+                    Some(libc::EEXIST | libc::ENOTEMPTY) => exists(&f.dest),
+                    _ => Error::io(&f.dest, e),
                 });
             }
             moved.push((&f.dest, Kind::Scratch));
@@ -494,6 +493,31 @@ impl Drop for Staged {
             remove(&dir, Kind::MadeDir);
             unregister(&mut live, id);
         }
+    }
+}
+
+/// Renames `from` to `to` only if nothing is at `to` (`renameat2(RENAME_NOREPLACE)`). Where the
+/// file system does not support that flag (NFS, some FUSE mounts: `EINVAL`, `ENOSYS`,
+/// `EOPNOTSUPP`), a folder falls back to a plain `rename`, which still fails onto a non-empty
+/// folder (`ENOTEMPTY`/`EEXIST`) and never writes through a link; a file then fails with
+/// `EEXIST` when something is there (checked just before, so a rename could only replace what
+/// appeared in between).
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e == rustix::io::Errno::INVAL
+                || e == rustix::io::Errno::NOSYS
+                || e == rustix::io::Errno::OPNOTSUPP =>
+        {
+            let from_dir = std::fs::symlink_metadata(from).is_ok_and(|m| m.is_dir());
+            if !from_dir && std::fs::symlink_metadata(to).is_ok() {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            std::fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
