@@ -25,7 +25,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cuda::{CudaEngine, DeviceTable};
 use crate::error::{Error, Result};
-use crate::fsafe::Staged;
+use crate::fsafe::{file_id, normalized, Staged};
 use crate::gather::Strategy;
 use crate::loader::Loader;
 use crate::loader::OutputSpec;
@@ -224,11 +224,25 @@ pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
     if args.distributed {
         return crate::shards::convert_distributed(args);
     }
-    run_on(args, 0)
+    run_on(args, 0, None)
 }
 
-/// [`run`] without `--distributed`, on CUDA device `ordinal` when CUDA drains.
-pub(crate) fn run_on(args: &ConvertArgs, ordinal: usize) -> Result<ConvertSummary> {
+/// What a run reads, read once by a caller that needs it first (`convert --distributed`
+/// fingerprints the inputs from the same maps the drain then reads).
+pub(crate) struct RunInput {
+    /// The inputs' table (the `--columns` selection applied or not: it is applied again).
+    pub(crate) table: Table<'static>,
+    /// The `--indices` order, when given.
+    pub(crate) indices: Option<Vec<u64>>,
+}
+
+/// [`run`] without `--distributed`, on CUDA device `ordinal` when CUDA drains, over `input`
+/// when the caller read it already.
+pub(crate) fn run_on(
+    args: &ConvertArgs,
+    ordinal: usize,
+    input: Option<RunInput>,
+) -> Result<ConvertSummary> {
     let started = Instant::now();
     if args.compress && args.out.is_none() {
         return Err(Error::ConflictingOptions {
@@ -239,7 +253,10 @@ pub(crate) fn run_on(args: &ConvertArgs, ordinal: usize) -> Result<ConvertSummar
     }
     // A truncated input then reads as zeros and is reported before anything is kept.
     crate::mmap::catch_input_faults()?;
-    let mut table = npy::read_table(&args.inputs)?;
+    let (mut table, mut indices) = match input {
+        Some(RunInput { table, indices }) => (table, indices),
+        None => (npy::read_table(&args.inputs)?, None),
+    };
     if let Some(names) = &args.columns {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         table = table.select(&names)?;
@@ -253,7 +270,11 @@ pub(crate) fn run_on(args: &ConvertArgs, ordinal: usize) -> Result<ConvertSummar
         loader = loader.shuffle(args.seed);
     }
     if let Some(path) = &args.indices {
-        loader = loader.indices(npy::read_indices(path)?);
+        let list = match indices.take() {
+            Some(list) => list,
+            None => npy::read_indices(path)?,
+        };
+        loader = loader.indices(list);
     }
     if let (Some(rank), Some(world)) = (args.rank, args.world_size) {
         loader = loader.shard(rank, world);
@@ -590,36 +611,6 @@ fn check_output_paths(args: &ConvertArgs, specs: &[OutputSpec]) -> Result<()> {
         seen.insert(key, role);
     }
     Ok(())
-}
-
-/// Device and inode of an existing file (following links).
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// `path` made absolute, its longest existing part resolved (links and `..`), the rest
-/// appended: two spellings of one output compare equal even before it exists.
-fn normalized(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut rest = Vec::new();
-    let mut at = absolute.as_path();
-    loop {
-        if let Ok(real) = at.canonicalize() {
-            let mut out = real;
-            for part in rest.iter().rev() {
-                out.push(part);
-            }
-            return out;
-        }
-        match (at.parent(), at.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                at = parent;
-            }
-            _ => return absolute,
-        }
-    }
 }
 
 fn progress_bar(show: bool, total: u64, phase: &str) -> ProgressBar {

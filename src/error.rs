@@ -76,6 +76,17 @@ pub enum Error {
     /// `world_size` must be at least 1.
     #[error("world_size must be at least 1")]
     ZeroWorldSize,
+    /// `world_size` is above the most ranks a run may have.
+    #[error(
+        "world_size {world_size} is more ranks than a run may have (at most {max}); \
+         the value is wrong or was not meant for this run"
+    )]
+    WorldSizeTooLarge {
+        /// The world size given.
+        world_size: usize,
+        /// The largest accepted ([`crate::sampler::MAX_WORLD_SIZE`]).
+        max: usize,
+    },
     /// `rank` must be below `world_size`.
     #[error("rank {rank} is not below world_size {world_size}")]
     RankOutOfRange {

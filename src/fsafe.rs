@@ -8,13 +8,27 @@
 //! scratch folder and output folder it made. The temporary names are short, so any output name
 //! that fits the file system fits its temporary name too.
 //!
+//! [`Staged`] is the one mechanism every writer of the crate uses (`convert`, `convert
+//! --distributed`, `merge`, the `npy` writers and the Python sinks): files, whole folders
+//! ([`Staged::folder`], renamed into place only where nothing is), claim files
+//! ([`Staged::claim`], created only where nothing is) and the output folders a run makes. It is
+//! input-aware: paths given to [`Staged::protect`] (files the run reads) and
+//! [`Staged::protect_tree`] (folders it reads) can never be written, by any spelling or link.
+//!
+//! [`SafeDir`] is the other side: reading a folder other people may write to (a shard folder).
+//! Its entries are opened relative to the open folder with `O_NOFOLLOW`, so a planted symbolic
+//! link is refused, never followed; only regular files are read, and small records are read with
+//! a size cap, so a FIFO or `/dev/zero` planted at a record's name neither hangs nor exhausts
+//! memory.
+//!
 //! [`cleanup_on_signals`] (the command line installs it) makes `SIGINT` and `SIGTERM` remove the
 //! same things before the process exits with the conventional status (130, 143). Nothing can run
 //! after `SIGKILL`: a leftover `.arraydrain-*` file or folder is then an incomplete output and safe
 //! to delete.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +43,10 @@ pub const TEMP_PREFIX: &str = ".arraydrain-";
 enum Kind {
     /// A temporary file, removed unless renamed into place.
     File,
-    /// A private scratch folder, removed with its contents.
+    /// A claim file this run created, removed when the run fails unless its folder holds
+    /// something besides it and temporary entries (another process then relies on it).
+    Claim,
+    /// A private scratch folder (or a staged folder), removed with its contents.
     Scratch,
     /// An output folder this run created, removed (only if empty) when the run fails.
     MadeDir,
@@ -68,9 +85,23 @@ fn remove(path: &Path, kind: Kind) {
     // failure that caused it.
     let _ = match kind {
         Kind::File => std::fs::remove_file(path),
+        Kind::Claim if claim_is_shared(path) => Ok(()),
+        Kind::Claim => std::fs::remove_file(path),
         Kind::Scratch => std::fs::remove_dir_all(path),
         Kind::MadeDir => std::fs::remove_dir(path),
     };
+}
+
+/// Whether the folder of the claim file `path` holds anything but it and temporary entries.
+fn claim_is_shared(path: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(parent_of(path)) else {
+        return true;
+    };
+    let own = path.file_name();
+    entries.filter_map(|e| e.ok()).any(|e| {
+        let name = e.file_name();
+        Some(name.as_os_str()) != own && !name.to_string_lossy().starts_with(TEMP_PREFIX)
+    })
 }
 
 /// The folder a path's file goes in (`.` for a bare file name).
@@ -104,17 +135,91 @@ struct StagedFile {
     dest: PathBuf,
 }
 
-/// A set of output files written under temporary names and renamed into place together.
+/// A set of outputs written under temporary names and put in place together by
+/// [`Staged::commit`]; dropped without committing (or interrupted by `SIGINT`/`SIGTERM` with
+/// [`cleanup_on_signals`] installed), it removes every temporary file, staged and scratch
+/// folder, claim and output folder it made.
 #[derive(Debug, Default)]
-pub(crate) struct Staged {
+pub struct Staged {
     files: Vec<StagedFile>,
+    folders: Vec<StagedFile>,
+    claims: Vec<(u64, PathBuf)>,
     scratch: Vec<(u64, PathBuf)>,
     made_dirs: Vec<(u64, PathBuf)>,
+    /// Inputs of the run: `(device, inode)` when they exist, and their normalized paths.
+    inputs: Vec<(Option<(u64, u64)>, PathBuf)>,
+    /// Folders of the run's inputs, normalized: nothing inside them is written.
+    trees: Vec<PathBuf>,
+    /// Random characters of temporary names (0: the default, 6); tests use fewer, so that every
+    /// name can be planted in advance.
+    name_chars: usize,
 }
 
 impl Staged {
-    pub(crate) fn new() -> Staged {
+    /// An empty set.
+    pub fn new() -> Staged {
         Staged::default()
+    }
+
+    fn rand_bytes(&self) -> usize {
+        if self.name_chars == 0 {
+            6
+        } else {
+            self.name_chars
+        }
+    }
+
+    /// Marks `path` as an input of the run: no output of this set may be that file, by any
+    /// spelling or link (the same device and inode).
+    pub fn protect(&mut self, path: &Path) {
+        self.inputs.push((file_id(path), normalized(path)));
+    }
+
+    /// Marks the files of these `(device, inode)` pairs as inputs of the run (files already open,
+    /// identified by `fstat`): no output of this set may be one of them.
+    pub fn protect_ids(&mut self, ids: &[(u64, u64)]) {
+        self.inputs.extend(
+            ids.iter()
+                .map(|&id| (Some(id), PathBuf::from("read by this run"))),
+        );
+    }
+
+    /// Marks the folder `dir` as an input of the run: no output of this set may lie inside it
+    /// (by any spelling or link), nor be the folder itself.
+    pub fn protect_tree(&mut self, dir: &Path) {
+        self.trees.push(normalized(dir));
+    }
+
+    /// Refuses `dest` when it is a protected input or lies inside a protected folder.
+    ///
+    /// # Errors
+    /// [`Error::PathConflict`] naming `dest` and the input.
+    pub fn check_not_input(&self, dest: &Path) -> Result<()> {
+        let key = normalized(dest);
+        let id = file_id(dest);
+        if let Some((_, input)) = self
+            .inputs
+            .iter()
+            .find(|(iid, ikey)| *ikey == key || (id.is_some() && *iid == id))
+        {
+            return Err(Error::PathConflict {
+                path: dest.to_path_buf(),
+                reason: format!(
+                    "names the input {}; an output never replaces an input",
+                    input.display()
+                ),
+            });
+        }
+        if let Some(tree) = self.trees.iter().find(|t| key.starts_with(t)) {
+            return Err(Error::PathConflict {
+                path: dest.to_path_buf(),
+                reason: format!(
+                    "lies inside {}, which this run reads; an output never replaces an input",
+                    tree.display()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Creates `dir` and its missing parents, remembering which it made so a failed run removes
@@ -122,7 +227,8 @@ impl Staged {
     ///
     /// # Errors
     /// [`Error::Io`] naming the folder.
-    pub(crate) fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
+    pub fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
+        self.check_not_input(dir)?;
         let mut missing = Vec::new();
         let mut at = Some(dir);
         while let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) {
@@ -157,9 +263,9 @@ impl Staged {
     /// exist), returning its temporary path and the file, open for reading and writing.
     ///
     /// # Errors
-    /// [`Error::PathConflict`] when `dest` is a folder; [`Error::Io`] naming the folder when the
-    /// file cannot be created there.
-    pub(crate) fn file(&mut self, dest: &Path) -> Result<(PathBuf, File)> {
+    /// [`Error::PathConflict`] when `dest` is a folder or an input; [`Error::Io`] naming the
+    /// folder when the file cannot be created there.
+    pub fn file(&mut self, dest: &Path) -> Result<(PathBuf, File)> {
         if dest.file_name().is_none() {
             return Err(Error::PathConflict {
                 path: dest.to_path_buf(),
@@ -167,11 +273,12 @@ impl Staged {
             });
         }
         check_destination(dest)?;
+        self.check_not_input(dest)?;
         let dir = parent_of(dest);
         let mut live = live();
         let file = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
-            .rand_bytes(6)
+            .rand_bytes(self.rand_bytes())
             // What a plain create would give (the umask applies), not tempfile's private 0600:
             // the file becomes an ordinary output.
             .permissions(std::fs::Permissions::from_mode(0o666))
@@ -192,18 +299,118 @@ impl Staged {
     ///
     /// # Errors
     /// [`Error::Io`] naming the folder it was to be made in.
-    pub(crate) fn scratch_dir(&mut self, near: &Path) -> Result<PathBuf> {
+    pub fn scratch_dir(&mut self, near: &Path) -> Result<PathBuf> {
         let dir = parent_of(near);
         let mut live = live();
         let made = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
-            .rand_bytes(6)
+            .rand_bytes(self.rand_bytes())
             .tempdir_in(dir)
             .map_err(|e| Error::io(dir, e))?;
         let path = made.keep();
         let id = register(&mut live, path.clone(), Kind::Scratch);
         self.scratch.push((id, path.clone()));
         Ok(path)
+    }
+
+    /// Stages `bytes` as the file `dest` ([`Staged::file`], then written).
+    ///
+    /// # Errors
+    /// As [`Staged::file`]; [`Error::NoSpace`] or [`Error::Io`] when writing fails.
+    pub fn write_file(&mut self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let (temp, mut file) = self.file(dest)?;
+        file.write_all(bytes)
+            .and_then(|()| file.flush())
+            .map_err(|e| write_error(&temp, e, bytes.len() as u64))
+    }
+
+    /// A folder that becomes `dest` on [`Staged::commit`]: created now under a temporary name
+    /// beside `dest` (mode 0777 less the umask), filled by the caller, and renamed into place
+    /// only where nothing is (`RENAME_NOREPLACE`): a folder that appeared at `dest` meanwhile
+    /// fails the commit instead of being replaced. Until then it is removed with its contents.
+    ///
+    /// # Errors
+    /// [`Error::PathConflict`] when `dest` exists or is an input; [`Error::Io`] naming the
+    /// folder it was to be made in.
+    pub fn folder(&mut self, dest: &Path) -> Result<PathBuf> {
+        if dest.file_name().is_none() {
+            return Err(Error::PathConflict {
+                path: dest.to_path_buf(),
+                reason: "an output folder needs a name".into(),
+            });
+        }
+        self.check_not_input(dest)?;
+        if std::fs::symlink_metadata(dest).is_ok() {
+            return Err(exists(dest));
+        }
+        let dir = parent_of(dest);
+        let mut live = live();
+        let made = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .rand_bytes(self.rand_bytes())
+            .permissions(std::fs::Permissions::from_mode(0o777))
+            .tempdir_in(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        let temp = made.keep();
+        let id = register(&mut live, temp.clone(), Kind::Scratch);
+        self.folders.push(StagedFile {
+            id,
+            temp: temp.clone(),
+            dest: dest.to_path_buf(),
+        });
+        Ok(temp)
+    }
+
+    /// Creates the file `dest` holding `bytes` only if nothing is at `dest` (written under a
+    /// temporary name, then hard-linked into place: atomic, and never replacing anything).
+    /// Returns `false`, changing nothing, when something is already there. A claim this set
+    /// made is kept by [`Staged::commit`]; dropped without committing, the set removes it
+    /// unless its folder holds something besides it and temporary entries (others rely on it).
+    ///
+    /// # Errors
+    /// [`Error::PathConflict`] for an input; [`Error::Io`] or [`Error::NoSpace`] when it cannot
+    /// be written.
+    pub fn claim(&mut self, dest: &Path, bytes: &[u8]) -> Result<bool> {
+        self.check_not_input(dest)?;
+        let dir = parent_of(dest);
+        let (temp, temp_id) = {
+            let mut live = live();
+            let temp = tempfile::Builder::new()
+                .prefix(TEMP_PREFIX)
+                .rand_bytes(self.rand_bytes())
+                .permissions(std::fs::Permissions::from_mode(0o666))
+                .tempfile_in(dir)
+                .map_err(|e| Error::io(dir, e))?;
+            let id = register(&mut live, temp.path().to_path_buf(), Kind::File);
+            (temp, id)
+        };
+        let result = (|| {
+            let mut file = temp.as_file();
+            file.write_all(bytes)
+                .and_then(|()| file.flush())
+                .map_err(|e| write_error(temp.path(), e, bytes.len() as u64))?;
+            let mut live = live();
+            let linked = match std::fs::hard_link(temp.path(), dest) {
+                // File systems without hard links: a rename that replaces nothing.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
+                    rename_noreplace(temp.path(), dest)
+                }
+                other => other,
+            };
+            match linked {
+                Ok(()) => {
+                    let id = register(&mut live, dest.to_path_buf(), Kind::Claim);
+                    self.claims.push((id, dest.to_path_buf()));
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(Error::io(dest, e)),
+            }
+        })();
+        let mut live = live();
+        drop(temp); // removes the temporary name
+        unregister(&mut live, temp_id);
+        result
     }
 
     /// Renames every staged file into place. Every destination is checked first, so a
@@ -213,24 +420,47 @@ impl Staged {
     /// # Errors
     /// [`Error::PathConflict`] for a destination that became a folder; [`Error::Io`] naming
     /// the destination whose rename failed.
-    pub(crate) fn commit(mut self) -> Result<Vec<PathBuf>> {
+    pub fn commit(mut self) -> Result<Vec<PathBuf>> {
         let mut live = live();
         for f in &self.files {
             check_destination(&f.dest)?;
+            self.check_not_input(&f.dest)?;
         }
-        let mut moved: Vec<&Path> = Vec::new();
+        for f in &self.folders {
+            if std::fs::symlink_metadata(&f.dest).is_ok() {
+                return Err(exists(&f.dest));
+            }
+        }
+        let mut moved: Vec<(&Path, Kind)> = Vec::new();
+        let undo = |moved: Vec<(&Path, Kind)>| {
+            for (m, kind) in moved {
+                remove(m, kind);
+            }
+        };
         for f in &self.files {
             if let Err(e) = std::fs::rename(&f.temp, &f.dest) {
-                for m in moved {
-                    remove(m, Kind::File);
-                }
+                undo(moved);
                 return Err(Error::io(&f.dest, e));
             }
-            moved.push(&f.dest);
+            moved.push((&f.dest, Kind::File));
         }
-        let files = std::mem::take(&mut self.files);
+        for f in &self.folders {
+            if let Err(e) = rename_noreplace(&f.temp, &f.dest) {
+                undo(moved);
+                return Err(match e.raw_os_error() {
+                    Some(libc::EEXIST | libc::ENOTEMPTY) => exists(&f.dest),
+                    _ => Error::io(&f.dest, e),
+                });
+            }
+            moved.push((&f.dest, Kind::Scratch));
+        }
+        let mut files = std::mem::take(&mut self.files);
+        files.append(&mut self.folders);
         for f in &files {
             unregister(&mut live, f.id);
+        }
+        for (id, _) in self.claims.drain(..) {
+            unregister(&mut live, id);
         }
         for (id, _) in self.made_dirs.drain(..) {
             unregister(&mut live, id);
@@ -247,6 +477,14 @@ impl Drop for Staged {
             remove(&f.temp, Kind::File);
             unregister(&mut live, f.id);
         }
+        for (id, claim) in self.claims.drain(..) {
+            remove(&claim, Kind::Claim);
+            unregister(&mut live, id);
+        }
+        for f in self.folders.drain(..) {
+            remove(&f.temp, Kind::Scratch);
+            unregister(&mut live, f.id);
+        }
         for (id, dir) in self.scratch.drain(..) {
             remove(&dir, Kind::Scratch);
             unregister(&mut live, id);
@@ -254,6 +492,67 @@ impl Drop for Staged {
         for (id, dir) in self.made_dirs.drain(..).rev() {
             remove(&dir, Kind::MadeDir);
             unregister(&mut live, id);
+        }
+    }
+}
+
+/// Renames `from` to `to` only if nothing is at `to` (`renameat2(RENAME_NOREPLACE)`). Where the
+/// file system does not support that flag (NFS, some FUSE mounts: `EINVAL`, `ENOSYS`,
+/// `EOPNOTSUPP`), a folder falls back to a plain `rename`, which still fails onto a non-empty
+/// folder (`ENOTEMPTY`/`EEXIST`) and never writes through a link; a file then fails with
+/// `EEXIST` when something is there (checked just before, so a rename could only replace what
+/// appeared in between).
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e == rustix::io::Errno::INVAL
+                || e == rustix::io::Errno::NOSYS
+                || e == rustix::io::Errno::OPNOTSUPP =>
+        {
+            let from_dir = std::fs::symlink_metadata(from).is_ok_and(|m| m.is_dir());
+            if !from_dir && std::fs::symlink_metadata(to).is_ok() {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            std::fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn exists(dest: &Path) -> Error {
+    Error::PathConflict {
+        path: dest.to_path_buf(),
+        reason: "already exists; an output folder is only put where nothing is".into(),
+    }
+}
+
+/// Device and inode of an existing file (following links).
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// `path` made absolute, its longest existing part resolved (links and `..`), the rest
+/// appended: two spellings of one output compare equal even before it exists.
+pub(crate) fn normalized(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut at = absolute.as_path();
+    loop {
+        if let Ok(real) = at.canonicalize() {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out;
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return absolute,
         }
     }
 }
@@ -349,6 +648,194 @@ fn mount_of(info: &str, want: &str) -> Option<String> {
     })
 }
 
+// ---- reading folders other people may write to ----------------------------------------------
+
+/// A folder opened once, whose entries are opened relative to the open folder without following
+/// symbolic links: what it reads is inside it, whatever is planted in it meanwhile (see the
+/// module docs). Errors about an entry name the entry, never what a link there points to.
+#[derive(Debug)]
+pub struct SafeDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// What a [`SafeDir`] entry is, without following links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A folder.
+    Dir,
+    /// A symbolic link.
+    Link,
+    /// A FIFO, socket or device.
+    Other,
+}
+
+impl SafeDir {
+    /// Opens the folder `path` (the caller's own path: links in it are the caller's choice).
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the folder.
+    pub fn open(path: &Path) -> Result<SafeDir> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(path, e.into()))?;
+        Ok(SafeDir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The folder's path, as given to [`SafeDir::open`] (joined with the entry names below it).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The names of the folder's entries (`.` and `..` left out; names that are not UTF-8 are
+    /// converted lossily), unsorted.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the folder.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let io = |e: rustix::io::Errno| Error::io(&self.path, e.into());
+        let dir = rustix::fs::Dir::read_from(&self.fd).map_err(io)?;
+        let mut out = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_string_lossy();
+            if name != "." && name != ".." {
+                out.push(name.into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the entry `name` is, links not followed; `None` when there is none.
+    pub fn kind(&self, name: &str) -> Option<EntryKind> {
+        use rustix::fs::{AtFlags, FileType};
+        if !plain_entry(name) {
+            return None;
+        }
+        let st = rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        Some(match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => EntryKind::File,
+            FileType::Directory => EntryKind::Dir,
+            FileType::Symlink => EntryKind::Link,
+            _ => EntryKind::Other,
+        })
+    }
+
+    fn entry_error(&self, name: &str, e: rustix::io::Errno, want: &str) -> Error {
+        let path = self.path.join(name);
+        let reason = match (e, self.kind(name)) {
+            (_, Some(EntryKind::Link)) => {
+                format!("is a symbolic link, not {want}; links are not followed out of this folder")
+            }
+            (rustix::io::Errno::LOOP, _) => {
+                format!("is a symbolic link, not {want}; links are not followed out of this folder")
+            }
+            (rustix::io::Errno::NOTDIR, _) => format!("is not {want}"),
+            _ => return Error::io(path, e.into()),
+        };
+        Error::BadFile { path, reason }
+    }
+
+    /// Opens the sub-folder `name` (one plain name, not a link).
+    ///
+    /// # Errors
+    /// [`Error::BadFile`] naming the entry for a link, a non-folder or a name that is not a
+    /// plain entry name; [`Error::Io`] otherwise.
+    pub fn open_dir(&self, name: &str) -> Result<SafeDir> {
+        use rustix::fs::{Mode, OFlags};
+        self.check_name(name)?;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.entry_error(name, e, "a folder"))?;
+        Ok(SafeDir {
+            fd,
+            path: self.path.join(name),
+        })
+    }
+
+    /// Opens the regular file `name` for reading (one plain name, not a link). It is opened
+    /// non-blocking, so a FIFO there is refused at once instead of waiting for a writer.
+    ///
+    /// # Errors
+    /// [`Error::BadFile`] naming the entry for a link, a folder, a FIFO, socket or device;
+    /// [`Error::Io`] otherwise.
+    pub fn open_file(&self, name: &str) -> Result<File> {
+        use rustix::fs::{Mode, OFlags};
+        self.check_name(name)?;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.entry_error(name, e, "a regular file"))?;
+        let file = File::from(fd);
+        let path = self.path.join(name);
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        if !meta.is_file() {
+            return Err(Error::BadFile {
+                path,
+                reason: "is not a regular file (a folder, FIFO, socket or device)".into(),
+            });
+        }
+        Ok(file)
+    }
+
+    /// Reads the regular file `name` whole when it is at most `cap` bytes (`what` names it in
+    /// the error).
+    ///
+    /// # Errors
+    /// As [`SafeDir::open_file`]; [`Error::BadFile`] when it is larger than `cap`.
+    pub fn read_capped(&self, name: &str, cap: u64, what: &str) -> Result<Vec<u8>> {
+        let file = self.open_file(name)?;
+        let path = self.path.join(name);
+        let too_big = |len: u64| Error::BadFile {
+            path: path.clone(),
+            reason: format!("is {len} bytes or more; {what} is at most {cap} bytes"),
+        };
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        if len > cap {
+            return Err(too_big(len));
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        file.take(cap + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io(&path, e))?;
+        if out.len() as u64 > cap {
+            return Err(too_big(out.len() as u64));
+        }
+        Ok(out)
+    }
+
+    fn check_name(&self, name: &str) -> Result<()> {
+        if plain_entry(name) {
+            Ok(())
+        } else {
+            Err(Error::BadFile {
+                path: self.path.join(name),
+                reason: "is not one plain entry name".into(),
+            })
+        }
+    }
+}
+
+fn plain_entry(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +853,39 @@ mod tests {
             Some("/dev/vda (mounted on /)")
         );
         assert_eq!(mount_of(info, "9:9"), None);
+    }
+
+    /// With one random character there are 62 temporary names: all of them are planted as links
+    /// to a victim, so the only way a file can be made is by following one. None is followed.
+    #[test]
+    fn links_planted_at_every_temporary_name_are_never_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let victim = root.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let out = root.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let chars = ('a'..='z').chain('A'..='Z').chain('0'..='9');
+        for c in chars.clone() {
+            std::os::unix::fs::symlink(&victim, out.join(format!("{TEMP_PREFIX}{c}"))).unwrap();
+        }
+        let planted = || std::fs::read_dir(&out).unwrap().count();
+        let mut s = Staged::new();
+        s.name_chars = 1;
+        assert!(s.file(&out.join("x.npy")).is_err());
+        assert!(s.folder(&out.join("part")).is_err());
+        assert!(s.claim(&out.join("manifest.json"), b"{}").is_err());
+        assert!(s.scratch_dir(&out.join("x.npy")).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(planted(), 62);
+        // One name freed: that one is used, and still no link is followed.
+        std::fs::remove_file(out.join(format!("{TEMP_PREFIX}q"))).unwrap();
+        let (temp, mut file) = s.file(&out.join("x.npy")).unwrap();
+        assert_eq!(temp, out.join(format!("{TEMP_PREFIX}q")));
+        file.write_all(b"output").unwrap();
+        assert_eq!(s.commit().unwrap(), vec![out.join("x.npy")]);
+        assert_eq!(std::fs::read(out.join("x.npy")).unwrap(), b"output");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(planted(), 62);
     }
 
     #[test]

@@ -369,6 +369,16 @@ fn read(
                 reason: "the world size is 0".into(),
             });
         }
+        if world_size > crate::sampler::MAX_WORLD_SIZE {
+            return Err(Error::LauncherVariable {
+                name: names[1].to_string(),
+                value: world_size.to_string(),
+                reason: format!(
+                    "more ranks than a run may have (at most {})",
+                    crate::sampler::MAX_WORLD_SIZE
+                ),
+            });
+        }
         if rank >= world_size {
             return Err(Error::LauncherContradiction {
                 launcher: launcher.name(),
@@ -402,11 +412,12 @@ fn read(
 /// renumbers from 0. When it lists exactly one device (launchers that give each task its own GPU,
 /// e.g. Slurm's `--gpus-per-task=1`, set it so), that device is ordinal 0 for every rank; when
 /// it lists several, the local rank must be below their count. An unknown local rank is
-/// device 0.
+/// device 0. CUDA reads the list up to its first invalid entry, so `-1` (or any entry starting
+/// with `-`) ends it: `CUDA_VISIBLE_DEVICES=-1` makes no device visible.
 ///
 /// # Errors
 /// [`Error::LauncherContradiction`] when the local rank is not below the number of devices
-/// `CUDA_VISIBLE_DEVICES` lists.
+/// `CUDA_VISIBLE_DEVICES` lists, or it makes none visible.
 pub fn cuda_ordinal(
     local_rank: Option<usize>,
     cuda_visible_devices: Option<&str>,
@@ -418,9 +429,16 @@ pub fn cuda_ordinal(
     let visible = list
         .split(',')
         .map(str::trim)
-        .take_while(|d| !d.is_empty())
+        .take_while(|d| !d.is_empty() && !d.starts_with('-'))
         .count();
     match visible {
+        0 => Err(Error::LauncherContradiction {
+            launcher: "cuda",
+            variables: vec![("CUDA_VISIBLE_DEVICES".into(), list.to_string())],
+            reason: "it makes no CUDA device visible (CUDA reads the list up to its first \
+                     invalid entry, such as -1)"
+                .into(),
+        }),
         1 => Ok(0),
         n if local < n => Ok(local),
         n => Err(Error::LauncherContradiction {
@@ -726,5 +744,33 @@ mod tests {
         assert!(e.to_string().contains("CUDA_VISIBLE_DEVICES=0,1"), "{e}");
         // CUDA stops at the first empty entry; an empty list hides every device.
         assert!(cuda_ordinal(Some(0), Some("")).is_err());
+        // -1 is invalid, so it hides every device (not one device, ordinal 0).
+        for hidden in ["-1", " -1", "-1,0"] {
+            let e = cuda_ordinal(Some(0), Some(hidden)).unwrap_err();
+            assert!(
+                e.to_string().contains("no CUDA device visible"),
+                "{hidden:?}: {e}"
+            );
+        }
+        // ...and ends the list where it stands: "0,-1,1" is one device.
+        assert_eq!(cuda_ordinal(Some(3), Some("0,-1,1")).unwrap(), 0);
+    }
+
+    #[test]
+    fn world_sizes_beyond_the_limit_are_refused_before_any_allocation() {
+        let huge = usize::MAX.to_string();
+        let e = resolve(Some(0), Some(usize::MAX), &env(&[])).unwrap_err();
+        assert!(matches!(e, Error::WorldSizeTooLarge { .. }), "{e}");
+        assert!(e.to_string().contains(&huge), "{e}");
+        let e = resolve(
+            None,
+            None,
+            &env(&[("RANK", "0"), ("WORLD_SIZE", &huge), ("LOCAL_RANK", "0")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("WORLD_SIZE") && e.to_string().contains(&huge),
+            "{e}"
+        );
     }
 }

@@ -15,12 +15,14 @@ fn main() -> ExitCode {
     let result: CliResult = match &cli.command {
         Command::Info => info(),
         Command::Bench(args) => run_bench(args),
-        // SIGINT / SIGTERM remove the run's temporary files before exiting (130 / 143).
+        // SIGINT / SIGTERM remove the run's temporary files and folders before exiting (130 /
+        // 143), for convert (also --distributed) and merge alike.
         Command::Convert(args) => arraydrain::fsafe::cleanup_on_signals()
             .and_then(|()| arraydrain::convert::run(args))
             .map(|summary| println!("{summary}"))
             .map_err(Into::into),
-        Command::Merge(args) => arraydrain::shards::merge(args)
+        Command::Merge(args) => arraydrain::fsafe::cleanup_on_signals()
+            .and_then(|()| arraydrain::shards::merge(args))
             .map(|summary| println!("{summary}"))
             .map_err(Into::into),
     };

@@ -28,8 +28,8 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use memmap2::{Mmap, MmapMut, MmapOptions, UncheckedAdvice};
 
@@ -75,6 +75,15 @@ impl ReadMap {
             .custom_flags(libc::O_NONBLOCK)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
+        ReadMap::from_file(file, path)
+    }
+
+    /// Maps a file already open for reading (e.g. by [`SafeDir::open_file`](crate::fsafe::SafeDir::open_file)),
+    /// so that what was checked and what is read are the same file; `path` names it in errors.
+    ///
+    /// # Errors
+    /// As [`ReadMap::open`].
+    pub fn from_file(file: File, path: &Path) -> Result<ReadMap> {
         let meta = file.metadata().map_err(|e| Error::io(path, e))?;
         if !meta.is_file() {
             let kind = match meta.file_type() {
@@ -379,9 +388,10 @@ static FAULT_PAGES: [AtomicUsize; RECORDED] = [const { AtomicUsize::new(0) }; RE
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
 /// Serialises slot allocation (never taken by the handler).
 static SLOT_LOCK: Mutex<()> = Mutex::new(());
-static INSTALL: Once = Once::new();
-/// The `SIGBUS` action in force before ours, restored for faults that are not ours.
-static PREVIOUS: Mutex<Option<libc::sigaction>> = Mutex::new(None);
+/// The `SIGBUS` action in force before ours, restored for faults that are not ours. Written once,
+/// before our handler is installed (so before the handler can run), then only read: the handler
+/// reads it with `OnceLock::get` (one atomic load, async-signal-safe), never through a lock.
+static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
 fn register_read_map(start: usize, len: usize) -> Option<usize> {
     if len == 0 {
@@ -456,12 +466,12 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
     }
     // Not a fault of ours: put the previous action back and return, so the access faults again
     // and is handled (or ends the process) as it would have been without us.
-    if let Ok(previous) = PREVIOUS.try_lock() {
-        if let Some(old) = previous.as_ref() {
-            // SAFETY: `old` is the action the kernel returned when ours was installed.
-            unsafe { libc::sigaction(signal, old, std::ptr::null_mut()) };
-            return;
-        }
+    // `OnceLock::get` is one atomic load (acquire) and a pointer read: no lock, no allocation.
+    if let Some(old) = PREVIOUS.get() {
+        // SAFETY: `old` is the action the kernel returned before ours was installed, stored
+        // before the install and never changed after.
+        unsafe { libc::sigaction(signal, old, std::ptr::null_mut()) };
+        return;
     }
     // SAFETY: restoring the default action of SIGBUS takes no pointers.
     unsafe { libc::signal(signal, libc::SIG_DFL) };
@@ -474,32 +484,72 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
 /// # Errors
 /// [`Error::Io`] when the handler cannot be installed.
 pub fn catch_input_faults() -> Result<()> {
-    let mut result = Ok(());
-    INSTALL.call_once(|| {
-        // SAFETY: sysconf only reads its argument.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if let Ok(page) = usize::try_from(page) {
-            if page.is_power_of_two() {
-                PAGE_SIZE.store(page, Ordering::Relaxed);
-            }
+    SIGBUS_HANDLER.run(install_sigbus_handler)
+}
+
+/// Something installed once per process: a call after a success does nothing; a failed install
+/// is reported, and tried again (and reported again) by the next call, never taken for success.
+struct InstallOnce {
+    installed: AtomicBool,
+    lock: Mutex<()>,
+}
+
+impl InstallOnce {
+    const fn new() -> InstallOnce {
+        InstallOnce {
+            installed: AtomicBool::new(false),
+            lock: Mutex::new(()),
         }
-        // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no flags); the fields
-        // set below make it a SA_SIGINFO action whose handler has the matching signature and
-        // only uses async-signal-safe operations (atomics, mmap, sigaction).
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = on_sigbus as *const () as libc::sighandler_t;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
-        // SAFETY: as above; `old` receives the previous action.
+    }
+
+    fn run(&self, install: impl FnOnce() -> Result<()>) -> Result<()> {
+        if self.installed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Two threads never install at once.
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.installed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        install()?;
+        self.installed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+static SIGBUS_HANDLER: InstallOnce = InstallOnce::new();
+
+fn install_sigbus_handler() -> Result<()> {
+    // SAFETY: sysconf only reads its argument.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if let Ok(page) = usize::try_from(page) {
+        if page.is_power_of_two() {
+            PAGE_SIZE.store(page, Ordering::Relaxed);
+        }
+    }
+    if PREVIOUS.get().is_none() {
+        // SAFETY: an all-zero `sigaction` is a valid value; it receives the current action.
         let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are to live, initialised `sigaction` values.
-        let rc = unsafe { libc::sigaction(libc::SIGBUS, &action, &mut old) };
+        // SAFETY: a null new action only reads the current one into `old`, a live value.
+        let rc = unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) };
         if rc != 0 {
-            result = Err(Error::io("SIGBUS handler", std::io::Error::last_os_error()));
-            return;
+            return Err(Error::io("SIGBUS handler", std::io::Error::last_os_error()));
         }
-        *PREVIOUS.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
-    });
-    result
+        let _ = PREVIOUS.set(old);
+    }
+    // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no flags); the fields
+    // set below make it a SA_SIGINFO action whose handler has the matching signature and
+    // only uses async-signal-safe operations (atomics, mmap, sigaction).
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_sigbus as *const () as libc::sighandler_t;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+    // SAFETY: the pointer is to a live, initialised `sigaction`; the previous action was saved
+    // above, before this one can run.
+    let rc = unsafe { libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(Error::io("SIGBUS handler", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Checks the live [`ReadMap`]s of `paths` (as they were given to [`ReadMap::open`]) with
@@ -535,6 +585,28 @@ fn check_range(range: &Range<usize>, len: usize, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_failed_install_is_reported_and_retried_never_taken_for_success() {
+        let once = InstallOnce::new();
+        let calls = std::cell::Cell::new(0);
+        let fail = || {
+            calls.set(calls.get() + 1);
+            Err(Error::io(
+                "SIGBUS handler",
+                std::io::Error::other("refused"),
+            ))
+        };
+        assert!(once.run(fail).is_err());
+        assert!(
+            once.run(fail).is_err(),
+            "a second call after a failure is not Ok"
+        );
+        assert_eq!(calls.get(), 2);
+        assert!(once.run(|| Ok(())).is_ok());
+        assert!(once.run(fail).is_ok(), "installed: nothing more to do");
+        assert_eq!(calls.get(), 2);
+    }
 
     #[test]
     fn written_bytes_survive_release_and_reach_the_file() {

@@ -37,6 +37,11 @@ impl Order {
     }
 }
 
+/// The most ranks a sharded order may have: far above any run (a world size is one process per
+/// device), and low enough that everything derived from it (part names, a manifest's checks,
+/// per-rank arithmetic) stays small. Larger values are refused before anything is allocated.
+pub const MAX_WORLD_SIZE: usize = 1 << 20;
+
 /// One rank's share of the order, with PyTorch `DistributedSampler` semantics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -50,10 +55,17 @@ impl Shard {
     /// Validates and builds a shard.
     ///
     /// # Errors
-    /// [`Error::ZeroWorldSize`], [`Error::RankOutOfRange`].
+    /// [`Error::ZeroWorldSize`], [`Error::WorldSizeTooLarge`] (above [`MAX_WORLD_SIZE`]),
+    /// [`Error::RankOutOfRange`].
     pub fn new(rank: usize, world_size: usize) -> Result<Self> {
         if world_size == 0 {
             return Err(Error::ZeroWorldSize);
+        }
+        if world_size > MAX_WORLD_SIZE {
+            return Err(Error::WorldSizeTooLarge {
+                world_size,
+                max: MAX_WORLD_SIZE,
+            });
         }
         if rank >= world_size {
             return Err(Error::RankOutOfRange { rank, world_size });

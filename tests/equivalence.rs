@@ -209,6 +209,94 @@ fn assert_output(out: &Materialized, expected: &[Vec<u8>], case: &Case, what: &s
     }
 }
 
+/// Bytes of one parallel gather task and of one preallocated block, as in `src/gather/`
+/// (`cpu::TASK_BYTES`, `BLOCK_BYTES`): the large cases below exceed both, so the gather splits
+/// each block into many parallel tasks and the output into several blocks.
+const TASK_BYTES: usize = 256 << 10;
+const BLOCK_BYTES: usize = 32 << 20;
+
+/// Large cases: one or two columns of 1,400-1,700-byte rows, 25,000-30,000 rows (over 35 MB
+/// per column), shuffled or explicit orders, filled from a seed (not drawn byte by byte).
+fn big_case() -> impl Strategy<Value = Case> {
+    (
+        25_000usize..30_000,
+        prop::collection::vec((1_400usize..1_700, any::<u64>()), 1..3),
+        any::<u64>(),
+        any::<bool>(),
+        1usize..1_000,
+        any::<bool>(),
+    )
+        .prop_map(|(rows, widths, seed, explicit, batch_size, drop_last)| {
+            let mut z = seed | 1;
+            let mut next = move || {
+                z ^= z << 13;
+                z ^= z >> 7;
+                z ^= z << 17;
+                z
+            };
+            let cols = widths
+                .iter()
+                .map(|&(width, s)| {
+                    let mut x = s | 1;
+                    let bytes = (0..rows * width)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect();
+                    ColSpec {
+                        dtype: DType::U8,
+                        row_shape: vec![width],
+                        bytes,
+                    }
+                })
+                .collect();
+            let order = if explicit {
+                // Repeats and gaps, as an explicit order may have.
+                OrderSpec::Indices((0..rows + 777).map(|_| next() % rows as u64).collect())
+            } else {
+                OrderSpec::Shuffle(seed)
+            };
+            Case {
+                rows,
+                cols,
+                order,
+                shard: None,
+                batch_size,
+                drop_last,
+                shard_drop_last: false,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn large_outputs_through_the_parallel_and_multi_block_gather_equal_the_naive_one(case in big_case()) {
+        let table = table(&case);
+        let loader = loader(&case, &table);
+        let expected = naive(&case);
+        let width = case.cols[0].row_shape[0];
+        let out_rows = expected[0].len() / width;
+        // The paths this test exists for: many tasks per block, several blocks.
+        prop_assert!(out_rows > TASK_BYTES / width);
+        prop_assert!(table.row_bytes() * out_rows > BLOCK_BYTES, "{} bytes", table.row_bytes() * out_rows);
+        for strategy in [Way::Concat, Way::PerBatch, Way::Preallocated, Way::Auto] {
+            let out = loader.materialize(strategy).unwrap();
+            assert_output(&out, &expected, &case, strategy.name());
+        }
+        let mut out = loader.materialize(Way::Preallocated).unwrap();
+        for c in out.columns_mut() {
+            c.as_bytes_mut().fill(0xEE);
+        }
+        loader.materialize_into(&mut out).unwrap();
+        assert_output(&out, &expected, &case, "materialize_into");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 

@@ -273,7 +273,11 @@ fn numpy_test_arrays_convert_where_numpy_loads_them() {
             let target = out_root.join(format!("{tag}.npz"));
             let o = convert(&[&path, "--out", p(&target)]);
             let stderr = String::from_utf8_lossy(&o.stderr);
-            assert!(!o.status.success(), "{file}: converted\n{}", text(&o));
+            assert!(
+                matches!(o.status.code(), Some(1 | 2)),
+                "{file}: converted\n{}",
+                text(&o)
+            );
             let why = case["why"].as_str().unwrap();
             assert!(
                 stderr.contains(file) && stderr.contains(why) && !stderr.contains("panicked"),
@@ -284,17 +288,38 @@ fn numpy_test_arrays_convert_where_numpy_loads_them() {
         }
     }
     check(py, &specs, &s.path("checks.json"));
-    // NumPy 2.4: 178 arrays from test_format.py and the 7 files of numpy/lib/tests/data, 144
-    // converted and 41 refused (object arrays need pickles; 0-d arrays have no rows).
+    // The counts are exact for each NumPy release whose test arrays were examined: a release
+    // that adds, drops or changes arrays must be looked at (which ones, and why) before its
+    // counts are added here.
+    let version = numpy_version(py);
     println!(
-        "NumPy's test arrays: {} ({converted} converted, {refused} refused)",
+        "NumPy {version}'s test arrays: {} ({converted} converted, {refused} refused)",
         cases.len()
     );
-    assert!(
-        cases.len() >= 170 && converted >= 130,
-        "{} cases",
-        cases.len()
+    let expected = match version.split('.').take(2).collect::<Vec<_>>()[..] {
+        // 178 arrays from test_format.py and the 7 files of numpy/lib/tests/data; refused:
+        // object arrays (they need pickles) and 0-d arrays (they have no rows).
+        ["2", "4"] => (185, 144, 41),
+        _ => panic!(
+            "NumPy {version}: {} test arrays, {converted} converted, {refused} refused; no \
+             counts are recorded for this release: check the cases and add them",
+            cases.len()
+        ),
+    };
+    assert_eq!(
+        (cases.len(), converted, refused),
+        expected,
+        "NumPy {version}"
     );
+}
+
+fn numpy_version(py: &Path) -> String {
+    let o = Command::new(py)
+        .args(["-c", "import numpy; print(numpy.__version__)"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 #[test]
@@ -360,7 +385,7 @@ fn refusals_are_short_and_name_what_numpy_would_refuse() {
         args.extend(["--out".into(), p(&s.path("out.npz")).into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = convert(&args);
-        assert!(!o.status.success(), "{name}: converted");
+        assert!(matches!(o.status.code(), Some(1 | 2)), "{name}: converted");
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(
             stderr.len() < 1000,

@@ -6,7 +6,6 @@ bare bytes) and the shape of one row."""
 
 from collections.abc import Iterable, Sequence
 from os import PathLike
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -100,13 +99,15 @@ def shard_world_size(dir: str | PathLike[str]) -> int:
 
 def check_shards(
     dir: str | PathLike[str],
-) -> tuple[list[str], list[list[Path]], int, int]:
+) -> tuple[list[str], list[list[tuple[int, PathLike[str]]]], int, int]:
     """Checks a shard folder as ``arraydrain merge`` does: column names, each rank's column
-    files, merged rows without and with the sampler's padding."""
+    files as (open file descriptor owned by the caller, path shown), merged rows without and
+    with the sampler's padding."""
 
 def merge_shards(
     dir: str | PathLike[str],
     out_dir: str | PathLike[str],
     keep_padding: bool = False,
-) -> list[tuple[str, Path]]:
-    """Checks and merges a shard folder into ``out_dir/NAME.npy``: each column's name and file."""
+) -> list[tuple[str, int, PathLike[str]]]:
+    """Checks and merges a shard folder into ``out_dir/NAME.npy``: each column's name, its
+    written file as an open file descriptor (owned by the caller), and its path (shown)."""

@@ -3,6 +3,7 @@ dataset through the engine's own check and merge (the checks of ``arraydrain mer
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import tempfile
@@ -28,8 +29,11 @@ def load_shards(
     ``keep_padding=True``.
 
     Every part is checked first, as ``arraydrain merge`` checks it: present, finished, of the
-    manifest's run, claimed by one folder only, each file of its recorded size, dtype, shape and
-    CRC-32. Any problem raises one error listing all of them, and nothing is returned.
+    manifest's run, claimed by one folder only, each file a regular file inside the folder (no
+    symbolic link is followed) of its recorded size, dtype, shape and CRC-32. Any problem raises
+    one error listing them, and nothing is returned. The arrays are read from the very files
+    that were checked (or written), through their open descriptors: nothing is reopened by path,
+    so a folder swapped in meanwhile changes nothing.
 
     **Where the arrays live.** The ranks' rows are interleaved (row ``i`` of rank ``r``'s part is
     position ``i·world_size + r`` of the global order), so with more than one rank the columns
@@ -69,11 +73,14 @@ def load_shards(
         dest = _path(out_dir, "out_dir")
         return _load(_native.merge_shards(src, dest, keep_padding), mode)
     if mmap and _native.shard_world_size(src) == 1:
-        # One rank: its part is the merged output; checked (as merge would), then mapped.
-        names, files, merged_rows, padded_rows = _native.check_shards(src)
-        rows = padded_rows if keep_padding else merged_rows
-        arrays = _load(list(zip(names, files[0])), mode)
-        return {n: a[:rows] for n, a in arrays.items()}
+        # One rank: its part is the merged output; checked (as merge would), then mapped from
+        # the checked files. The world size is checked again on the set that was checked.
+        names, fds, merged_rows, padded_rows = _native.check_shards(src)
+        if len(fds) == 1:
+            rows = padded_rows if keep_padding else merged_rows
+            arrays = _load([(n, fd, p) for n, (fd, p) in zip(names, fds[0])], mode)
+            return {n: a[:rows] for n, a in arrays.items()}
+        _close_all(fd for part in fds for fd, _ in part)
     tmp = tempfile.mkdtemp(prefix="arraydrain-shards-")
     try:
         return _load(_native.merge_shards(src, tmp, keep_padding), mode)
@@ -91,5 +98,47 @@ def _path(value: Any, what: str) -> str:
         ) from None
 
 
-def _load(files: list[tuple[str, Any]], mode: str | None) -> dict[str, np.ndarray]:
-    return {name: np.load(os.fspath(f), mmap_mode=mode, allow_pickle=False) for name, f in files}
+def _close_all(fds: Any) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _load(files: list[tuple[str, int, Any]], mode: str | None) -> dict[str, np.ndarray]:
+    """Each ``(name, fd, path)`` as an array read from the open file ``fd`` (closed here;
+    ``path`` is only shown, as a map's ``filename``: nothing is reopened by path)."""
+    out: dict[str, np.ndarray] = {}
+    pending = [fd for _, fd, _ in files]
+    try:
+        for i, (name, fd, path) in enumerate(files):
+            pending[i] = -1
+            with os.fdopen(fd, "rb") as f:
+                array = _read_npy(f, mode)
+            if isinstance(array, np.memmap):
+                array.filename = os.path.abspath(os.fspath(path))
+            out[name] = array
+    finally:
+        _close_all(fd for fd in pending if fd >= 0)
+    return out
+
+
+def _read_npy(f: Any, mode: str | None) -> np.ndarray:
+    """The ``.npy`` array in the open file ``f``: in memory, or a read-only map of ``f``."""
+    f.seek(0)
+    if mode is None:
+        return np.load(f, allow_pickle=False)
+    version = np.lib.format.read_magic(f)
+    length = int.from_bytes(f.read(2 if version == (1, 0) else 4), "little")
+    text = f.read(length).decode("latin1" if version < (3, 0) else "utf8")
+    # The header was checked by the engine before (NumPy's own reader does the same parse).
+    header = ast.literal_eval(text)
+    dtype = np.lib.format.descr_to_dtype(header["descr"])
+    shape = tuple(header["shape"])
+    order = "F" if header["fortran_order"] else "C"
+    if dtype.itemsize == 0 or 0 in shape:
+        empty = np.empty(shape, dtype=dtype, order=order)
+        empty.flags.writeable = False
+        return empty
+    return np.memmap(f, dtype=dtype, mode=mode, offset=f.tell(), shape=shape, order=order)

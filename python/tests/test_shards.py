@@ -335,3 +335,81 @@ def test_load_shards_with_fewer_rows_than_ranks(tmp_path):
         got = arraydrain.load_shards(tmp_path / "cut", mmap=mmap)
         assert_same_array(got["x"], x[:0])
         assert_same_array(got["y"], y[:0])
+
+
+def one_rank_shards(folder: pathlib.Path, n: int, scale: float):
+    """A one-rank shard folder of `n` rows whose values are scaled by `scale`."""
+    x, y = write_inputs(folder / "in", n)
+    np.save(folder / "in" / "x.npy", (x * scale).astype(np.float32))
+    convert_ranks(folder / "in", folder / "shards", 1)
+    return (x * scale).astype(np.float32), folder / "shards"
+
+
+def test_load_shards_reads_the_files_it_checked_when_the_folder_is_swapped(tmp_path, monkeypatch):
+    from arraydrain import _shards
+
+    x, shards = one_rank_shards(tmp_path / "a", 9, 1.0)
+    other_x, other = one_rank_shards(tmp_path / "b", 9, -7.0)
+    real_check, real_merge = _shards._native.check_shards, _shards._native.merge_shards
+
+    def swap():
+        # Between the check and the read, the checked folder is replaced by another one.
+        shards.rename(tmp_path / "a" / "old")
+        shutil.copytree(other, shards)
+
+    def check_then_swap(*a):
+        r = real_check(*a)
+        swap()
+        return r
+
+    monkeypatch.setattr(_shards._native, "check_shards", check_then_swap)
+    got = arraydrain.load_shards(shards)
+    assert_same_array(got["x"], x)
+    monkeypatch.setattr(_shards._native, "check_shards", real_check)
+
+    # A merged output replaced between the merge and the read.
+    out = tmp_path / "out"
+
+    def merge_then_replace(*a):
+        r = real_merge(*a)
+        (out / "x.npy").unlink()
+        np.save(out / "x.npy", other_x)
+        return r
+
+    monkeypatch.setattr(_shards._native, "merge_shards", merge_then_replace)
+    for mmap in (True, False):
+        shutil.rmtree(out, ignore_errors=True)
+        got = arraydrain.load_shards(tmp_path / "a" / "old", out_dir=out, mmap=mmap)
+        assert_same_array(got["x"], x)
+
+
+def test_load_shards_follows_no_link_and_refuses_forged_or_special_manifests(tmp_path):
+    _, shards = one_rank_shards(tmp_path, 6, 2.0)
+    secret = tmp_path / "secret.npy"
+    np.save(secret, np.arange(91, dtype=np.float64).reshape(7, 13))
+    part_x = shards / "part-00000-of-00001" / "x.npy"
+    saved = part_x.read_bytes()
+    part_x.unlink()
+    part_x.symlink_to(secret)
+    with pytest.raises(arraydrain.DrainValueError) as e:
+        arraydrain.load_shards(shards)
+    msg = str(e.value)
+    assert "part-00000-of-00001/x.npy" in msg and "symbolic link" in msg, msg
+    for leak in ("(7, 13)", "[13]", "<f8", str(secret.stat().st_size), "secret"):
+        assert leak not in msg, msg
+    part_x.unlink()
+    part_x.write_bytes(saved)
+
+    manifest = shards / "manifest.json"
+    good = manifest.read_text()
+    manifest.unlink()
+    os.mkfifo(manifest)
+    with pytest.raises(arraydrain.ArrayDrainError, match="not a regular file"):
+        arraydrain.load_shards(shards)
+    manifest.unlink()
+    manifest.symlink_to("/dev/zero")
+    with pytest.raises(arraydrain.ArrayDrainError, match="symbolic link"):
+        arraydrain.load_shards(shards)
+    manifest.unlink()
+    manifest.write_text(good)
+    assert arraydrain.load_shards(shards)["x"].shape == (6, 4)

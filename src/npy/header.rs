@@ -81,6 +81,20 @@ pub struct NpyHeader {
     pub data_len: usize,
 }
 
+/// The data bytes of an array of `dims` and `item`-byte elements, when NumPy can make it: as
+/// NumPy checks, the product of the non-zero dimensions, and that times the element size, must
+/// fit in a signed pointer-sized integer, even when a zero dimension makes the array empty, so
+/// `(2**64 - 1, 0)` is refused as NumPy refuses it.
+fn loadable_len(dims: &[usize], item: usize) -> Option<usize> {
+    let max = isize::MAX as usize;
+    let count = dims
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |a, &d| a.checked_mul(d).filter(|&n| n <= max))?;
+    let bytes = count.checked_mul(item).filter(|&n| n <= max)?;
+    Some(if dims.contains(&0) { 0 } else { bytes })
+}
+
 impl NpyHeader {
     /// Parses and checks the header at the start of `bytes` (a whole file, or at least its
     /// header), refusing exactly what `numpy.load` refuses: another magic, versions other than
@@ -230,12 +244,7 @@ impl NpyHeader {
             Some(d) => d,
             None => DType::Opaque(Opaque::from_parts(&text[descr.span.clone()], element.size)),
         };
-        let mut parts = dims_out.clone();
-        parts.push(element.size);
-        let data_len = parts
-            .iter()
-            .try_fold(1usize, |a, &p| a.checked_mul(p))
-            .filter(|&n| n <= isize::MAX as usize)
+        let data_len = loadable_len(&dims_out, element.size)
             .ok_or_else(|| format!("shape {} is too large for this machine", quoted(shape)))?;
         Ok(NpyHeader {
             version: (major, minor),
@@ -253,11 +262,20 @@ impl NpyHeader {
     /// data starts at a multiple of 64 bytes.
     ///
     /// # Errors
-    /// [`Error::UnsupportedDType`] for `bf16`.
+    /// [`Error::UnsupportedDType`] for `bf16`; [`Error::SizeOverflow`] for a shape NumPy could
+    /// not load (see [`NpyHeader::parse`]).
     pub fn encode(dtype: &DType, shape: &[usize]) -> Result<Vec<u8>> {
         let descr = descr(dtype).ok_or_else(|| Error::UnsupportedDType {
             descr: "bf16 (NumPy has no bfloat16 dtype; store such a column as u16 or f32)".into(),
         })?;
+        if loadable_len(shape, dtype.size()).is_none() {
+            return Err(Error::SizeOverflow {
+                what: format!(
+                    "an array of shape {shape:?} and {}-byte elements",
+                    dtype.size()
+                ),
+            });
+        }
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let shape_text = match dims.len() {
             1 => format!("({},)", dims[0]),
@@ -469,6 +487,28 @@ mod tests {
         assert!(NpyHeader::parse(b"\x93NUMPY\x01\x00\xff\x00{")
             .unwrap_err()
             .contains("truncated"));
+    }
+
+    #[test]
+    fn shapes_numpy_cannot_make_are_refused_even_when_empty() {
+        for shape in [
+            "(18446744073709551615, 0)",
+            "(0, 9223372036854775808)",
+            "(4611686018427387904, 4, 0)",
+        ] {
+            let text = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            let e = NpyHeader::parse(&header((1, 0), &text)).unwrap_err();
+            assert!(e.contains("too large"), "{shape}: {e}");
+        }
+        // Empty arrays NumPy makes are read: a zero dimension with the rest in range.
+        let text = "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 1000000), }";
+        assert_eq!(NpyHeader::parse(&header((1, 0), text)).unwrap().data_len, 0);
+        // ...and never written.
+        assert!(matches!(
+            NpyHeader::encode(&DType::F32, &[usize::MAX, 0]),
+            Err(Error::SizeOverflow { .. })
+        ));
+        assert!(NpyHeader::encode(&DType::F32, &[0, 5]).is_ok());
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub use mapped::{mapped_output, MappedNpy};
 pub(crate) use mapped::{stage_mapped_output, MappedIn};
 pub(crate) use names::unsafe_name_reason;
 pub use read::{read_indices, read_npy, read_npz, read_table};
+pub(crate) use read::{read_indices_mapped, read_npy_file, read_table_mapped};
 pub use write::{
     drain_to_npy_dir, drain_to_npz, write_npy, write_npy_dir, write_npy_dir_with, write_npz,
     WriteOptions, WriteProgress,

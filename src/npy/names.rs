@@ -2,7 +2,8 @@
 //! stem, i.e. from whoever made the input; when the output is written it becomes `NAME.npy` in a
 //! folder or an archive. So a name must be a plain file name: nothing that climbs out of the
 //! folder (`..`, `/`, `\`, an absolute path), nothing a file system or a terminal treats
-//! specially (NUL, control characters), not empty. Such names are refused, never rewritten: a
+//! specially (NUL, control characters, bidirectional controls that make a name display as
+//! another), not the prefix of unfinished outputs (`.arraydrain-`), not empty. Such names are refused, never rewritten: a
 //! silently renamed column would be a different dataset.
 
 use crate::error::{Error, Result};
@@ -21,7 +22,21 @@ pub(crate) fn unsafe_name_reason(name: &str) -> Option<&'static str> {
     if name.chars().any(char::is_control) {
         return Some("it contains NUL or another control character");
     }
+    if name.chars().any(is_bidi_control) {
+        return Some(
+            "it contains a bidirectional control character (U+202A-U+202E, U+2066-U+2069, \
+             U+200E, U+200F, U+061C), which makes a name display as another",
+        );
+    }
+    if name.starts_with(crate::fsafe::TEMP_PREFIX) {
+        return Some("it starts with \".arraydrain-\", the prefix of unfinished outputs");
+    }
     None
+}
+
+/// The characters that reorder how text is displayed (embeddings, overrides, isolates, marks).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
 /// Checks that a column name can be used as a file name (see the module docs).
@@ -59,6 +74,9 @@ mod tests {
             "nul\0",
             "tab\t",
             "\u{1b}[2J",
+            "evil\u{202E}ypn.exe",
+            "a\u{2066}b",
+            ".arraydrain-x1Y2z3",
         ] {
             assert!(unsafe_name_reason(bad).is_some(), "{bad:?}");
             assert!(matches!(

@@ -173,8 +173,21 @@ fn check_fits_memory(path: &Path, what: &str, bytes: u64) -> Result<()> {
 /// fewer data bytes than the header declares.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<Column<'static>> {
     let path = path.as_ref();
+    npy_from_map(path, Arc::new(ReadMap::open(path)?))
+}
+
+/// [`read_npy`] of a file already open (checked by the caller, e.g. opened without following
+/// links), named `path` in errors; returns the map too (the whole file's bytes).
+pub(crate) fn read_npy_file(
+    file: std::fs::File,
+    path: &Path,
+) -> Result<(Column<'static>, Arc<ReadMap>)> {
+    let map = Arc::new(ReadMap::from_file(file, path)?);
+    Ok((npy_from_map(path, Arc::clone(&map))?, map))
+}
+
+fn npy_from_map(path: &Path, map: Arc<ReadMap>) -> Result<Column<'static>> {
     let name = utf8_name(path, path.file_stem())?;
-    let map = Arc::new(ReadMap::open(path)?);
     let len = map.bytes().len();
     column_from_image(path, "", name, map, 0..len)
 }
@@ -191,7 +204,10 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<Column<'static>> {
 /// of [`read_npy`]'s failures in a member.
 pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<Column<'static>>> {
     let path = path.as_ref();
-    let map = Arc::new(ReadMap::open(path)?);
+    npz_from_map(path, Arc::new(ReadMap::open(path)?))
+}
+
+fn npz_from_map(path: &Path, map: Arc<ReadMap>) -> Result<Vec<Column<'static>>> {
     let zip_err = |e: zip::result::ZipError| bad(path, format!("not a readable .npz archive: {e}"));
     let mut archive = zip::ZipArchive::new(io::Cursor::new(map.bytes())).map_err(zip_err)?;
     let mut columns = Vec::with_capacity(archive.len());
@@ -303,6 +319,15 @@ pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<Column<'static>>> {
 /// repeats an earlier name or whose row count differs from the first file's;
 /// [`Error::EmptyTable`](crate::Error::EmptyTable) when no path is given.
 pub fn read_table<P: AsRef<Path>>(paths: &[P]) -> Result<Table<'static>> {
+    read_table_mapped(paths).map(|(t, _)| t)
+}
+
+/// [`read_table`], with the map of each input file (in the order of `paths`): the bytes the
+/// table's columns are read from, e.g. to fingerprint exactly what a run reads.
+pub(crate) fn read_table_mapped<P: AsRef<Path>>(
+    paths: &[P],
+) -> Result<(Table<'static>, Vec<Arc<ReadMap>>)> {
+    let mut maps = Vec::with_capacity(paths.len());
     let mut columns: Vec<(Column<'static>, PathBuf)> = Vec::new();
     // Which file each column name came from (a map: archives may hold many thousands).
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
@@ -311,10 +336,12 @@ pub fn read_table<P: AsRef<Path>>(paths: &[P]) -> Result<Table<'static>> {
         let is_npz = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+        let map = Arc::new(ReadMap::open(path)?);
+        maps.push(Arc::clone(&map));
         let read = if is_npz {
-            read_npz(path)?
+            npz_from_map(path, map)?
         } else {
-            vec![read_npy(path)?]
+            vec![npy_from_map(path, map)?]
         };
         for column in read {
             if let Some((first, first_path)) = columns.first() {
@@ -346,7 +373,8 @@ pub fn read_table<P: AsRef<Path>>(paths: &[P]) -> Result<Table<'static>> {
             columns.push((column, path.to_path_buf()));
         }
     }
-    Table::new(columns.into_iter().map(|(c, _)| c).collect())
+    let table = Table::new(columns.into_iter().map(|(c, _)| c).collect())?;
+    Ok((table, maps))
 }
 
 /// Reads a 1-D array of row indices (`int64`, `uint64`, `int32` or `uint32`) from a `.npy` file,
@@ -357,6 +385,11 @@ pub fn read_table<P: AsRef<Path>>(paths: &[P]) -> Result<Table<'static>> {
 /// dimension, or a negative index.
 pub fn read_indices(path: impl AsRef<Path>) -> Result<Vec<u64>> {
     let path = path.as_ref();
+    read_indices_mapped(path).map(|(i, _)| i)
+}
+
+/// [`read_indices`], with the map of the file (the bytes the indices were read from).
+pub(crate) fn read_indices_mapped(path: &Path) -> Result<(Vec<u64>, Arc<ReadMap>)> {
     let map = Arc::new(ReadMap::open(path)?);
     let len = map.bytes().len();
     let name = utf8_name(path, path.file_stem())?;
@@ -433,7 +466,7 @@ pub fn read_indices(path: impl AsRef<Path>) -> Result<Vec<u64>> {
     }
     // The indices were copied out of the map: make sure the file did not change meanwhile.
     map.check_unchanged()?;
-    Ok(out)
+    Ok((out, map))
 }
 
 #[cfg(test)]
