@@ -130,9 +130,11 @@ def test_batch_whose_structure_changes():
 
 
 def test_non_tensor_leaf_from_the_default_collate():
-    """Strings are collated into a list of strings: not an array."""
-    loader = DataLoader(MapDataset(N, lambda i: (features(N)[i], f"name{i}")), batch_size=16)
-    with pytest.raises(TypeError):
+    """Python ints in a batch the collate left alone (a custom collate) are not a column."""
+    loader = DataLoader(
+        MapDataset(N, lambda i: (features(N)[i], i)), batch_size=16, collate_fn=lambda b: b
+    )
+    with pytest.raises(TypeError, match="batch leaf '0.1' is a int"):
         arraydrain.drain(loader)
 
 
