@@ -126,8 +126,17 @@ def drain(
     (no ``__len__``, a custom batch sampler, a plain iterable) the output grows geometrically:
     its capacity doubles when full (one copy of the rows so far each time, so about one extra
     copy of the output in total), and the reserved but untouched tail costs address space only.
-    A loader yielding more or fewer rows than its declared length is an error, never a short
-    array. Without automatic batching (``batch_size=None``) each item is one row.
+    A map-style loader yielding more or fewer rows than its declared length is an error, never a
+    short array; an ``IterableDataset``'s ``len`` is a hint (PyTorch warns when an epoch yields
+    another count, and so the drain returns what the epoch yields). Text leaves (lists of
+    ``str``, NumPy string arrays) are collected and returned as NumPy string arrays. A
+    ``persistent_workers=True`` loader whose workers have not started takes this path, so the
+    next real epoch is unchanged. :func:`explain` tells which path a loader takes.
+
+    **Without automatic batching** (``batch_size=None``) each item is what the sampler and
+    dataset give: one row (stacked) for the well-known samplers' single indices, a whole batch
+    (concatenated along the first axis) for a ``BatchSampler`` used as the sampler. When the
+    loader does not say which (an ``IterableDataset``, another sampler), ``items`` must.
 
     Args:
         loader: a ``torch.utils.data.DataLoader`` or any iterable of batches whose leaves are
@@ -144,14 +153,20 @@ def drain(
             the epoch case; that same object is returned.
         progress: ``True`` for a progress bar on stderr (``tqdm`` when installed), or a
             callable taking the number of rows done.
+        items: without automatic batching, whether each item is one row (``"rows"``) or a
+            batch (``"batches"``); ``None`` tells from the loader, or refuses when it cannot.
+        strings: text from lists of ``str`` as ``StringDType`` (``"auto"``, NumPy >= 2) or
+            fixed-width ``<U`` (``"U"``).
 
     Returns:
         The batch structure with NumPy leaves. The arrays own their memory (the engine's
         buffer, released when the last array over it is gone) and share none with the loader.
 
     Raises:
-        DrainTypeError: (a ``TypeError``) a leaf that is not a tensor or array, an unsupported
-            dtype (``bfloat16`` has no NumPy dtype), a batch whose dtype differs from the first.
+        DrainTypeError: (a ``TypeError``) a ``Dataset``, tensor or array instead of a loader, a
+            leaf that is not a tensor, array or text, an unsupported dtype (``bfloat16`` has no
+            NumPy dtype), a batch whose dtype differs from the first, an index that is not an
+            integer.
         DrainValueError: (a ``ValueError``) mismatched lengths, a batch unlike the first, a
             loader yielding more or fewer rows than declared, a bad option or ``out=``.
         DrainIndexError: (an ``IndexError`` and ``ValueError``) an index past the dataset.
@@ -205,14 +220,17 @@ def to_npz(
 
     Members are named by the leaves' paths in a batch: list and tuple positions and dict keys,
     joined by ``.`` for nested batches (``"0"``, ``"1"`` for a ``TensorDataset``; ``"image"``,
-    ``"meta.label"`` for dicts). On the fast path the rows are gathered a few MiB at a time
-    through one reused buffer and streamed into the file, so the output never exists in memory
-    (outputs larger than RAM are fine). The general path writes each batch into memory-mapped
-    ``.npy`` files when the loader's length is known (an archive is packed from them at the end),
-    and into memory first when it is not. The archive appears under its name only when
-    complete. ``compress=True`` deflates the members. Every dtype ``drain`` takes is written,
-    complex ones with their NumPy descriptor. ``progress`` counts rows, or on the fast path the
-    bytes written.
+    ``"meta.label"`` for dicts); each name must be a plain file name and no two leaves may share
+    one (refused before anything is created). On the fast path the rows are gathered about 32 MiB
+    at a time into memory-mapped ``.npy`` files, so the output never has to fit in memory
+    (outputs larger than RAM are fine), and the archive is packed from them. The general path
+    does the same when the loader's length is known and there is no text leaf, and writes from
+    memory otherwise. Every temporary file has an exclusive random name (``.arraydrain-XXXXXX``)
+    beside the output and is removed if the write fails or is interrupted (Ctrl-C between blocks,
+    ``SIGTERM`` on the main thread); the archive appears under its name only when complete.
+    ``compress=True`` deflates the members. Every dtype ``drain`` takes is written, complex ones
+    and datetimes with their NumPy descriptor, text as ``<U`` (or ``S``). ``progress`` counts
+    rows, or on the fast path the bytes written.
 
     Raises:
         As :func:`drain`, and ``DrainOSError`` (an ``OSError``) when the file cannot be written.

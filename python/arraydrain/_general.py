@@ -215,6 +215,8 @@ def fill(layout: Layout, first, it, out: Output, bar, check_overlap=False):
     leaves = layout.leaves
     batched = layout.batched
     nleaves = len(leaves)
+    torch = sys.modules.get("torch")
+    tensor_type = torch.Tensor if torch is not None else None
     text = out.text
     k = 0
     values = first
@@ -234,10 +236,19 @@ def fill(layout: Layout, first, it, out: Output, bar, check_overlap=False):
                 rows_here, chunk = _text_chunk(x, leaf, batched, k)
                 arrays.append(chunk)
             else:
-                if is_tensor(x):
-                    a = _tensor_array(x, leaf.name)
+                if type(x) is tensor_type:
+                    # A plain CPU tensor: its NumPy view directly (the common case, kept short).
+                    if x.is_cpu and not x.requires_grad and not x.is_conj() and not x.is_neg():
+                        try:
+                            a = x.numpy()
+                        except TypeError:
+                            a = _tensor_array(x, leaf.name)
+                    else:
+                        a = _tensor_array(x, leaf.name)
                 elif isinstance(x, np.ndarray):
                     a = x
+                elif is_tensor(x):
+                    a = _tensor_array(x, leaf.name)
                 else:
                     raise DrainTypeError(
                         f"batch {k}, leaf {leaf.name!r} is a {type(x).__name__}, "
