@@ -268,6 +268,11 @@ def to_npy_dir(
 def _check_loader(loader: Any, what: str) -> None:
     """Refuses what is not a loader but would iterate as one, silently wrong: a ``Dataset``
     (its items are single samples), a tensor or an array (their items are single rows)."""
+    if not (hasattr(loader, "__iter__") or hasattr(loader, "__getitem__")):
+        raise DrainTypeError(
+            f"{what}() takes a DataLoader or an iterable of batches, not a "
+            f"{type(loader).__name__}, which is not iterable"
+        )
     if isinstance(loader, np.ndarray):
         raise DrainTypeError(
             f"{what}() takes a DataLoader or an iterable of batches, not a NumPy array (iterating "
@@ -679,6 +684,15 @@ def _items_are_batches(loader, items) -> bool:
     well-known samplers single indices); an ``IterableDataset``'s items, or an unknown
     sampler's, cannot be told apart from the loader, so ``items=`` must say."""
     if items is not None:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            from torch.utils.data import DataLoader
+
+            if isinstance(loader, DataLoader) and loader.batch_sampler is not None:
+                raise DrainValueError(
+                    f"items={items!r} applies without automatic batching (batch_size=None); "
+                    "this DataLoader batches its samples itself"
+                )
         return items == "batches"
     if sys.modules.get("torch") is None:
         return True

@@ -531,3 +531,10 @@ def test_general_path_out_reuse_is_exact_with_text():
     assert again is got
     assert got["id"][199] == "sample-0199"
     assert math.isclose(float(got["x"][3, 0]), float(X[3, 0]))
+
+
+def test_items_is_refused_where_the_loader_batches_itself():
+    with pytest.raises(ValueError, match=r"items='rows' applies without automatic batching"):
+        arraydrain.drain(DataLoader(Records(), batch_size=8), items="rows")
+    with pytest.raises(ValueError, match=r"items must be None, 'rows' or 'batches'"):
+        arraydrain.drain(DataLoader(Records(), batch_size=None), items="row")
