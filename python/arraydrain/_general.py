@@ -122,15 +122,13 @@ class Layout:
         """The leaves of batch ``k``, checked to have the first batch's structure."""
         kind = self._kind
         if kind is not None:
+            # Only the container is checked here: a leaf of the wrong kind (a nested container
+            # where the first batch had a tensor) is refused when it is copied.
             if kind[0] == "seq":
-                if type(batch) is kind[1] and len(batch) == kind[2] and not any(
-                    isinstance(v, (list, tuple, dict)) and not _text_like(v) for v in batch
-                ):
+                if type(batch) is kind[1] and len(batch) == kind[2]:
                     return list(batch)
-            elif type(batch) is dict and list(batch.keys()) == kind[1]:
-                vals = list(batch.values())
-                if not any(isinstance(v, (list, tuple, dict)) and not _text_like(v) for v in vals):
-                    return vals
+            elif type(batch) is dict and list(batch) == kind[1]:
+                return list(batch.values())
         s, got = flatten(batch, single=not self.batched)
         if not same_structure(s, self.structure):
             raise DrainValueError(f"batch {k} does not have the structure of the first batch")
@@ -237,13 +235,11 @@ def fill(layout: Layout, first, it, out: Output, bar, check_overlap=False):
                 arrays.append(chunk)
             else:
                 if type(x) is tensor_type:
-                    # A plain CPU tensor: its NumPy view directly (the common case, kept short).
-                    if x.is_cpu and not x.requires_grad and not x.is_conj() and not x.is_neg():
-                        try:
-                            a = x.numpy()
-                        except TypeError:
-                            a = _tensor_array(x, leaf.name)
-                    else:
+                    # A plain CPU tensor's NumPy view; .numpy() refuses the rest (a CUDA tensor,
+                    # one needing grad, a conjugate or negative view), handled apart.
+                    try:
+                        a = x.numpy()
+                    except (RuntimeError, TypeError):
                         a = _tensor_array(x, leaf.name)
                 elif isinstance(x, np.ndarray):
                     a = x
