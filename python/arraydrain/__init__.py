@@ -439,7 +439,8 @@ def _route(loader, items) -> tuple[_FastPlan | None, str, str | None]:
         wrappers.append(why[-1])
     if loader.batch_sampler is not None:
         if loader.collate_fn is not default_collate:
-            why.append(f"its collate_fn is {_callable_name(loader.collate_fn)}, not default_collate")
+            name = _callable_name(loader.collate_fn)
+            why.append(f"its collate_fn is {name}, not default_collate")
             if _wraps(loader.collate_fn, default_collate):
                 wrappers.append(why[-1])
     elif items == "batches":
@@ -712,7 +713,8 @@ def _items_are_batches(loader, items) -> bool:
     if isinstance(loader.dataset, IterableDataset):
         raise DrainValueError(
             "DataLoader(batch_size=None) over an IterableDataset: each item is whatever the "
-            f"{type(loader.dataset).__name__} yields — one row or a whole batch — and the loader "
+            f"{type(loader.dataset).__name__} yields — one row or a whole batch — and the "
+            "loader "
             "does not say which; pass items='batches' (each item a batch, concatenated along "
             "the first axis) or items='rows' (each item one row, stacked)"
         )
@@ -919,7 +921,9 @@ def _general_files(layout, it, rows, exact, files, progress, first=True):
         text = [[] for _ in leaves]
         with progress_bar(progress, rows) as bar:
             batches = (
-                _chain_first(layout.first_values, (layout.values(b, k) for k, b in enumerate(it, 1)))
+                _chain_first(
+                    layout.first_values, (layout.values(b, k) for k, b in enumerate(it, 1))
+                )
                 if first
                 else iter(())
             )

@@ -49,7 +49,8 @@ class GLeaf:
 
     def spec(self):
         """``(name, engine dtype, row shape, row bytes)`` as the native sink takes it."""
-        return (self.name, engine_dtype(self.dtype, self.name), list(self.row_shape), self.row_bytes)
+        engine = engine_dtype(self.dtype, self.name)
+        return (self.name, engine, list(self.row_shape), self.row_bytes)
 
 
 _TORCH_DTYPES: dict = {}

@@ -139,7 +139,12 @@ def flatten(
     leaves: list[tuple[str, Any]] = []
 
     def walk(x, p, kp):
-        if is_tensor(x) or isinstance(x, np.ndarray) or is_text(x) or (single and isinstance(x, str)):
+        if (
+            is_tensor(x)
+            or isinstance(x, np.ndarray)
+            or is_text(x)
+            or (single and isinstance(x, str))
+        ):
             leaves.append((p if kp else "0", x))
             if keys is not None:
                 keys.append(kp)

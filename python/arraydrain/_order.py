@@ -192,7 +192,8 @@ def checked_index(i, where: str) -> int:
         return int(i)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(i, torch.Tensor):
-        if i.dim() == 0 and not i.is_floating_point() and not i.is_complex() and i.dtype != torch.bool:
+        integral = not (i.is_floating_point() or i.is_complex() or i.dtype == torch.bool)
+        if i.dim() == 0 and integral:
             return int(i)
     if isinstance(i, (float, np.floating)) or (torch is not None and isinstance(i, torch.Tensor)):
         raise DrainIndexError(

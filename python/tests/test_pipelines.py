@@ -402,7 +402,9 @@ def test_torchvision_fake_data_with_workers():
 def test_explain_names_the_path_and_the_reason():
     fast = DataLoader(TensorDataset(X, Y), batch_size=10)
     assert arraydrain.explain(fast).startswith("fast path: a DataLoader over a TensorDataset")
-    wrapped = DataLoader(TensorDataset(X, Y), batch_size=10, collate_fn=lambda b: default_collate(b))
+    wrapped = DataLoader(
+        TensorDataset(X, Y), batch_size=10, collate_fn=lambda b: default_collate(b)
+    )
     why = arraydrain.explain(wrapped)
     assert why.startswith("general path:") and "collate_fn is" in why and "<lambda>" in why
 

@@ -68,7 +68,9 @@ WRITERS = [
 )
 @pytest.mark.parametrize("known_length", [True, False], ids=["known", "unknown"])
 @pytest.mark.parametrize("kind, write", WRITERS, ids=[w[0] for w in WRITERS])
-def test_batch_keys_that_are_not_plain_names_are_refused(tmp_path, key, why, known_length, kind, write):
+def test_batch_keys_that_are_not_plain_names_are_refused(
+    tmp_path, key, why, known_length, kind, write
+):
     (tmp_path / "out").mkdir()
     victim = tmp_path / "escaped.npy"
     victim.write_bytes(b"precious")
@@ -147,7 +149,9 @@ def test_general_path_out_from_a_dataset_over_it_is_refused():
 
 
 @pytest.mark.parametrize("known_length", [True, False], ids=["mapped", "memory"])
-def test_a_planted_entry_at_the_old_predictable_name_does_not_block_or_get_used(tmp_path, known_length):
+def test_a_planted_entry_at_the_old_predictable_name_does_not_block_or_get_used(
+    tmp_path, known_length
+):
     """The sink's temporary files had a predictable name (`.NAME.arraydrain-PID`); a planted
     entry there blocked to_npz. Now each temporary name is exclusive and random."""
     target = tmp_path / "victim.txt"
@@ -330,13 +334,14 @@ def test_invalid_indices_from_a_batch_sampler(batches, cls, words):
 def test_float_subset_indices(indices):
     loader = DataLoader(Subset(TensorDataset(X), indices), batch_size=2)
     assert isinstance(_real_epoch_error(loader), IndexError)
-    with pytest.raises(IndexError, match=r"Subset.indices\[0\] is 1.0|Subset.indices\[0\] is 0.0") as e:
+    with pytest.raises(IndexError, match=r"Subset.indices\[0\] is [01]\.0, not an integer") as e:
         arraydrain.drain(loader)
     assert isinstance(e.value, arraydrain.ArrayDrainError)
 
 
 def test_huge_unsigned_subset_index_is_not_wrapped():
-    loader = DataLoader(Subset(TensorDataset(X), np.array([2**64 - 1], dtype=np.uint64)), batch_size=1)
+    huge = np.array([2**64 - 1], dtype=np.uint64)
+    loader = DataLoader(Subset(TensorDataset(X), huge), batch_size=1)
     with pytest.raises(IndexError, match="18446744073709551615") as e:
         arraydrain.drain(loader)
     assert isinstance(e.value, arraydrain.ArrayDrainError)
