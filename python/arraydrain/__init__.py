@@ -287,10 +287,16 @@ def _check_loader(loader: Any, what: str) -> None:
                 f"{what}() takes a DataLoader, not a torch.Tensor (iterating it yields single "
                 "rows); wrap it in a DataLoader: DataLoader(TensorDataset(tensor), batch_size=...)"
             )
-        if isinstance(loader, Dataset):
-            kind = "IterableDataset" if isinstance(loader, IterableDataset) else "Dataset"
+        if isinstance(loader, IterableDataset):
             raise DrainTypeError(
-                f"{what}() takes a DataLoader, not a {type(loader).__name__} (a {kind} yields "
+                f"{what}() takes a DataLoader, not a {type(loader).__name__} (an IterableDataset "
+                "may yield single samples or whole batches, and nothing says which); wrap it in "
+                f"a DataLoader: {what}(DataLoader(dataset, batch_size=...)) for samples, or "
+                f"{what}(DataLoader(dataset, batch_size=None), items='batches') for batches"
+            )
+        if isinstance(loader, Dataset):
+            raise DrainTypeError(
+                f"{what}() takes a DataLoader, not a {type(loader).__name__} (a Dataset yields "
                 "single samples, not batches); wrap it in a DataLoader: "
                 f"{what}(DataLoader(dataset, batch_size=...))"
             )

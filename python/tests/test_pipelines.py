@@ -540,3 +540,8 @@ def test_items_is_refused_where_the_loader_batches_itself():
         arraydrain.drain(DataLoader(Records(), batch_size=8), items="rows")
     with pytest.raises(ValueError, match=r"items must be None, 'rows' or 'batches'"):
         arraydrain.drain(DataLoader(Records(), batch_size=None), items="row")
+
+
+def test_an_iterable_dataset_is_refused_with_both_ways_to_wrap_it():
+    with pytest.raises(TypeError, match=r"batch_size=None\), items='batches'\) for batches"):
+        arraydrain.drain(RowGroups(100, 10))
