@@ -186,7 +186,7 @@ def test_a_dataset_or_tensor_is_refused_with_advice(thing, call, tmp_path):
 
 
 def test_a_hugging_face_dataset_is_refused_with_advice():
-    datasets = pytest.importorskip("datasets")
+    import datasets  # scripts/test-requirements.txt: a missing package fails, never skips
     ds = datasets.Dataset.from_dict({"x": [[1.0, 2.0]] * 10})
     with pytest.raises(TypeError, match=r"wrap it in a DataLoader"):
         arraydrain.drain(ds)
@@ -248,7 +248,7 @@ def test_text_columns_in_files_are_fixed_width_unicode(tmp_path, write):
 
 
 def test_hugging_face_datasets_text_and_numbers():
-    datasets = pytest.importorskip("datasets")
+    import datasets  # scripts/test-requirements.txt: a missing package fails, never skips
     n = 300
     ds = datasets.Dataset.from_dict(
         {
@@ -333,7 +333,7 @@ def test_sharded_iterable_with_workers_and_drop_last_returns_what_the_epoch_yiel
 
 
 def test_tensordict_batches_become_dicts_of_numpy_arrays():
-    tensordict = pytest.importorskip("tensordict")
+    import tensordict
     td = tensordict.TensorDict(
         {"x": X, "y": Y, "meta": {"w": torch.arange(N, dtype=torch.float64)}}, batch_size=[N]
     )
@@ -358,7 +358,7 @@ def test_tensordict_batches_become_dicts_of_numpy_arrays():
 
 def test_torchvision_image_folder_of_generated_pngs(tmp_path):
     """ImageFolder over PNGs made here, with a random flip, labels and file paths."""
-    tv = pytest.importorskip("torchvision")
+    import torchvision as tv
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -390,7 +390,7 @@ def test_torchvision_image_folder_of_generated_pngs(tmp_path):
 
 
 def test_torchvision_fake_data_with_workers():
-    tv = pytest.importorskip("torchvision")
+    import torchvision as tv
     ds = tv.datasets.FakeData(size=40, image_size=(3, 8, 8), transform=tv.transforms.ToTensor())
     got, _ = drain_vs_epoch(DataLoader(ds, batch_size=8, num_workers=2))
     assert got[0].shape == (40, 3, 8, 8)
