@@ -30,8 +30,20 @@ more in a child process that resets its RSS high-water mark (/proc/self/clear_re
 set-up and reports VmHWM minus the RSS before the method, so it counts every byte the method
 touched, temporaries included.
 
+General path (`--orders general`, part of the default run): the general path's own cost, i.e.
+`drain` over loaders that are not a DataLoader over a TensorDataset, against iterating the same
+loader and doing nothing (`for b in loader: pass`) and against the hand-written preallocated
+loop. Two loaders of `--general-rows` rows x f32[32] + i64, shuffled, batch B: `items` (a
+map-style dataset with a Python `__getitem__` per sample and the default collate) and `bulk` (a
+cheap batched loader: `__getitems__` indexes the tensors once per batch, identity collate).
+Methods run interleaved, one run of each per round, `--repeat` rounds; `x loop` is the ratio of
+minima to `loop` (the target for drain: <= 1.05), of wall time and of the process's CPU time
+(`time.process_time`, all threads: on a shared machine, where other processes stretch wall
+time, the CPU time is the steadier measure of the work each method does). Each output is
+checked against the loop's batches first.
+
 Usage:
-  python/bench.py                              # the full run (about 5 minutes on 2 cores)
+  python/bench.py                              # the full run (about 6 minutes on 2 cores)
   python/bench.py --rows 100000 --repeat 2     # a quick run
   python/bench.py --orders shuffled --methods drain,tensor-index --no-memory
 Prints one table per order and the targets, and with --json PATH writes every figure. Columns:
@@ -320,7 +332,10 @@ def main():
     p.add_argument(
         "--recipe-repeat", type=int, default=2, help="timed runs of each (slow) classic recipe"
     )
-    p.add_argument("--orders", default="sequential,shuffled")
+    p.add_argument("--orders", default="sequential,shuffled,general")
+    p.add_argument(
+        "--general-rows", type=int, default=200_000, help="rows of the general-path loaders"
+    )
     p.add_argument("--methods", default=None, help="comma-separated (default: all)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
@@ -349,6 +364,9 @@ def main():
         f"numpy {np.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     )
     for order in args.orders.split(","):
+        if order == "general":
+            report["general"] = general_section(args, failed)
+            continue
         w = Workload(args, order)
         ref = w.reference()
         results = {}
@@ -379,6 +397,136 @@ def main():
             json.dump(report, f, indent=1)
     if failed:
         raise SystemExit(f"output differs from the reference: {', '.join(failed)}")
+
+
+GENERAL_METHODS = ["loop", "recipe-preallocated", "drain", "drain-into"]
+
+
+def general_loaders(args):
+    """The general-path loaders: per-sample items with the default collate, and bulk batches."""
+    from torch.utils.data import Dataset
+
+    g = torch.Generator().manual_seed(args.seed)
+    rows = args.general_rows
+    x = torch.randn(rows, 32, generator=g)
+    y = torch.randint(0, 1 << 40, (rows,), generator=g)
+
+    class Items(Dataset):
+        def __len__(self):
+            return rows
+
+        def __getitem__(self, i):
+            return x[i], y[i]
+
+    class Bulk(Dataset):
+        def __len__(self):
+            return rows
+
+        def __getitems__(self, idx):
+            t = torch.as_tensor(idx)
+            return x[t], y[t]
+
+    def identity(b):
+        return b
+
+    out = {}
+    for name, ds, collate in (("items", Items(), None), ("bulk", Bulk(), identity)):
+        gen = torch.Generator()
+        kw = {"collate_fn": collate} if collate is not None else {}
+        loader = DataLoader(ds, batch_size=args.batch, shuffle=True, generator=gen, **kw)
+        out[name] = (loader, gen)
+    return out, rows
+
+
+def general_section(args, failed):
+    import arraydrain
+
+    loaders, rows = general_loaders(args)
+    report = {}
+    for name, (loader, gen) in loaders.items():
+        seed = args.seed + 7
+
+        def loop():
+            for _ in loader:
+                pass
+
+        def prealloc():
+            xs = np.empty((rows, 32), np.float32)
+            ys = np.empty(rows, np.int64)
+            i = 0
+            for bx, by in loader:
+                n = len(bx)
+                xs[i : i + n] = bx.numpy()
+                ys[i : i + n] = by.numpy()
+                i += n
+            return xs, ys
+
+        gen.manual_seed(seed)
+        ref = prealloc()
+        gen.manual_seed(seed)
+        got = arraydrain.drain(loader)
+        verified = all(np.array_equal(a, b) for a, b in zip(got, ref))
+        gen.manual_seed(seed)
+        arraydrain.drain(loader, out=got)
+        verified = verified and all(np.array_equal(a, b) for a, b in zip(got, ref))
+        if not verified:
+            failed.append(f"drain (general {name})")
+        fns = {
+            "loop": loop,
+            "recipe-preallocated": prealloc,
+            "drain": lambda: arraydrain.drain(loader),
+            "drain-into": lambda: arraydrain.drain(loader, out=got),
+        }
+        runs = {m: [] for m in GENERAL_METHODS}
+        cpu = {m: [] for m in GENERAL_METHODS}
+        for r in range(args.repeat):
+            order = GENERAL_METHODS[r % 4 :] + GENERAL_METHODS[: r % 4]
+            for m in order:
+                print(f"[general {name}] {m} ...", file=sys.stderr, flush=True)
+                gen.manual_seed(seed)
+                c0, t0 = time.process_time(), time.perf_counter()
+                fns[m]()
+                runs[m].append(time.perf_counter() - t0)
+                cpu[m].append(time.process_time() - c0)
+        loop_min, loop_cpu = min(runs["loop"]), min(cpu["loop"])
+        print(
+            f"\ngeneral path, {name}: {rows} rows x f32[32] + i64, batch {args.batch}, shuffled, "
+            f"{args.repeat} interleaved rounds"
+        )
+        print(
+            f"{'method':<22} {'median':>12} {'min':>12} {'x loop':>8} {'cpu min':>12} "
+            f"{'x loop':>8}  verified"
+        )
+        for m in GENERAL_METHODS:
+            med, lo, c = statistics.median(runs[m]), min(runs[m]), min(cpu[m])
+            print(
+                f"{m:<22} {fmt_s(med):>12} {fmt_s(lo):>12} {lo / loop_min:>8.3f} "
+                f"{fmt_s(c):>12} {c / loop_cpu:>8.3f}  "
+                f"{'yes' if verified or m in ('loop', 'recipe-preallocated') else 'NO'}"
+            )
+        print(
+            "  drain vs loop (wall, cpu)       "
+            f"{min(runs['drain']) / loop_min:.3f}, {min(cpu['drain']) / loop_cpu:.3f}  "
+            "(target <= 1.05)\n"
+            "  drain-into vs loop (wall, cpu)  "
+            f"{min(runs['drain-into']) / loop_min:.3f}, {min(cpu['drain-into']) / loop_cpu:.3f}"
+        )
+        # The general path's own work alone: drain-into over the same epoch's batches, fetched
+        # beforehand (no loader in the timed region), many short runs.
+        gen.manual_seed(seed)
+        fetched = list(loader)
+        own = []
+        for _ in range(max(20, 4 * args.repeat)):
+            t0 = time.perf_counter()
+            arraydrain.drain(iter(fetched), out=got)
+            own.append(time.perf_counter() - t0)
+        own_min = min(own)
+        print(
+            f"  own work (drain-into over the fetched batches) {fmt_s(own_min).strip()} = "
+            f"{100 * own_min / loop_min:.1f}% of loop's min"
+        )
+        report[name] = {"runs": runs, "cpu": cpu, "own": own, "verified": verified}
+    return report
 
 
 def print_table(args, order, results, floors, rust_cmd):

@@ -17,7 +17,9 @@ write.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -48,12 +50,14 @@ from ._leaves import (
 )
 from ._order import (
     as_index_array,
+    checked_indices,
     declared_rows,
     epoch_order,
     order_and_count,
     replayable,
     wrap_indices,
 )
+from . import _general
 from ._progress import progress_bar
 from ._shards import load_shards
 
@@ -68,12 +72,17 @@ __all__ = [
     "DrainTypeError",
     "DrainValueError",
     "drain",
+    "explain",
     "load_shards",
     "to_npy_dir",
     "to_npz",
 ]
 
 _STRATEGIES = ("auto", "preallocated", "concat", "per-batch", "pinned")
+_ITEMS = (None, "rows", "batches")
+_STRINGS = ("auto", "U")
+
+_log = logging.getLogger("arraydrain")
 
 
 def drain(
@@ -83,6 +92,8 @@ def drain(
     device: str = "auto",
     out: Any = None,
     progress: Any = False,
+    items: str | None = None,
+    strings: str = "auto",
 ) -> Any:
     """Every batch of one epoch of ``loader``, as NumPy arrays holding all rows.
 
@@ -115,8 +126,17 @@ def drain(
     (no ``__len__``, a custom batch sampler, a plain iterable) the output grows geometrically:
     its capacity doubles when full (one copy of the rows so far each time, so about one extra
     copy of the output in total), and the reserved but untouched tail costs address space only.
-    A loader yielding more or fewer rows than its declared length is an error, never a short
-    array. Without automatic batching (``batch_size=None``) each item is one row.
+    A map-style loader yielding more or fewer rows than its declared length is an error, never a
+    short array; an ``IterableDataset``'s ``len`` is a hint (PyTorch warns when an epoch yields
+    another count, and so the drain returns what the epoch yields). Text leaves (lists of
+    ``str``, NumPy string arrays) are collected and returned as NumPy string arrays. A
+    ``persistent_workers=True`` loader whose workers have not started takes this path, so the
+    next real epoch is unchanged. :func:`explain` tells which path a loader takes.
+
+    **Without automatic batching** (``batch_size=None``) each item is what the sampler and
+    dataset give: one row (stacked) for the well-known samplers' single indices, a whole batch
+    (concatenated along the first axis) for a ``BatchSampler`` used as the sampler. When the
+    loader does not say which (an ``IterableDataset``, another sampler), ``items`` must.
 
     Args:
         loader: a ``torch.utils.data.DataLoader`` or any iterable of batches whose leaves are
@@ -135,26 +155,57 @@ def drain(
             the epoch case; that same object is returned.
         progress: ``True`` for a progress bar on stderr (``tqdm`` when installed), or a
             callable taking the number of rows done.
+        items: without automatic batching, whether each item is one row (``"rows"``) or a
+            batch (``"batches"``); ``None`` tells from the loader, or refuses when it cannot.
+        strings: text from lists of ``str`` as ``StringDType`` (``"auto"``, NumPy >= 2) or
+            fixed-width ``<U`` (``"U"``).
 
     Returns:
         The batch structure with NumPy leaves. The arrays own their memory (the engine's
         buffer, released when the last array over it is gone) and share none with the loader.
 
     Raises:
-        DrainTypeError: (a ``TypeError``) a leaf that is not a tensor or array, an unsupported
-            dtype (``bfloat16`` has no NumPy dtype), a batch whose dtype differs from the first.
+        DrainTypeError: (a ``TypeError``) a ``Dataset``, tensor or array instead of a loader, a
+            leaf that is not a tensor, array or text, an unsupported dtype (``bfloat16`` has no
+            NumPy dtype), a batch whose dtype differs from the first, an index that is not an
+            integer.
         DrainValueError: (a ``ValueError``) mismatched lengths, a batch unlike the first, a
             loader yielding more or fewer rows than declared, a bad option or ``out=``.
         DrainIndexError: (an ``IndexError`` and ``ValueError``) an index past the dataset.
         DrainMemoryError: (a ``MemoryError``) the output cannot be allocated.
         DrainRuntimeError: (a ``RuntimeError``) CUDA asked for but unusable, or a CUDA failure.
     """
+    _check_loader(loader, "drain")
     _check_strategy(strategy)
     ordinal = _check_device(device)
-    plan = _fast_plan(loader)
+    _check_items(items, strings)
+    plan = _choose(loader, items)
     if plan is not None:
         return _drain_fast(plan, loader, strategy, device, ordinal, out, progress)
-    return _drain_general(loader, strategy, device, ordinal, out, progress, None)
+    return _drain_general(loader, strategy, device, ordinal, out, progress, None, items, strings)
+
+
+def explain(loader: Any, *, items: str | None = None) -> str:
+    """Which path :func:`drain` (and :func:`to_npz`, :func:`to_npy_dir`) would take for
+    ``loader``, and why, as one line — without touching the loader (nothing is iterated, no
+    random generator advances).
+
+    ``"fast path: ..."`` — a ``DataLoader`` over a ``TensorDataset`` read in place by the
+    engine; ``"general path: ..."`` — the loader is iterated and each batch copied, with the
+    reason the fast path does not apply (a custom ``collate_fn``, a ``DataLoader`` subclass, a
+    dataset other than a ``TensorDataset``, ...). ``drain`` logs the same line at ``DEBUG`` on
+    the ``"arraydrain"`` logger, and warns once per reason when a loader misses the fast path
+    only because of a wrapper (a subclass, a collate function wrapping the default one).
+
+    Raises:
+        DrainTypeError: ``loader`` is a ``Dataset``, a tensor or an array, not a loader.
+    """
+    _check_loader(loader, "explain")
+    _check_items(items, "auto")
+    plan, why, _ = _route(loader, items)
+    if plan is not None:
+        return f"fast path: {why}"
+    return f"general path: {why}"
 
 
 def to_npz(
@@ -164,28 +215,43 @@ def to_npz(
     compress: bool = False,
     device: str = "auto",
     progress: Any = False,
+    items: str | None = None,
 ) -> None:
-    """Drains ``loader`` (as :func:`drain`) straight into a ``.npz`` archive at ``path``.
+    """Drains ``loader`` (as :func:`drain`) straight into a ``.npz`` archive at ``path``
+    (``.npz`` is appended to a path that does not end with it, as ``numpy.savez`` does).
 
     Members are named by the leaves' paths in a batch: list and tuple positions and dict keys,
     joined by ``.`` for nested batches (``"0"``, ``"1"`` for a ``TensorDataset``; ``"image"``,
-    ``"meta.label"`` for dicts). On the fast path the rows are gathered a few MiB at a time
-    through one reused buffer and streamed into the file, so the output never exists in memory
-    (outputs larger than RAM are fine). The general path writes each batch into memory-mapped
-    ``.npy`` files when the loader's length is known (an archive is packed from them at the end),
-    and into memory first when it is not. The archive appears under its name only when
-    complete. ``compress=True`` deflates the members. Every dtype ``drain`` takes is written,
-    complex ones with their NumPy descriptor. ``progress`` counts rows, or on the fast path the
-    bytes written.
+    ``"meta.label"`` for dicts); each name must be a plain file name and no two leaves may share
+    one (refused before anything is created). On the fast path the rows are gathered about 32 MiB
+    at a time into memory-mapped ``.npy`` files, so the output never has to fit in memory
+    (outputs larger than RAM are fine), and the archive is packed from them. The general path
+    does the same when the loader's length is known and there is no text leaf, and writes from
+    memory otherwise. Every temporary file has an exclusive random name (``.arraydrain-XXXXXX``)
+    beside the output and is removed if the write fails or is interrupted (Ctrl-C between blocks,
+    ``SIGTERM`` on the main thread); the archive appears under its name only when complete.
+    ``compress=True`` deflates the members. Every dtype ``drain`` takes is written, complex ones
+    and datetimes with their NumPy descriptor, text as ``<U`` (or ``S``). ``progress`` counts
+    rows, or on the fast path the bytes written.
 
     Raises:
         As :func:`drain`, and ``DrainOSError`` (an ``OSError``) when the file cannot be written.
     """
-    _to_files(loader, "npz", path, compress, device, progress)
+    _check_loader(loader, "to_npz")
+    if isinstance(path, (str, os.PathLike)):
+        path = os.fspath(path)
+        if isinstance(path, str) and not path.endswith(".npz"):
+            path += ".npz"
+    _to_files(loader, "npz", path, compress, device, progress, items)
 
 
 def to_npy_dir(
-    loader: Any, path: os.PathLike[str] | str, *, device: str = "auto", progress: Any = False
+    loader: Any,
+    path: os.PathLike[str] | str,
+    *,
+    device: str = "auto",
+    progress: Any = False,
+    items: str | None = None,
 ) -> None:
     """Drains ``loader`` (as :func:`drain`) into a folder of ``.npy`` files, ``path/NAME.npy``
     per leaf, named as :func:`to_npz` names its members (the folder is created if needed; each
@@ -194,10 +260,64 @@ def to_npy_dir(
     Raises:
         As :func:`to_npz`.
     """
-    _to_files(loader, "dir", path, False, device, progress)
+    _check_loader(loader, "to_npy_dir")
+    _to_files(loader, "dir", path, False, device, progress, items)
 
 
 # ---- options ----------------------------------------------------------------------------------
+
+
+def _check_loader(loader: Any, what: str) -> None:
+    """Refuses what is not a loader but would iterate as one, silently wrong: a ``Dataset``
+    (its items are single samples), a tensor or an array (their items are single rows)."""
+    if not (hasattr(loader, "__iter__") or hasattr(loader, "__getitem__")):
+        raise DrainTypeError(
+            f"{what}() takes a DataLoader or an iterable of batches, not a "
+            f"{type(loader).__name__}, which is not iterable"
+        )
+    if isinstance(loader, np.ndarray):
+        raise DrainTypeError(
+            f"{what}() takes a DataLoader or an iterable of batches, not a NumPy array (iterating "
+            "it yields single rows); pass [array] for one batch, or wrap the data in a DataLoader"
+        )
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        from torch.utils.data import Dataset, IterableDataset
+
+        if isinstance(loader, torch.Tensor):
+            raise DrainTypeError(
+                f"{what}() takes a DataLoader, not a torch.Tensor (iterating it yields single "
+                "rows); wrap it in a DataLoader: DataLoader(TensorDataset(tensor), batch_size=...)"
+            )
+        if isinstance(loader, IterableDataset):
+            raise DrainTypeError(
+                f"{what}() takes a DataLoader, not a {type(loader).__name__} (an IterableDataset "
+                "may yield single samples or whole batches, and nothing says which); wrap it in "
+                f"a DataLoader: {what}(DataLoader(dataset, batch_size=...)) for samples, or "
+                f"{what}(DataLoader(dataset, batch_size=None), items='batches') for batches"
+            )
+        if isinstance(loader, Dataset):
+            raise DrainTypeError(
+                f"{what}() takes a DataLoader, not a {type(loader).__name__} (a Dataset yields "
+                "single samples, not batches); wrap it in a DataLoader: "
+                f"{what}(DataLoader(dataset, batch_size=...))"
+            )
+    hf = sys.modules.get("datasets")
+    if hf is not None and isinstance(
+        loader, tuple(getattr(hf, n) for n in ("Dataset", "IterableDataset") if hasattr(hf, n))
+    ):
+        raise DrainTypeError(
+            f"{what}() takes a DataLoader, not a Hugging Face {type(loader).__name__} (it yields "
+            "single rows); wrap it in a DataLoader: "
+            f"{what}(DataLoader(dataset.with_format('torch'), batch_size=...))"
+        )
+
+
+def _check_items(items, strings) -> None:
+    if items not in _ITEMS:
+        raise DrainValueError(f"items must be None, 'rows' or 'batches', not {items!r}")
+    if strings not in _STRINGS:
+        raise DrainValueError(f"strings must be 'auto' or 'U', not {strings!r}")
 
 
 def _check_strategy(strategy: str) -> None:
@@ -329,39 +449,119 @@ class _FastPlan:
         ]
 
 
-def _fast_plan(loader) -> _FastPlan | None:
-    """The fast path's inputs when ``loader`` is a plain DataLoader over a TensorDataset (or
-    Subsets of one) with the default collate and automatic batching (or the default convert
-    and a replayed sampler); ``None`` otherwise. Exact types only: a subclass may fetch or
-    collate differently."""
+_HINTED: set = set()
+
+
+def _route(loader, items) -> tuple[_FastPlan | None, str, str | None]:
+    """``(plan, why, hint)``: the fast path's inputs when ``loader`` is a plain DataLoader over
+    a TensorDataset (or Subsets of one) with the default collate and automatic batching (or the
+    default convert and a replayed sampler), else ``None``; why, in words; and when the loader
+    misses the fast path only because of a wrapper, a hint saying so. Exact types only: a
+    subclass may fetch or collate differently."""
     torch = sys.modules.get("torch")
     if torch is None:
-        return None
-    from torch.utils.data import DataLoader, Subset, TensorDataset
+        return None, "not a PyTorch DataLoader (PyTorch is not loaded)", None
+    from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
     from torch.utils.data._utils.collate import default_collate, default_convert
 
-    if type(loader) is not DataLoader:
-        return None
-    if loader.batch_sampler is not None:
-        if loader.collate_fn is not default_collate:
-            return None
-    elif loader.collate_fn is not default_convert or not replayable(loader.sampler):
-        # Without automatic batching each item is one row, read by index from a sampler
-        # replayed here (an unknown one might yield other things than single indices).
-        return None
+    if not isinstance(loader, DataLoader):
+        return None, f"a {type(loader).__name__}, not a DataLoader: its batches are copied", None
     ds = loader.dataset
     subsets = []
     while type(ds) is Subset:
         subsets.append(ds.indices)
         ds = ds.dataset
-    if type(ds) is not TensorDataset or not ds.tensors:
-        return None
-    tensors = ds.tensors
-    if len({t.device for t in tensors}) != 1:
-        return None
-    if any(t.dim() == 0 for t in tensors):
-        return None
-    return _FastPlan(tensors, subsets)
+    tensor_ds = isinstance(ds, TensorDataset) and not isinstance(ds, IterableDataset)
+    why = []
+    wrappers = []
+    if type(loader) is not DataLoader:
+        why.append(f"the loader is a {type(loader).__name__}, a DataLoader subclass")
+        wrappers.append(why[-1])
+    if loader.batch_sampler is not None:
+        if loader.collate_fn is not default_collate:
+            name = _callable_name(loader.collate_fn)
+            why.append(f"its collate_fn is {name}, not default_collate")
+            if _wraps(loader.collate_fn, default_collate):
+                wrappers.append(why[-1])
+    elif items == "batches":
+        why.append("items='batches': each item is a batch")
+    elif loader.collate_fn is not default_convert:
+        why.append(
+            f"automatic batching is off and its collate_fn is {_callable_name(loader.collate_fn)}"
+        )
+    elif not replayable(loader.sampler):
+        # Without automatic batching each item is one row, read by index from a sampler
+        # replayed here (an unknown one might yield other things than single indices).
+        why.append(
+            f"automatic batching is off and its sampler is a {type(loader.sampler).__name__}"
+        )
+    if type(ds) is not TensorDataset:
+        if tensor_ds:
+            why.append(f"its dataset is a {type(ds).__name__}, a TensorDataset subclass")
+            wrappers.append(why[-1])
+        else:
+            why.append(f"its dataset is a {type(ds).__name__}, not a TensorDataset")
+    elif not ds.tensors:
+        why.append("its TensorDataset holds no tensors")
+    else:
+        if len({t.device for t in ds.tensors}) != 1:
+            why.append("its tensors are on different devices")
+        if any(t.dim() == 0 for t in ds.tensors):
+            why.append("a tensor of its TensorDataset is 0-dimensional")
+    if (
+        getattr(loader, "persistent_workers", False)
+        and loader.num_workers > 0
+        and getattr(loader, "_iterator", None) is None
+    ):
+        why.append(
+            "persistent_workers=True and no epoch has started its workers yet: the first epoch "
+            "creates the iterator later epochs reuse, so it is run through the loader itself"
+        )
+    if why:
+        hint = None
+        if wrappers and len(wrappers) == len(why):
+            hint = (
+                "arraydrain: this DataLoader takes the general path (each batch fetched, "
+                "collated and copied in Python) only because "
+                + "; ".join(wrappers)
+                + ". Over a plain DataLoader(TensorDataset(...)) with the default collate_fn "
+                "the fast path reads the tensors in place, typically many times faster."
+            )
+        return None, "; ".join(why), hint
+    kind = "Subset of a TensorDataset" if subsets else "TensorDataset"
+    return _FastPlan(ds.tensors, subsets), f"a DataLoader over a {kind}, read in place", None
+
+
+def _wraps(f, inner) -> bool:
+    """Whether ``f`` is a thin wrapper of ``inner``: a ``functools.partial`` of it, or a
+    function (a lambda) that calls it by name or holds it in its closure."""
+    if getattr(f, "func", None) is inner:
+        return True
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return False
+    if inner.__name__ in code.co_names:
+        return True
+    return any(getattr(c, "cell_contents", None) is inner for c in (f.__closure__ or ()))
+
+
+def _callable_name(f) -> str:
+    name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None)
+    if name is None:
+        inner = getattr(f, "func", None)  # functools.partial
+        return f"a partial of {_callable_name(inner)}" if inner is not None else type(f).__name__
+    return name
+
+
+def _choose(loader, items) -> _FastPlan | None:
+    """The fast plan, or ``None``; logs the path taken, and hints once per reason when a
+    wrapper alone costs the fast path."""
+    plan, why, hint = _route(loader, items)
+    _log.debug("%s path: %s", "fast" if plan is not None else "general", why)
+    if hint is not None and why not in _HINTED:
+        _HINTED.add(why)
+        warnings.warn(hint, UserWarning, stacklevel=3)
+    return plan
 
 
 def _fast_order(
@@ -380,7 +580,7 @@ def _fast_order(
         m = len(indices)
         base = as_index_array(indices, "Subset.indices")
         if base is None:
-            base = np.fromiter((int(indices[i]) for i in range(m)), dtype=np.int64, count=m)
+            base = checked_indices(indices, "Subset.indices")
         if isinstance(order, range) and order.stop <= m:
             order = base[order.start : order.stop]  # a sequential sampler over the Subset
         else:
@@ -517,121 +717,162 @@ def _out_leaves(out, structure_or_none, leaves: list[Leaf]):
 # ---- the general path -------------------------------------------------------------------------
 
 
-def _leaf_layout(x, name: str, batched: bool) -> tuple[np.dtype, tuple[int, ...]]:
-    if is_tensor(x):
-        dtype = torch_numpy_dtype(x, name)
-    else:
-        dtype = x.dtype.newbyteorder("=") if x.dtype.byteorder == ">" else x.dtype
-    shape = tuple(x.shape)
-    if batched:
-        if not shape:
-            raise DrainValueError(
-                f"batch leaf {name!r} is 0-dimensional; every leaf needs a first axis of rows"
-            )
-        shape = shape[1:]
-    return np.dtype(dtype), shape
+def _items_are_batches(loader, items) -> bool:
+    """Whether each item the loader yields is a batch (concatenated along the first axis) or one
+    row (stacked). With automatic batching, and for plain iterables, items are batches. With
+    ``batch_size=None`` each item is whatever the sampler and dataset give: told from the
+    sampler for map-style datasets (a ``BatchSampler`` yields batches of indices, the
+    well-known samplers single indices); an ``IterableDataset``'s items, or an unknown
+    sampler's, cannot be told apart from the loader, so ``items=`` must say."""
+    if items is not None:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            from torch.utils.data import DataLoader
 
+            if isinstance(loader, DataLoader) and loader.batch_sampler is not None:
+                raise DrainValueError(
+                    f"items={items!r} applies without automatic batching (batch_size=None); "
+                    "this DataLoader batches its samples itself"
+                )
+        return items == "batches"
+    if sys.modules.get("torch") is None:
+        return True
+    from torch.utils.data import (
+        BatchSampler,
+        DataLoader,
+        IterableDataset,
+        RandomSampler,
+        SequentialSampler,
+        SubsetRandomSampler,
+        WeightedRandomSampler,
+    )
+    from torch.utils.data.distributed import DistributedSampler
 
-def _batches(loader, batched: bool):
-    """``(structure, leaves, generator of (k, [leaf values]))`` with every batch checked against
-    the first: same structure, dtypes and row shapes."""
-    it = iter(loader)
-    try:
-        first = next(it)
-    except StopIteration:
+    if not isinstance(loader, DataLoader) or loader.batch_sampler is not None:
+        return True
+    if isinstance(loader.dataset, IterableDataset):
         raise DrainValueError(
-            "the loader yielded no batches, so there is no batch structure to build"
-        ) from None
-    structure, named = flatten(first)
-    leaves = []
-    for name, x in named:
-        dtype, row_shape = _leaf_layout(x, name, batched)
-        leaves.append(Leaf(name, dtype, row_shape))
-
-    def checked():
-        yield 0, [x for _, x in named]
-        for k, batch in enumerate(it, 1):
-            s, got = flatten(batch)
-            if not same_structure(s, structure):
-                raise DrainValueError(f"batch {k} does not have the structure of the first batch")
-            for leaf, (name, x) in zip(leaves, got):
-                dtype, row_shape = _leaf_layout(x, name, batched)
-                if dtype != leaf.dtype:
-                    raise DrainTypeError(
-                        f"batch {k}, leaf {name!r}: dtype {dtype} differs from the first "
-                        f"batch's {leaf.dtype}"
-                    )
-                if row_shape != leaf.row_shape:
-                    raise DrainValueError(
-                        f"batch {k}, leaf {name!r}: row shape {row_shape} differs from the "
-                        f"first batch's {leaf.row_shape}"
-                    )
-            yield k, [x for _, x in got]
-
-    return structure, leaves, checked()
-
-
-def _is_unbatched(loader) -> bool:
-    torch = sys.modules.get("torch")
-    if torch is None:
+            "DataLoader(batch_size=None) over an IterableDataset: each item is whatever the "
+            f"{type(loader.dataset).__name__} yields — one row or a whole batch — and the "
+            "loader "
+            "does not say which; pass items='batches' (each item a batch, concatenated along "
+            "the first axis) or items='rows' (each item one row, stacked)"
+        )
+    sampler = loader.sampler
+    if isinstance(sampler, BatchSampler):
+        return True
+    if isinstance(
+        sampler,
+        (SequentialSampler, RandomSampler, SubsetRandomSampler, WeightedRandomSampler,
+         DistributedSampler),
+    ):
         return False
-    from torch.utils.data import DataLoader
-
-    return (
-        isinstance(loader, DataLoader)
-        and loader.batch_sampler is None
-        and loader.batch_size is None
+    raise DrainValueError(
+        f"DataLoader(batch_size=None) with a {type(sampler).__name__} sampler: each item is "
+        "what the dataset returns for one index the sampler yields — one row for a single "
+        "index, a batch for a list of them — and the sampler's type does not say which; pass "
+        "items='rows' (stacked) or items='batches' (concatenated along the first axis)"
     )
 
 
-def _drain_general(loader, strategy, device, ordinal, out, progress, files):
+def _drain_general(loader, strategy, device, ordinal, out, progress, files, items, strings):
     if strategy not in ("auto", "preallocated"):
         raise DrainValueError(
             f"strategy {strategy!r} applies to the fast path (a DataLoader over a TensorDataset); "
             "other loaders are copied batch by batch into preallocated output ('auto')"
         )
-    batched = not _is_unbatched(loader)
-    rows = declared_rows(loader)
-    structure, leaves, batches = _batches(loader, batched)
+    batched = _items_are_batches(loader, items)
+    rows, exact = declared_rows(loader, batched)
+    it = iter(loader)
+    try:
+        first = next(it)
+    except StopIteration:
+        return _no_batches(loader, batched, out, files, strings)
+    keys: list = []
+    layout = _general.Layout(first, batched, keys)
+    if files is not None:
+        _general.check_file_names(layout, keys)
     if out is not None:
-        return _general_into(structure, leaves, batches, rows, out, progress, batched)
-    first = next(batches)
-    batches = _chain_first(first, batches)
-    specs = [leaf.spec() for leaf in leaves]
-    cuda = None
-    values = first[1]
+        return _general_into(layout, it, rows, exact, out, progress)
+    values = layout.first_values
+    leaves = layout.leaves
     if files is None and values and all(is_tensor(x) for x in values):
         devices = {x.device for x in values}
         if len(devices) == 1:
             cuda = _use_cuda(device, ordinal, next(iter(devices)))
+            if cuda is not None:
+                return _cuda_general(layout, it, rows, exact, cuda, progress)
+    if files is not None:
+        return _general_files(layout, it, rows, exact, files, progress)
+    output = _general.Output(leaves, rows, exact)
     with progress_bar(progress, rows) as bar:
-        if cuda is not None:
-            u8s = _native.cuda_drain(
-                cuda, specs, rows, _device_batches(leaves, batches, cuda, batched, bar)
-            )
-        else:
-            if files is not None and rows is not None and all(l.engine for l in leaves):
-                # A known length: straight into memory-mapped files (larger than RAM is fine).
-                kind, path, compress = files
-                sink = _native.Sink.to_files(specs, rows, kind, os.fspath(path), compress)
-            else:
-                sink = _native.Sink(specs, rows)
-            for _, values in batches:
-                sink.push([host_bytes(x, l.name, batched)[0] for l, x in zip(leaves, values)])
-                if bar is not None:
-                    bar(sink.rows)
-            if files is not None:
-                kind, path, compress = files
-                sink.finish_to_files(kind, os.fspath(path), compress)
-                return None
-            u8s = sink.finish()
+        _general.fill(layout, values, it, output, bar)
+    return _general.rebuild_result(layout, _general.finish_arrays(layout, output, strings))
+
+
+def _no_batches(loader, batched, out, files, strings):
+    """An epoch of no batches: empty arrays of the batch structure (as ``np.empty((0, ...))``
+    would be), taken from one sample of the dataset when the loader has one to take."""
+    sample = _general.probe_structure(loader, batched)
+    if sample is None:
+        raise DrainValueError(
+            "the loader yielded no batches, and has no sample to take the batch structure "
+            "from (not a map-style DataLoader, or an empty dataset), so there is no batch "
+            "structure to build"
+        )
+    keys: list = []
+    layout = _general.Layout(sample, batched, keys)
+    if files is not None:
+        _general.check_file_names(layout, keys)
+        return _general_files(layout, iter(()), 0, True, files, False, first=False)
+    if out is not None:
+        return _general_into(layout, iter(()), 0, True, out, False, first=False)
+    arrays = [
+        np.empty((0,) + leaf.row_shape, leaf.dtype)
+        if leaf.kind == "num"
+        else _general.text_array([], leaf, strings, False)
+        for leaf in layout.leaves
+    ]
+    return _general.rebuild_result(layout, arrays)
+
+
+def _cuda_general(layout, it, rows, exact, cuda, progress):
+    leaves = layout.leaves
+    specs = [leaf.spec() for leaf in leaves]
+
+    def batches():
+        yield 0, layout.first_values
+        for k, batch in enumerate(it, 1):
+            vals = layout.values(batch, k)
+            for leaf, x in zip(leaves, vals):
+                if not is_tensor(x):
+                    raise DrainTypeError(
+                        f"batch {k}, leaf {leaf.name!r} is a {type(x).__name__}, not a tensor "
+                        "as in the first batch"
+                    )
+                dtype = torch_numpy_dtype(x, leaf.name)
+                shape = tuple(x.shape[1:]) if layout.batched else tuple(x.shape)
+                if dtype != leaf.dtype:
+                    raise DrainTypeError(
+                        f"batch {k}, leaf {leaf.name!r}: dtype {dtype} differs from the first "
+                        f"batch's {leaf.dtype}"
+                    )
+                if shape != leaf.row_shape:
+                    raise DrainValueError(
+                        f"batch {k}, leaf {leaf.name!r}: row shape {shape} differs from the "
+                        f"first batch's {leaf.row_shape}"
+                    )
+            yield k, vals
+
+    with progress_bar(progress, rows) as bar:
+        u8s = _native.cuda_drain(
+            cuda,
+            specs,
+            rows if exact else None,
+            _device_batches(leaves, batches(), cuda, layout.batched, bar),
+        )
     n = u8s[0].shape[0] if u8s else 0
-    return rebuild(structure, [to_array(u8, l, n) for u8, l in zip(u8s, leaves)])
-
-
-def _chain_first(first, rest):
-    yield first
-    yield from rest
+    return _general.rebuild_result(layout, [to_array(u8, l, n) for u8, l in zip(u8s, leaves)])
 
 
 def _device_batches(leaves, batches, ordinal, batched, bar):
@@ -661,64 +902,208 @@ def _device_batches(leaves, batches, ordinal, batched, bar):
         yield parts
 
 
-def _general_into(structure, leaves, batches, rows, out, progress, batched):
-    """The general path into ``out=``: each batch copied into its slice of the caller's arrays."""
-    outs = _out_leaves(out, structure, leaves)
-    if rows is None:
-        rows = outs[0].shape[0] if outs and isinstance(outs[0], np.ndarray) else 0
-    dsts = [out_bytes(o, leaf, rows) for o, leaf in zip(outs, leaves)]
-    _check_overlaps(dsts, [], leaves)
-    at = 0
+def _general_into(layout, it, rows, exact, out, progress, first=True):
+    """The general path into ``out=``: each batch checked not to read memory ``out`` holds, and
+    copied into its slice of the caller's arrays."""
+    leaves = layout.leaves
+    outs = _out_leaves(out, layout.structure, leaves)
+    if rows is None or not exact:
+        rows = next((o.shape[0] for o in outs if isinstance(o, np.ndarray) and o.ndim), 0)
+    for o, leaf in zip(outs, leaves):
+        if leaf.kind == "num":
+            out_bytes(o, _as_leaf(leaf), rows)
+        elif not isinstance(o, np.ndarray) or o.dtype.kind not in "UST" or len(o) != rows:
+            raise DrainValueError(
+                f"out= leaf {leaf.name!r} must be a NumPy string array of {rows} rows"
+            )
+    nums = [o if leaf.kind == "num" else None for o, leaf in zip(outs, leaves)]
+    _check_overlaps([o for o in nums if o is not None], [], [l for l in leaves if l.kind == "num"])
+    output = _general.Output(leaves, rows, True, nums)
     with progress_bar(progress, rows) as bar:
-        for k, values in batches:
-            srcs = [host_bytes(x, l.name, batched)[0] for l, x in zip(leaves, values)]
-            n = srcs[0].shape[0] if srcs else 0
-            for s, l in zip(srcs, leaves):
-                if s.shape[0] != n:
-                    raise DrainValueError(
-                        f"batch {k}, column {l.name!r}: {s.shape[0]} rows, but the batch's "
-                        f"first column has {n}"
-                    )
-            if at + n > rows:
+        if first:
+            _general.fill(layout, layout.first_values, it, output, bar, check_overlap=True)
+        elif rows:
+            raise DrainValueError(f"the loader yielded no batches, but out= holds {rows} rows")
+    for i, (o, leaf) in enumerate(zip(outs, leaves)):
+        if leaf.kind != "text":
+            continue
+        text = _general.text_array(
+            output.text[i], leaf, "U" if o.dtype.kind == "U" else "auto", False
+        )
+        if o.dtype.kind in "US" and text.dtype.kind == o.dtype.kind:
+            if text.dtype.itemsize > o.dtype.itemsize:
                 raise DrainValueError(
-                    f"the stream declared {rows} rows but yielded {at + n} or more"
+                    f"out= leaf {leaf.name!r} holds {o.dtype}, too narrow for the drained text "
+                    f"({text.dtype})"
                 )
-            for s, d in zip(srcs, dsts):
-                d[at : at + n] = s
-            at += n
-            if bar is not None:
-                bar(at)
-    if at != rows:
-        raise DrainValueError(f"the stream declared {rows} rows but yielded {at}")
+        o[...] = text
     return out
+
+
+def _as_leaf(leaf) -> Leaf:
+    return Leaf(leaf.name, leaf.dtype, leaf.row_shape)
+
+
+def _general_files(layout, it, rows, exact, files, progress, first=True):
+    """The general path into files: a known length and numbers only, straight into
+    memory-mapped files (larger than RAM is fine); otherwise into memory, written at the end
+    with the text leaves as ``<U``/``S`` arrays."""
+    kind, path, compress = files
+    leaves = layout.leaves
+    nums = [leaf for leaf in leaves if leaf.kind == "num"]
+    specs = [leaf.spec() for leaf in nums]
+    mapped = exact and rows is not None and len(nums) == len(leaves)
+    if mapped:
+        sink = _native.Sink.to_files(specs, rows, kind, path, compress)
+    else:
+        sink = _native.Sink(specs, rows if exact else None, rows if not exact else None)
+    try:
+        text = [[] for _ in leaves]
+        with progress_bar(progress, rows) as bar:
+            batches = (
+                _chain_first(
+                    layout.first_values, (layout.values(b, k) for k, b in enumerate(it, 1))
+                )
+                if first
+                else iter(())
+            )
+            for k, values in enumerate(batches):
+                arrays = []
+                n = None
+                for i, (leaf, x) in enumerate(zip(leaves, values)):
+                    if leaf.kind == "text":
+                        m, chunk = _general._text_chunk(x, leaf, layout.batched, k)
+                        text[i].append(chunk)
+                    else:
+                        _check_like(leaf, x, layout.batched, k)
+                        a = host_bytes(x, leaf.name, layout.batched)[0]
+                        m = a.shape[0]
+                        arrays.append(a)
+                    if n is None:
+                        n, n_from = m, leaf.name
+                    elif m != n:
+                        raise DrainValueError(
+                            f"batch {k}, leaf {leaf.name!r}: {m} rows, but the batch's leaf "
+                            f"{n_from!r} has {n}"
+                        )
+                if arrays:
+                    sink.push(arrays)
+                if bar is not None:
+                    bar(sink.rows)
+        extra = []
+        for i, leaf in enumerate(leaves):
+            if leaf.kind != "text":
+                continue
+            arr = np.ascontiguousarray(_general.text_array(text[i], leaf, "U", True))
+            row_bytes = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
+            extra.append(
+                (i, leaf.name, repr(arr.dtype.str), list(arr.shape[1:]),
+                 arr.reshape(-1).view(np.uint8).reshape(len(arr), row_bytes))
+            )
+        sink.finish_to_files(kind, path, compress, extra)
+    except BaseException:
+        sink.close()
+        raise
+    return None
+
+
+def _check_like(leaf, x, batched, k) -> None:
+    """A later batch's numeric leaf checked against the first batch's."""
+    if not (is_tensor(x) or isinstance(x, np.ndarray)):
+        raise DrainTypeError(
+            f"batch {k}, leaf {leaf.name!r} is a {type(x).__name__}, not a tensor or NumPy array "
+            "as in the first batch"
+        )
+    dtype = torch_numpy_dtype(x, leaf.name) if is_tensor(x) else x.dtype
+    if dtype.byteorder == ">":
+        dtype = dtype.newbyteorder("=")
+    if dtype != leaf.dtype:
+        raise DrainTypeError(
+            f"batch {k}, leaf {leaf.name!r}: dtype {dtype} differs from the first batch's "
+            f"{leaf.dtype}"
+        )
+    shape = tuple(x.shape[1:]) if batched else tuple(x.shape)
+    if batched and x.ndim == 0:
+        raise DrainValueError(
+            f"batch {k}, leaf {leaf.name!r} is 0-dimensional; every leaf needs a first axis of rows"
+        )
+    if shape != leaf.row_shape:
+        raise DrainValueError(
+            f"batch {k}, leaf {leaf.name!r}: row shape {shape} differs from the first batch's "
+            f"{leaf.row_shape}"
+        )
+
+
+def _chain_first(first, rest):
+    yield first
+    yield from rest
 
 
 # ---- files ------------------------------------------------------------------------------------
 
 
-def _to_files(loader, kind, path, compress, device, progress) -> None:
+def _to_files(loader, kind, path, compress, device, progress, items) -> None:
     ordinal = _check_device(device)
+    _check_items(items, "auto")
     path = os.fspath(path)
-    plan = _fast_plan(loader)
-    if plan is not None:
-        leaves = plan.leaves
-        sources = [
-            (leaf.name, host_bytes(t, leaf.name)[0], leaf.engine, list(leaf.row_shape))
-            for leaf, t in zip(leaves, plan.tensors)
-        ]
-        order, count = _fast_order(plan, loader)
-        total = count * sum(leaf.row_bytes for leaf in leaves)
-        with progress_bar(progress, total, "B") as bar:
-            _native.gather_to_files(
-                sources, count, order, loader.batch_size or 1, kind, path, compress, bar
-            )
+    with _cleanup_on_sigterm():
+        plan = _choose(loader, items)
+        if plan is not None:
+            leaves = plan.leaves
+            sources = [
+                (leaf.name, host_bytes(t, leaf.name)[0], leaf.engine, list(leaf.row_shape))
+                for leaf, t in zip(leaves, plan.tensors)
+            ]
+            order, count = _fast_order(plan, loader)
+            total = count * sum(leaf.row_bytes for leaf in leaves)
+            with progress_bar(progress, total, "B") as bar:
+                _native.gather_to_files(sources, count, order, kind, path, compress, bar)
+            return
+        _drain_general(
+            loader,
+            "auto",
+            "cpu" if ordinal is None else device,
+            ordinal,
+            None,
+            progress,
+            (kind, path, compress),
+            items,
+            "U",
+        )
+
+
+class _Terminated(BaseException):
+    """Raised by the temporary ``SIGTERM`` handler of a file write, to unwind it."""
+
+
+@contextlib.contextmanager
+def _cleanup_on_sigterm():
+    """While a file write runs on the main thread of a program that leaves ``SIGTERM`` to its
+    default action (ending the process on the spot), a ``SIGTERM`` unwinds the write first —
+    its temporary files and the folders it made are removed — and then ends the process with
+    ``SIGTERM`` as before. (``SIGINT`` is Python's ``KeyboardInterrupt``, which unwinds the
+    same way.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    _drain_general(
-        loader,
-        "auto",
-        "cpu" if ordinal is None else device,
-        ordinal,
-        None,
-        progress,
-        (kind, path, compress),
-    )
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):
+        yield
+        return
+    if previous is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)

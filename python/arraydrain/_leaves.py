@@ -32,17 +32,27 @@ _ENGINE_NAMES = {
 
 BFLOAT16_MESSAGE = (
     "{where}: torch.bfloat16 has no NumPy dtype, so it cannot be drained into a NumPy array; "
-    "convert it first (tensor.float() is exact) or use a float16 copy"
+    "convert it first with tensor.float(), which is exact (a float16 copy is not: it overflows "
+    "above 65504 and loses small values)"
 )
+
+# Fixed-size NumPy dtypes carried as opaque bytes, named by their descriptor: dates and times
+# (with their unit), complex numbers, fixed-width strings.
+_OPAQUE_KINDS = "cMmUS"
 
 
 def engine_dtype(dtype: np.dtype, where: str) -> str | None:
     """The engine's dtype for a NumPy dtype: a numeric dtype's name, or for complex dtypes the
     NumPy descriptor literal (an opaque engine dtype)."""
     d = np.dtype(dtype).newbyteorder("=") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
-    if d not in _ENGINE_NAMES:
-        raise DrainTypeError(f"{where}: dtype {dtype} is not supported (numeric and bool only)")
-    return _ENGINE_NAMES[d]
+    if d in _ENGINE_NAMES:
+        return _ENGINE_NAMES[d]
+    if d.kind in _OPAQUE_KINDS and d.fields is None and d.subdtype is None and d.itemsize > 0:
+        return repr(d.str)
+    raise DrainTypeError(
+        f"leaf {where!r}: dtype {dtype} is not supported (numbers, bool, datetime64, "
+        "timedelta64 and strings are)"
+    )
 
 
 def torch_numpy_dtype(t, where: str) -> np.dtype:
@@ -59,7 +69,9 @@ def torch_numpy_dtype(t, where: str) -> np.dtype:
     try:
         d = torch.empty((), dtype=t.dtype).numpy().dtype
     except TypeError as e:
-        raise DrainTypeError(f"{where}: torch dtype {t.dtype} has no NumPy dtype ({e})") from e
+        raise DrainTypeError(
+            f"leaf {where!r}: torch dtype {t.dtype} has no NumPy dtype ({e})"
+        ) from e
     engine_dtype(d, where)
     return d
 
@@ -89,31 +101,89 @@ def is_tensor(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def flatten(batch: Any, path: str = "") -> tuple[Any, list[tuple[str, Any]]]:
+def is_text(x) -> bool:
+    """Whether ``x`` is a text leaf: a ``list`` or ``tuple`` of ``str`` (what the default
+    collate makes of a ``str`` field), or a NumPy string array (``<U``, ``S``, ``StringDType``)."""
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind in "USTO" and _is_string_array(x)
+    return (
+        isinstance(x, (list, tuple))
+        and len(x) > 0
+        and not hasattr(x, "_fields")
+        and all(isinstance(v, str) for v in x)
+    )
+
+
+def _is_string_array(x: np.ndarray) -> bool:
+    return x.dtype.kind in "UST"
+
+
+def _is_tensordict(x) -> bool:
+    import sys
+
+    td = sys.modules.get("tensordict")
+    base = getattr(td, "TensorDictBase", None) if td is not None else None
+    return base is not None and isinstance(x, base)
+
+
+def flatten(
+    batch: Any, path: str = "", single: bool = False, keys: list | None = None
+) -> tuple[Any, list[tuple[str, Any]]]:
     """``(structure, [(name, leaf), ...])``: the structure is a tree of containers whose
     leaves are placeholders, rebuilt by :func:`rebuild`. Names are paths: list and tuple
-    positions and dict keys joined by ``.`` (``"0"``, ``"image"``, ``"meta.label"``)."""
+    positions and dict keys joined by ``.`` (``"0"``, ``"image"``, ``"meta.label"``).
+
+    Leaves are tensors, NumPy arrays and text: a list or tuple of ``str`` (a text column of a
+    batch), or with ``single`` (each item one row) a ``str``. A TensorDict is a dict of its
+    keys. With ``keys`` (a list), the key path of each leaf is appended to it, for messages."""
     leaves: list[tuple[str, Any]] = []
 
-    def walk(x, p):
-        if is_tensor(x) or isinstance(x, np.ndarray):
-            leaves.append((p or "0", x))
+    def walk(x, p, kp):
+        if (
+            is_tensor(x)
+            or isinstance(x, np.ndarray)
+            or is_text(x)
+            or (single and isinstance(x, str))
+        ):
+            leaves.append((p if kp else "0", x))
+            if keys is not None:
+                keys.append(kp)
             return _LEAF
+        if _is_tensordict(x):
+            items = [(k, x.get(k)) for k in x.keys()]
+            return ("dict", dict, [(k, walk(v, _join(p, str(k)), kp + (k,))) for k, v in items])
         if isinstance(x, collections.abc.Mapping):
-            return ("dict", type(x), [(k, walk(v, _join(p, str(k)))) for k, v in x.items()])
+            return (
+                "dict",
+                type(x),
+                [(k, walk(v, _join(p, str(k)), kp + (k,))) for k, v in x.items()],
+            )
         if isinstance(x, tuple) and hasattr(x, "_fields"):
-            return ("namedtuple", type(x), [walk(v, _join(p, str(i))) for i, v in enumerate(x)])
+            return (
+                "namedtuple",
+                type(x),
+                [walk(v, _join(p, str(i)), kp + (i,)) for i, v in enumerate(x)],
+            )
         if isinstance(x, (list, tuple)):
             return (
                 type(x).__name__ if type(x) in (list, tuple) else "seq",
                 type(x),
-                [walk(v, _join(p, str(i))) for i, v in enumerate(x)],
+                [walk(v, _join(p, str(i)), kp + (i,)) for i, v in enumerate(x)],
             )
-        raise DrainTypeError(
-            f"batch leaf {p or '<batch>'!r} is a {type(x).__name__}, not a tensor or NumPy array"
-        )
+        what = f"batch leaf {p or '<batch>'!r} is a {type(x).__name__}"
+        if isinstance(x, str):
+            raise DrainTypeError(
+                f"{what} for the whole batch, not a column with a row per sample "
+                "(text columns are lists of str, one per row)"
+            )
+        raise DrainTypeError(f"{what}, not a tensor, NumPy array or text")
 
-    return walk(batch, path), leaves
+    return walk(batch, path, ()), leaves
+
+
+def key_path(keys: tuple) -> str:
+    """A leaf's key path as indexing code: ``['a']['b']``, ``[0]``."""
+    return "".join(f"[{k!r}]" for k in keys) or "the batch itself"
 
 
 _LEAF = object()

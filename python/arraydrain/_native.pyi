@@ -32,7 +32,9 @@ class Buffer:
 class Sink:
     """The general path's output: batches copied into preallocated (or growing) buffers."""
 
-    def __init__(self, columns: Sequence[ColumnSpec], rows: int | None) -> None: ...
+    def __init__(
+        self, columns: Sequence[ColumnSpec], rows: int | None, hint: int | None = None
+    ) -> None: ...
     @staticmethod
     def to_files(
         columns: Sequence[ColumnSpec],
@@ -45,7 +47,17 @@ class Sink:
     def rows(self) -> int: ...
     def push(self, arrays: Sequence[Bytes2D]) -> None: ...
     def finish(self) -> list[Bytes2D]: ...
-    def finish_to_files(self, kind: str, path: str | PathLike[str], compress: bool) -> None: ...
+    def finish_to_files(
+        self,
+        kind: str,
+        path: str | PathLike[str],
+        compress: bool,
+        extra: Sequence[tuple[int, str, str, Sequence[int], Bytes2D]] = ...,
+    ) -> None:
+        """Writes the columns, with ``extra`` ``(position, name, descriptor, row shape, bytes)``
+        columns inserted (text leaves)."""
+    def close(self) -> None:
+        """Drops the buffers, temporary files and folders made (what an unfinished sink does)."""
 
 class DeviceBuffer:
     """Engine-owned device memory, writable through ``__cuda_array_interface__``."""
@@ -69,12 +81,14 @@ def gather_to_files(
     sources: Sequence[Source],
     rows: int,
     indices: Indices | None,
-    batch_size: int,
     kind: str,
     path: str | PathLike[str],
     compress: bool,
     progress: Progress,
 ) -> None: ...
+def check_name(name: str) -> None:
+    """Raises ``DrainValueError`` unless ``name`` is a plain file name (the writers' rule)."""
+
 def cuda_compiled() -> bool: ...
 def cuda_status(ordinal: int) -> tuple[bool, str]: ...
 def cuda_gather(

@@ -130,11 +130,9 @@ def _sampler_replay(sampler, deferred: list):
         def subset_order():
             perm = torch.randperm(len(indices), generator=sampler.generator).numpy()
             base = as_index_array(indices, "SubsetRandomSampler.indices")
-            return (
-                base[perm]
-                if base is not None
-                else np.asarray([int(indices[i]) for i in perm], dtype=np.int64)
-            )
+            if base is None:
+                base = checked_indices(indices, "SubsetRandomSampler.indices")
+            return base[perm]
 
         return subset_order
     if kind is DistributedSampler:
@@ -177,20 +175,79 @@ def as_index_array(indices, what: str) -> np.ndarray | None:
         if arr.dtype == bool:
             raise DrainTypeError(f"{what} holds booleans, not indices")
         return None
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= 2**63:
+        raise DrainIndexError(
+            f"index {int(arr.max())} from {what} is out of range (the real epoch fails on it too)"
+        )
     return arr.astype(np.int64, copy=False)
 
 
-def _walk(iterator) -> np.ndarray:
-    """Flattens a batch sampler's (or sampler's) iterator of indices in Python."""
-    flat = itertools.chain.from_iterable(
-        b if not isinstance(b, (int, np.integer)) else (b,) for b in iterator
-    )
+def checked_index(i, where: str) -> int:
+    """One index as the real epoch takes it: an integer (a Python or NumPy int, or a 0-d
+    integer tensor); anything else raises what indexing a tensor with it raises (a float: an
+    ``IndexError``), as an ``ArrayDrainError``."""
+    if isinstance(i, (bool, np.bool_)):
+        raise DrainTypeError(f"{where} is a bool ({i!r}), not an integer index")
+    if isinstance(i, (int, np.integer)):
+        return int(i)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(i, torch.Tensor):
+        integral = not (i.is_floating_point() or i.is_complex() or i.dtype == torch.bool)
+        if i.dim() == 0 and integral:
+            return int(i)
+    if isinstance(i, (float, np.floating)) or (torch is not None and isinstance(i, torch.Tensor)):
+        raise DrainIndexError(
+            f"{where} is {i}, not an integer: the real epoch fails on it too (IndexError: only "
+            "integers are valid indices)"
+        )
+    raise DrainTypeError(f"{where} is a {type(i).__name__} ({i!r}), not an integer index")
+
+
+def checked_indices(indices, what: str) -> np.ndarray:
+    """A sequence of indices (``Subset.indices`` and the like) as ``int64``, each checked."""
+    out = [checked_index(indices[k], f"{what}[{k}]") for k in range(len(indices))]
+    return as_int64(out, what)
+
+
+def as_int64(values: list, what: str) -> np.ndarray:
     try:
-        return np.fromiter((int(i) for i in flat), dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise DrainTypeError(
-            f"the loader's sampler yields something other than integer indices: {e}"
-        ) from e
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        big = next(v for v in values if not -(2**63) <= v < 2**63)
+        raise DrainIndexError(
+            f"index {big} from {what} is out of range (the real epoch fails on it too)"
+        ) from None
+
+
+def _walk(iterator) -> np.ndarray:
+    """Flattens a batch sampler's iterator of batches of indices in Python, each batch and
+    index checked as the real epoch would find them: a batch is a non-empty sequence of
+    integers."""
+    flat: list = []
+    extend = flat.extend
+    for k, b in enumerate(iterator):
+        if isinstance(b, (int, np.integer)) or isinstance(b, (str, bytes)):
+            raise DrainTypeError(
+                f"the batch sampler yielded {b!r} as batch {k}, not a list of indices (the real "
+                f"epoch fails on it too: TypeError: '{type(b).__name__}' object is not iterable)"
+            )
+        try:
+            items = list(b)
+        except TypeError:
+            raise DrainTypeError(
+                f"the batch sampler yielded a {type(b).__name__} as batch {k}, not a list of "
+                "indices"
+            ) from None
+        if not items:
+            raise DrainIndexError(
+                f"the batch sampler yielded an empty batch (batch {k}); the real epoch's "
+                "collate fails on it (IndexError: list index out of range)"
+            )
+        if all(type(i) is int for i in items):
+            extend(items)
+        else:
+            extend(checked_index(i, f"index {j} of batch {k}") for j, i in enumerate(items))
+    return as_int64(flat, "the batch sampler")
 
 
 def epoch_order(loader, deferred: list | None = None) -> np.ndarray | range:
@@ -246,32 +303,41 @@ def wrap_indices(order: np.ndarray, n: int, what: str) -> np.ndarray:
     return order
 
 
-def declared_rows(loader) -> int | None:
-    """The rows one epoch yields, from the loader's lengths alone (``None`` when unknown): the
-    sampler's length cut by ``drop_last`` for map-style loaders with a ``BatchSampler``, the
-    sampler's length without automatic batching, and the dataset's length (if it has one) for
-    an ``IterableDataset``."""
+def declared_rows(loader, items_are_batches: bool = True) -> tuple[int | None, bool]:
+    """``(rows, exact)``: the rows one epoch yields from the loader's lengths alone (``None``
+    when unknown), and whether that count is a contract (map-style loaders: the sampler's
+    length cut by ``drop_last`` with a ``BatchSampler``, the sampler's length when each item is
+    one row, the inner sampler's when the sampler itself is a ``BatchSampler``) or a hint (an
+    ``IterableDataset``'s ``len``, which PyTorch treats as one: workers and ``drop_last`` make
+    an epoch yield other counts, and it only warns)."""
     if sys.modules.get("torch") is None:
-        return None  # without PyTorch loaded, `loader` is not a DataLoader
+        return None, False  # without PyTorch loaded, `loader` is not a DataLoader
     from torch.utils.data import BatchSampler, DataLoader, IterableDataset
 
     if not isinstance(loader, DataLoader):
-        return None
+        return None, False
     try:
         if isinstance(loader.dataset, IterableDataset):
             n = len(loader.dataset)
             if loader.batch_size is not None and loader.drop_last:
-                return (n // loader.batch_size) * loader.batch_size
-            return n
+                return (n // loader.batch_size) * loader.batch_size, False
+            return n, False
         if loader.batch_sampler is None:
-            return len(loader.sampler)
+            if not items_are_batches:
+                return len(loader.sampler), True
+            inner = loader.sampler
+            if type(inner) is BatchSampler:
+                n = len(inner.sampler)
+                bs = inner.batch_size
+                return ((n // bs) * bs if inner.drop_last else n), True
+            return None, False
         if type(loader.batch_sampler) is BatchSampler:
             n = len(loader.batch_sampler.sampler)
             bs = loader.batch_sampler.batch_size
-            return (n // bs) * bs if loader.batch_sampler.drop_last else n
+            return ((n // bs) * bs if loader.batch_sampler.drop_last else n), True
     except TypeError:
-        return None
-    return None
+        return None, False
+    return None, False
 
 
 def order_and_count(order: np.ndarray | None, n: int) -> tuple[np.ndarray | None, int]:

@@ -76,6 +76,7 @@ pub fn order(indices: Option<&PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Arc
 }
 
 /// A source column's layout, owned (usable with the GIL released).
+#[derive(Clone)]
 pub struct Meta {
     /// Column name (shown in errors, used for file names).
     pub name: String,
@@ -98,11 +99,10 @@ pub fn sources<'a>(specs: &'a [Spec<'_>]) -> PyResult<(Vec<Meta>, Vec<&'a [u8]>)
     for (name, data, dtype, row_shape) in specs {
         let shape = data.shape();
         metas.push(meta(name, dtype.as_deref(), row_shape, shape[1], shape[0])?);
-        bytes.push(
-            data.as_slice().map_err(|_| {
-                Kind::Value.err(format!("column {name:?}: source is not contiguous"))
-            })?,
-        );
+        bytes
+            .push(data.as_slice().map_err(|_| {
+                Kind::Value.err(format!("leaf '{name}': source is not contiguous"))
+            })?);
     }
     Ok((metas, bytes))
 }
@@ -119,7 +119,7 @@ pub fn meta(
     let implied = rs.iter().try_fold(d.size(), |acc, &x| acc.checked_mul(x));
     if implied != Some(row_bytes) {
         return Err(Kind::Value.err(format!(
-            "column {name:?}: row shape {row_shape:?} of {d} is not {row_bytes} bytes"
+            "leaf '{name}': row shape {row_shape:?} of {d} is not {row_bytes} bytes"
         )));
     }
     Ok(Meta {
@@ -170,6 +170,18 @@ pub fn call_progress(cb: &Py<PyAny>, done: usize) {
     })
 }
 
+/// Calls a Python progress callback with a count (taking the GIL): an ordinary exception from
+/// it is ignored (a failing display must not fail the drain), but what stops a program —
+/// `KeyboardInterrupt`, `SystemExit`, any `BaseException` that is not an `Exception` — stops
+/// the drain.
+fn call_progress_checked(cb: &Py<PyAny>, done: usize) -> PyResult<()> {
+    Python::attach(|py| match cb.call1(py, (done,)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyException>(py) => Ok(()),
+        Err(e) => Err(e),
+    })
+}
+
 /// The rows of the table an order reads: all of them for explicit indices, else the first
 /// `rows` (a sequential order).
 fn table_rows(metas: &[Meta], list: Option<&Arc<[u64]>>, rows: usize) -> usize {
@@ -202,6 +214,10 @@ pub fn gather(
     let (metas, bytes) = self::sources(&sources)?;
     let table_rows = table_rows(&metas, list.as_ref(), rows);
     let Some(mut out) = out else {
+        if matches!(strategy, Strategy::Auto | Strategy::Preallocated) {
+            return fresh_gather(py, &metas, &bytes, list, table_rows, rows, progress).map(Some);
+        }
+        // The classic recipes, kept for comparison, run whole in the engine.
         let columns = py
             .detach(|| -> Result<Vec<ColumnArray>, Error> {
                 let table = table(&metas, &bytes, table_rows)?;
@@ -234,20 +250,67 @@ pub fn gather(
         .map(|s| (s.1.data() as usize, s.1.len()))
         .collect();
     let mut dsts = out_slices(&mut out, &metas, n, &read)?;
-    py.detach(|| -> Result<(), Error> {
-        let order = match &list {
-            Some(l) => Order::Indices(Arc::clone(l)),
-            None => Order::Sequential,
-        };
+    py.detach(|| -> PyResult<()> {
         // The same checks as a fresh drain: columns share the rows read, indices are in range.
-        table(&metas, &bytes, table_rows)?;
-        let idx = Indices::resolve(&order, None, false, table_rows)?;
+        let idx = resolve(&metas, &bytes, list.as_ref(), table_rows)?;
         let row_bytes: Vec<usize> = metas.iter().map(|m| m.row_bytes).collect();
-        gather_into(&bytes, &row_bytes, &idx, &mut dsts, progress.as_ref());
-        Ok(())
-    })
-    .py()?;
+        gather_into(&bytes, &row_bytes, &idx, &mut dsts, progress.as_ref())
+    })?;
     Ok(None)
+}
+
+/// Checks the table (columns hold the rows read) and resolves the order against it (indices in
+/// range).
+fn resolve(
+    metas: &[Meta],
+    bytes: &[&[u8]],
+    list: Option<&Arc<[u64]>>,
+    table_rows: usize,
+) -> PyResult<Indices> {
+    let order = match list {
+        Some(l) => Order::Indices(Arc::clone(l)),
+        None => Order::Sequential,
+    };
+    table(metas, bytes, table_rows).py()?;
+    Indices::resolve(&order, None, false, table_rows).py()
+}
+
+/// The preallocated gather into new engine buffers: zero-filled output (its pages untouched
+/// until written), filled in blocks on all threads with the GIL released, with Python's signal
+/// handlers run between blocks so that Ctrl-C stops a long drain.
+fn fresh_gather(
+    py: Python<'_>,
+    metas: &[Meta],
+    bytes: &[&[u8]],
+    list: Option<Arc<[u64]>>,
+    table_rows: usize,
+    rows: usize,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Vec<Py<PyAny>>> {
+    let n = list.as_ref().map_or(rows, |l| l.len());
+    let columns = py.detach(|| -> PyResult<Vec<ColumnArray>> {
+        let idx = resolve(metas, bytes, list.as_ref(), table_rows)?;
+        let mut columns = metas
+            .iter()
+            .map(|m| ColumnArray::zeroed(m.name.as_str(), m.dtype.clone(), &m.row_shape, n))
+            .collect::<Result<Vec<_>, Error>>()
+            .py()?;
+        let row_bytes: Vec<usize> = metas.iter().map(|m| m.row_bytes).collect();
+        let mut dsts: Vec<&mut [u8]> = columns.iter_mut().map(|c| c.as_bytes_mut()).collect();
+        gather_into(bytes, &row_bytes, &idx, &mut dsts, progress.as_ref())?;
+        Ok(columns)
+    })?;
+    columns
+        .into_iter()
+        .zip(metas)
+        .map(|(c, m)| Buffer::new(c, n, m.row_bytes).into_numpy(py))
+        .collect()
+}
+
+/// Runs Python's pending signal handlers (taking the GIL): what they raise — `KeyboardInterrupt`
+/// for Ctrl-C — stops a drain between two blocks.
+fn check_signals() -> PyResult<()> {
+    Python::attach(|py| py.check_signals())
 }
 
 /// Borrows `out=` arrays writably, checking count, shape `(rows, row_bytes)` and contiguity,
@@ -273,15 +336,14 @@ pub fn out_slices<'a>(
     for (i, (&r, m)) in ranges.iter().zip(metas).enumerate() {
         if read.iter().any(|&s| overlap(r, s)) {
             return Err(Kind::Value.err(format!(
-                "out= array for {:?} overlaps the data being drained",
+                "out= leaf '{}' overlaps the data being drained",
                 m.name
             )));
         }
         if ranges[..i].iter().any(|&p| overlap(r, p)) {
-            return Err(Kind::Value.err(format!(
-                "out= array for {:?} overlaps another out= array",
-                m.name
-            )));
+            return Err(
+                Kind::Value.err(format!("out= leaf '{}' overlaps another out= leaf", m.name))
+            );
         }
     }
     let mut dsts = Vec::with_capacity(out.len());
@@ -289,25 +351,28 @@ pub fn out_slices<'a>(
         let shape = o.shape().to_vec();
         if shape != [rows, m.row_bytes] {
             return Err(Kind::Value.err(format!(
-                "out= array for {:?} holds {} rows of {} bytes; the drain yields {rows} rows of {} bytes",
+                "out= leaf '{}' holds {} rows of {} bytes; the drain yields {rows} rows of {} bytes",
                 m.name, shape[0], shape[1], m.row_bytes
             )));
         }
-        dsts.push(o.as_slice_mut().map_err(|_| {
-            Kind::Value.err(format!("out= array for {:?} is not C-contiguous", m.name))
-        })?);
+        dsts.push(
+            o.as_slice_mut().map_err(|_| {
+                Kind::Value.err(format!("out= leaf '{}' is not C-contiguous", m.name))
+            })?,
+        );
     }
     Ok(dsts)
 }
 
-/// The preallocated gather into caller buffers, in blocks, reporting progress per block.
+/// The preallocated gather into caller buffers, in blocks, reporting progress per block and
+/// running Python's signal handlers after each (a `KeyboardInterrupt` stops it there).
 fn gather_into(
     bytes: &[&[u8]],
     row_bytes: &[usize],
     idx: &Indices,
     dsts: &mut [&mut [u8]],
     progress: Option<&Py<PyAny>>,
-) {
+) -> PyResult<()> {
     let n = idx.len();
     let total: usize = row_bytes.iter().sum();
     let block = (BLOCK_BYTES / total.max(1)).max(1);
@@ -323,23 +388,25 @@ fn gather_into(
             );
         }
         if let Some(cb) = progress {
-            call_progress(cb, end);
+            call_progress_checked(cb, end)?;
         }
+        check_signals()?;
         start = end;
     }
+    Ok(())
 }
 
-/// Gathers straight into a `.npz` archive (`kind == "npz"`) or a folder of `.npy` files
-/// (`"dir"`), block by block through one reused buffer: the output never exists in memory.
+/// Gathers into a `.npz` archive (`kind == "npz"`) or a folder of `.npy` files (`"dir"`),
+/// block by block into memory-mapped files (the output never has to fit in memory), running
+/// Python's signal handlers between blocks: an interrupted write commits nothing.
 #[pyfunction]
-#[pyo3(signature = (sources, rows, indices, batch_size, kind, path, compress, progress))]
+#[pyo3(signature = (sources, rows, indices, kind, path, compress, progress))]
 #[allow(clippy::too_many_arguments)]
 pub fn gather_to_files(
     py: Python<'_>,
     sources: Vec<Spec<'_>>,
     rows: usize,
     indices: Option<PyReadonlyArray1<'_, i64>>,
-    batch_size: usize,
     kind: &str,
     path: PathBuf,
     compress: bool,
@@ -349,47 +416,41 @@ pub fn gather_to_files(
     let (metas, bytes) = self::sources(&sources)?;
     named_check(&metas)?;
     let table_rows = table_rows(&metas, list.as_ref(), rows);
-    let options = file_options(compress, progress);
-    py.detach(|| -> Result<(), Error> {
-        let table = table(&metas, &bytes, table_rows)?;
-        let mut loader = Loader::new(&table).batch_size(batch_size.max(1));
-        if let Some(list) = list {
-            loader = loader.indices(list);
-        }
-        match kind {
-            "npz" => npy::drain_to_npz(&loader, &path, &options)?,
-            _ => npy::drain_to_npy_dir(&loader, &path, &options)?,
-        };
-        Ok(())
-    })
-    .py()
+    let n = list.as_ref().map_or(rows, |l| l.len());
+    let idx = resolve(&metas, &bytes, list.as_ref(), table_rows)?;
+    let mut sink = Sink::files(metas, n, kind, path, compress)?;
+    py.detach(|| sink.fill(&bytes, &idx, progress.as_ref()))?;
+    sink.finish_to_files(py, kind, PathBuf::new(), compress, Vec::new())
+}
+
+/// Checks that a leaf name can name a file (`NAME.npy`): the plain-name rule of every writer.
+#[pyfunction]
+pub fn check_name(name: &str) -> PyResult<()> {
+    npy::check_column_name(name).py()
 }
 
 /// Files need a dtype for their header: columns given as bare bytes (no dtype) are refused.
 pub fn named_check(metas: &[Meta]) -> PyResult<()> {
     match metas.iter().find(|m| !m.named) {
         Some(m) => Err(Kind::Type.err(format!(
-            "column {:?}: it was given as bare bytes, without a dtype for a .npy header",
+            "leaf '{}': it was given as bare bytes, without a dtype for a .npy header",
             m.name
         ))),
         None => Ok(()),
     }
 }
 
-fn file_options(compress: bool, progress: Option<Py<PyAny>>) -> WriteOptions {
-    let options = WriteOptions::new().compress(compress);
-    match progress {
-        Some(cb) => options.on_progress(move |bytes| call_progress(&cb, bytes as usize)),
-        None => options,
-    }
-}
+/// A column written by Python beside the sink's own (text leaves, sized only at the end):
+/// its position among the columns, name, NumPy descriptor literal, row shape and bytes.
+pub type Extra<'py> = (usize, String, String, Vec<usize>, PyReadonlyArray2<'py, u8>);
 
 /// The general path's output: batches are copied, as they come, into one preallocated buffer
 /// per column. With a declared row count the buffers are allocated once and a source yielding
-/// more or fewer rows is an error; without one they grow geometrically (doubling, each growth
-/// one copy of the rows so far), so a buffer may reserve up to twice the final size in address
-/// space (the untouched tail of a large buffer is never backed by memory). A sink made by
-/// [`Sink::to_files`] writes into memory-mapped `.npy` files instead of memory.
+/// more or fewer rows is an error; without one they start at the hint (if any) and grow
+/// geometrically (doubling, each growth one copy of the rows so far), so a buffer may reserve
+/// up to twice the final size in address space (the untouched tail of a large buffer is never
+/// backed by memory). A sink made by [`Sink::to_files`] writes into memory-mapped `.npy` files
+/// instead of memory.
 #[pyclass(module = "arraydrain._native")]
 pub struct Sink {
     metas: Vec<Meta>,
@@ -406,8 +467,6 @@ pub struct Sink {
 struct Files {
     kind: String,
     path: PathBuf,
-    /// The folder of the `.npy` files: the output folder, or a temporary one beside an `.npz`.
-    dir: PathBuf,
     compress: bool,
     released: usize,
     /// Folders this sink created, deepest first.
@@ -417,12 +476,13 @@ struct Files {
 #[pymethods]
 impl Sink {
     /// A sink for columns `(name, dtype or None, row_shape, row_bytes)`, expecting exactly
-    /// `rows` rows when declared.
+    /// `rows` rows when declared, else starting with room for `hint` rows.
     #[new]
-    #[pyo3(signature = (columns, rows))]
+    #[pyo3(signature = (columns, rows, hint=None))]
     fn new(
         columns: Vec<(String, Option<String>, Vec<usize>, usize)>,
         rows: Option<usize>,
+        hint: Option<usize>,
     ) -> PyResult<Self> {
         let mut sink = Sink {
             metas: metas(&columns)?,
@@ -433,14 +493,16 @@ impl Sink {
             buffers: Vec::new(),
             files: None,
         };
-        sink.grow(rows.unwrap_or(0))?;
+        sink.grow(rows.or(hint).unwrap_or(0))?;
         Ok(sink)
     }
 
     /// A sink writing exactly `rows` rows straight into memory-mapped `.npy` files — the
-    /// folder `path` (`kind == "dir"`), or a temporary folder beside the archive `path`
+    /// folder `path` (`kind == "dir"`), or exclusive temporary files beside the archive `path`
     /// (`"npz"`), packed by [`Sink::finish_to_files`] — so the output never has to fit in
-    /// memory: written regions are handed back to the kernel as the sink goes.
+    /// memory: written regions are handed back to the kernel as the sink goes. Every file is
+    /// made under an unpredictable temporary name (the library's staged output), removed
+    /// unless the sink finishes.
     #[staticmethod]
     #[pyo3(signature = (columns, rows, kind, path, compress))]
     fn to_files(
@@ -450,59 +512,7 @@ impl Sink {
         path: PathBuf,
         compress: bool,
     ) -> PyResult<Self> {
-        let metas = metas(&columns)?;
-        named_check(&metas)?;
-        let dir = if kind == "npz" {
-            let name = path
-                .file_name()
-                .map_or_else(|| "out.npz".into(), |n| n.to_string_lossy().into_owned());
-            path.with_file_name(format!(".{name}.arraydrain-{}", std::process::id()))
-        } else {
-            path.clone()
-        };
-        // The archive's own folder must exist already (as for any file written); a `.npy`
-        // folder is created with its parents, which an unfinished sink removes again.
-        let created: Vec<PathBuf> = dir
-            .ancestors()
-            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
-            .map(PathBuf::from)
-            .collect();
-        let made = if kind == "npz" {
-            std::fs::create_dir(&dir)
-        } else {
-            std::fs::create_dir_all(&dir)
-        };
-        made.map_err(|e| {
-            to_py(Error::Io {
-                path: dir.clone(),
-                source: e,
-            })
-        })?;
-        let mut sink = Sink {
-            metas,
-            declared: Some(rows),
-            rows: 0,
-            capacity: rows,
-            batches: 0,
-            buffers: Vec::new(),
-            files: Some(Files {
-                kind: kind.to_string(),
-                path,
-                dir: dir.clone(),
-                compress,
-                released: 0,
-                created,
-            }),
-        };
-        for m in &sink.metas {
-            let mut shape = vec![rows];
-            shape.extend_from_slice(&m.row_shape);
-            let file = dir.join(format!("{}.npy", m.name));
-            sink.buffers.push(Box::new(
-                MappedNpy::create(file, m.dtype.clone(), &shape).py()?,
-            ));
-        }
-        Ok(sink)
+        Sink::files(metas(&columns)?, rows, kind, path, compress)
     }
 
     /// Rows received so far.
@@ -516,21 +526,14 @@ impl Sink {
     fn push(&mut self, py: Python<'_>, arrays: Vec<PyReadonlyArray2<'_, u8>>) -> PyResult<()> {
         let k = self.batches;
         let mismatch = |column: &str, reason: String| {
-            to_py(Error::BatchMismatch {
-                batch: k,
-                column: column.to_string(),
-                reason,
-            })
+            Kind::Value.err(format!("batch {k}, leaf '{column}': {reason}"))
         };
         if arrays.len() != self.metas.len() {
-            return Err(mismatch(
-                "",
-                format!(
-                    "{} arrays, the first batch had {}",
-                    arrays.len(),
-                    self.metas.len()
-                ),
-            ));
+            return Err(Kind::Value.err(format!(
+                "batch {k}: {} leaves, the first batch had {}",
+                arrays.len(),
+                self.metas.len()
+            )));
         }
         let n = arrays.first().map_or(0, |a| a.shape()[0]);
         let mut srcs = Vec::with_capacity(arrays.len());
@@ -548,12 +551,13 @@ impl Sink {
             if shape[0] != n {
                 return Err(mismatch(
                     &m.name,
-                    format!("{} rows, but the batch's first column has {n}", shape[0]),
+                    format!("{} rows, but the batch's first leaf has {n}", shape[0]),
                 ));
             }
-            srcs.push(a.as_slice().map_err(|_| {
-                Kind::Value.err(format!("column {:?}: batch is not contiguous", m.name))
-            })?);
+            srcs.push(
+                a.as_slice()
+                    .map_err(|_| mismatch(&m.name, "the batch is not contiguous".into()))?,
+            );
         }
         let end = self.rows + n;
         if let Some(declared) = self.declared {
@@ -602,48 +606,51 @@ impl Sink {
     }
 
     /// Ends the stream into a `.npz` archive (`kind == "npz"`) or a folder of `.npy` files
-    /// (`"dir"`), written by the engine's writers; a [`Sink::to_files`] sink finishes its own
-    /// files (and packs them into its archive) whatever the arguments say.
-    #[pyo3(signature = (kind, path, compress))]
+    /// (`"dir"`), written by the engine's writers (all files of one call renamed into place
+    /// together), with `extra` columns inserted at their positions; a [`Sink::to_files`] sink
+    /// finishes its own files (and packs them into its archive) whatever the arguments say,
+    /// and takes no extra columns.
+    #[pyo3(signature = (kind, path, compress, extra=Vec::new()))]
     fn finish_to_files(
         &mut self,
         py: Python<'_>,
         kind: &str,
         path: PathBuf,
         compress: bool,
+        extra: Vec<Extra<'_>>,
     ) -> PyResult<()> {
         self.check_complete()?;
         named_check(&self.metas)?;
-        if let Some(mut f) = self.files.take() {
-            let rows = self.rows;
-            let metas = &self.metas;
-            let buffers = &mut self.buffers;
-            py.detach(|| -> Result<(), Error> {
-                release(&mut f, metas, buffers, rows, true)?;
-                for b in buffers.iter_mut() {
-                    b.finish()?;
-                }
-                Ok(())
-            })
-            .py()?;
-            if f.kind != "npz" {
-                return Ok(());
+        check_signals()?;
+        if self.files.is_some() {
+            if !extra.is_empty() {
+                return Err(Kind::Value
+                    .err("a sink writing memory-mapped files takes no extra columns".to_string()));
             }
-            let columns = self.take_columns(rows)?;
-            let written = py.detach(|| {
-                let options = WriteOptions::new().compress(f.compress);
-                let r = npy::write_npz(&f.path, &columns, &options);
-                drop(columns);
-                r
-            });
-            let _ = std::fs::remove_dir_all(&f.dir);
-            return written.py();
+            return self.finish_mapped(py);
         }
         if self.rows != self.capacity {
             // Files hold exactly the rows received: one trimming copy (undeclared streams).
             self.grow(self.rows)?;
         }
-        let columns = self.take_columns(self.rows)?;
+        let rows = self.rows;
+        let mut columns = self.take_columns(rows)?;
+        for (at, name, descr, row_shape, data) in &extra {
+            let shape = data.shape();
+            let (dtype, rs) = layout(Some(descr), row_shape, shape[1])?;
+            if shape[0] != rows {
+                return Err(Kind::Value.err(format!(
+                    "leaf '{name}': {} rows, the other leaves have {rows}",
+                    shape[0]
+                )));
+            }
+            let bytes = data
+                .as_slice()
+                .map_err(|_| Kind::Value.err(format!("leaf '{name}' is not contiguous")))?;
+            let buf = HostBuf::copy_of(bytes, name, None).py()?;
+            let column = ColumnArray::new(name.as_str(), dtype, &rs, rows, Box::new(buf)).py()?;
+            columns.insert((*at).min(columns.len()), column);
+        }
         py.detach(|| -> Result<(), Error> {
             let options = WriteOptions::new().compress(compress);
             match kind {
@@ -653,23 +660,17 @@ impl Sink {
         })
         .py()
     }
+
+    /// Drops everything the sink holds: its buffers, and for a file sink its temporary files
+    /// and the folders it created (when empty). What a sink dropped unfinished does, at once.
+    fn close(&mut self) {
+        self.abort();
+    }
 }
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        // An unfinished mapped sink: its files remove themselves (as they are dropped here);
-        // the temporary folder of an archive and the folders made for `.npy` files go too.
-        if let Some(f) = &self.files {
-            self.buffers.clear();
-            if f.kind == "npz" {
-                let _ = std::fs::remove_dir_all(&f.dir);
-            } else {
-                // Only folders this sink made, and only when empty (nothing of anyone else's).
-                for d in &f.created {
-                    let _ = std::fs::remove_dir(d);
-                }
-            }
-        }
+        self.abort();
     }
 }
 
@@ -705,6 +706,160 @@ fn metas(columns: &[(String, Option<String>, Vec<usize>, usize)]) -> PyResult<Ve
 }
 
 impl Sink {
+    /// See [`Sink::to_files`]. Names are checked (plain file names, no two alike) before
+    /// anything is created.
+    fn files(
+        metas: Vec<Meta>,
+        rows: usize,
+        kind: &str,
+        path: PathBuf,
+        compress: bool,
+    ) -> PyResult<Self> {
+        named_check(&metas)?;
+        for (i, m) in metas.iter().enumerate() {
+            npy::check_column_name(&m.name).py()?;
+            if metas[..i].iter().any(|p| p.name == m.name) {
+                return Err(Kind::Value.err(format!(
+                    "two leaves are both named '{}'; each needs a file of its own",
+                    m.name
+                )));
+            }
+        }
+        // The folder of `.npy` files is created with its parents, which an unfinished sink
+        // removes again (when empty); an archive's folder must exist already.
+        let created: Vec<PathBuf> = if kind == "npz" {
+            Vec::new()
+        } else {
+            path.ancestors()
+                .take_while(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err())
+                .map(PathBuf::from)
+                .collect()
+        };
+        let mut sink = Sink {
+            metas,
+            declared: Some(rows),
+            rows: 0,
+            capacity: rows,
+            batches: 0,
+            buffers: Vec::new(),
+            files: Some(Files {
+                kind: kind.to_string(),
+                path: path.clone(),
+                compress,
+                released: 0,
+                created,
+            }),
+        };
+        if kind != "npz" {
+            std::fs::create_dir_all(&path).map_err(|e| {
+                to_py(Error::Io {
+                    path: path.clone(),
+                    source: e,
+                })
+            })?;
+        }
+        for i in 0..sink.metas.len() {
+            let m = &sink.metas[i];
+            let mut shape = vec![rows];
+            shape.extend_from_slice(&m.row_shape);
+            // Each file is staged under an exclusive random name in its destination's folder
+            // (registered for cleanup). An archive's members are never renamed into place:
+            // they are packed into the archive and removed.
+            let dest = if kind == "npz" {
+                path.clone()
+            } else {
+                path.join(format!("{}.npy", m.name))
+            };
+            let file = MappedNpy::create(dest, m.dtype.clone(), &shape).py()?;
+            sink.buffers.push(Box::new(file));
+        }
+        Ok(sink)
+    }
+
+    /// Gathers rows `idx` of `bytes` into the next rows, in blocks of about [`BLOCK_BYTES`],
+    /// handing written regions back, reporting bytes done and running Python's signal
+    /// handlers after each block.
+    fn fill(
+        &mut self,
+        bytes: &[&[u8]],
+        idx: &Indices,
+        progress: Option<&Py<PyAny>>,
+    ) -> PyResult<()> {
+        let n = idx.len();
+        let total: usize = self.metas.iter().map(|m| m.row_bytes).sum();
+        let block = (BLOCK_BYTES / total.max(1)).max(1);
+        let mut start = 0;
+        while start < n {
+            let end = (start + block).min(n);
+            for ((src, m), buf) in bytes.iter().zip(&self.metas).zip(self.buffers.iter_mut()) {
+                let rb = m.row_bytes;
+                cpu::par_gather(
+                    src,
+                    rb,
+                    idx.view(start, end),
+                    &mut buf.as_bytes_mut()[start * rb..end * rb],
+                );
+            }
+            self.rows = end;
+            if let Some(f) = self.files.as_mut() {
+                release(f, &self.metas, &mut self.buffers, end, false).py()?;
+            }
+            if let Some(cb) = progress {
+                call_progress_checked(cb, end * total)?;
+            }
+            check_signals()?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Finishes a file sink: every region written back, then the `.npy` files renamed into
+    /// place, or the archive packed from them (its temporary members removed).
+    fn finish_mapped(&mut self, py: Python<'_>) -> PyResult<()> {
+        let rows = self.rows;
+        let Some(f) = self.files.as_mut() else {
+            return Ok(());
+        };
+        let metas = &self.metas;
+        let buffers = &mut self.buffers;
+        py.detach(|| release(f, metas, buffers, rows, true)).py()?;
+        if f.kind != "npz" {
+            let buffers = &mut self.buffers;
+            py.detach(|| -> Result<(), Error> {
+                for b in buffers.iter_mut() {
+                    b.finish()?;
+                }
+                Ok(())
+            })
+            .py()?;
+            self.buffers.clear();
+            self.files = None;
+            return Ok(());
+        }
+        let (path, compress) = (f.path.clone(), f.compress);
+        let columns = self.take_columns(rows)?;
+        let written = py.detach(|| {
+            let options = WriteOptions::new().compress(compress);
+            let r = npy::write_npz(&path, &columns, &options);
+            // The members' temporary files go as their maps are dropped.
+            drop(columns);
+            r
+        });
+        self.files = None;
+        written.py()
+    }
+
+    /// Drops the buffers (a file sink's unfinished files remove themselves as they are
+    /// dropped) and the folders a file sink made, when empty: nothing of anyone else's.
+    fn abort(&mut self) {
+        self.buffers.clear();
+        if let Some(f) = self.files.take() {
+            for d in &f.created {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+
     fn check_complete(&self) -> PyResult<()> {
         match self.declared {
             Some(declared) if self.rows != declared => Err(to_py(Error::StreamLengthMismatch {

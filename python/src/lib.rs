@@ -31,6 +31,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<host::Sink>()?;
     m.add_function(wrap_pyfunction!(host::gather, m)?)?;
     m.add_function(wrap_pyfunction!(host::gather_to_files, m)?)?;
+    m.add_function(wrap_pyfunction!(host::check_name, m)?)?;
     m.add_function(wrap_pyfunction!(shards::check_shards, m)?)?;
     m.add_function(wrap_pyfunction!(shards::merge_shards, m)?)?;
     m.add_function(wrap_pyfunction!(shards::shard_world_size, m)?)?;

@@ -195,8 +195,14 @@ class LyingStream(Stream):
 
 @pytest.mark.parametrize("n, declared", [(N - 5, N), (N + 5, N)], ids=["fewer", "more"])
 def test_iterable_dataset_yielding_other_than_its_length(n, declared):
-    with pytest.raises(ValueError):
-        arraydrain.drain(DataLoader(LyingStream(n, declared), batch_size=12))
+    """An IterableDataset's __len__ is a hint (PyTorch warns and goes on): the drain returns
+    what the epoch yields."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch's own warning about the length
+        got, _ = drain_vs_epoch(DataLoader(LyingStream(n, declared), batch_size=12))
+    assert len(got[0]) == n
 
 
 def test_generator_of_tensor_batches():

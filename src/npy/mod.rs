@@ -99,3 +99,13 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
         reason: reason.into(),
     }
 }
+
+/// Checks that a column name can name an output file (`NAME.npy` in a folder or an archive):
+/// the plain-name rule every writer here applies before it creates anything (see "Names and
+/// output files" above), for callers that name columns from data of their own.
+///
+/// # Errors
+/// [`Error::UnsafeName`] saying why not.
+pub fn check_column_name(name: &str) -> crate::error::Result<()> {
+    names::check_column_name(name)
+}
