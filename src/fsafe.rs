@@ -3,14 +3,14 @@
 //! Every output file of a run is first created under an unpredictable temporary name in its
 //! destination folder (`.arraydrain-XXXXXX`, made exclusively by `tempfile`: create-new, so a
 //! planted file or symlink at that name makes creation fail instead of being followed or
-//! overwritten). A staged set (crate-internal) collects them and renames them all into place
-//! once every one is complete, and a set dropped without committing removes every temporary file,
-//! scratch folder and output folder it made. The temporary names are short, so any output name
-//! that fits the file system fits its temporary name too.
+//! overwritten). A staged set ([`Staged`]) collects them and renames them all into place once
+//! every one is complete, and a set dropped without committing removes every temporary file,
+//! staged and scratch folder, claim and output folder it made. The temporary names are short,
+//! so any output name that fits the file system fits its temporary name too.
 //!
 //! [`Staged`] is the one mechanism every writer of the crate uses (`convert`, `convert
-//! --distributed`, `merge`, the `npy` writers and the Python sinks): files, whole folders
-//! ([`Staged::folder`], renamed into place only where nothing is), claim files
+//! --distributed`, `merge`, the `npy` writers; public, so the Python sinks use it too): files,
+//! whole folders ([`Staged::folder`], renamed into place only where nothing is), claim files
 //! ([`Staged::claim`], created only where nothing is) and the output folders a run makes. It is
 //! input-aware: paths given to [`Staged::protect`] (files the run reads) and
 //! [`Staged::protect_tree`] (folders it reads) can never be written, by any spelling or link.

@@ -413,3 +413,34 @@ def test_load_shards_follows_no_link_and_refuses_forged_or_special_manifests(tmp
     manifest.unlink()
     manifest.write_text(good)
     assert arraydrain.load_shards(shards)["x"].shape == (6, 4)
+
+
+def forge_manifest(shards: pathlib.Path, **changes):
+    """Rewrites the manifest with `changes` and its run id recomputed, as a careful forger would
+    (FNV-1a 64 over the compact JSON with an empty run id, in the manifest's own key order)."""
+    import json
+
+    path = shards / "manifest.json"
+    m = json.loads(path.read_text())
+    m.update(changes)
+    m["run_id"] = ""
+    h = 0xCBF29CE484222325
+    for b in json.dumps(m, separators=(",", ":")).encode():
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    m["run_id"] = f"{h:016x}"
+    path.write_text(json.dumps(m, indent=2))
+
+
+def test_load_shards_refuses_huge_forged_world_sizes_without_aborting(tmp_path):
+    _, shards = one_rank_shards(tmp_path, 5, 1.0)
+    forge_manifest(shards)  # the forgery itself is faithful: the set still loads
+    assert arraydrain.load_shards(shards)["x"].shape == (5, 4)
+    for world in (10**9, 2**64 - 1):
+        forge_manifest(shards, world_size=world)
+        for kwargs in ({}, {"mmap": False}, {"out_dir": tmp_path / "out"}):
+            with pytest.raises(arraydrain.DrainValueError) as e:
+                arraydrain.load_shards(shards, **kwargs)
+            msg = str(e.value)
+            assert "manifest.json" in msg and "more ranks than a run may have" in msg, msg
+            assert str(world) in msg, msg
+        assert not (tmp_path / "out").exists()
