@@ -337,6 +337,13 @@ pub enum Error {
         /// What was being sized.
         what: String,
     },
+    /// A caller's check between blocks of a write asked to stop (for example a pending
+    /// Ctrl-C); nothing of the write was committed.
+    #[error("interrupted: {reason}; nothing was written")]
+    Interrupted {
+        /// What asked to stop.
+        reason: String,
+    },
     /// Options that cannot be used together.
     #[error("conflicting options: {reason}")]
     ConflictingOptions {

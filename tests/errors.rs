@@ -387,3 +387,40 @@ fn materialize_into_an_output_of_another_shape() {
         .unwrap();
     assert!(Loader::new(&t2).materialize_into(&mut out).is_ok());
 }
+
+#[test]
+fn a_write_stopped_between_blocks_is_interrupted_and_commits_nothing() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    // 64 MiB of rows: several blocks, so the check runs before the write is done.
+    let x = Array2::from_shape_fn((1 << 16, 256), |(i, j)| (i + j) as f32);
+    let t = Table::builder().view("x", x.view()).build().unwrap();
+    let loader = Loader::new(&t).batch_size(1000).shuffle(3);
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["npz", "dir"] {
+        let calls = Arc::new(AtomicU64::new(0));
+        let seen = Arc::clone(&calls);
+        let options = arraydrain::npy::WriteOptions::new().check_between_blocks(move |bytes| {
+            assert!(bytes > 0, "called after a block is written");
+            if seen.fetch_add(1, Ordering::SeqCst) == 1 {
+                return Err(Error::Interrupted {
+                    reason: "the test asked to stop".into(),
+                });
+            }
+            Ok(())
+        });
+        let err = match kind {
+            "npz" => arraydrain::npy::drain_to_npz(&loader, dir.path().join("o.npz"), &options),
+            _ => arraydrain::npy::drain_to_npy_dir(&loader, dir.path().join("d"), &options),
+        }
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Interrupted { reason } if reason == "the test asked to stop"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("nothing was written"), "{err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "stopped at the first Err");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{kind}: {left:?}");
+    }
+}

@@ -82,7 +82,8 @@ pub fn kind_of(e: &Error) -> Kind {
         | Error::DeviceOutOfMemory { .. }
         | Error::WrongDevice { .. }
         | Error::UnorderableColumn { .. }
-        | Error::Misaligned { .. } => Kind::Runtime,
+        | Error::Misaligned { .. }
+        | Error::Interrupted { .. } => Kind::Runtime,
         _ => Kind::Value,
     }
 }

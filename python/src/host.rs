@@ -4,9 +4,10 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arraydrain::dtype::Opaque;
+use arraydrain::fsafe::Staged;
 use arraydrain::gather::cpu;
 use arraydrain::memory::HostBuf;
 use arraydrain::npy::{self, MappedNpy, WriteOptions};
@@ -396,9 +397,11 @@ fn gather_into(
     Ok(())
 }
 
-/// Gathers into a `.npz` archive (`kind == "npz"`) or a folder of `.npy` files (`"dir"`),
-/// block by block into memory-mapped files (the output never has to fit in memory), running
-/// Python's signal handlers between blocks: an interrupted write commits nothing.
+/// Gathers straight into a `.npz` archive (`kind == "npz"`) or a folder of `.npy` files
+/// (`"dir"`), block by block through one reused buffer (the output never exists in memory),
+/// staged by the library's all-or-nothing output mechanism, with the GIL released. Between
+/// blocks Python's signal handlers run: a Ctrl-C (or any handler that raises) stops the write,
+/// nothing is committed, and the handler's exception is raised.
 #[pyfunction]
 #[pyo3(signature = (sources, rows, indices, kind, path, compress, progress))]
 #[allow(clippy::too_many_arguments)]
@@ -416,11 +419,42 @@ pub fn gather_to_files(
     let (metas, bytes) = self::sources(&sources)?;
     named_check(&metas)?;
     let table_rows = table_rows(&metas, list.as_ref(), rows);
-    let n = list.as_ref().map_or(rows, |l| l.len());
-    let idx = resolve(&metas, &bytes, list.as_ref(), table_rows)?;
-    let mut sink = Sink::files(metas, n, kind, path, compress)?;
-    py.detach(|| sink.fill(&bytes, &idx, progress.as_ref()))?;
-    sink.finish_to_files(py, kind, PathBuf::new(), compress, Vec::new())
+    // Between blocks, with the GIL: the progress callback (what stops a program, such as a
+    // KeyboardInterrupt raised inside it, stops the write), then Python's signal handlers.
+    let raised: Arc<Mutex<Option<PyErr>>> = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&raised);
+    let options = WriteOptions::new()
+        .compress(compress)
+        .check_between_blocks(move |bytes| {
+            let checked = match &progress {
+                Some(cb) => call_progress_checked(cb, bytes as usize),
+                None => Ok(()),
+            }
+            .and_then(|()| check_signals());
+            checked.map_err(|e| {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Error::Interrupted {
+                    reason: "a Python signal handler or the progress callback raised".into(),
+                }
+            })
+        });
+    let written = py.detach(|| -> Result<(), Error> {
+        let table = table(&metas, &bytes, table_rows)?;
+        let n = list.as_ref().map_or(table_rows, |l| l.len());
+        let mut loader = Loader::new(&table).batch_size(n.max(1));
+        if let Some(list) = list {
+            loader = loader.indices(list);
+        }
+        match kind {
+            "npz" => npy::drain_to_npz(&loader, &path, &options)?,
+            _ => npy::drain_to_npy_dir(&loader, &path, &options)?,
+        };
+        Ok(())
+    });
+    if let Some(e) = raised.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    written.py()
 }
 
 /// Checks that a leaf name can name a file (`NAME.npy`): the plain-name rule of every writer.
@@ -469,8 +503,10 @@ struct Files {
     path: PathBuf,
     compress: bool,
     released: usize,
-    /// Folders this sink created, deepest first.
-    created: Vec<PathBuf>,
+    /// A folder's `.npy` files (and the folders made for them), staged together: renamed into
+    /// place all at once when the sink finishes, removed when it does not. `None` for an
+    /// archive, whose member files are only scratch (packed into the archive, then removed).
+    staged: Option<Staged>,
 }
 
 #[pymethods]
@@ -725,92 +761,50 @@ impl Sink {
                 )));
             }
         }
-        // The folder of `.npy` files is created with its parents, which an unfinished sink
-        // removes again (when empty); an archive's folder must exist already.
-        let created: Vec<PathBuf> = if kind == "npz" {
-            Vec::new()
+        // A folder's files are one staged set (the folder and its missing parents included):
+        // they appear together when the sink finishes, and nothing of them when it does not.
+        let mut staged = if kind == "npz" {
+            None
         } else {
-            path.ancestors()
-                .take_while(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err())
-                .map(PathBuf::from)
-                .collect()
+            let mut staged = Staged::new();
+            staged.create_dir_all(&path).py()?;
+            Some(staged)
         };
-        let mut sink = Sink {
+        let mut buffers: Vec<Box<dyn Storage>> = Vec::with_capacity(metas.len());
+        for m in &metas {
+            let mut shape = vec![rows];
+            shape.extend_from_slice(&m.row_shape);
+            // Exclusive random temporary names in the destination's folder (registered for
+            // cleanup). An archive's members are never renamed into place: they are packed
+            // into the archive and removed.
+            let file = match staged.as_mut() {
+                Some(set) => MappedNpy::create_staged(
+                    set,
+                    &path.join(format!("{}.npy", m.name)),
+                    m.dtype.clone(),
+                    &shape,
+                ),
+                None => MappedNpy::create(&path, m.dtype.clone(), &shape),
+            }
+            .py()?;
+            buffers.push(Box::new(file));
+        }
+        let sink = Sink {
             metas,
             declared: Some(rows),
             rows: 0,
             capacity: rows,
             batches: 0,
-            buffers: Vec::new(),
+            buffers,
             files: Some(Files {
                 kind: kind.to_string(),
-                path: path.clone(),
+                path,
                 compress,
                 released: 0,
-                created,
+                staged,
             }),
         };
-        if kind != "npz" {
-            std::fs::create_dir_all(&path).map_err(|e| {
-                to_py(Error::Io {
-                    path: path.clone(),
-                    source: e,
-                })
-            })?;
-        }
-        for i in 0..sink.metas.len() {
-            let m = &sink.metas[i];
-            let mut shape = vec![rows];
-            shape.extend_from_slice(&m.row_shape);
-            // Each file is staged under an exclusive random name in its destination's folder
-            // (registered for cleanup). An archive's members are never renamed into place:
-            // they are packed into the archive and removed.
-            let dest = if kind == "npz" {
-                path.clone()
-            } else {
-                path.join(format!("{}.npy", m.name))
-            };
-            let file = MappedNpy::create(dest, m.dtype.clone(), &shape).py()?;
-            sink.buffers.push(Box::new(file));
-        }
         Ok(sink)
-    }
-
-    /// Gathers rows `idx` of `bytes` into the next rows, in blocks of about [`BLOCK_BYTES`],
-    /// handing written regions back, reporting bytes done and running Python's signal
-    /// handlers after each block.
-    fn fill(
-        &mut self,
-        bytes: &[&[u8]],
-        idx: &Indices,
-        progress: Option<&Py<PyAny>>,
-    ) -> PyResult<()> {
-        let n = idx.len();
-        let total: usize = self.metas.iter().map(|m| m.row_bytes).sum();
-        let block = (BLOCK_BYTES / total.max(1)).max(1);
-        let mut start = 0;
-        while start < n {
-            let end = (start + block).min(n);
-            for ((src, m), buf) in bytes.iter().zip(&self.metas).zip(self.buffers.iter_mut()) {
-                let rb = m.row_bytes;
-                cpu::par_gather(
-                    src,
-                    rb,
-                    idx.view(start, end),
-                    &mut buf.as_bytes_mut()[start * rb..end * rb],
-                );
-            }
-            self.rows = end;
-            if let Some(f) = self.files.as_mut() {
-                release(f, &self.metas, &mut self.buffers, end, false).py()?;
-            }
-            if let Some(cb) = progress {
-                call_progress_checked(cb, end * total)?;
-            }
-            check_signals()?;
-            start = end;
-        }
-        Ok(())
     }
 
     /// Finishes a file sink: every region written back, then the `.npy` files renamed into
@@ -825,11 +819,16 @@ impl Sink {
         py.detach(|| release(f, metas, buffers, rows, true)).py()?;
         if f.kind != "npz" {
             let buffers = &mut self.buffers;
+            let staged = f.staged.take();
             py.detach(|| -> Result<(), Error> {
+                // Every file written back, then all of them renamed into place at once.
                 for b in buffers.iter_mut() {
                     b.finish()?;
                 }
-                Ok(())
+                match staged {
+                    Some(set) => set.commit().map(drop),
+                    None => Ok(()),
+                }
             })
             .py()?;
             self.buffers.clear();
@@ -852,12 +851,10 @@ impl Sink {
     /// Drops the buffers (a file sink's unfinished files remove themselves as they are
     /// dropped) and the folders a file sink made, when empty: nothing of anyone else's.
     fn abort(&mut self) {
+        // Unfinished files first (their maps), then the staged set, which removes every
+        // temporary file and every folder it made.
         self.buffers.clear();
-        if let Some(f) = self.files.take() {
-            for d in &f.created {
-                let _ = std::fs::remove_dir(d);
-            }
-        }
+        self.files = None;
     }
 
     fn check_complete(&self) -> PyResult<()> {

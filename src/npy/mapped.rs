@@ -71,9 +71,12 @@ impl MappedNpy {
         Self::init(path, temp, file, dtype, shape, Some(staged))
     }
 
-    /// A file staged in `staged` (renamed into place when that set is committed); `finish` only
-    /// writes it back.
-    pub(crate) fn create_staged(
+    /// A file staged in `staged` (renamed into place, with every other output of that set,
+    /// when the set is committed); `finish` only writes it back.
+    ///
+    /// # Errors
+    /// As [`MappedNpy::create`].
+    pub fn create_staged(
         staged: &mut Staged,
         path: &Path,
         dtype: DType,

@@ -86,7 +86,7 @@ pub use read::{read_indices, read_npy, read_npz, read_table};
 pub(crate) use read::{read_indices_mapped, read_npy_file, read_table_mapped};
 pub use write::{
     drain_to_npy_dir, drain_to_npz, write_npy, write_npy_dir, write_npy_dir_with, write_npz,
-    WriteOptions, WriteProgress,
+    WriteCheck, WriteOptions, WriteProgress,
 };
 pub(crate) use write::{pack_npz, stage_drain_npy_dir, stage_drain_npz, stage_npy_dir, stage_npz};
 

@@ -31,11 +31,16 @@ const GATHER_BLOCK: usize = 4 << 20;
 /// Called with the bytes written so far while a file is written.
 pub type WriteProgress = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// Called between blocks while a file is written, with the bytes written so far; an error stops
+/// the write, and nothing of it is committed (see [`WriteOptions::check_between_blocks`]).
+pub type WriteCheck = Arc<dyn Fn(u64) -> Result<()> + Send + Sync>;
+
 /// How to write `.npz` archives and `.npy` files.
 #[derive(Clone, Default)]
 pub struct WriteOptions {
     compress: bool,
     progress: Option<WriteProgress>,
+    check: Option<WriteCheck>,
 }
 
 impl WriteOptions {
@@ -56,6 +61,17 @@ impl WriteOptions {
         self.progress = Some(Arc::new(f));
         self
     }
+
+    /// Calls `f(bytes_written)` between blocks of array data (every few MiB, after the progress
+    /// call): an `Err` (typically [`Error::Interrupted`], for a pending Ctrl-C) stops the write
+    /// at once and is returned; every temporary file is removed and nothing is committed.
+    pub fn check_between_blocks(
+        mut self,
+        f: impl Fn(u64) -> Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.check = Some(Arc::new(f));
+        self
+    }
 }
 
 impl fmt::Debug for WriteOptions {
@@ -63,6 +79,7 @@ impl fmt::Debug for WriteOptions {
         f.debug_struct("WriteOptions")
             .field("compress", &self.compress)
             .field("progress", &self.progress.is_some())
+            .field("check", &self.check.is_some())
             .finish()
     }
 }
@@ -85,6 +102,7 @@ enum Source<'a> {
 struct DataWriter<'o> {
     done: u64,
     progress: Option<&'o WriteProgress>,
+    check: Option<&'o WriteCheck>,
     bufs: Vec<Vec<u8>>,
 }
 
@@ -93,6 +111,7 @@ impl<'o> DataWriter<'o> {
         DataWriter {
             done: 0,
             progress: options.progress.as_ref(),
+            check: options.check.as_ref(),
             bufs: Vec::new(),
         }
     }
@@ -102,6 +121,9 @@ impl<'o> DataWriter<'o> {
         self.done += bytes.len() as u64;
         if let Some(p) = self.progress {
             p(self.done);
+        }
+        if let Some(c) = self.check {
+            c(self.done)?;
         }
         Ok(())
     }
