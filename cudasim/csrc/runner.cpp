@@ -3,10 +3,10 @@
 // The entry points are the real ones of kernels/gather.cu, compiled for the host by build.rs.
 #include "sim_cuda.h"
 
-thread_local sim_dim3 threadIdx;
-thread_local sim_dim3 blockIdx;
-thread_local sim_dim3 blockDim;
-thread_local sim_dim3 gridDim;
+SIM_TLS sim_dim3 threadIdx;
+SIM_TLS sim_dim3 blockIdx;
+SIM_TLS sim_dim3 blockDim;
+SIM_TLS sim_dim3 gridDim;
 
 typedef unsigned long long u64;
 

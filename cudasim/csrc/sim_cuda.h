@@ -9,10 +9,14 @@ struct sim_dim3 {
     unsigned int x, y, z;
 };
 
-extern thread_local sim_dim3 threadIdx;
-extern thread_local sim_dim3 blockIdx;
-extern thread_local sim_dim3 blockDim;
-extern thread_local sim_dim3 gridDim;
+// initial-exec: the kernels read these in their inner loops; the general TLS model would call
+// __tls_get_addr on every read. 48 bytes of static TLS, which glibc reserves for dlopen'ed
+// libraries.
+#define SIM_TLS thread_local __attribute__((tls_model("initial-exec")))
+extern SIM_TLS sim_dim3 threadIdx;
+extern SIM_TLS sim_dim3 blockIdx;
+extern SIM_TLS sim_dim3 blockDim;
+extern SIM_TLS sim_dim3 gridDim;
 
 #define __global__
 #define __device__

@@ -196,6 +196,13 @@ fn check_host(call: &str, what: &str, host: usize, len: usize) -> Option<usize> 
     }
 }
 
+/// Marks an allocation written (no longer all zero) when a write to it is issued.
+fn written(base: usize) {
+    if let Some(a) = registry().by_base(base) {
+        a.fresh = false;
+    }
+}
+
 fn add_user(base: usize, s: &Stream, seq: u64) {
     if let Some(a) = registry().by_base(base) {
         a.users.push((Arc::clone(&s.state), seq));
@@ -378,6 +385,7 @@ fn new_ctx(h: &mut Handles, primary: bool) -> u64 {
             refs: 1,
             legacy,
             streams: Vec::new(),
+            retired: Vec::new(),
         },
     );
     id
@@ -391,14 +399,11 @@ static LEAKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 fn destroy_ctx(id: u64) {
     let streams: Vec<Arc<Stream>> = {
         let h = handles();
-        let Some(c) = h.ctxs.get(&id) else { return };
-        let mut v: Vec<Arc<Stream>> = c
-            .streams
-            .iter()
-            .filter_map(|s| h.streams.get(s).cloned())
-            .collect();
-        v.push(Arc::clone(&c.legacy));
-        v
+        if !h.ctxs.contains_key(&id) {
+            return;
+        }
+        drop(h);
+        ctx_streams(id)
     };
     for s in &streams {
         s.drain();
@@ -564,6 +569,7 @@ fn ctx_streams(ctx: u64) -> Vec<Arc<Stream>> {
         .filter_map(|s| h.streams.get(s).cloned())
         .collect();
     v.push(Arc::clone(&c.legacy));
+    v.extend(c.retired.iter().cloned());
     v
 }
 
@@ -613,11 +619,13 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(hs: Handle) -> CUresult {
             return Err(err::INVALID_HANDLE);
         };
         if let Some(s) = h.streams.remove(&id) {
-            if let Some(c) = h.ctxs.get_mut(&s.ctx) {
-                c.streams.retain(|x| *x != id);
-            }
             // The worker finishes what was issued, then stops (the driver's behaviour).
             s.close();
+            if let Some(c) = h.ctxs.get_mut(&s.ctx) {
+                c.streams.retain(|x| *x != id);
+                c.retired.retain(|r| r.state.issued() > r.state.completed());
+                c.retired.push(s);
+            }
         }
         Ok(())
     })
@@ -1010,6 +1018,7 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
             return Err(err::INVALID_VALUE);
         }
         let dbase = check_device(CALL, "the destination", dst, n, s.ctx);
+        written(dbase);
         let pinned = check_host(CALL, "the source", src as usize, n);
         // Pageable sources are staged now: the call returns once the source may be reused.
         let staged: Option<Vec<u8>> = match pinned {
@@ -1021,6 +1030,10 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
         let mut bases = vec![dbase];
         bases.extend(pinned);
         let run_bases = bases.clone();
+        let counted = pinned.is_some();
+        if counted {
+            HOST_COPIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         let seq = issue(
             &s,
             CALL,
@@ -1034,6 +1047,9 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
                 // the copy completes: the API's contract for pinned memory) or our staging copy.
                 unsafe { std::ptr::copy_nonoverlapping(from, d.0 as *mut u8, n) };
                 check_canaries(CALL, &run_bases);
+                if counted {
+                    HOST_COPIES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }),
         );
         for b in bases {
@@ -1066,6 +1082,10 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
         let mut bases = vec![sbase];
         bases.extend(pinned);
         let run_bases = bases.clone();
+        let counted = pinned.is_some();
+        if counted {
+            HOST_COPIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         let seq = issue(
             &s,
             CALL,
@@ -1078,6 +1098,9 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
                 // until the copy has completed (the API's contract).
                 unsafe { std::ptr::copy_nonoverlapping(sp.0 as *const u8, d.0 as *mut u8, n) };
                 check_canaries(CALL, &run_bases);
+                if counted {
+                    HOST_COPIES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }),
         );
         for b in &bases {
@@ -1107,6 +1130,7 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
         }
         let dbase = check_device(CALL, "the destination", dst, n, s.ctx);
         let sbase = check_device(CALL, "the source", src, n, s.ctx);
+        written(dbase);
         if dst < src + n as u64 && src < dst + n as u64 {
             fail(
                 CALL,
@@ -1151,6 +1175,9 @@ pub unsafe extern "C" fn cuMemsetD8Async(
             return Ok(());
         }
         let dbase = check_device(CALL, "the destination", dst, n, s.ctx);
+        if value != 0 {
+            written(dbase);
+        }
         let (d, sid) = (Addr(host_of(dst)), s.id);
         let seq = issue(
             &s,
@@ -1159,8 +1186,11 @@ pub unsafe extern "C" fn cuMemsetD8Async(
             Vec::new(),
             Box::new(move || {
                 check_running(CALL, &[dbase], sid);
-                // SAFETY: checked to be `n` bytes of live device memory.
-                unsafe { std::ptr::write_bytes(d.0 as *mut u8, value, n) };
+                let fresh = registry().allocs.get(&dbase).is_some_and(|a| a.fresh);
+                if !(fresh && value == 0) {
+                    // SAFETY: checked to be `n` bytes of live device memory.
+                    unsafe { std::ptr::write_bytes(d.0 as *mut u8, value, n) };
+                }
                 check_canaries(CALL, &[dbase]);
             }),
         );
@@ -1447,6 +1477,9 @@ pub unsafe extern "C" fn cuLaunchKernel(
                 bases.push(check_device(CALL, "a kernel argument", p, 1, s.ctx));
             }
         }
+        if let Some(d) = bases.last() {
+            written(*d);
+        }
         let run_bases = bases.clone();
         let (sid, seed) = (s.id, sched::rng_for(s.id, s.state.issued()));
         let seq = issue(
@@ -1517,7 +1550,14 @@ pub struct CudasimStats {
     pub injected_faults: u64,
     /// Failable driver calls made so far (see `cudasim_fail_nth`).
     pub failable_calls: u64,
+    /// Copies into or out of pinned host memory issued and not completed (a drain that returns
+    /// with one pending could free or reuse its host buffer under it; copies from pageable
+    /// memory are staged, and into it synchronous).
+    pub pending_host_copies: u64,
 }
+
+/// See `CudasimStats::pending_host_copies`.
+static HOST_COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Always 1: lets a test check that the driver it loaded is the simulator.
 #[no_mangle]
@@ -1532,6 +1572,7 @@ pub unsafe extern "C" fn cudasim_stats(out: *mut CudasimStats) {
         leaked_allocs: LEAKED.load(std::sync::atomic::Ordering::Relaxed),
         injected_faults: fault::injected(),
         failable_calls: fault::calls(None),
+        pending_host_copies: HOST_COPIES.load(std::sync::atomic::Ordering::SeqCst),
         ..CudasimStats::default()
     };
     {

@@ -185,7 +185,8 @@ impl Launch {
         };
         let reg = registry();
         let src_alloc = match reg.find(host_of(src), row_bytes as usize) {
-            Found::Inside(a) if a.life == crate::mem::Life::Live => a,
+            // A free issued after the launch on the same stream is pending; it runs later.
+            Found::Inside(a) if !matches!(a.life, crate::mem::Life::Freed(_)) => a,
             Found::Inside(a) | Found::OutOfBounds(a) => {
                 self.bad("K2", format!("the source is not live memory: {a}"))
             }
@@ -213,7 +214,7 @@ impl Launch {
         for p in [dst, idx] {
             if p != 0 {
                 if let Found::Inside(a) = reg.find(host_of(p), 1) {
-                    if a.life != crate::mem::Life::Live {
+                    if matches!(a.life, crate::mem::Life::Freed(_)) {
                         self.bad("K3/K4", format!("{a} was freed before the launch ran"));
                     }
                     check.push(a.host);

@@ -24,7 +24,7 @@
 //!
 //! Configuration (environment, read at `cuInit`): `ARRAYDRAIN_SIM_SEED` (default 0),
 //! `ARRAYDRAIN_SIM_DEVICE_BYTES` (default 2 GiB; suffixes K, M, G), `ARRAYDRAIN_SIM_PINNED_BYTES`
-//! (default 4 GiB), `ARRAYDRAIN_SIM_DELAY_US` (largest random delay per operation, default 200),
+//! (default 4 GiB), `ARRAYDRAIN_SIM_DELAY_US` (the random delay of one operation in 16 is up to this, one in 256 waits ten times it; default 100),
 //! `ARRAYDRAIN_SIM_MIN_DELAY_US` (default 0), `ARRAYDRAIN_SIM_DRIVER_VERSION` (default 13000),
 //! `ARRAYDRAIN_SIM_FAIL`, `ARRAYDRAIN_SIM_LOG=1` (log every call).
 

@@ -61,6 +61,9 @@ pub struct Alloc {
     pub ordered: Option<(Arc<StreamState>, u64)>,
     /// Operations enqueued that use this allocation: (stream, operation).
     pub users: Vec<(Arc<StreamState>, u64)>,
+    /// Never written and still all zero (large allocations are not filled): clearing it to 0
+    /// is skipped, so a sparse multi-GiB table costs no host memory.
+    pub fresh: bool,
 }
 
 impl Alloc {
@@ -85,7 +88,8 @@ impl Alloc {
         // readable while it is live.
         let head =
             unsafe { std::slice::from_raw_parts(head_start as *const u8, self.host - head_start) };
-        if let Some(p) = head.iter().rposition(|&b| b != CANARY) {
+        if head.iter().all(|&b| b == CANARY) {
+        } else if let Some(p) = head.iter().rposition(|&b| b != CANARY) {
             return Err(format!(
                 "{} byte(s) before its start were overwritten (the byte at offset -{})",
                 head.len() - p,
@@ -97,7 +101,8 @@ impl Alloc {
         let tail = unsafe {
             std::slice::from_raw_parts(tail_start as *const u8, self.rounded - self.size)
         };
-        if let Some(p) = tail.iter().position(|&b| b != CANARY) {
+        if tail.iter().all(|&b| b == CANARY) {
+        } else if let Some(p) = tail.iter().position(|&b| b != CANARY) {
             return Err(format!(
                 "the byte {} past its end (offset {}) was overwritten",
                 p,
@@ -227,6 +232,7 @@ impl Registry {
             life: Life::Live,
             ordered: None,
             users: Vec::new(),
+            fresh: size > FILL_LIMIT,
         };
         match kind {
             Kind::Device => self.device_used += size as u64,

@@ -106,6 +106,20 @@ pub fn next(r: &mut u64) -> u64 {
     splitmix(r)
 }
 
+/// The delay before an operation, from one random draw: the minimum, plus for one operation in
+/// 16 a uniform delay up to the maximum, and for one in 256 ten times the maximum — enough
+/// that work issued without the ordering it needs often runs late, cheap enough that the
+/// simulated suites take minutes.
+fn delay_us(cfg: &crate::state::Config, r: u64) -> u64 {
+    let span = cfg.max_delay_us.saturating_sub(cfg.min_delay_us);
+    let extra = match r >> 56 {
+        0 => span.saturating_mul(10),
+        x if x % 16 == 0 && span > 0 => (r & 0xFFFF_FFFF) % (span + 1),
+        _ => 0,
+    };
+    cfg.min_delay_us + extra
+}
+
 impl Stream {
     pub fn new(id: u64, ctx: u64, blocking: bool, legacy: bool) -> Arc<Stream> {
         let state = Arc::new(StreamState {
@@ -128,13 +142,8 @@ impl Stream {
                     for (dep, seq) in &op.deps {
                         wait_for(dep, *seq);
                     }
-                    let span = cfg.max_delay_us.saturating_sub(cfg.min_delay_us);
                     let r = next(&mut rng);
-                    // Mostly short delays; one operation in 32 waits ten times longer.
-                    let mut us = cfg.min_delay_us + if span == 0 { 0 } else { r % (span + 1) };
-                    if r >> 59 == 0 {
-                        us = us.saturating_mul(10);
-                    }
+                    let us = delay_us(cfg, r);
                     if us > 0 {
                         std::thread::sleep(Duration::from_micros(us));
                     }

@@ -53,7 +53,7 @@ impl Config {
             seed: env_num("ARRAYDRAIN_SIM_SEED", 0u64),
             device_bytes: env_bytes("ARRAYDRAIN_SIM_DEVICE_BYTES", 2 << 30),
             pinned_bytes: env_bytes("ARRAYDRAIN_SIM_PINNED_BYTES", 4 << 30),
-            max_delay_us: env_num("ARRAYDRAIN_SIM_DELAY_US", 200u64),
+            max_delay_us: env_num("ARRAYDRAIN_SIM_DELAY_US", 100u64),
             min_delay_us: env_num("ARRAYDRAIN_SIM_MIN_DELAY_US", 0u64),
             driver_version: env_num("ARRAYDRAIN_SIM_DRIVER_VERSION", 13000i32),
             verbose: std::env::var("ARRAYDRAIN_SIM_LOG").is_ok_and(|v| v == "1"),
@@ -112,6 +112,9 @@ pub struct Ctx {
     pub legacy: Arc<Stream>,
     /// Streams created in this context (not the legacy one), by id.
     pub streams: Vec<u64>,
+    /// Destroyed streams whose issued work may still be running: context synchronisation and
+    /// destruction wait for it too.
+    pub retired: Vec<Arc<Stream>>,
 }
 
 pub struct Event {
