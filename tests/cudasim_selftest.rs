@@ -289,3 +289,44 @@ fn faults_by_environment_unsupported_calls_and_leaks_are_reported() {
         assert!(stderr.contains(needle), "no {needle:?} in:\n{stderr}");
     }
 }
+
+/// Nothing the simulator runs may look like a GPU figure: `arraydrain info` names it, and
+/// `bench` on it verifies every CUDA strategy but prints no time, GB/s or floor ratio for them.
+#[test]
+#[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
+fn info_names_the_simulator_and_bench_prints_no_gpu_figures() {
+    let _ = Sim::get();
+    let exe = env!("CARGO_BIN_EXE_arraydrain");
+    let out = std::process::Command::new(exe)
+        .arg("info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("CUDA simulator"), "{stdout}");
+    let out = std::process::Command::new(exe)
+        .args([
+            "bench", "--rows", "5000", "--dim", "8", "--repeat", "1", "--device", "cuda",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("nothing timed"), "{stdout}");
+    assert!(
+        !stdout.contains("cuda_d2h_pinned"),
+        "a GPU floor was printed:\n{stdout}"
+    );
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("cuda-sim")).collect();
+    assert_eq!(rows.len(), 5, "{stdout}");
+    for r in rows {
+        let fields: Vec<&str> = r.split_whitespace().collect();
+        // strategy, backend, median, min, max, GB/s, x floor, floor, peak MiB, verified
+        assert_eq!(&fields[2..8], ["-"; 6], "{r}");
+        assert_eq!(fields.last(), Some(&"yes"), "{r}");
+    }
+}
