@@ -51,6 +51,14 @@ enum Drain {
     PerBatch,
     Preallocated,
     Device,
+    /// The user's own device columns, adopted with `wrap`, then drained.
+    Wrapped,
+}
+
+/// What a drain of the user's device buffers gets, uploaded before any failure is armed.
+enum Prepared {
+    Batches(Vec<Result<DeviceBatch, Error>>),
+    Columns(Vec<DeviceColumn>),
 }
 
 /// Three device batches of 40 rows of `t`, uploaded by the test (before any failure is armed:
@@ -83,7 +91,7 @@ fn run(
     dt: &DeviceTable,
     b: &Batches,
     d: Drain,
-    batches: &mut Option<Vec<Result<DeviceBatch, Error>>>,
+    prepared: &mut Option<Prepared>,
 ) -> Result<Materialized, Error> {
     engine.set_pin_budget(usize::MAX);
     let r = match d {
@@ -95,8 +103,25 @@ fn run(
         Drain::Concat => engine.materialize(dt, b, Strategy::Concat),
         Drain::PerBatch => engine.materialize(dt, b, Strategy::PerBatch),
         Drain::Preallocated => engine.materialize(dt, b, Strategy::Preallocated),
+        Drain::Wrapped => match prepared.take() {
+            Some(Prepared::Columns(cols)) => {
+                let r = engine.wrap(cols).and_then(|dt| {
+                    let out = engine.materialize(&dt, b, Strategy::Pinned);
+                    drop(dt);
+                    out
+                });
+                // Dropping the user's own buffers (the table) may store a failure in the user's
+                // context, which cudarc reports at the user's next call: the user's drop, not
+                // the drain's.
+                let _ = engine.context().check_err();
+                r
+            }
+            _ => panic!("no prepared columns"),
+        },
         Drain::Device => {
-            let items = batches.take().expect("prepared batches");
+            let Some(Prepared::Batches(items)) = prepared.take() else {
+                panic!("no prepared batches")
+            };
             engine.drain_device(items, Some(120))
         }
     };
@@ -190,6 +215,7 @@ fn every_failing_driver_call_of_a_drain_ends_in_a_typed_error_without_leaks() {
         Drain::PerBatch,
         Drain::Preallocated,
         Drain::Device,
+        Drain::Wrapped,
     ] {
         let b = if matches!(d, Drain::Sequential) {
             &sequential
@@ -197,18 +223,42 @@ fn every_failing_driver_call_of_a_drain_ends_in_a_typed_error_without_leaks() {
             &shuffled
         };
         let want = expected(&t, b, d);
-        let before = sim.calls();
-        let prep = |d: Drain| matches!(d, Drain::Device).then(|| device_batches(&engine, &t));
+        let prep = |d: Drain| match d {
+            Drain::Device => Some(Prepared::Batches(device_batches(&engine, &t))),
+            Drain::Wrapped => Some(Prepared::Columns(
+                t.columns()
+                    .iter()
+                    .map(|c| {
+                        let x = engine.stream().clone_htod(c.bytes()).unwrap();
+                        DeviceColumn::new(c.name(), c.dtype(), c.row_shape(), c.rows(), x).unwrap()
+                    })
+                    .collect(),
+            )),
+            _ => None,
+        };
+        // A first run makes what later runs reuse (lane buffers, pooled pinned memory); the
+        // sweep covers the calls of the steady state, and counts injections that were reached.
         let out = run(&engine, &dt, b, d, &mut prep(d)).unwrap();
         assert!(equal(&out, &want), "{d:?} without faults");
+        drop(out);
+        let mut p = prep(d);
+        let before = sim.calls();
+        let out = run(&engine, &dt, b, d, &mut p).unwrap();
+        assert!(equal(&out, &want), "{d:?} without faults, again");
         drop(out);
         let n = sim.calls() - before;
         let (mut errors, mut fine) = (0, 0);
         for k in 1..=n {
             let mut batches = prep(d);
+            let injected = sim.stats().injected_faults;
             sim.fail_nth(k);
             let r = run(&engine, &dt, b, d, &mut batches);
             sim.disarm();
+            assert_eq!(
+                sim.stats().injected_faults,
+                injected + 1,
+                "{d:?}: call {k} of {n} was never made"
+            );
             assert_eq!(
                 sim.stats().pending_host_copies,
                 0,

@@ -258,6 +258,7 @@ impl CudaEngine {
             for c in table.columns() {
                 c.sync_source()?;
             }
+            table.take_source_errors("adopting device columns")?;
             Ok(table)
         })
     }
@@ -295,16 +296,22 @@ impl CudaEngine {
         batches: &Batches,
         strategy: Strategy,
     ) -> Result<Materialized> {
-        self.guarded("materialize", || match strategy {
-            Strategy::Concat | Strategy::PerBatch | Strategy::Preallocated => {
-                self.check(table, batches, true)?;
-                let lanes = self.lanes()?;
-                classic::run(&lanes[0].stream, &self.kernels, table, batches, strategy)
-            }
-            Strategy::Pinned | Strategy::Auto => {
-                self.check(table, batches, false)?;
-                self.pinned(table, batches)
-            }
+        self.guarded("materialize", || {
+            let out = match strategy {
+                Strategy::Concat | Strategy::PerBatch | Strategy::Preallocated => {
+                    self.check(table, batches, true)?;
+                    let lanes = self.lanes()?;
+                    classic::run(&lanes[0].stream, &self.kernels, table, batches, strategy)
+                }
+                Strategy::Pinned | Strategy::Auto => {
+                    self.check(table, batches, false)?;
+                    self.pinned(table, batches)
+                }
+            };
+            let late = table.take_source_errors("materialize");
+            let out = out?;
+            late?;
+            Ok(out)
         })
     }
 
@@ -463,6 +470,7 @@ impl CudaEngine {
                 pin_seconds: Some(pin_seconds),
             };
             out.set_report(report.clone());
+            table.take_source_errors("materialize_into")?;
             Ok(report)
         })
     }
