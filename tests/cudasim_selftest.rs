@@ -330,3 +330,35 @@ fn info_names_the_simulator_and_bench_prints_no_gpu_figures() {
         assert_eq!(fields.last(), Some(&"yes"), "{r}");
     }
 }
+
+#[test]
+#[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
+fn child_touch_past_an_allocation() {
+    if !is_child("child_touch_past_an_allocation") {
+        return;
+    }
+    let (_ctx, stream) = setup();
+    let x = stream.alloc_zeros::<u8>(1000).unwrap();
+    let (p, _rec) = x.device_ptr(&stream);
+    // The simulator's device addresses are its host addresses plus 2^62; an allocation's
+    // 256-byte rounding ends against a guard page. Touching the first byte past the rounding, as
+    // a kernel running past its buffer would, must fault and be reported.
+    let host = (p - 0x4000_0000_0000_0000 + 1024) as *const u8;
+    // SAFETY: deliberately not: the planted bug is the out-of-bounds read.
+    let v = unsafe { std::ptr::read_volatile(host) };
+    println!("read {v} past the end: the guard page is missing");
+}
+
+#[test]
+#[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
+fn memory_past_an_allocation_is_a_guard_page_and_the_fault_names_it() {
+    expect_abort(
+        "child_touch_past_an_allocation",
+        &[],
+        &[
+            "memory fault",
+            "out of bounds of device allocation",
+            "of 1000 bytes",
+        ],
+    );
+}
