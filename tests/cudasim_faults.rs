@@ -107,6 +107,7 @@ fn run(
             Some(Prepared::Columns(cols)) => {
                 let r = engine.wrap(cols).and_then(|dt| {
                     let out = engine.materialize(&dt, b, Strategy::Pinned);
+                    no_late_error(engine, &out, "wrap + materialize");
                     drop(dt);
                     out
                 });
@@ -122,11 +123,27 @@ fn run(
             let Some(Prepared::Batches(items)) = prepared.take() else {
                 panic!("no prepared batches")
             };
-            engine.drain_device(items, Some(120))
+            let out = engine.drain_device(items, Some(120));
+            no_late_error(engine, &out, "drain_device");
+            out
         }
     };
     engine.set_pin_budget(usize::MAX);
     r
+}
+
+/// A call that succeeded must not leave a failure stored in the user's context (cudarc stores
+/// errors of its `Drop`s there, to surface at the user's next, unrelated call): the engine must
+/// report what its own reads and releases of the user's buffers caused. After a failed call the
+/// stored error is cleared (the call already failed).
+fn no_late_error(engine: &CudaEngine, out: &Result<Materialized, Error>, what: &str) {
+    let stale = engine.context().check_err();
+    if out.is_ok() {
+        assert!(
+            stale.is_ok(),
+            "{what} succeeded but left {stale:?} in the user's context"
+        );
+    }
 }
 
 fn expected(t: &Table<'_>, b: &Batches, d: Drain) -> Vec<Vec<u8>> {
@@ -247,18 +264,19 @@ fn every_failing_driver_call_of_a_drain_ends_in_a_typed_error_without_leaks() {
         assert!(equal(&out, &want), "{d:?} without faults, again");
         drop(out);
         let n = sim.calls() - before;
-        let (mut errors, mut fine) = (0, 0);
+        let (mut errors, mut fine, mut unreached) = (0, 0, 0);
         for k in 1..=n {
             let mut batches = prep(d);
             let injected = sim.stats().injected_faults;
             sim.fail_nth(k);
             let r = run(&engine, &dt, b, d, &mut batches);
             sim.disarm();
-            assert_eq!(
-                sim.stats().injected_faults,
-                injected + 1,
-                "{d:?}: call {k} of {n} was never made"
-            );
+            // How many event polls a drain makes depends on timing, so the last calls of one
+            // run may not exist in another: such a run is checked like any other, and counted.
+            let reached = sim.stats().injected_faults > injected;
+            if !reached {
+                unreached += 1;
+            }
             assert_eq!(
                 sim.stats().pending_host_copies,
                 0,
@@ -272,8 +290,10 @@ fn every_failing_driver_call_of_a_drain_ends_in_a_typed_error_without_leaks() {
                         equal(&out, &want),
                         "{d:?}, call {k} of {n} failing: wrong output"
                     );
-                    fine += 1;
-                    eprintln!("{d:?}: call {k} of {n} failing was absorbed");
+                    if reached {
+                        fine += 1;
+                        eprintln!("{d:?}: call {k} of {n} failing was absorbed");
+                    }
                 }
                 Err(e) => {
                     assert!(
@@ -291,8 +311,12 @@ fn every_failing_driver_call_of_a_drain_ends_in_a_typed_error_without_leaks() {
             );
         }
         assert!(errors > 0, "{d:?}: no injected failure surfaced");
+        assert!(
+            unreached * 4 <= n,
+            "{d:?}: {unreached} of {n} injections never reached"
+        );
         report.push(format!(
-            "{d:?}: {n} calls, {errors} errors, {fine} absorbed"
+            "{d:?}: {n} calls, {errors} errors, {fine} absorbed, {unreached} not reached"
         ));
     }
     assert_eq!(
