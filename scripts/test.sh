@@ -26,6 +26,8 @@ export LD_LIBRARY_PATH="$nvrtc_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 cd "$root"
 cargo test --workspace
+# The CUDA engine's tests again, executed against the CUDA driver simulator (cudasim/).
+scripts/test-cudasim.sh
 
 # The Python package, built in release mode by its own backend (maturin from the venv, no build
 # isolation so nothing is downloaded; the backend runs `maturin` from PATH), into the venv; cargo

@@ -348,6 +348,14 @@ fn run_cuda_bench(
         None => CUDA_STRATEGIES.to_vec(),
     };
     let run = bench::cuda::run(table, batches, &strategies, args.repeat, reference)?;
+    if run.device.is_simulator() {
+        report.floors_text.push(format!(
+            "cuda: {} (no GPU): outputs verified only, nothing timed",
+            run.device.name
+        ));
+        report.results.extend(run.rows);
+        return Ok(());
+    }
     let f = &run.floor;
     report.floors_text.push(format!(
         "cuda_d2h_pinned {:.3} ms ({:.2} GB/s) on {}",
@@ -380,6 +388,23 @@ fn print_table(rows: &[BenchRow]) {
         "strategy", "backend", "median", "min", "max", "GB/s", "x floor", "floor", "peak MiB"
     );
     for r in rows {
+        if r.backend == bench::cuda::SIM_BACKEND {
+            // The CUDA simulator: no time, GB/s or floor ratio is printed, as none means anything.
+            println!(
+                "{:<18} {:<7} {:>10} {:>10} {:>10} {:>8} {:>8} {:>15} {:>9.1}  {}",
+                r.strategy,
+                r.backend,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                r.peak_alloc_bytes as f64 / (1u64 << 20) as f64,
+                if r.verified { "yes" } else { "NO" }
+            );
+            continue;
+        }
         println!(
             "{:<18} {:<7} {:>10} {:>10} {:>10} {:>8.2} {:>8.2} {:>15} {:>9.1}  {}",
             r.strategy,

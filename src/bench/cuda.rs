@@ -68,6 +68,9 @@ pub fn run_on(
 ) -> Result<CudaBench> {
     let device_table = engine.upload(table)?;
     let bytes: u64 = reference.iter().map(|r| r.len() as u64).sum();
+    if engine.info().is_simulator() {
+        return simulated(engine, &device_table, batches, strategies, reference);
+    }
     let floor = measure_floor(engine, bytes as usize, repeat)?;
     let mut rows = Vec::with_capacity(strategies.len());
     for &strategy in strategies {
@@ -88,6 +91,59 @@ pub fn run_on(
         rows,
     })
 }
+
+/// Under the CUDA driver simulator: every strategy runs once and is verified (the pinned ones
+/// also into a poisoned reused output), but nothing is timed — a simulator's times say nothing
+/// about a GPU — so the floor and every time, GB/s and floor ratio are NaN (printed as `-`,
+/// `null` in JSON), and the rows' backend is `cuda-sim`.
+fn simulated(
+    engine: &CudaEngine,
+    table: &DeviceTable,
+    batches: &Batches,
+    strategies: &[Strategy],
+    reference: &[Vec<u8>],
+) -> Result<CudaBench> {
+    let none = Timing {
+        min: f64::NAN,
+        median: f64::NAN,
+        max: f64::NAN,
+    };
+    let mut rows = Vec::with_capacity(strategies.len());
+    for &strategy in strategies {
+        let mut out = engine.materialize(table, batches, strategy)?;
+        let first = out.report().clone();
+        let mut verified = verify(&out, reference);
+        if matches!(strategy, Strategy::Pinned | Strategy::Auto) {
+            poison(&mut out);
+            engine.materialize_into(table, batches, &mut out)?;
+            verified &= verify(&out, reference);
+        }
+        rows.push(BenchRow {
+            strategy: strategy.name().to_string(),
+            backend: SIM_BACKEND.to_string(),
+            seconds: none,
+            gbps: f64::NAN,
+            floor_ratio: f64::NAN,
+            floor: "none (simulator)".to_string(),
+            peak_alloc_bytes: first.peak_alloc_bytes,
+            peak_device_bytes: first.peak_device_bytes,
+            pin_seconds: None,
+            verified,
+        });
+    }
+    Ok(CudaBench {
+        device: engine.info().clone(),
+        floor: Floor {
+            seconds: f64::NAN,
+            gbps: f64::NAN,
+            timing: none,
+        },
+        rows,
+    })
+}
+
+/// The backend name of rows measured on the CUDA driver simulator.
+pub const SIM_BACKEND: &str = "cuda-sim";
 
 /// Fills every output column with [`POISON`] on all threads.
 pub fn poison(out: &mut Materialized) {

@@ -12,8 +12,8 @@ use super::classic;
 use super::device::{self, catch, cuda_err};
 use super::kernels::Kernels;
 use super::memory::{
-    auto_pin_budget, dtoh_async, htod_async, wait_context, wait_event, wait_stream, DevBuf,
-    PinnedAlloc, PinnedPool,
+    auto_pin_budget, dtoh_async, htod_async, take_stale_error, wait_context, wait_event,
+    wait_stream, DevBuf, PinnedAlloc, PinnedPool,
 };
 use super::pipeline::{self, Lane, LaneGuard, Plan, LANES};
 use super::table::{DeviceBatch, DeviceColumn, DeviceTable};
@@ -258,6 +258,7 @@ impl CudaEngine {
             for c in table.columns() {
                 c.sync_source()?;
             }
+            table.take_source_errors("adopting device columns")?;
             Ok(table)
         })
     }
@@ -295,16 +296,22 @@ impl CudaEngine {
         batches: &Batches,
         strategy: Strategy,
     ) -> Result<Materialized> {
-        self.guarded("materialize", || match strategy {
-            Strategy::Concat | Strategy::PerBatch | Strategy::Preallocated => {
-                self.check(table, batches, true)?;
-                let lanes = self.lanes()?;
-                classic::run(&lanes[0].stream, &self.kernels, table, batches, strategy)
-            }
-            Strategy::Pinned | Strategy::Auto => {
-                self.check(table, batches, false)?;
-                self.pinned(table, batches)
-            }
+        self.guarded("materialize", || {
+            let out = match strategy {
+                Strategy::Concat | Strategy::PerBatch | Strategy::Preallocated => {
+                    self.check(table, batches, true)?;
+                    let lanes = self.lanes()?;
+                    classic::run(&lanes[0].stream, &self.kernels, table, batches, strategy)
+                }
+                Strategy::Pinned | Strategy::Auto => {
+                    self.check(table, batches, false)?;
+                    self.pinned(table, batches)
+                }
+            };
+            let late = table.take_source_errors("materialize");
+            let out = out?;
+            late?;
+            Ok(out)
         })
     }
 
@@ -320,7 +327,7 @@ impl CudaEngine {
         }
         let mut lanes = self.lanes()?;
         let mut direct = None;
-        if total <= self.pin_budget() {
+        if pins(total, self.pin_budget()) {
             // A refused pinned allocation is not an error: the staged mode takes over.
             if let Ok(columns) = self.pinned_output(table, rows, &mut pin_seconds) {
                 direct = Some(columns);
@@ -463,6 +470,7 @@ impl CudaEngine {
                 pin_seconds: Some(pin_seconds),
             };
             out.set_report(report.clone());
+            table.take_source_errors("materialize_into")?;
             Ok(report)
         })
     }
@@ -600,7 +608,7 @@ impl CudaEngine {
             parts.extend([dtype.size(), rows]);
             total = total.saturating_add(checked_bytes(&parts, name)?);
         }
-        let pinned = if total <= self.pin_budget() {
+        let pinned = if pins(total, self.pin_budget()) {
             pinned_columns(&self.pool, schema.to_vec(), rows, pin_seconds).ok()
         } else {
             None
@@ -628,6 +636,13 @@ impl std::fmt::Debug for CudaEngine {
             .field("pin_budget", &self.pin_budget())
             .finish()
     }
+}
+
+/// Whether an output of `total` bytes is pinned whole under pin budget `budget`: when it fits,
+/// and never under a budget of 0, which forces the staged mode — for empty outputs too (an
+/// output of 0 bytes fits every budget, and once took the pinned path under a budget of 0).
+fn pins(total: usize, budget: usize) -> bool {
+    budget > 0 && total <= budget
 }
 
 fn new_lanes(ctx: &Arc<CudaContext>) -> Result<Vec<Lane>> {
@@ -719,6 +734,9 @@ struct InFlight<'l> {
     lanes: &'l [Lane],
     queue: VecDeque<(DeviceBatch, Option<CudaEvent>)>,
     guard: Option<LaneGuard>,
+    /// The first error cudarc stored in a batch's context while the batch was released (its
+    /// `Drop` waits for the slice's events, and a failure there is only recorded).
+    late: Option<Error>,
 }
 
 impl<'l> InFlight<'l> {
@@ -729,6 +747,25 @@ impl<'l> InFlight<'l> {
             guard: Some(LaneGuard::new(
                 lanes.iter().map(|l| Arc::clone(&l.stream)).collect(),
             )),
+            late: None,
+        }
+    }
+
+    /// Drops a batch whose copy has landed, then takes any error its release stored in the
+    /// user's context: reported as this drain's error, not by the user's next unrelated call
+    /// (found by the fault sweep of tests/cudasim_faults.rs under the CUDA simulator).
+    fn release(&mut self, batch: DeviceBatch) {
+        let ctxs: Vec<Arc<cudarc::driver::CudaContext>> = batch
+            .columns()
+            .iter()
+            .filter_map(|c| c.source_stream().map(|s| Arc::clone(s.context())))
+            .collect();
+        drop(batch);
+        for c in ctxs {
+            if let Some(e) = take_stale_error(&c) {
+                self.late
+                    .get_or_insert_with(|| cuda_err("releasing a drained batch")(e));
+            }
         }
     }
 
@@ -765,6 +802,13 @@ impl<'l> InFlight<'l> {
             // could read the batch before it is written.
             let src = col.address();
             if let Some(src_stream) = col.source_stream() {
+                // Taking the address records the slice's read event inside cudarc (a `Drop`):
+                // a failure there is stored in the user's context and would surface later, in
+                // the user's next unrelated call. Report it here, as this drain's error (found
+                // by the fault sweep of tests/cudasim_faults.rs under the CUDA simulator).
+                if let Some(e) = take_stale_error(src_stream.context()) {
+                    return Err(cuda_err("recording a batch's read event")(e));
+                }
                 let ready = src_stream
                     .record_event(None)
                     .map_err(cuda_err("recording an event on a batch's stream"))?;
@@ -808,7 +852,9 @@ impl<'l> InFlight<'l> {
             if !complete {
                 wait_event(ev, "waiting for a batch copy")?;
             }
-            self.queue.pop_front();
+            if let Some((batch, _)) = self.queue.pop_front() {
+                self.release(batch);
+            }
         }
         Ok(())
     }
@@ -818,8 +864,15 @@ impl<'l> InFlight<'l> {
             Some(g) => g.finish(),
             None => Ok(()),
         };
-        self.queue.clear();
-        r
+        let done: Vec<DeviceBatch> = self.queue.drain(..).map(|(b, _)| b).collect();
+        for b in done {
+            self.release(b);
+        }
+        r?;
+        match self.late.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -828,5 +881,23 @@ impl Drop for InFlight<'_> {
         // Wait for the lanes (dropping the guard) before the queued batches are freed.
         self.guard.take();
         self.queue.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pins;
+
+    /// A pin budget of 0 forces the staged mode for every output, the empty ones included (an
+    /// output of 0 bytes once took the pinned path under a budget of 0: found by
+    /// tests/cuda_gpu.rs run under the CUDA simulator, scripts/test-cudasim.sh).
+    #[test]
+    fn a_budget_of_zero_pins_nothing_not_even_empty_outputs() {
+        assert!(!pins(0, 0));
+        assert!(!pins(1, 0));
+        assert!(pins(0, 1));
+        assert!(pins(100, 100));
+        assert!(!pins(101, 100));
+        assert!(pins(usize::MAX, usize::MAX));
     }
 }

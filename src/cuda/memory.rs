@@ -313,7 +313,8 @@ impl PinnedAlloc {
 /// A pool of pinned host allocations, shared by an engine and the pinned outputs it made.
 ///
 /// Dropping a [`PinnedBuf`] returns its allocation here; [`PinnedPool::take`] reuses one when
-/// its capacity fits (at least the request, at most twice it). Idle allocations are kept up to
+/// its capacity fits (at least the request, at most twice what a new allocation for it would
+/// be: new ones are rounded up to 2 MiB). Idle allocations are kept up to
 /// [`PinnedPool::cache_limit`] bytes.
 #[derive(Clone)]
 pub struct PinnedPool {
@@ -390,13 +391,18 @@ impl PinnedPool {
                 0.0,
             ));
         }
+        // New allocations are rounded up to 2 MiB (`pinned_capacity`): reuse one at most twice
+        // the size a new allocation would have. (Comparing with the request itself made every
+        // output under 1 MiB pin new memory at each drain, and fill the pool with allocations
+        // no drain could reuse: found under the CUDA simulator, tests/cudasim_pool.rs.)
+        let fresh = pinned_capacity(len)?;
         let reused = {
             let mut st = self.state();
             let best = st
                 .free
                 .iter()
                 .enumerate()
-                .filter(|(_, a)| a.cap >= len.max(1) && a.cap / 2 <= len.max(1))
+                .filter(|(_, a)| a.cap >= len && a.cap / 2 <= fresh)
                 .min_by_key(|(_, a)| a.cap)
                 .map(|(i, _)| i);
             best.map(|i| st.free.swap_remove(i))
@@ -405,7 +411,7 @@ impl PinnedPool {
             return Ok((self.wrap(alloc, len), 0.0));
         }
         let started = Instant::now();
-        let cap = pinned_capacity(len)?;
+        let cap = fresh;
         let alloc = match PinnedAlloc::new(&self.inner.ctx, cap) {
             Ok(a) => a,
             Err(_) => {

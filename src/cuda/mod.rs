@@ -167,7 +167,16 @@ pub struct CudaInfo {
     pub driver_version: i32,
 }
 
+/// The name the CUDA driver simulator (`cudasim/`, test-only) gives its device.
+pub const SIMULATOR_NAME_PREFIX: &str = "CUDA simulator";
+
 impl CudaInfo {
+    /// Whether the device is the CUDA driver simulator of the tests (`cudasim/`), not a GPU:
+    /// nothing measured on it says anything about speed.
+    pub fn is_simulator(&self) -> bool {
+        self.name.starts_with(SIMULATOR_NAME_PREFIX)
+    }
+
     /// The NVRTC target for this device, e.g. `sm_90`.
     pub fn arch(&self) -> String {
         format!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 
 use super::device::cuda_err;
-use super::memory::{device_address, DevBuf};
+use super::memory::{device_address, take_stale_error, DevBuf};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::memory::checked_bytes;
@@ -427,6 +427,28 @@ impl DeviceTable {
     /// The device the table lives on.
     pub fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// Takes the first error cudarc stored in a user column's context while the engine read
+    /// the column: asking a `CudaSlice` for its address records its read event inside cudarc
+    /// (in a `Drop`), and a failure there is only stored, to surface in the user's next,
+    /// unrelated call. The engine reports it as the error of the call that caused it (found by
+    /// the fault sweep of tests/cudasim_faults.rs under the CUDA simulator).
+    pub(crate) fn take_source_errors(&self, what: &str) -> Result<()> {
+        let mut first = None;
+        for c in &self.columns {
+            if let Some(s) = c.source_stream() {
+                if let Some(e) = take_stale_error(s.context()) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        match first {
+            Some(e) => Err(cuda_err(format!("{what}: reading a user column's buffer"))(
+                e,
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Gives the columns back (e.g. to reuse the user's buffers).
