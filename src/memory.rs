@@ -63,7 +63,8 @@ impl AllocCounter {
 
 enum Backing {
     Vec(Vec<u64>),
-    Map(MmapMut),
+    /// An anonymous map, and whether it was left on 4 KiB pages (no huge-page advice).
+    Map(MmapMut, bool),
 }
 
 /// A host byte buffer aligned to at least 8 bytes (page-aligned when large), zero-filled.
@@ -88,12 +89,13 @@ impl HostBuf {
             Backing::Vec(v)
         } else {
             let map = MmapMut::map_anon(len).map_err(|e| Error::alloc(len, what, e))?;
+            let mut small_pages = true;
             #[cfg(target_os = "linux")]
             if huge_page_advice(free_blocks_reported(), recently_freed(), len) {
                 // Advice only: where transparent huge pages are off or unsupported, ignore it.
-                let _ = map.advise(memmap2::Advice::HugePage);
+                small_pages = map.advise(memmap2::Advice::HugePage).is_err();
             }
-            Backing::Map(map)
+            Backing::Map(map, small_pages)
         };
         Ok(HostBuf {
             backing,
@@ -126,6 +128,24 @@ impl HostBuf {
         Ok(buf)
     }
 
+    /// Faults in every page of a buffer about to be written whole, on all threads, one system
+    /// call per 4 MiB (`MADV_POPULATE_WRITE`, Linux 5.14): on 4 KiB pages a quarter cheaper than
+    /// a fault per page as the writes reach them. Huge-page buffers fault as they are written
+    /// (260 faults for 520 MB), which leaves the zeroed lines in cache for the writes. Advice
+    /// only: where the kernel refuses it, the pages fault as before.
+    pub(crate) fn prefault(&self) {
+        #[cfg(target_os = "linux")]
+        if let Backing::Map(map, true) = &self.backing {
+            use rayon::prelude::*;
+            const STEP: usize = 4 << 20;
+            (0..self.len.div_ceil(STEP)).into_par_iter().for_each(|k| {
+                let at = k * STEP;
+                let _ =
+                    map.advise_range(memmap2::Advice::PopulateWrite, at, STEP.min(self.len - at));
+            });
+        }
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -140,7 +160,7 @@ impl HostBuf {
     pub fn as_bytes(&self) -> &[u8] {
         match &self.backing {
             Backing::Vec(v) => &bytemuck::cast_slice(v)[..self.len],
-            Backing::Map(m) => &m[..self.len],
+            Backing::Map(m, _) => &m[..self.len],
         }
     }
 
@@ -148,7 +168,7 @@ impl HostBuf {
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         match &mut self.backing {
             Backing::Vec(v) => &mut bytemuck::cast_slice_mut(v)[..self.len],
-            Backing::Map(m) => &mut m[..self.len],
+            Backing::Map(m, _) => &mut m[..self.len],
         }
     }
 }
@@ -158,7 +178,7 @@ impl Drop for HostBuf {
         if let Some(c) = &self.counter {
             c.sub(self.len as u64);
         }
-        if matches!(self.backing, Backing::Map(_)) {
+        if matches!(self.backing, Backing::Map(..)) {
             note_freed(self.len);
         }
     }
@@ -233,7 +253,7 @@ impl fmt::Debug for HostBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.backing {
             Backing::Vec(_) => "vec",
-            Backing::Map(_) => "anonymous map",
+            Backing::Map(..) => "anonymous map",
         };
         f.debug_struct("HostBuf")
             .field("len", &self.len)
@@ -293,6 +313,16 @@ mod tests {
         if t.elapsed() < STILL_BACKED {
             assert!(freed >= (MAP_THRESHOLD + 5) as u64, "{freed}");
         }
+    }
+
+    #[test]
+    fn prefaulted_buffers_stay_zeroed_and_writable() {
+        let mut b = HostBuf::zeroed(9 << 20, "t").unwrap();
+        b.prefault();
+        assert!(b.as_bytes().iter().all(|&x| x == 0));
+        b.as_bytes_mut().fill(7);
+        assert!(b.as_bytes().iter().all(|&x| x == 7));
+        HostBuf::zeroed(100, "small").unwrap().prefault();
     }
 
     #[test]
