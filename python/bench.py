@@ -46,10 +46,23 @@ Usage:
   python/bench.py                              # the full run (about 6 minutes on 2 cores)
   python/bench.py --rows 100000 --repeat 2     # a quick run
   python/bench.py --orders shuffled --methods drain,tensor-index --no-memory
+  python/bench.py --threads 1,2 --no-memory    # + drain / Rust engine scaling over thread counts
+  python/bench.py --first-call 10              # first call in a fresh process vs steady calls
 Prints one table per order and the targets, and with --json PATH writes every figure. Columns:
 `x floor` is the median over memcpy-floor's median, `t/drain` the median over drain's median (how
 many times faster drain is), `peak MiB` / `x out` the peak extra resident memory and its ratio to
 the output bytes (rust rows: bytes the strategy allocated, marked `a`).
+
+`--threads 1,2,...` reruns drain, drain-into, memcpy-floor and the Rust engine in a child process
+per count with RAYON_NUM_THREADS set (the engine's pool size) and prints a scaling table.
+
+`--first-call N` starts N fresh processes per kind; each builds the loader, times its first drain
+(what a script that drains once pays) and then --steady more drains in the same process (each output
+freed before the next, as an epoch loop that keeps one result does). Kinds: `plain` (as a user runs
+it), `after-small` (a 4096-row drain first, 2 MB: thread pool started, imports and code paths warm),
+`after-touch` (first writes and frees as many bytes as the output, through NumPy's huge-page
+allocations: memory the kernel has just had backed). The table shows the medians, their ratio,
+and the first call's system CPU time and minor faults beside a steady call's.
 """
 
 import argparse
@@ -318,6 +331,142 @@ def rust_bench(args, order):
     return rows, doc["floors"], " ".join(cmd[1:]).replace(path, "FILE")
 
 
+def engine_threads():
+    """The engine's pool size: RAYON_NUM_THREADS, else the CPUs this process may run on (what
+    the pool sizes itself by, cgroup CPU quotas aside)."""
+    env = os.environ.get("RAYON_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def scaling(args):
+    """drain, drain-into, memcpy-floor and the Rust engine once per thread count, each count in a
+    child process with RAYON_NUM_THREADS set (the pool is sized once per process)."""
+    counts = [int(n) for n in args.threads.split(",")]
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--threads needs positive counts, got {args.threads!r}")
+    methods = args.methods or "memcpy-floor,drain,drain-into"
+    table = {}
+    for n in counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "scaling.json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--methods", methods, "--no-memory"]
+            for flag in ("rows", "dim", "batch", "seed", "repeat", "orders", "device", "rust_bin"):
+                value = getattr(args, flag)
+                if value is not None:
+                    cmd += ["--" + flag.replace("_", "-"), str(value)]
+            if args.no_rust:
+                cmd.append("--no-rust")
+            cmd += ["--json", path]
+            print(f"threads {n} ...", file=sys.stderr, flush=True)
+            env = dict(os.environ, RAYON_NUM_THREADS=str(n))
+            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+            with open(path) as f:
+                table[n] = json.load(f)["orders"]
+    names = ["memcpy-floor", "drain", "drain-into", "rust-preallocated", "rust-preallocated-into"]
+    for order in args.orders.split(","):
+        print()
+        print(f"{order}: scaling over engine threads (RAYON_NUM_THREADS), median; speed-up over "
+              f"{counts[0]} thread(s) in brackets")
+        print(f"{'threads':>7} " + " ".join(f"{m:>24}" for m in names) + f" {'drain/rust':>10}")
+        base = table[counts[0]][order]["results"]
+        for n in counts:
+            res = table[n][order]["results"]
+            cells = []
+            for m in names:
+                r, b = res.get(m, {}), base.get(m, {})
+                if r.get("median") and b.get("median"):
+                    cells.append(f"{fmt_s(r['median'])} ({b['median'] / r['median']:4.2f})")
+                else:
+                    cells.append("")
+            d, rust = res.get("drain", {}), res.get("rust-preallocated", {})
+            ratio = f"{d['median'] / rust['median']:10.2f}" if d.get("median") and rust.get(
+                "median") else ""
+            print(f"{n:>7} " + " ".join(f"{c:>24}" for c in cells) + f" {ratio}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "scaling": table}, f, indent=1)
+
+
+def _cpu_faults():
+    import resource
+
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_stime, u.ru_minflt
+
+
+def first_child(args):
+    """One fresh process: the first drain, then --steady more, each timed alone."""
+    t0 = time.perf_counter()
+    import arraydrain
+
+    import_s = time.perf_counter() - t0
+    kind = args.first_child
+    order = args.orders.split(",")[0]
+    w = Workload(args, order)
+    if kind == "after-small":
+        arraydrain.drain(DataLoader(TensorDataset(w.x[:4096], w.y[:4096]), batch_size=256))
+    elif kind == "after-touch":
+        np.ones(w.out_bytes, np.uint8)  # written, then freed at once
+    elif kind != "plain":
+        raise SystemExit(f"unknown --first-kinds entry {kind!r}")
+    runs = []
+    for _ in range(1 + args.steady):
+        w.reseed()
+        sys0, flt0 = _cpu_faults()
+        t = time.perf_counter()
+        out = arraydrain.drain(w.loader)
+        seconds = time.perf_counter() - t
+        sys1, flt1 = _cpu_faults()
+        runs.append({"seconds": seconds, "sys": sys1 - sys0, "minflt": flt1 - flt0})
+        del out
+    print(json.dumps({"import": import_s, "runs": runs}))
+
+
+def first_calls(args):
+    """--first-call: N fresh processes per kind, interleaved so that load weighs on all alike."""
+    kinds = args.first_kinds.split(",")
+    order = args.orders.split(",")[0]
+    got = {k: [] for k in kinds}
+    for i in range(args.first_call):
+        for kind in kinds:
+            print(f"[{order}] fresh process {i + 1}/{args.first_call} ({kind}) ...",
+                  file=sys.stderr, flush=True)
+            cmd = [sys.executable, os.path.abspath(__file__), "--first-child", kind]
+            cmd += ["--orders", order, "--steady", str(args.steady), "--device", args.device]
+            cmd += ["--rows", str(args.rows), "--dim", str(args.dim), "--batch", str(args.batch)]
+            cmd += ["--seed", str(args.seed)]
+            done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"fresh process ({kind}) failed:\n{done.stderr}")
+            got[kind].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    med = statistics.median
+    print()
+    print(f"{order}: first drain in a fresh process vs steady drains in the same process, "
+          f"{args.first_call} processes per kind, {args.steady} steady calls each, "
+          f"engine threads {engine_threads()}")
+    print(f"{'kind':12} {'first':>12} {'steady':>12} {'first/steady':>12} {'first sys':>10} "
+          f"{'steady sys':>10} {'first flt':>9} {'steady flt':>10} {'import':>9}")
+    summary = {}
+    for kind, procs in got.items():
+        first = [p["runs"][0] for p in procs]
+        steady = [r for p in procs for r in p["runs"][1:]]
+        f_s, s_s = med(r["seconds"] for r in first), med(r["seconds"] for r in steady)
+        ratio = f_s / s_s if s_s else float("nan")
+        summary[kind] = {"first": f_s, "steady": s_s, "ratio": ratio}
+        print(f"{kind:12} {fmt_s(f_s):>12} {fmt_s(s_s):>12} {ratio:12.2f} "
+              f"{fmt_s(med(r['sys'] for r in first)):>10} "
+              f"{fmt_s(med(r['sys'] for r in steady)):>10} "
+              f"{med(r['minflt'] for r in first):9.0f} {med(r['minflt'] for r in steady):10.0f} "
+              f"{fmt_s(med(p['import'] for p in procs)):>9}")
+    print("(medians; `sys`: system CPU time of the call, `flt`: its minor page faults, `import`: "
+          "import arraydrain; target first/steady <= 1.2)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "first_call": got, "summary": summary}, f, indent=1)
+
+
 def fmt_s(s):
     return f"{s * 1e3:9.1f} ms" if s < 10 else f"{s:9.2f} s "
 
@@ -342,13 +491,38 @@ def main():
     p.add_argument("--no-rust", action="store_true", help="skip `arraydrain bench`")
     p.add_argument("--rust-bin", default=None, help="arraydrain binary (default target/release)")
     p.add_argument("--json", default=None, help="write every figure here")
+    p.add_argument(
+        "--threads",
+        default=None,
+        help="comma-separated engine thread counts: a scaling table of drain and the Rust engine",
+    )
+    p.add_argument(
+        "--first-call",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time the first drain (first of --orders) in N fresh processes per kind",
+    )
+    p.add_argument("--steady", type=int, default=4, help="steady drains per --first-call process")
+    p.add_argument(
+        "--first-kinds",
+        default="plain,after-small,after-touch",
+        help="which fresh-process kinds --first-call runs",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-order", help=argparse.SUPPRESS)
+    p.add_argument("--first-child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
     if args.child:
         return child(args)
+    if args.first_child:
+        return first_child(args)
+    if args.threads:
+        return scaling(args)
+    if args.first_call:
+        return first_calls(args)
 
     import arraydrain
 
@@ -361,7 +535,8 @@ def main():
     failed = []
     print(
         f"arraydrain {getattr(arraydrain, '__version__', '?')}, torch {torch.__version__}, "
-        f"numpy {np.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+        f"numpy {np.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"engine threads {engine_threads()}"
     )
     for order in args.orders.split(","):
         if order == "general":

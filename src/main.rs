@@ -110,6 +110,11 @@ struct BenchArgs {
     /// Backends to run.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// Comma-separated CPU thread counts (e.g. `1,2,4`): the CPU floors and strategies run once
+    /// on a pool of each size and a scaling table follows (default: one run on the global pool,
+    /// whose size `RAYON_NUM_THREADS` sets).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<Vec<u16>>,
 }
 
 fn parse_dtype(name: &str) -> Result<DType, String> {
@@ -213,23 +218,45 @@ fn run_bench(args: &BenchArgs) -> CliResult {
     let mut results: Vec<BenchRow> = Vec::new();
     let mut floors_json = serde_json::Map::new();
     let mut floors_text = Vec::new();
+    let mut scaling: Vec<(usize, CpuFloors, Vec<BenchRow>)> = Vec::new();
     if run_cpu {
+        let counts: Vec<Option<usize>> = match &args.threads {
+            Some(list) => list.iter().map(|&n| Some(usize::from(n))).collect(),
+            None => vec![None],
+        };
         progress.start(
-            (cpu_names.len() + 2) * args.repeat.max(1),
+            counts.len() * (cpu_names.len() + 2) * args.repeat.max(1),
             "CPU floors and strategies",
         );
-        let (floors, rows) = bench::run_cpu(&loader, &cpu_names, args.repeat, &reference, || {
-            progress.tick()
-        })?;
-        floors_text.push(format!(
-            "cpu_fresh {} ({:.2} GB/s), cpu_warm {} ({:.2} GB/s)",
-            fmt_time(floors.cpu_fresh.seconds),
-            floors.cpu_fresh.gbps,
-            fmt_time(floors.cpu_warm.seconds),
-            floors.cpu_warm.gbps
-        ));
-        add_cpu_floors(&mut floors_json, &floors);
-        results.extend(rows);
+        for count in counts {
+            let run = || {
+                let threads = rayon::current_num_threads();
+                bench::run_cpu(&loader, &cpu_names, args.repeat, &reference, || {
+                    progress.tick()
+                })
+                .map(|(floors, rows)| (threads, floors, rows))
+            };
+            scaling.push(match count {
+                Some(n) => rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| format!("a pool of {n} threads: {e}"))?
+                    .install(run)?,
+                None => run()?,
+            });
+        }
+        // The table and JSON `results` / `floors` show the last pool; `scaling` every pool.
+        if let Some((_, floors, rows)) = scaling.last() {
+            floors_text.push(format!(
+                "cpu_fresh {} ({:.2} GB/s), cpu_warm {} ({:.2} GB/s)",
+                fmt_time(floors.cpu_fresh.seconds),
+                floors.cpu_fresh.gbps,
+                fmt_time(floors.cpu_warm.seconds),
+                floors.cpu_warm.gbps
+            ));
+            add_cpu_floors(&mut floors_json, floors);
+            results.extend(rows.iter().cloned());
+        }
     }
     progress.finish();
     run_cuda_bench(
@@ -261,10 +288,17 @@ fn run_bench(args: &BenchArgs) -> CliResult {
         if args.drop_last { ", drop_last" } else { "" },
         out_bytes as f64 / 1e6
     );
+    let threads = scaling
+        .last()
+        .map_or_else(rayon::current_num_threads, |s| s.0);
+    println!("threads: {threads} (CPU backend)");
     for f in &floors_text {
         println!("floors: {f}");
     }
     print_table(&results);
+    if args.threads.is_some() {
+        print_scaling(&scaling);
+    }
 
     if let Some(path) = &args.json {
         let doc = json!({
@@ -280,8 +314,14 @@ fn run_bench(args: &BenchArgs) -> CliResult {
                     "name": c.name(), "dtype": c.dtype().name(), "row_shape": c.row_shape()
                 })).collect::<Vec<_>>(),
             },
+            "threads": threads,
             "floors": floors_json,
             "results": results,
+            "scaling": scaling.iter().map(|(n, floors, rows)| {
+                let mut f = serde_json::Map::new();
+                add_cpu_floors(&mut f, floors);
+                json!({"threads": n, "floors": f, "results": rows})
+            }).collect::<Vec<_>>(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -294,6 +334,46 @@ fn run_bench(args: &BenchArgs) -> CliResult {
         .into());
     }
     Ok(())
+}
+
+/// One line per pool size: the floors' medians, then each strategy's median and its ratio to
+/// its floor; the speed-up is the single-thread median over this one.
+fn print_scaling(scaling: &[(usize, CpuFloors, Vec<BenchRow>)]) {
+    let Some((_, _, first_rows)) = scaling.first() else {
+        return;
+    };
+    println!("scaling (median, x floor, speed-up over the first pool size):");
+    let mut head = format!("{:>7} {:>10} {:>10}", "threads", "cpu_fresh", "cpu_warm");
+    for r in first_rows {
+        head.push_str(&format!(" {:>30}", r.strategy));
+    }
+    println!("{head}");
+    let base: Vec<f64> = first_rows.iter().map(|r| r.seconds.median).collect();
+    for (n, floors, rows) in scaling {
+        let mut line = format!(
+            "{:>7} {:>10} {:>10}",
+            n,
+            fmt_time(floors.cpu_fresh.seconds),
+            fmt_time(floors.cpu_warm.seconds)
+        );
+        for (r, b) in rows.iter().zip(&base) {
+            let speedup = if r.seconds.median > 0.0 {
+                b / r.seconds.median
+            } else {
+                0.0
+            };
+            line.push_str(&format!(
+                " {:>30}",
+                format!(
+                    "{} {:.2}x {:.2}",
+                    fmt_time(r.seconds.median),
+                    r.floor_ratio,
+                    speedup
+                )
+            ));
+        }
+        println!("{line}");
+    }
 }
 
 fn add_cpu_floors(json: &mut serde_json::Map<String, serde_json::Value>, floors: &CpuFloors) {

@@ -136,6 +136,8 @@ pub(crate) fn allocate_output(
         .map(|c| {
             let bytes = checked_bytes(&[c.row_bytes(), rows], c.name())?;
             let buf = HostBuf::counted(bytes, c.name(), counter)?;
+            // Every byte is written next: fault the pages in ahead, in bulk.
+            buf.prefault();
             ColumnArray::new(c.name(), c.dtype(), c.row_shape(), rows, Box::new(buf))
         })
         .collect()
