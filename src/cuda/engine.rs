@@ -9,6 +9,7 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 
 use super::checkout::{Checkout, Held};
 use super::classic;
+use super::current::{ContextGuard, RestoreOnDrop};
 use super::device::{self, catch, cuda_err};
 use super::kernels::Kernels;
 use super::memory::{
@@ -65,6 +66,15 @@ pub struct CudaEngine {
     pool: PinnedPool,
     /// `None`: the automatic budget ([`CudaEngine::pin_budget`]).
     pin_budget: Mutex<Option<usize>>,
+    /// Last: the caller's current context comes back after the fields above free the engine's
+    /// device and pinned memory.
+    restore: RestoreOnDrop,
+}
+
+impl Drop for CudaEngine {
+    fn drop(&mut self) {
+        self.restore.arm();
+    }
 }
 
 impl CudaEngine {
@@ -75,6 +85,7 @@ impl CudaEngine {
     /// [`Error::CudaUnavailable`] (no driver library, no such device, driver too old, no
     /// libnvrtc), [`Error::KernelCompile`], [`Error::Cuda`]. Never panics.
     pub fn new(ordinal: usize) -> Result<CudaEngine> {
+        let _current = ContextGuard::save();
         let (info, ctx) = device::open(ordinal)?;
         let user_ctx = device::open_context(ordinal)?;
         catch("opening the CUDA engine", || {
@@ -99,6 +110,7 @@ impl CudaEngine {
                 user_stream,
                 kernels,
                 lanes: Checkout::new(vec![lanes], KEEP_LANE_SETS),
+                restore: RestoreOnDrop::default(),
             })
         })
     }
@@ -148,6 +160,7 @@ impl CudaEngine {
     /// # Errors
     /// [`Error::Cuda`].
     pub fn mem_pool_release_threshold(&self) -> Result<Option<u64>> {
+        let _current = ContextGuard::save();
         self.guarded("reading the memory pool", || {
             classic::release_threshold(&self.ctx)
         })
@@ -177,6 +190,7 @@ impl CudaEngine {
     /// # Errors
     /// [`Error::DeviceOutOfMemory`], [`Error::HostAllocation`], [`Error::Cuda`].
     pub fn time_d2h_pinned(&self, bytes: usize, repeat: usize) -> Result<Vec<f64>> {
+        let _current = ContextGuard::save();
         self.guarded("timing the device→host floor", || {
             let lanes = self.lanes()?;
             let stream = &lanes[0].stream;
@@ -210,6 +224,7 @@ impl CudaEngine {
     /// # Errors
     /// [`Error::DeviceOutOfMemory`], [`Error::Cuda`].
     pub fn upload(&self, table: &Table<'_>) -> Result<DeviceTable> {
+        let _current = ContextGuard::save();
         self.guarded("uploading a table", || {
             let lanes = self.lanes()?;
             let stream = &lanes[0].stream;
@@ -253,6 +268,7 @@ impl CudaEngine {
     /// [`Error::EmptyTable`], [`Error::DuplicateColumn`], [`Error::RowCountMismatch`],
     /// [`Error::WrongDevice`], [`Error::UnorderableColumn`], [`Error::Cuda`].
     pub fn wrap(&self, columns: Vec<DeviceColumn>) -> Result<DeviceTable> {
+        let _current = ContextGuard::save();
         self.guarded("adopting device columns", || {
             let table = DeviceTable::new(columns, self.info.ordinal, self.ctx_handle())?;
             for c in table.columns() {
@@ -296,6 +312,7 @@ impl CudaEngine {
         batches: &Batches,
         strategy: Strategy,
     ) -> Result<Materialized> {
+        let _current = ContextGuard::save();
         self.guarded("materialize", || {
             let out = match strategy {
                 Strategy::Concat | Strategy::PerBatch | Strategy::Preallocated => {
@@ -407,6 +424,7 @@ impl CudaEngine {
         batches: &Batches,
         out: &mut Materialized,
     ) -> Result<Report> {
+        let _current = ContextGuard::save();
         self.guarded("materialize_into", || {
             let started = Instant::now();
             self.check(table, batches, false)?;
@@ -491,6 +509,7 @@ impl CudaEngine {
     where
         I: IntoIterator<Item = Result<DeviceBatch>>,
     {
+        let _current = ContextGuard::save();
         self.guarded("drain_device", || self.drain_inner(batches, rows))
     }
 

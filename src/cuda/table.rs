@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 
+use super::current::RestoreOnDrop;
 use super::device::cuda_err;
 use super::memory::{device_address, take_stale_error, DevBuf};
 use crate::dtype::{DType, Element};
@@ -133,6 +134,16 @@ pub struct DeviceColumn {
     row_bytes: usize,
     offset: usize,
     buf: Box<dyn DeviceBytes>,
+    /// Last: the caller's current context comes back after `buf` is freed.
+    restore: RestoreOnDrop,
+}
+
+impl Drop for DeviceColumn {
+    fn drop(&mut self) {
+        // Freeing the buffer (cudarc binds its context to the thread) happens after this body,
+        // when the fields drop; `restore` drops last.
+        self.restore.arm();
+    }
 }
 
 impl DeviceColumn {
@@ -261,6 +272,7 @@ impl DeviceColumn {
             row_bytes,
             offset,
             buf,
+            restore: RestoreOnDrop::default(),
         }
     }
 
@@ -485,7 +497,9 @@ impl DeviceBatch {
     /// [`Error::DuplicateColumn`].
     pub fn push(&mut self, column: DeviceColumn) -> Result<()> {
         if self.columns.iter().any(|c| c.name == column.name) {
-            return Err(Error::DuplicateColumn { name: column.name });
+            return Err(Error::DuplicateColumn {
+                name: column.name.clone(),
+            });
         }
         self.columns.push(column);
         Ok(())
