@@ -13,7 +13,7 @@ use super::current::{ContextGuard, RestoreOnDrop};
 use super::device::{self, catch, cuda_err};
 use super::kernels::Kernels;
 use super::memory::{
-    auto_pin_budget, dtoh_async, htod_async, take_stale_error, wait_context, wait_event,
+    auto_pin_budget, bind_ctx, dtoh_async, htod_async, take_stale_error, wait_context, wait_event,
     wait_stream, DevBuf, PinnedAlloc, PinnedPool,
 };
 use super::pipeline::{self, Lane, LaneGuard, Plan, LANES};
@@ -74,6 +74,9 @@ pub struct CudaEngine {
 impl Drop for CudaEngine {
     fn drop(&mut self) {
         self.restore.arm();
+        // The fields free device memory, streams, events and the module after this body, with
+        // the engine's context current; `restore`, the last field, puts the caller's back.
+        let _ = bind_ctx(&self.ctx);
     }
 }
 
@@ -174,7 +177,13 @@ impl CudaEngine {
     /// Runs `f` under `catch_unwind`; after a panic, waits for the device before returning so
     /// nothing it started outlives the buffers being dropped.
     fn guarded<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let r = catch(what, f);
+        // The engine's context is made current for the call (the caller's comes back through
+        // the entry point's `ContextGuard`): cudarc's stream-ordered allocations and the raw
+        // calls need a current context, and a thread may have none, or another.
+        let r = catch(what, || {
+            bind_ctx(&self.ctx)?;
+            f()
+        });
         if let Err(Error::Cuda { message, .. }) = &r {
             if message.starts_with("panic") {
                 let _ = wait_context(&self.ctx);
@@ -271,6 +280,7 @@ impl CudaEngine {
         let _current = ContextGuard::save();
         self.guarded("adopting device columns", || {
             let table = DeviceTable::new(columns, self.info.ordinal, self.ctx_handle())?;
+            table.discard_earlier_source_errors();
             for c in table.columns() {
                 c.sync_source()?;
             }
@@ -314,6 +324,7 @@ impl CudaEngine {
     ) -> Result<Materialized> {
         let _current = ContextGuard::save();
         self.guarded("materialize", || {
+            table.discard_earlier_source_errors();
             let out = match strategy {
                 Strategy::Concat | Strategy::PerBatch | Strategy::Preallocated => {
                     self.check(table, batches, true)?;
@@ -426,6 +437,7 @@ impl CudaEngine {
     ) -> Result<Report> {
         let _current = ContextGuard::save();
         self.guarded("materialize_into", || {
+            table.discard_earlier_source_errors();
             let started = Instant::now();
             self.check(table, batches, false)?;
             let rows = batches.rows();
@@ -819,6 +831,7 @@ impl<'l> InFlight<'l> {
             // may have been queued on another stream (e.g. the user's loader kernel). Asked after
             // `ready`, that wait would land behind the event the lane waits for, and the copy
             // could read the batch before it is written.
+            col.discard_earlier_source_error();
             let src = col.address();
             if let Some(src_stream) = col.source_stream() {
                 // Taking the address records the slice's read event inside cudarc (a `Drop`):

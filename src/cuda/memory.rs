@@ -75,6 +75,10 @@ impl DevBuf {
 impl Drop for DevBuf {
     fn drop(&mut self) {
         self.restore.arm();
+        // cudarc frees a slice (when its field drops, after this body) without binding its
+        // context: make it current here; `restore`, the last field, puts the caller's back.
+        // A failure is stored by cudarc in the context, like any failed free.
+        let _ = bind_ctx(self.slice.stream().context());
         if let Some(c) = &self.counter {
             c.sub(self.len as u64);
         }

@@ -9,7 +9,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 
 use super::current::RestoreOnDrop;
 use super::device::cuda_err;
-use super::memory::{device_address, take_stale_error, DevBuf};
+use super::memory::{bind_ctx, device_address, take_stale_error, DevBuf};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::memory::checked_bytes;
@@ -140,9 +140,13 @@ pub struct DeviceColumn {
 
 impl Drop for DeviceColumn {
     fn drop(&mut self) {
-        // Freeing the buffer (cudarc binds its context to the thread) happens after this body,
-        // when the fields drop; `restore` drops last.
+        // Freeing the buffer happens after this body, when the fields drop (cudarc frees a
+        // user's slice without binding its context: it is made current here; the engine's own
+        // buffers bind theirs); `restore`, the last field, puts the caller's context back.
         self.restore.arm();
+        if let Some(s) = self.buf.stream() {
+            let _ = bind_ctx(s.context());
+        }
     }
 }
 
@@ -323,6 +327,14 @@ impl DeviceColumn {
         )
     }
 
+    /// Clears an error cudarc stored in the column's context before the engine touched it
+    /// (see `DeviceTable::discard_earlier_source_errors`).
+    pub(crate) fn discard_earlier_source_error(&self) {
+        if let Some(s) = self.buf.stream() {
+            let _earlier = take_stale_error(s.context());
+        }
+    }
+
     /// The device address of row 0.
     pub(crate) fn address(&self) -> u64 {
         self.buf.address() + self.offset as u64
@@ -446,6 +458,16 @@ impl DeviceTable {
     /// (in a `Drop`), and a failure there is only stored, to surface in the user's next,
     /// unrelated call. The engine reports it as the error of the call that caused it (found by
     /// the fault sweep of tests/cudasim_faults.rs under the CUDA simulator).
+    /// Clears, without reporting them, the errors cudarc stored in the columns' contexts before
+    /// this call touched them (for example a failed free of some unrelated buffer of the
+    /// user's): they are not this call's failure. What is stored from here on is (see
+    /// `take_source_errors`).
+    pub(crate) fn discard_earlier_source_errors(&self) {
+        for c in &self.columns {
+            c.discard_earlier_source_error();
+        }
+    }
+
     pub(crate) fn take_source_errors(&self, what: &str) -> Result<()> {
         let mut first = None;
         for c in &self.columns {
