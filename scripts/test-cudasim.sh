@@ -60,4 +60,5 @@ echo "test-cudasim.sh: tests/cuda_gpu.rs and tests/cuda_opaque.rs under the simu
 cargo test --test cuda_gpu --test cuda_opaque "$@" -- --include-ignored \
   --skip more_than_two_to_the_32_one_byte_rows
 echo "test-cudasim.sh: the simulator's own suites" >&2
-cargo test --test cudasim_equivalence --test cudasim_faults --test cudasim_pool --test cudasim_selftest "$@" -- --include-ignored
+cargo test --test cudasim_equivalence --test cudasim_faults --test cudasim_pool --test cudasim_selftest \
+  --test cudasim_stale "$@" -- --include-ignored

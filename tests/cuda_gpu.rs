@@ -766,3 +766,53 @@ proptest! {
         check_all(engine, &t, &dt, &b, &format!("{c:?}"));
     }
 }
+
+/// Every entry point leaves the calling thread's current CUDA context as it found it (cudarc
+/// binds its own context in constructors, allocations and drops; PyTorch on another device
+/// would otherwise find the engine's context current). A new thread has none current; after
+/// uploads, drains, a failed call and the drops of device and pinned memory, it still has none.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn the_callers_current_context_is_left_as_it_was() {
+    let (_lock, engine) = engine();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use arraydrain::cuda::current_context;
+            let none = Some(0);
+            assert_eq!(
+                current_context(),
+                none,
+                "a new thread has no current context"
+            );
+            let t = table(1000, &[(DType::F32, &[4]), (DType::U8, &[3])], 11);
+            let dt = engine.upload(&t).unwrap();
+            assert_eq!(current_context(), none, "upload");
+            let order = Order::Shuffle { seed: 5 };
+            for strategy in STRATEGIES {
+                let out = engine
+                    .materialize(&dt, &batches(1000, &order, None, 64, false), strategy)
+                    .unwrap();
+                assert_eq!(current_context(), none, "materialize {strategy:?}");
+                drop(out);
+                assert_eq!(current_context(), none, "dropping a {strategy:?} output");
+            }
+            let bad = Batches::new(Indices::List(Arc::from(vec![5000u64])), 1, false).unwrap();
+            assert!(engine.materialize(&dt, &bad, Strategy::Pinned).is_err());
+            assert_eq!(current_context(), none, "a failed drain");
+            let ctx = CudaContext::new(0).unwrap();
+            ctx.bind_to_thread().unwrap();
+            let mine = current_context();
+            assert!(mine.is_some_and(|c| c != 0), "{mine:?}");
+            let out = engine
+                .materialize(&dt, &batches(1000, &order, None, 64, false), Strategy::Auto)
+                .unwrap();
+            drop(out);
+            drop(dt);
+            assert_eq!(
+                current_context(),
+                mine,
+                "the caller's own context stays current"
+            );
+        });
+    });
+}

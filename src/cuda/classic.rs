@@ -398,15 +398,20 @@ impl Drop for CachingPool {
         };
         with_holders(|h| {
             if let Some(mut previous) = h.leave(pool as usize) {
-                // SAFETY: the same valid pool and u64 attribute as in `enter`. Failures only
-                // leave memory cached, which is harmless, so they are ignored.
+                // The threshold goes back to what it was; the pool is not trimmed. It is the
+                // device's current pool, which others use too (PyTorch's `cudaMallocAsync`
+                // backend caches its blocks in it): with the previous threshold back, the
+                // driver itself releases what exceeds it at the next synchronisation, as it
+                // would have without the engine, and never what the owner chose to keep.
+                // SAFETY: the same valid pool and u64 attribute as in `enter`. A failure only
+                // leaves the raised threshold (memory stays cached), which is harmless, so it
+                // is ignored.
                 unsafe {
                     let _ = mem_pool::set_attribute(
                         pool,
                         THRESHOLD,
                         (&mut previous as *mut u64).cast(),
                     );
-                    let _ = mem_pool::trim_to(pool, 0);
                 }
             }
         });

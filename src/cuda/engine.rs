@@ -9,10 +9,11 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 
 use super::checkout::{Checkout, Held};
 use super::classic;
+use super::current::{ContextGuard, RestoreOnDrop};
 use super::device::{self, catch, cuda_err};
 use super::kernels::Kernels;
 use super::memory::{
-    auto_pin_budget, dtoh_async, htod_async, take_stale_error, wait_context, wait_event,
+    auto_pin_budget, bind_ctx, dtoh_async, htod_async, take_stale_error, wait_context, wait_event,
     wait_stream, DevBuf, PinnedAlloc, PinnedPool,
 };
 use super::pipeline::{self, Lane, LaneGuard, Plan, LANES};
@@ -65,6 +66,18 @@ pub struct CudaEngine {
     pool: PinnedPool,
     /// `None`: the automatic budget ([`CudaEngine::pin_budget`]).
     pin_budget: Mutex<Option<usize>>,
+    /// Last: the caller's current context comes back after the fields above free the engine's
+    /// device and pinned memory.
+    restore: RestoreOnDrop,
+}
+
+impl Drop for CudaEngine {
+    fn drop(&mut self) {
+        self.restore.arm();
+        // The fields free device memory, streams, events and the module after this body, with
+        // the engine's context current; `restore`, the last field, puts the caller's back.
+        let _ = bind_ctx(&self.ctx);
+    }
 }
 
 impl CudaEngine {
@@ -75,6 +88,7 @@ impl CudaEngine {
     /// [`Error::CudaUnavailable`] (no driver library, no such device, driver too old, no
     /// libnvrtc), [`Error::KernelCompile`], [`Error::Cuda`]. Never panics.
     pub fn new(ordinal: usize) -> Result<CudaEngine> {
+        let _current = ContextGuard::save();
         let (info, ctx) = device::open(ordinal)?;
         let user_ctx = device::open_context(ordinal)?;
         catch("opening the CUDA engine", || {
@@ -99,6 +113,7 @@ impl CudaEngine {
                 user_stream,
                 kernels,
                 lanes: Checkout::new(vec![lanes], KEEP_LANE_SETS),
+                restore: RestoreOnDrop::default(),
             })
         })
     }
@@ -148,6 +163,7 @@ impl CudaEngine {
     /// # Errors
     /// [`Error::Cuda`].
     pub fn mem_pool_release_threshold(&self) -> Result<Option<u64>> {
+        let _current = ContextGuard::save();
         self.guarded("reading the memory pool", || {
             classic::release_threshold(&self.ctx)
         })
@@ -161,7 +177,13 @@ impl CudaEngine {
     /// Runs `f` under `catch_unwind`; after a panic, waits for the device before returning so
     /// nothing it started outlives the buffers being dropped.
     fn guarded<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let r = catch(what, f);
+        // The engine's context is made current for the call (the caller's comes back through
+        // the entry point's `ContextGuard`): cudarc's stream-ordered allocations and the raw
+        // calls need a current context, and a thread may have none, or another.
+        let r = catch(what, || {
+            bind_ctx(&self.ctx)?;
+            f()
+        });
         if let Err(Error::Cuda { message, .. }) = &r {
             if message.starts_with("panic") {
                 let _ = wait_context(&self.ctx);
@@ -177,6 +199,7 @@ impl CudaEngine {
     /// # Errors
     /// [`Error::DeviceOutOfMemory`], [`Error::HostAllocation`], [`Error::Cuda`].
     pub fn time_d2h_pinned(&self, bytes: usize, repeat: usize) -> Result<Vec<f64>> {
+        let _current = ContextGuard::save();
         self.guarded("timing the device→host floor", || {
             let lanes = self.lanes()?;
             let stream = &lanes[0].stream;
@@ -210,6 +233,7 @@ impl CudaEngine {
     /// # Errors
     /// [`Error::DeviceOutOfMemory`], [`Error::Cuda`].
     pub fn upload(&self, table: &Table<'_>) -> Result<DeviceTable> {
+        let _current = ContextGuard::save();
         self.guarded("uploading a table", || {
             let lanes = self.lanes()?;
             let stream = &lanes[0].stream;
@@ -253,8 +277,10 @@ impl CudaEngine {
     /// [`Error::EmptyTable`], [`Error::DuplicateColumn`], [`Error::RowCountMismatch`],
     /// [`Error::WrongDevice`], [`Error::UnorderableColumn`], [`Error::Cuda`].
     pub fn wrap(&self, columns: Vec<DeviceColumn>) -> Result<DeviceTable> {
+        let _current = ContextGuard::save();
         self.guarded("adopting device columns", || {
             let table = DeviceTable::new(columns, self.info.ordinal, self.ctx_handle())?;
+            table.discard_earlier_source_errors();
             for c in table.columns() {
                 c.sync_source()?;
             }
@@ -296,7 +322,9 @@ impl CudaEngine {
         batches: &Batches,
         strategy: Strategy,
     ) -> Result<Materialized> {
+        let _current = ContextGuard::save();
         self.guarded("materialize", || {
+            table.discard_earlier_source_errors();
             let out = match strategy {
                 Strategy::Concat | Strategy::PerBatch | Strategy::Preallocated => {
                     self.check(table, batches, true)?;
@@ -407,7 +435,9 @@ impl CudaEngine {
         batches: &Batches,
         out: &mut Materialized,
     ) -> Result<Report> {
+        let _current = ContextGuard::save();
         self.guarded("materialize_into", || {
+            table.discard_earlier_source_errors();
             let started = Instant::now();
             self.check(table, batches, false)?;
             let rows = batches.rows();
@@ -491,6 +521,7 @@ impl CudaEngine {
     where
         I: IntoIterator<Item = Result<DeviceBatch>>,
     {
+        let _current = ContextGuard::save();
         self.guarded("drain_device", || self.drain_inner(batches, rows))
     }
 
@@ -800,6 +831,7 @@ impl<'l> InFlight<'l> {
             // may have been queued on another stream (e.g. the user's loader kernel). Asked after
             // `ready`, that wait would land behind the event the lane waits for, and the copy
             // could read the batch before it is written.
+            col.discard_earlier_source_error();
             let src = col.address();
             if let Some(src_stream) = col.source_stream() {
                 // Taking the address records the slice's read event inside cudarc (a `Drop`):

@@ -19,6 +19,7 @@ use cudarc::driver::{
 };
 use rayon::prelude::*;
 
+use super::current::{ContextGuard, RestoreOnDrop};
 use super::device::{alloc_err, cuda_err, describe};
 use crate::error::{Error, Result};
 use crate::memory::AllocCounter;
@@ -30,6 +31,8 @@ pub(crate) struct DevBuf {
     slice: CudaSlice<u8>,
     len: usize,
     counter: Option<Arc<AllocCounter>>,
+    /// Last: the caller's current context comes back after `slice` is freed.
+    restore: RestoreOnDrop,
 }
 
 impl DevBuf {
@@ -54,6 +57,7 @@ impl DevBuf {
             slice,
             len,
             counter: counter.cloned(),
+            restore: RestoreOnDrop::default(),
         })
     }
 
@@ -70,6 +74,11 @@ impl DevBuf {
 
 impl Drop for DevBuf {
     fn drop(&mut self) {
+        self.restore.arm();
+        // cudarc frees a slice (when its field drops, after this body) without binding its
+        // context: make it current here; `restore`, the last field, puts the caller's back.
+        // A failure is stored by cudarc in the context, like any failed free.
+        let _ = bind_ctx(self.slice.stream().context());
         if let Some(c) = &self.counter {
             c.sub(self.len as u64);
         }
@@ -549,6 +558,7 @@ impl Storage for PinnedBuf {
 
 impl Drop for PinnedBuf {
     fn drop(&mut self) {
+        let _current = ContextGuard::save();
         let (Some(alloc), Some(pool)) = (self.alloc.take(), self.pool.upgrade()) else {
             return;
         };

@@ -89,6 +89,8 @@ mod checkout;
 #[cfg(feature = "cuda")]
 mod classic;
 #[cfg(feature = "cuda")]
+mod current;
+#[cfg(feature = "cuda")]
 mod device;
 #[cfg(feature = "cuda")]
 mod engine;
@@ -105,6 +107,8 @@ mod pipeline;
 #[cfg(feature = "cuda")]
 mod table;
 
+#[cfg(feature = "cuda")]
+pub use current::{current_context, ContextGuard};
 #[cfg(feature = "cuda")]
 pub use device::probe;
 #[cfg(feature = "cuda")]

@@ -10,6 +10,12 @@ use crate::gather::Strategy;
 use crate::output::{Materialized, Report};
 use crate::table::Table;
 
+/// The calling thread's current CUDA context: none can be known in a build without the `cuda`
+/// feature.
+pub fn current_context() -> Option<usize> {
+    None
+}
+
 /// Whether a CUDA driver library can be loaded: never, in a build without the `cuda` feature.
 pub fn driver_library_present() -> bool {
     false

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 
+use super::current::RestoreOnDrop;
 use super::device::cuda_err;
-use super::memory::{device_address, take_stale_error, DevBuf};
+use super::memory::{bind_ctx, device_address, take_stale_error, DevBuf};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::memory::checked_bytes;
@@ -133,6 +134,20 @@ pub struct DeviceColumn {
     row_bytes: usize,
     offset: usize,
     buf: Box<dyn DeviceBytes>,
+    /// Last: the caller's current context comes back after `buf` is freed.
+    restore: RestoreOnDrop,
+}
+
+impl Drop for DeviceColumn {
+    fn drop(&mut self) {
+        // Freeing the buffer happens after this body, when the fields drop (cudarc frees a
+        // user's slice without binding its context: it is made current here; the engine's own
+        // buffers bind theirs); `restore`, the last field, puts the caller's context back.
+        self.restore.arm();
+        if let Some(s) = self.buf.stream() {
+            let _ = bind_ctx(s.context());
+        }
+    }
 }
 
 impl DeviceColumn {
@@ -261,6 +276,7 @@ impl DeviceColumn {
             row_bytes,
             offset,
             buf,
+            restore: RestoreOnDrop::default(),
         }
     }
 
@@ -309,6 +325,14 @@ impl DeviceColumn {
             self.ordinal(),
             self.buf.origin(),
         )
+    }
+
+    /// Clears an error cudarc stored in the column's context before the engine touched it
+    /// (see `DeviceTable::discard_earlier_source_errors`).
+    pub(crate) fn discard_earlier_source_error(&self) {
+        if let Some(s) = self.buf.stream() {
+            let _earlier = take_stale_error(s.context());
+        }
     }
 
     /// The device address of row 0.
@@ -434,6 +458,16 @@ impl DeviceTable {
     /// (in a `Drop`), and a failure there is only stored, to surface in the user's next,
     /// unrelated call. The engine reports it as the error of the call that caused it (found by
     /// the fault sweep of tests/cudasim_faults.rs under the CUDA simulator).
+    /// Clears, without reporting them, the errors cudarc stored in the columns' contexts before
+    /// this call touched them (for example a failed free of some unrelated buffer of the
+    /// user's): they are not this call's failure. What is stored from here on is (see
+    /// `take_source_errors`).
+    pub(crate) fn discard_earlier_source_errors(&self) {
+        for c in &self.columns {
+            c.discard_earlier_source_error();
+        }
+    }
+
     pub(crate) fn take_source_errors(&self, what: &str) -> Result<()> {
         let mut first = None;
         for c in &self.columns {
@@ -485,7 +519,9 @@ impl DeviceBatch {
     /// [`Error::DuplicateColumn`].
     pub fn push(&mut self, column: DeviceColumn) -> Result<()> {
         if self.columns.iter().any(|c| c.name == column.name) {
-            return Err(Error::DuplicateColumn { name: column.name });
+            return Err(Error::DuplicateColumn {
+                name: column.name.clone(),
+            });
         }
         self.columns.push(column);
         Ok(())
