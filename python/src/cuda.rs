@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arraydrain::cuda::cudarc::driver::{CudaSlice, DevicePtr};
-use arraydrain::cuda::{CudaEngine, DeviceBatch, DeviceColumn};
+use arraydrain::cuda::{drop_in_context, ContextGuard, CudaEngine, DeviceBatch, DeviceColumn};
 use arraydrain::{
     Batches, ColumnArray, Error, Indices, Materialized, Order, StorageKind, Strategy,
 };
@@ -42,7 +42,10 @@ fn engine(ordinal: usize) -> Result<Arc<CudaEngine>, Error> {
 /// Whether the engine can run on device `ordinal`, and if not, why.
 #[pyfunction]
 pub fn cuda_status(py: Python<'_>, ordinal: usize) -> (bool, String) {
-    match py.detach(|| engine(ordinal)) {
+    match py.detach(|| {
+        let _current = ContextGuard::save();
+        engine(ordinal)
+    }) {
         Ok(e) => (true, e.info().to_string()),
         Err(e) => (false, e.to_string()),
     }
@@ -64,6 +67,7 @@ impl DeviceBuffer {
     #[new]
     fn new(py: Python<'_>, len: usize, ordinal: usize) -> PyResult<Self> {
         py.detach(|| -> Result<DeviceBuffer, Error> {
+            let _current = ContextGuard::save();
             let engine = engine(ordinal)?;
             let stream = engine.stream();
             let cuda = |context: &str| {
@@ -125,6 +129,22 @@ impl DeviceBuffer {
     #[getter]
     fn device(&self) -> usize {
         self.ordinal
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // cudarc frees a slice without making its context current: free it with its context
+        // current, and the caller's (PyTorch's) context current again afterwards.
+        let slice = self
+            .slice
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(slice) = slice {
+            let ctx = std::sync::Arc::clone(slice.stream().context());
+            drop_in_context(&ctx, slice);
+        }
     }
 }
 
@@ -232,6 +252,7 @@ pub fn cuda_gather(
     let Some(mut out) = out else {
         let result = py
             .detach(|| -> Result<Vec<ColumnArray>, Error> {
+                let _current = ContextGuard::save();
                 let engine = engine(ordinal)?;
                 let table = engine.wrap(columns)?;
                 let batches = Batches::new(order(table.rows())?, batch_size.max(1), false)?;
@@ -270,6 +291,7 @@ pub fn cuda_gather(
         None => host::out_slices(&mut out, &metas, n, &[])?,
     };
     py.detach(|| -> Result<(), Error> {
+        let _current = ContextGuard::save();
         let engine = engine(ordinal)?;
         let table = engine.wrap(columns)?;
         let batches = Batches::new(order(table.rows())?, batch_size.max(1), false)?;
@@ -347,6 +369,8 @@ pub fn cuda_drain(
             host::meta(name, dtype.as_deref(), row_shape, *row_bytes, 0)
         })
         .collect::<PyResult<Vec<_>>>()?;
+    // The caller's current context comes back when this returns, whatever happened.
+    let _current = ContextGuard::save();
     let engine = py.detach(|| engine(ordinal)).py()?;
     let mut failed: Option<PyErr> = None;
     let iter = batches.try_iter()?;

@@ -108,3 +108,13 @@ fn current() -> Option<usize> {
 pub fn current_context() -> Option<usize> {
     current()
 }
+
+/// Drops `value` — something that frees memory of `ctx` when dropped, such as a `CudaSlice`
+/// (which cudarc frees without making its context current) — with `ctx` current, then makes
+/// the caller's context current again.
+pub fn drop_in_context<T>(ctx: &cudarc::driver::CudaContext, value: T) {
+    let _current = ContextGuard::save();
+    // A failure to bind is stored by cudarc in the context, as the failed free would be.
+    let _ = super::memory::bind_ctx(ctx);
+    drop(value);
+}

@@ -108,7 +108,7 @@ mod pipeline;
 mod table;
 
 #[cfg(feature = "cuda")]
-pub use current::{current_context, ContextGuard};
+pub use current::{current_context, drop_in_context, ContextGuard};
 #[cfg(feature = "cuda")]
 pub use device::probe;
 #[cfg(feature = "cuda")]
