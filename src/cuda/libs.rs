@@ -42,19 +42,7 @@ pub fn library_dirs() -> Vec<PathBuf> {
         }
     }
     roots.push(PathBuf::from("/usr/local/cuda"));
-    let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/local")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("cuda-1"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    versioned.sort();
+    let mut versioned = files_with_prefix(Path::new("/usr/local"), "cuda-1");
     versioned.reverse();
     roots.extend(versioned);
     for root in roots {
@@ -160,7 +148,8 @@ fn ensure(
     Err(reason)
 }
 
-fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+/// The entries of `dir` whose names start with `prefix`, sorted (none when it cannot be read).
+pub(crate) fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()

@@ -371,24 +371,13 @@ fn own_object(maps: &str) -> Option<PathBuf> {
     })
 }
 
-/// `PREFIX/lib/python3*/site-packages` folders of an environment prefix.
+/// `PREFIX/lib/python3*/site-packages` folders of an environment prefix, sorted.
 fn site_packages(prefix: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(prefix.join("lib"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("python3"))
-                })
-                .map(|p| p.join("site-packages"))
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
+    libs::files_with_prefix(&prefix.join("lib"), "python3")
+        .into_iter()
+        .map(|p| p.join("site-packages"))
+        .filter(|p| p.is_dir())
+        .collect()
 }
 
 /// `SITE/nvidia/*/lib` folders (where NVIDIA's pip wheels put their libraries), sorted.
