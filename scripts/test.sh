@@ -25,6 +25,8 @@ PY
 export LD_LIBRARY_PATH="$nvrtc_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 cd "$root"
+# The library without the application: no command-line crate in the Python extension.
+scripts/check-no-cli-in-python.sh
 cargo test --workspace
 # The CUDA engine's tests again, executed against the CUDA driver simulator (cudasim/).
 scripts/test-cudasim.sh

@@ -16,12 +16,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cuda::{CudaEngine, DeviceTable};
 use crate::error::{Error, Result};
@@ -34,9 +32,10 @@ use crate::output::{Backend, Materialized};
 use crate::table::Table;
 
 /// Which backend drains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Device {
     /// CUDA when a device is usable, else the CPU.
+    #[default]
     Auto,
     /// Host threads.
     Cpu,
@@ -44,73 +43,154 @@ pub enum Device {
     Cuda,
 }
 
-/// Arguments of `arraydrain convert`.
-#[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("output").required(true).args(["out", "out_dir"])))]
-pub struct ConvertArgs {
+/// A phase of a conversion, as reported to [`ConvertOptions::progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Rows gathered and written to the output files in one pass.
+    DrainAndWrite,
+    /// Rows gathered into the output (in memory or memory-mapped files).
+    Drain,
+    /// The output written to its files.
+    Write,
+}
+
+impl Phase {
+    /// A short label: `drain + write`, `drain`, `write`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::DrainAndWrite => "drain + write",
+            Phase::Drain => "drain",
+            Phase::Write => "write",
+        }
+    }
+}
+
+/// Where a conversion is: reported at the start of each phase (`bytes_done` 0) and as it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The phase running.
+    pub phase: Phase,
+    /// Output bytes done in this phase.
+    pub bytes_done: u64,
+    /// Output bytes of the whole output.
+    pub bytes_total: u64,
+    /// Rows gathered so far, when the phase counts rows ([`Phase::Drain`]).
+    pub rows_done: Option<usize>,
+    /// Output rows.
+    pub rows_total: usize,
+}
+
+/// A progress callback: called from the threads that do the work.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// What a conversion reads, how it orders and batches the rows, and what it writes (the options
+/// of `arraydrain convert`). [`ConvertOptions::new`] gives the defaults.
+#[derive(Clone)]
+pub struct ConvertOptions {
     /// Input `.npy` files (column = file stem) and/or `.npz` archives (column = member name).
-    #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
-    /// Write one `.npz` archive (one member per column).
-    #[arg(long, value_name = "OUT.npz")]
+    /// Write one `.npz` archive (one member per column). Exactly one of `out` / `out_dir`.
     pub out: Option<PathBuf>,
     /// Write a folder of `.npy` files (one per column).
-    #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// Deflate the `.npz` members (as `numpy.savez_compressed`); only with `--out`.
-    #[arg(long, requires = "out", conflicts_with = "out_dir")]
+    /// Deflate the `.npz` members (as `numpy.savez_compressed`); only with `out`.
     pub compress: bool,
     /// Rows per batch.
-    #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// Shuffle the rows (seeded; the same seed gives the same order everywhere).
-    #[arg(long, conflicts_with = "indices")]
     pub shuffle: bool,
     /// Seed of the shuffle.
-    #[arg(long, default_value_t = 0, requires = "shuffle")]
     pub seed: u64,
     /// An explicit order: a 1-D int64/uint64/int32 `.npy` of row indices.
-    #[arg(long, value_name = "ORDER.npy")]
     pub indices: Option<PathBuf>,
-    /// One rank of a distributed run: rank and world size from the launcher's environment
-    /// (torchrun, Slurm, Open MPI, MPICH; explicit --rank/--world-size win), this rank's shard
-    /// written to `DIR/part-RRRRR-of-WWWWW/` beside `DIR/manifest.json`; `arraydrain merge DIR`
-    /// puts the shards back together. With CUDA the device is the local rank.
-    #[arg(long, requires = "out_dir", conflicts_with_all = ["out", "save_order"])]
-    pub distributed: bool,
-    /// This process's rank (with --world-size): PyTorch `DistributedSampler` sharding.
-    #[arg(long, requires = "world_size")]
+    /// This process's rank (with `world_size`): PyTorch `DistributedSampler` sharding.
     pub rank: Option<usize>,
-    /// Number of ranks (with --rank).
-    #[arg(long, requires = "rank")]
+    /// Number of ranks (with `rank`).
     pub world_size: Option<usize>,
     /// Drop a short last batch (as PyTorch's `DataLoader(drop_last=True)`).
-    #[arg(long)]
     pub drop_last: bool,
     /// Sharded: cut the order to an even split across ranks instead of padding it by repeating
     /// rows (as PyTorch's `DistributedSampler(drop_last=True)`).
-    #[arg(long)]
     pub shard_drop_last: bool,
-    /// Strategy: auto, preallocated, concat, per-batch, pinned (CUDA).
-    #[arg(long, default_value = "auto")]
+    /// The strategy.
     pub strategy: Strategy,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    /// The backend.
     pub device: Device,
-    /// Keep only these columns, in this order (comma-separated).
-    #[arg(long, value_delimiter = ',', value_name = "a,b")]
+    /// Keep only these columns, in this order.
     pub columns: Option<Vec<String>>,
     /// Drain into memory-mapped `.npy` files (outputs larger than RAM). Chosen automatically
     /// when the output would take more than half of the available memory.
-    #[arg(long)]
     pub mmap: bool,
     /// Write the output's row order (the index of each output row in the input) here, as an
     /// int64 `.npy`.
-    #[arg(long, value_name = "ORDER.npy")]
     pub save_order: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long, short)]
-    pub quiet: bool,
+    /// Called as the conversion progresses (none: nothing is reported).
+    pub progress: Option<ProgressFn>,
+}
+
+impl ConvertOptions {
+    /// The defaults for `inputs`: no output chosen yet, batches of 256, the sequential order,
+    /// strategy and device `Auto`.
+    pub fn new(inputs: Vec<PathBuf>) -> ConvertOptions {
+        ConvertOptions {
+            inputs,
+            out: None,
+            out_dir: None,
+            compress: false,
+            batch: 256,
+            shuffle: false,
+            seed: 0,
+            indices: None,
+            rank: None,
+            world_size: None,
+            drop_last: false,
+            shard_drop_last: false,
+            strategy: Strategy::Auto,
+            device: Device::Auto,
+            columns: None,
+            mmap: false,
+            save_order: None,
+            progress: None,
+        }
+    }
+
+    /// Reports `phase` at `bytes_done` of `bytes_total` to the progress callback, if any.
+    fn report(&self, phase: Phase, bytes_done: u64, total: (u64, usize), rows_done: Option<usize>) {
+        if let Some(f) = &self.progress {
+            f(&Progress {
+                phase,
+                bytes_done,
+                bytes_total: total.0,
+                rows_done,
+                rows_total: total.1,
+            });
+        }
+    }
+}
+
+impl fmt::Debug for ConvertOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConvertOptions")
+            .field("inputs", &self.inputs)
+            .field("out", &self.out)
+            .field("out_dir", &self.out_dir)
+            .field("compress", &self.compress)
+            .field("batch", &self.batch)
+            .field("shuffle", &self.shuffle)
+            .field("seed", &self.seed)
+            .field("indices", &self.indices)
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .field("drop_last", &self.drop_last)
+            .field("shard_drop_last", &self.shard_drop_last)
+            .field("strategy", &self.strategy)
+            .field("device", &self.device)
+            .field("columns", &self.columns)
+            .field("mmap", &self.mmap)
+            .field("save_order", &self.save_order)
+            .field("progress", &self.progress.as_ref().map(|_| "callback"))
+            .finish()
+    }
 }
 
 /// What a conversion did.
@@ -183,32 +263,26 @@ impl fmt::Display for ConvertSummary {
 /// Runs a conversion: reads the inputs, drains them with the loader's options, writes the
 /// output.
 ///
-/// With `--strategy auto` on the CPU and no memory-mapped output, rows are gathered a few MiB
+/// With strategy `Auto` on the CPU and no memory-mapped output, rows are gathered a few MiB
 /// at a time and written as they go ([`npy::drain_to_npz`]), so the output never exists in
-/// memory; any other strategy materializes the output first and then writes it.
+/// memory; any other strategy materializes the output first and then writes it. One rank of a
+/// distributed run is [`crate::shards::convert_distributed`].
 ///
 /// ```
 /// # let dir = std::env::temp_dir().join(format!("arraydrain-doc-convert-{}", std::process::id()));
 /// # std::fs::create_dir_all(&dir)?;
-/// use arraydrain::convert::{self, ConvertArgs};
+/// use arraydrain::convert::{self, ConvertOptions};
 /// use arraydrain::{npy, ColumnArray};
-/// use clap::Parser;
 /// use ndarray::Array2;
-///
-/// #[derive(Parser)]
-/// struct Cli {
-///     #[command(flatten)]
-///     convert: ConvertArgs,
-/// }
 ///
 /// let x = ColumnArray::from_array("x", Array2::from_shape_fn((100, 4), |(i, j)| (i * 4 + j) as f32))?;
 /// npy::write_npy(dir.join("x.npy"), &x)?;
-/// let (input, out) = (dir.join("x.npy"), dir.join("out.npz"));
-/// let cli = Cli::try_parse_from([
-///     "convert", input.to_str().unwrap(), "--out", out.to_str().unwrap(),
-///     "--shuffle", "--seed", "3", "--batch", "32", "--quiet",
-/// ])?;
-/// let summary = convert::run(&cli.convert)?;
+/// let mut options = ConvertOptions::new(vec![dir.join("x.npy")]);
+/// options.out = Some(dir.join("out.npz"));
+/// options.shuffle = true;
+/// options.seed = 3;
+/// options.batch = 32;
+/// let summary = convert::run(&options)?;
 /// assert_eq!(summary.rows, 100);
 /// println!("{summary}"); // 100 rows, 0.0 MB in 0.001 s (… GB/s; …), strategy preallocated, backend cpu -> …
 /// # std::fs::remove_dir_all(&dir)?;
@@ -218,85 +292,205 @@ impl fmt::Display for ConvertSummary {
 /// # Errors
 /// Every failure as an [`Error`]: unreadable or invalid inputs ([`Error::Io`],
 /// [`Error::BadFile`] naming the file), bad options ([`Error::ZeroBatchSize`],
-/// [`Error::RankOutOfRange`], [`Error::IndexOutOfBounds`], [`Error::UnknownColumn`]), an
-/// unavailable strategy or backend, and output I/O errors. No output file is left behind.
-pub fn run(args: &ConvertArgs) -> Result<ConvertSummary> {
-    if args.distributed {
-        return crate::shards::convert_distributed(args);
-    }
-    run_on(args, 0, None)
+/// [`Error::RankOutOfRange`], [`Error::IndexOutOfBounds`], [`Error::UnknownColumn`],
+/// [`Error::ConflictingOptions`] without exactly one output), an unavailable strategy or
+/// backend, and output I/O errors. No output file is left behind.
+pub fn run(options: &ConvertOptions) -> Result<ConvertSummary> {
+    run_on(options, 0, None)
 }
 
 /// What a run reads, read once by a caller that needs it first (`convert --distributed`
 /// fingerprints the inputs from the same maps the drain then reads).
-pub(crate) struct RunInput {
-    /// The inputs' table (the `--columns` selection applied or not: it is applied again).
-    pub(crate) table: Table<'static>,
-    /// The `--indices` order, when given.
-    pub(crate) indices: Option<Vec<u64>>,
+pub struct RunInput {
+    /// The inputs' table (the `columns` selection applied or not: it is applied again).
+    pub table: Table<'static>,
+    /// The `indices` order, when given.
+    pub indices: Option<Vec<u64>>,
 }
 
-/// [`run`] without `--distributed`, on CUDA device `ordinal` when CUDA drains, over `input`
-/// when the caller read it already.
-pub(crate) fn run_on(
-    args: &ConvertArgs,
+/// The one output of a run.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// One `.npz` archive.
+    Npz(&'a Path),
+    /// A folder of `.npy` files.
+    Dir(&'a Path),
+}
+
+impl<'a> Target<'a> {
+    fn of(options: &'a ConvertOptions) -> Result<Target<'a>> {
+        match (&options.out, &options.out_dir) {
+            (Some(path), None) => Ok(Target::Npz(path)),
+            (None, Some(dir)) => Ok(Target::Dir(dir)),
+            _ => Err(Error::ConflictingOptions {
+                option: "convert",
+                reason: "writes one output: --out OUT.npz or --out-dir DIR".into(),
+            }),
+        }
+    }
+}
+
+/// [`run`] on CUDA device `ordinal` when CUDA drains, over `input` when the caller read it
+/// already (the building block of [`crate::shards::convert_distributed`]).
+///
+/// # Errors
+/// As [`run`].
+pub fn run_on(
+    options: &ConvertOptions,
     ordinal: usize,
     input: Option<RunInput>,
 ) -> Result<ConvertSummary> {
     let started = Instant::now();
-    if args.compress && args.out.is_none() {
+    let target = Target::of(options)?;
+    if options.compress && options.out.is_none() {
         return Err(Error::ConflictingOptions {
-            reason: "--compress deflates the members of an --out archive; .npy files in \
+            option: "--compress",
+            reason: "deflates the members of an --out archive; .npy files in \
                      --out-dir are never compressed"
                 .into(),
         });
     }
     // A truncated input then reads as zeros and is reported before anything is kept.
     crate::mmap::catch_input_faults()?;
-    let (mut table, mut indices) = match input {
+    let (mut table, indices) = match input {
         Some(RunInput { table, indices }) => (table, indices),
-        None => (npy::read_table(&args.inputs)?, None),
+        None => (npy::read_table(&options.inputs)?, None),
     };
-    if let Some(names) = &args.columns {
+    if let Some(names) = &options.columns {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         table = table.select(&names)?;
     }
-    let mut loader = Loader::new(&table)
-        .batch_size(args.batch)
-        .drop_last(args.drop_last)
-        .shard_drop_last(args.shard_drop_last);
-    check_index_memory(args, table.rows())?;
-    if args.shuffle {
-        loader = loader.shuffle(args.seed);
+    let mut loader = ordered_loader(options, &table, indices)?;
+    let specs = loader.output_specs()?;
+    let (rows, bytes) = output_size(&specs)?;
+    check_output_paths(options, &specs)?;
+    let engine = open_engine(options.device, ordinal, &table)?;
+    let backend = if engine.is_some() {
+        Backend::Cuda
+    } else {
+        Backend::Cpu
+    };
+    let mapped = choose_mapped(options, backend, bytes)?;
+
+    // Everything the run writes, put in place together at the end (or removed on failure).
+    let mut staged = Staged::new();
+    // The order file is staged first, so that an unwritable destination fails the run before
+    // any work is done.
+    let order_file = match &options.save_order {
+        Some(path) => Some((path.as_path(), staged.file(path)?.1)),
+        None => None,
+    };
+    let total = (bytes, rows);
+    let summary = |drain, write, strategy, streamed, outputs| ConvertSummary {
+        rows,
+        bytes,
+        elapsed: started.elapsed(),
+        drain,
+        write,
+        strategy,
+        backend,
+        mapped,
+        streamed,
+        outputs,
+        placement: None,
+    };
+    if !mapped && engine.is_none() && options.strategy == Strategy::Auto {
+        // The fastest CPU path: gather a few MiB at a time and write as it goes, so the
+        // output never exists in memory (and a sequential order is written from the input's
+        // pages directly).
+        let report = drain_and_write(options, &loader, target, &mut staged, total)?;
+        let outputs = finish(staged, order_file, &loader, &options.inputs)?;
+        return Ok(summary(
+            report.elapsed,
+            Duration::ZERO,
+            report.strategy,
+            true,
+            outputs,
+        ));
     }
-    if let Some(path) = &args.indices {
+    if let Some(f) = options.progress.clone() {
+        loader = loader.on_progress(move |rows_done, bytes_done| {
+            f(&Progress {
+                phase: Phase::Drain,
+                bytes_done,
+                bytes_total: bytes,
+                rows_done: Some(rows_done),
+                rows_total: rows,
+            })
+        });
+    }
+    options.report(Phase::Drain, 0, total, None);
+    let drain_started = Instant::now();
+    let drained = drain_output(
+        &loader,
+        engine.as_ref(),
+        options,
+        target,
+        &specs,
+        mapped,
+        &mut staged,
+    )?;
+    let drain = drain_started.elapsed();
+
+    let write_started = Instant::now();
+    options.report(Phase::Write, 0, total, None);
+    write_output(options, target, &drained, &mut staged, total)?;
+    let strategy = drained.strategy;
+    drop(drained);
+    let outputs = finish(staged, order_file, &loader, &options.inputs)?;
+    Ok(summary(
+        drain,
+        write_started.elapsed(),
+        strategy,
+        false,
+        outputs,
+    ))
+}
+
+/// The loader of `table` with the options' batching, order and shard; the order is resolved
+/// here (the loader keeps it), so that an index out of range names its file.
+fn ordered_loader<'t>(
+    options: &ConvertOptions,
+    table: &'t Table<'static>,
+    mut indices: Option<Vec<u64>>,
+) -> Result<Loader<'t, 'static>> {
+    let mut loader = Loader::new(table)
+        .batch_size(options.batch)
+        .drop_last(options.drop_last)
+        .shard_drop_last(options.shard_drop_last);
+    check_index_memory(options, table.rows())?;
+    if options.shuffle {
+        loader = loader.shuffle(options.seed);
+    }
+    if let Some(path) = &options.indices {
         let list = match indices.take() {
             Some(list) => list,
             None => npy::read_indices(path)?,
         };
         loader = loader.indices(list);
     }
-    if let (Some(rank), Some(world)) = (args.rank, args.world_size) {
+    if let (Some(rank), Some(world)) = (options.rank, options.world_size) {
         loader = loader.shard(rank, world);
     }
-    // Resolve the order here (the loader keeps it), so that an index out of range names its
-    // file.
-    loader.batches().map_err(|e| match (&e, &args.indices) {
+    loader.batches().map_err(|e| match (&e, &options.indices) {
         (Error::IndexOutOfBounds { .. }, Some(path)) => Error::BadFile {
             path: path.clone(),
             reason: e.to_string(),
         },
         _ => e,
     })?;
-    let specs = loader.output_specs()?;
-    for s in &specs {
+    Ok(loader)
+}
+
+/// The output's rows and bytes (all columns); refuses a column NumPy has no dtype for.
+fn output_size(specs: &[OutputSpec]) -> Result<(usize, u64)> {
+    for s in specs {
         if npy::descr(&s.dtype).is_none() {
             return Err(Error::UnsupportedDType {
                 descr: format!("{} (column {:?}; NumPy has no such dtype)", s.dtype, s.name),
             });
         }
     }
-    check_output_paths(args, &specs)?;
     let rows = specs.first().map_or(0, |s| s.rows);
     let bytes = specs.iter().try_fold(0u64, |sum, s| {
         sum.checked_add(s.bytes()? as u64)
@@ -304,133 +498,118 @@ pub(crate) fn run_on(
                 what: "the output".into(),
             })
     })?;
-    let engine = open_engine(args.device, ordinal, &table)?;
-    let backend = if engine.is_some() {
-        Backend::Cuda
-    } else {
-        Backend::Cpu
-    };
-    // A mapped output is filled in place: by the preallocated gather on the CPU, by the
-    // staged pinned pipeline on CUDA.
-    let fills_in_place = match args.strategy {
+    Ok((rows, bytes))
+}
+
+/// Whether the drain writes into memory-mapped files: when asked, or when the output would not
+/// fit comfortably in memory and the strategy fills its output in place (the preallocated
+/// gather on the CPU, the staged pinned pipeline on CUDA).
+fn choose_mapped(options: &ConvertOptions, backend: Backend, bytes: u64) -> Result<bool> {
+    let fills_in_place = match options.strategy {
         Strategy::Auto | Strategy::Preallocated => true,
         Strategy::Pinned => backend == Backend::Cuda,
         _ => false,
     };
-    let mapped = args.mmap || (fills_in_place && !fits_in_memory(bytes));
+    let mapped = options.mmap || (fills_in_place && !fits_in_memory(bytes));
     if mapped && !fills_in_place {
         return Err(Error::StrategyUnavailable {
-            strategy: args.strategy.name(),
+            strategy: options.strategy.name(),
             reason: "--mmap fills the mapped files in place: use --strategy auto or \
                      preallocated (or pinned on CUDA)"
                 .into(),
         });
     }
+    Ok(mapped)
+}
 
-    // Everything the run writes, put in place together at the end (or removed on failure).
-    let mut staged = Staged::new();
-    // The order file is staged first, so that an unwritable destination fails the run before
-    // any work is done.
-    let order_file = match &args.save_order {
-        Some(path) => Some((path.as_path(), staged.file(path)?.1)),
-        None => None,
+/// The streamed CPU path: rows gathered block by block straight into the staged output files.
+fn drain_and_write(
+    options: &ConvertOptions,
+    loader: &Loader<'_, '_>,
+    target: Target<'_>,
+    staged: &mut Staged,
+    total: (u64, usize),
+) -> Result<crate::Report> {
+    options.report(Phase::DrainAndWrite, 0, total, None);
+    let write_options = {
+        let f = options.progress.clone();
+        WriteOptions::new()
+            .compress(options.compress)
+            .on_progress(move |done| {
+                if let Some(f) = &f {
+                    f(&Progress {
+                        phase: Phase::DrainAndWrite,
+                        bytes_done: done,
+                        bytes_total: total.0,
+                        rows_done: None,
+                        rows_total: total.1,
+                    })
+                }
+            })
     };
-
-    let show = !args.quiet && std::io::stderr().is_terminal();
-    if !mapped && engine.is_none() && args.strategy == Strategy::Auto {
-        // The fastest CPU path: gather a few MiB at a time and write as it goes, so the
-        // output never exists in memory (and a sequential order is written from the input's
-        // pages directly).
-        let bar = progress_bar(show, bytes, "drain + write");
-        let options = {
-            let bar = bar.clone();
-            WriteOptions::new()
-                .compress(args.compress)
-                .on_progress(move |done| bar.set_position(done))
-        };
-        let report = match (&args.out_dir, &args.out) {
-            (Some(dir), _) => npy::stage_drain_npy_dir(&mut staged, &loader, dir, &options)?,
-            (None, Some(path)) => npy::stage_drain_npz(&mut staged, &loader, path, &options)?,
-            (None, None) => unreachable_output()?,
-        };
-        bar.finish_and_clear();
-        let outputs = finish(staged, order_file, &loader, &args.inputs)?;
-        return Ok(ConvertSummary {
-            rows,
-            bytes,
-            elapsed: started.elapsed(),
-            drain: report.elapsed,
-            write: Duration::ZERO,
-            strategy: report.strategy,
-            backend,
-            mapped: false,
-            streamed: true,
-            outputs,
-            placement: None,
-        });
+    match target {
+        Target::Dir(dir) => npy::stage_drain_npy_dir(staged, loader, dir, &write_options),
+        Target::Npz(path) => npy::stage_drain_npz(staged, loader, path, &write_options),
     }
-    let bar = progress_bar(show, bytes, "drain");
-    {
-        let bar = bar.clone();
-        loader = loader.on_progress(move |rows_done, bytes_done| {
-            bar.set_position(bytes_done);
-            bar.set_message(format!("drain: {rows_done}/{rows} rows"));
-        });
-    }
+}
 
-    // For `--out X.npz` with a mapped output: the private scratch folder holding the mapped
-    // files until they are packed (removed with the staged set, whatever happens).
-    let mut scratch = None;
-    let drain_started = Instant::now();
-    let (out, strategy) = if mapped {
-        let mut out = match (&args.out_dir, &args.out) {
-            (Some(dir), _) => npy::stage_mapped_output(MappedIn::Staged(&mut staged, dir), &specs)?,
-            (None, Some(out)) => {
-                let dir = staged.scratch_dir(out)?;
-                let files = npy::stage_mapped_output(MappedIn::Scratch(&dir), &specs)?;
-                scratch = Some(dir);
-                files
-            }
-            (None, None) => unreachable_output()?,
-        };
-        let report = match &engine {
-            Some((engine, dev)) => engine.materialize_into(dev, &loader.batches()?, &mut out)?,
-            None => loader.materialize_into(&mut out)?,
-        };
-        (out, report.strategy)
-    } else {
-        let out = match &engine {
-            Some((engine, dev)) => engine.materialize(dev, &loader.batches()?, args.strategy)?,
-            None => loader.materialize(args.strategy)?,
+/// A drained output: in memory, or in memory-mapped files (staged outputs, or files of a
+/// private scratch folder to be packed into the `.npz`).
+struct Drained {
+    out: Materialized,
+    strategy: Strategy,
+    mapped: bool,
+    /// For an `.npz` target with a mapped output: the scratch folder holding the mapped files
+    /// until they are packed (removed with the staged set, whatever happens).
+    scratch: Option<PathBuf>,
+}
+
+/// Drains the loader's order into memory or into mapped files, on the engine or the CPU.
+fn drain_output(
+    loader: &Loader<'_, '_>,
+    engine: Option<&(CudaEngine, DeviceTable)>,
+    options: &ConvertOptions,
+    target: Target<'_>,
+    specs: &[OutputSpec],
+    mapped: bool,
+    staged: &mut Staged,
+) -> Result<Drained> {
+    if !mapped {
+        let out = match engine {
+            Some((engine, dev)) => engine.materialize(dev, &loader.batches()?, options.strategy)?,
+            None => loader.materialize(options.strategy)?,
         };
         let strategy = out.report().strategy;
-        (out, strategy)
+        return Ok(Drained {
+            out,
+            strategy,
+            mapped,
+            scratch: None,
+        });
+    }
+    let mut scratch = None;
+    let mut out = match target {
+        Target::Dir(dir) => npy::stage_mapped_output(MappedIn::Staged(staged, dir), specs)?,
+        Target::Npz(path) => {
+            let dir = staged.scratch_dir(path)?;
+            let files = npy::stage_mapped_output(MappedIn::Scratch(&dir), specs)?;
+            scratch = Some(dir);
+            files
+        }
     };
-    let drain = drain_started.elapsed();
-    bar.finish_and_clear();
-
-    let write_started = Instant::now();
-    let bar = progress_bar(show, bytes, "write");
-    write_output(args, &out, mapped, scratch.as_deref(), &bar, &mut staged)?;
-    bar.finish_and_clear();
-    drop(out);
-    let outputs = finish(staged, order_file, &loader, &args.inputs)?;
-    Ok(ConvertSummary {
-        rows,
-        bytes,
-        elapsed: started.elapsed(),
-        drain,
-        write: write_started.elapsed(),
-        strategy,
-        backend,
+    let report = match engine {
+        Some((engine, dev)) => engine.materialize_into(dev, &loader.batches()?, &mut out)?,
+        None => loader.materialize_into(&mut out)?,
+    };
+    Ok(Drained {
+        out,
+        strategy: report.strategy,
         mapped,
-        streamed: false,
-        outputs,
-        placement: None,
+        scratch,
     })
 }
 
-/// Writes the order file (when asked for), checks that no input changed while it was read,
+/// Writes every staged file but the order file, checks that no input changed while it was read,
 /// and puts every staged file in place; returns the output files (without the order file).
 fn finish(
     staged: Staged,
@@ -448,56 +627,50 @@ fn finish(
     Ok(outputs)
 }
 
-fn unreachable_output<T>() -> Result<T> {
-    // clap's argument group requires one of --out / --out-dir; a library caller may not.
-    Err(Error::Io {
-        path: PathBuf::from("--out/--out-dir"),
-        source: std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "convert needs an output: --out OUT.npz or --out-dir DIR",
-        ),
-    })
-}
-
+/// Writes a drained output to its staged files (a mapped `--out-dir` output is its files
+/// already).
 fn write_output(
-    args: &ConvertArgs,
-    out: &Materialized,
-    mapped: bool,
-    scratch: Option<&Path>,
-    bar: &ProgressBar,
+    options: &ConvertOptions,
+    target: Target<'_>,
+    drained: &Drained,
     staged: &mut Staged,
+    total: (u64, usize),
 ) -> Result<()> {
-    let progress: npy::WriteProgress = {
-        let bar = bar.clone();
-        Arc::new(move |done: u64| bar.set_position(done))
+    let write_options = || {
+        let f = options.progress.clone();
+        WriteOptions::new().on_progress(move |done| {
+            if let Some(f) = &f {
+                f(&Progress {
+                    phase: Phase::Write,
+                    bytes_done: done,
+                    bytes_total: total.0,
+                    rows_done: None,
+                    rows_total: total.1,
+                })
+            }
+        })
     };
-    match (&args.out, &args.out_dir) {
+    let out = &drained.out;
+    match target {
         // The mapped files are the staged outputs already.
-        (_, Some(_)) if mapped => Ok(()),
-        (_, Some(dir)) => npy::stage_npy_dir(
-            staged,
-            dir,
-            out.columns(),
-            &WriteOptions::new().on_progress(move |done| progress(done)),
-        )
-        .map(drop),
-        (Some(path), None) => {
-            let options = WriteOptions::new()
-                .compress(args.compress)
-                .on_progress(move |done| progress(done));
-            if let Some(dir) = scratch {
+        Target::Dir(_) if drained.mapped => Ok(()),
+        Target::Dir(dir) => {
+            npy::stage_npy_dir(staged, dir, out.columns(), &write_options()).map(drop)
+        }
+        Target::Npz(path) => {
+            let write_options = write_options().compress(options.compress);
+            if let Some(dir) = &drained.scratch {
                 // The mapped files are complete (written back) in the scratch folder.
                 let files: Vec<(String, PathBuf)> = out
                     .columns()
                     .iter()
                     .map(|c| (c.name().to_string(), dir.join(format!("{}.npy", c.name()))))
                     .collect();
-                npy::pack_npz(staged, path, &files, &options)
+                npy::pack_npz(staged, path, &files, &write_options)
             } else {
-                npy::stage_npz(staged, path, out.columns(), &options)
+                npy::stage_npz(staged, path, out.columns(), &write_options)
             }
         }
-        (None, None) => unreachable_output(),
     }
 }
 
@@ -536,7 +709,7 @@ fn write_order(path: &Path, file: File, loader: &Loader<'_, '_>) -> Result<()> {
 
 /// Refuses a shuffle or shard whose index lists (8 bytes an entry) cannot fit in the memory
 /// this process may use, before they are built.
-fn check_index_memory(args: &ConvertArgs, rows: usize) -> Result<()> {
+fn check_index_memory(args: &ConvertOptions, rows: usize) -> Result<()> {
     let shuffled = if args.shuffle { rows } else { 0 };
     let sharded = match args.world_size {
         Some(world) if world > 0 => rows.div_ceil(world),
@@ -558,7 +731,7 @@ fn check_index_memory(args: &ConvertArgs, rows: usize) -> Result<()> {
 }
 
 /// The output files a run will write (with the option that names each).
-fn planned_outputs(args: &ConvertArgs, specs: &[OutputSpec]) -> Vec<(PathBuf, String)> {
+fn planned_outputs(args: &ConvertOptions, specs: &[OutputSpec]) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     if let Some(path) = &args.out {
         out.push((path.clone(), "--out".to_string()));
@@ -579,7 +752,7 @@ fn planned_outputs(args: &ConvertArgs, specs: &[OutputSpec]) -> Vec<(PathBuf, St
 
 /// Refuses output paths that name an input (the same file, by path or by device and inode:
 /// links count) or another output of the same run.
-fn check_output_paths(args: &ConvertArgs, specs: &[OutputSpec]) -> Result<()> {
+fn check_output_paths(args: &ConvertOptions, specs: &[OutputSpec]) -> Result<()> {
     let inputs: Vec<&PathBuf> = args.inputs.iter().chain(&args.indices).collect();
     let input_ids: Vec<_> = inputs
         .iter()
@@ -611,21 +784,6 @@ fn check_output_paths(args: &ConvertArgs, specs: &[OutputSpec]) -> Result<()> {
         seen.insert(key, role);
     }
     Ok(())
-}
-
-fn progress_bar(show: bool, total: u64, phase: &str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    let style = ProgressStyle::with_template(
-        "{msg:24} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_message(phase.to_string());
-    bar
 }
 
 /// The CUDA engine and the table uploaded to it, or `None` for the CPU: `cpu` never opens

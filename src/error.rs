@@ -10,7 +10,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in arraydrain.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     // ---- table construction -------------------------------------------------------------------
     /// A table needs at least one column.
@@ -97,80 +96,13 @@ pub enum Error {
     },
 
     // ---- distributed runs ---------------------------------------------------------------------
-    /// `--distributed` found no launcher's variables in the environment.
-    #[error(
-        "no launcher detected: none of {} is set; run under torchrun, srun or mpirun, or pass \
-         --rank and --world-size",
-        looked_for.join("; ")
-    )]
-    LauncherNotDetected {
-        /// The variables looked for, one entry per launcher.
-        looked_for: Vec<String>,
-    },
-    /// A launcher's rank or world-size variable is missing while others of its set are there.
-    #[error("{launcher}: {} set but {} missing", set.join(", "), missing.join(", "))]
-    LauncherIncomplete {
-        /// The launcher (`torchrun`, `slurm`, `openmpi`, `mpich`, or `explicit` for the flags).
-        launcher: &'static str,
-        /// The variables (or flags) that are set.
-        set: Vec<String>,
-        /// The ones that are missing.
-        missing: Vec<String>,
-    },
-    /// A launcher variable does not hold what it should.
-    #[error("{name}={value:?}: {reason}")]
-    LauncherVariable {
-        /// The variable.
-        name: String,
-        /// Its value.
-        value: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// Launcher variables contradict each other.
-    #[error("{launcher}: {} — {reason}", variables.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", "))]
-    LauncherContradiction {
-        /// The launcher (`torchrun`, `slurm`, `openmpi`, `mpich`, `mpi` for Open MPI against
-        /// MPICH, `cuda` for the device).
-        launcher: &'static str,
-        /// The variables concerned, with their values.
-        variables: Vec<(String, String)>,
-        /// How they contradict each other.
-        reason: String,
-    },
-
-    /// Options that do not go together.
-    #[error("{option}: {reason}")]
-    OptionConflict {
-        /// The option concerned.
-        option: &'static str,
-        /// Why.
-        reason: String,
-    },
-    /// A distributed run's output folder already holds this rank's part, or another run.
-    #[error("{} already exists: {reason}", path.display())]
-    ShardExists {
-        /// The part folder or manifest.
-        path: PathBuf,
-        /// Whose it is, and what to do.
-        reason: String,
-    },
-    /// A shard folder's manifest cannot be used.
-    #[error("{}: not a usable shard manifest: {reason}", path.display())]
-    ManifestInvalid {
-        /// The manifest.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// A shard folder is incomplete, corrupt or mixed with another run.
-    #[error("{}: the shards do not match the manifest:\n  {}", dir.display(), issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
-    ShardSetInvalid {
-        /// The shard folder.
-        dir: PathBuf,
-        /// Every problem found.
-        issues: Vec<crate::shards::ShardIssue>,
-    },
+    /// A launcher's variables (or the explicit rank and world size) cannot place this process
+    /// in a distributed run.
+    #[error(transparent)]
+    Launcher(#[from] crate::launcher::LauncherError),
+    /// A shard folder of a distributed run cannot be written or merged.
+    #[error(transparent)]
+    Shard(#[from] crate::shards::ShardError),
 
     // ---- typed access -------------------------------------------------------------------------
     /// A column was read as a Rust type that does not match its dtype.
@@ -344,11 +276,21 @@ pub enum Error {
         /// What asked to stop.
         reason: String,
     },
-    /// Options that cannot be used together.
-    #[error("conflicting options: {reason}")]
+    /// Options that cannot be used together, or an option that cannot be used here.
+    #[error("{option}: {reason}")]
     ConflictingOptions {
-        /// Which, and why.
+        /// The option concerned.
+        option: &'static str,
+        /// Why.
         reason: String,
+    },
+    /// The handler that turns a fault in a file map into an error cannot be installed.
+    #[error("cannot install the {signal} handler: {source}")]
+    SignalHandler {
+        /// The signal.
+        signal: &'static str,
+        /// The system's error.
+        source: std::io::Error,
     },
     /// More memory maps are needed than the kernel allows one process.
     #[error(

@@ -21,8 +21,9 @@
 //! a size cap, so a FIFO or `/dev/zero` planted at a record's name neither hangs nor exhausts
 //! memory.
 //!
-//! [`cleanup_on_signals`] (the command line installs it) makes `SIGINT` and `SIGTERM` remove the
-//! same things before the process exits with the conventional status (130, 143). Nothing can run
+//! [`remove_all_before_exit`] removes the same things for a process that is about to exit: the
+//! `arraydrain` command calls it on `SIGINT` and `SIGTERM` and then exits with the conventional
+//! status (130, 143); the library installs no signal handler. Nothing can run
 //! after `SIGKILL`: a leftover `.arraydrain-*` file or folder is then an incomplete output and safe
 //! to delete.
 
@@ -59,9 +60,9 @@ struct Live {
     kind: Kind,
 }
 
-/// Every temporary path of this process not yet put in place or removed, for the signal
-/// handler. Creating, renaming and removing them happens under this lock, so a signal never
-/// sees a half-done step.
+/// Every temporary path of this process not yet put in place or removed, for
+/// [`remove_all_before_exit`]. Creating, renaming and removing them happens under this lock, so
+/// a cleanup on a signal never sees a half-done step.
 static LIVE: Mutex<Vec<Live>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -136,9 +137,8 @@ struct StagedFile {
 }
 
 /// A set of outputs written under temporary names and put in place together by
-/// [`Staged::commit`]; dropped without committing (or interrupted by `SIGINT`/`SIGTERM` with
-/// [`cleanup_on_signals`] installed), it removes every temporary file, staged and scratch
-/// folder, claim and output folder it made.
+/// [`Staged::commit`]; dropped without committing (or cut short by [`remove_all_before_exit`]),
+/// it removes every temporary file, staged and scratch folder, claim and output folder it made.
 #[derive(Debug, Default)]
 pub struct Staged {
     files: Vec<StagedFile>,
@@ -557,8 +557,12 @@ pub(crate) fn normalized(path: &Path) -> PathBuf {
     }
 }
 
-/// Removes every temporary path of this process (what a run would have removed had it failed).
-fn remove_all_live() {
+/// Removes every temporary file and folder of this process (what each run in progress would
+/// have removed had it failed), for a process about to exit on a signal: the `arraydrain`
+/// command calls it on `SIGINT` / `SIGTERM` from a thread that waits for them (never from a
+/// signal handler). The list of temporary paths stays locked afterwards, so that no thread can
+/// create more: nothing may be staged in this process after the call.
+pub fn remove_all_before_exit() {
     let mut live = live();
     let mut all = std::mem::take(&mut *live);
     // Files first, then scratch folders, then the output folders made for them, newest first.
@@ -568,28 +572,6 @@ fn remove_all_live() {
     }
     // The lock stays held: the process exits next, and no other thread may create more.
     std::mem::forget(live);
-}
-
-/// Makes `SIGINT` and `SIGTERM` remove every temporary file and folder of this process (see
-/// the module docs) and exit with status 128 + the signal (130, 143). A background thread waits
-/// for the signals; the cleanup runs there, not in a signal handler.
-///
-/// # Errors
-/// [`Error::Io`] when the handlers cannot be installed.
-pub fn cleanup_on_signals() -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| Error::io("signal handlers", e))?;
-    std::thread::Builder::new()
-        .name("arraydrain-signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                remove_all_live();
-                std::process::exit(128 + signal);
-            }
-        })
-        .map_err(|e| Error::io("signal handlers", e))?;
-    Ok(())
 }
 
 /// Turns an I/O error from writing `path` that means "no room" (`ENOSPC`, `EDQUOT`, or

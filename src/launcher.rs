@@ -12,12 +12,12 @@
 //!   launcher's variables describe this process, the outer one's describe its parent. The first
 //!   launcher with any of its variables set is the one used; the outer ones are reported as
 //!   [`Placement::outer`].
-//! - That launcher's rank and world-size variables must both be set ([`Error::LauncherIncomplete`]
+//! - That launcher's rank and world-size variables must both be set ([`LauncherError::Incomplete`]
 //!   names what is set and what is missing), be non-negative integers
-//!   ([`Error::LauncherVariable`]) and agree (rank and local rank below the world size; Open MPI
+//!   ([`LauncherError::Variable`]) and agree (rank and local rank below the world size; Open MPI
 //!   and MPICH, which run at the same level, must not disagree): otherwise
-//!   [`Error::LauncherContradiction`] names the variables and their values.
-//! - No launcher at all is [`Error::LauncherNotDetected`], listing the variables looked for.
+//!   [`LauncherError::Contradiction`] names the variables and their values.
+//! - No launcher at all is [`LauncherError::NotDetected`], listing the variables looked for.
 //!
 //! With CUDA the device is the local rank, counted within `CUDA_VISIBLE_DEVICES` when it is set
 //! (see [`cuda_ordinal`]).
@@ -52,6 +52,54 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::error::{Error, Result};
+
+/// Why a launcher's variables (or the explicit `--rank` / `--world-size`) cannot place this
+/// process in a distributed run; wrapped by [`Error::Launcher`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LauncherError {
+    /// `--distributed` found no launcher's variables in the environment.
+    #[error(
+        "no launcher detected: none of {} is set; run under torchrun, srun or mpirun, or pass \
+         --rank and --world-size",
+        looked_for.join("; ")
+    )]
+    NotDetected {
+        /// The variables looked for, one entry per launcher.
+        looked_for: Vec<String>,
+    },
+    /// A launcher's rank or world-size variable is missing while others of its set are there.
+    #[error("{launcher}: {} set but {} missing", set.join(", "), missing.join(", "))]
+    Incomplete {
+        /// The launcher (`torchrun`, `slurm`, `openmpi`, `mpich`, or `explicit` for the flags).
+        launcher: &'static str,
+        /// The variables (or flags) that are set.
+        set: Vec<String>,
+        /// The ones that are missing.
+        missing: Vec<String>,
+    },
+    /// A launcher variable does not hold what it should.
+    #[error("{name}={value:?}: {reason}")]
+    Variable {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Launcher variables contradict each other.
+    #[error("{launcher}: {} — {reason}", variables.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", "))]
+    Contradiction {
+        /// The launcher (`torchrun`, `slurm`, `openmpi`, `mpich`, `mpi` for Open MPI against
+        /// MPICH, `cuda` for the device).
+        launcher: &'static str,
+        /// The variables concerned, with their values.
+        variables: Vec<(String, String)>,
+        /// How they contradict each other.
+        reason: String,
+    },
+}
 
 /// The launchers whose environment is understood, innermost first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,10 +254,10 @@ pub fn detect(rank: Option<usize>, world_size: Option<usize>) -> Result<Placemen
 /// innermost launcher found in `env` (see the module docs for the rules).
 ///
 /// # Errors
-/// [`Error::LauncherNotDetected`], [`Error::LauncherIncomplete`], [`Error::LauncherVariable`],
-/// [`Error::LauncherContradiction`]; with explicit values, [`Error::ZeroWorldSize`] and
+/// [`LauncherError::NotDetected`], [`LauncherError::Incomplete`], [`LauncherError::Variable`],
+/// [`LauncherError::Contradiction`]; with explicit values, [`Error::ZeroWorldSize`] and
 /// [`Error::RankOutOfRange`]; only one of `rank` / `world_size` given is
-/// [`Error::LauncherIncomplete`] too.
+/// [`LauncherError::Incomplete`] too.
 pub fn resolve(
     rank: Option<usize>,
     world_size: Option<usize>,
@@ -233,7 +281,7 @@ pub fn resolve(
             })
         }
         (None, None) => from_env(env),
-        (r, _) => Err(Error::LauncherIncomplete {
+        (r, _) => Err(Error::Launcher(LauncherError::Incomplete {
             launcher: "explicit",
             set: vec![if r.is_some() {
                 "--rank"
@@ -247,7 +295,7 @@ pub fn resolve(
                 "--rank"
             }
             .to_string()],
-        }),
+        })),
     }
 }
 
@@ -267,12 +315,12 @@ fn from_env(env: &BTreeMap<String, String>) -> Result<Placement> {
         }
     }
     let Some(c) = chosen else {
-        return Err(Error::LauncherNotDetected {
+        return Err(Error::Launcher(LauncherError::NotDetected {
             looked_for: Launcher::ALL
                 .iter()
                 .map(|l| format!("{} ({})", l.variables().join(", "), l.name()))
                 .collect(),
-        });
+        }));
     };
     Ok(Placement {
         rank: c.rank,
@@ -292,7 +340,7 @@ fn check_peers(chosen: Reading, other: Reading) -> Result<()> {
     {
         let [cr, cw, _] = chosen.launcher.variables();
         let [or, ow, _] = other.launcher.variables();
-        return Err(Error::LauncherContradiction {
+        return Err(Error::Launcher(LauncherError::Contradiction {
             launcher: "mpi",
             variables: vec![
                 (cr.into(), chosen.rank.to_string()),
@@ -301,7 +349,7 @@ fn check_peers(chosen: Reading, other: Reading) -> Result<()> {
                 (ow.into(), other.world_size.to_string()),
             ],
             reason: "Open MPI's and MPICH's variables describe different processes".into(),
-        });
+        }));
     }
     Ok(())
 }
@@ -323,7 +371,7 @@ fn read(
     }
     let result = (|| {
         if values[0].is_none() || values[1].is_none() {
-            return Err(Error::LauncherIncomplete {
+            return Err(Error::Launcher(LauncherError::Incomplete {
                 launcher: launcher.name(),
                 set: names
                     .iter()
@@ -337,15 +385,17 @@ fn read(
                     .filter(|(_, v)| v.is_none())
                     .map(|(n, _)| n.to_string())
                     .collect(),
-            });
+            }));
         }
         let parse = |i: usize| -> Result<Option<usize>> {
             values[i]
                 .map(|v| {
-                    v.parse::<usize>().map_err(|_| Error::LauncherVariable {
-                        name: names[i].to_string(),
-                        value: v.to_string(),
-                        reason: "not a non-negative integer".into(),
+                    v.parse::<usize>().map_err(|_| {
+                        Error::Launcher(LauncherError::Variable {
+                            name: names[i].to_string(),
+                            value: v.to_string(),
+                            reason: "not a non-negative integer".into(),
+                        })
                     })
                 })
                 .transpose()
@@ -363,35 +413,35 @@ fn read(
             v
         };
         if world_size == 0 {
-            return Err(Error::LauncherContradiction {
+            return Err(Error::Launcher(LauncherError::Contradiction {
                 launcher: launcher.name(),
                 variables: values(false),
                 reason: "the world size is 0".into(),
-            });
+            }));
         }
         if world_size > crate::sampler::MAX_WORLD_SIZE {
-            return Err(Error::LauncherVariable {
+            return Err(Error::Launcher(LauncherError::Variable {
                 name: names[1].to_string(),
                 value: world_size.to_string(),
                 reason: format!(
                     "more ranks than a run may have (at most {})",
                     crate::sampler::MAX_WORLD_SIZE
                 ),
-            });
+            }));
         }
         if rank >= world_size {
-            return Err(Error::LauncherContradiction {
+            return Err(Error::Launcher(LauncherError::Contradiction {
                 launcher: launcher.name(),
                 variables: values(false),
                 reason: "the rank is not below the world size".into(),
-            });
+            }));
         }
         if local_rank.is_some_and(|l| l >= world_size) {
-            return Err(Error::LauncherContradiction {
+            return Err(Error::Launcher(LauncherError::Contradiction {
                 launcher: launcher.name(),
                 variables: values(true),
                 reason: "the local rank is not below the world size".into(),
-            });
+            }));
         }
         Ok(Reading {
             launcher,
@@ -416,7 +466,7 @@ fn read(
 /// with `-`) ends it: `CUDA_VISIBLE_DEVICES=-1` makes no device visible.
 ///
 /// # Errors
-/// [`Error::LauncherContradiction`] when the local rank is not below the number of devices
+/// [`LauncherError::Contradiction`] when the local rank is not below the number of devices
 /// `CUDA_VISIBLE_DEVICES` lists, or it makes none visible.
 pub fn cuda_ordinal(
     local_rank: Option<usize>,
@@ -432,23 +482,23 @@ pub fn cuda_ordinal(
         .take_while(|d| !d.is_empty() && !d.starts_with('-'))
         .count();
     match visible {
-        0 => Err(Error::LauncherContradiction {
+        0 => Err(Error::Launcher(LauncherError::Contradiction {
             launcher: "cuda",
             variables: vec![("CUDA_VISIBLE_DEVICES".into(), list.to_string())],
             reason: "it makes no CUDA device visible (CUDA reads the list up to its first \
                      invalid entry, such as -1)"
                 .into(),
-        }),
+        })),
         1 => Ok(0),
         n if local < n => Ok(local),
-        n => Err(Error::LauncherContradiction {
+        n => Err(Error::Launcher(LauncherError::Contradiction {
             launcher: "cuda",
             variables: vec![
                 ("local rank".into(), local.to_string()),
                 ("CUDA_VISIBLE_DEVICES".into(), list.to_string()),
             ],
             reason: format!("the local rank is not below the {n} visible devices"),
-        }),
+        })),
     }
 }
 
@@ -524,7 +574,7 @@ mod tests {
         ));
         let only_rank = resolve(Some(1), None, &e).unwrap_err();
         assert!(
-            matches!(&only_rank, Error::LauncherIncomplete { missing, .. } if missing == &["--world-size"]),
+            matches!(&only_rank, Error::Launcher(LauncherError::Incomplete { missing, .. }) if missing == &["--world-size"]),
             "{only_rank}"
         );
     }
@@ -570,7 +620,7 @@ mod tests {
     #[test]
     fn missing_variables_are_an_error_listing_what_was_looked_for() {
         let e = resolve(None, None, &env(&[("CUDA_VISIBLE_DEVICES", "0")])).unwrap_err();
-        let Error::LauncherNotDetected { looked_for } = &e else {
+        let Error::Launcher(LauncherError::NotDetected { looked_for }) = &e else {
             panic!("{e}")
         };
         assert_eq!(looked_for.len(), 4);
@@ -614,11 +664,11 @@ mod tests {
         ];
         for (vars, name, want_set, want_missing) in cases {
             let e = resolve(None, None, &env(vars)).unwrap_err();
-            let Error::LauncherIncomplete {
+            let Error::Launcher(LauncherError::Incomplete {
                 launcher,
                 set,
                 missing,
-            } = &e
+            }) = &e
             else {
                 panic!("{vars:?}: {e}")
             };
@@ -640,10 +690,10 @@ mod tests {
         assert!(
             matches!(
                 e,
-                Error::LauncherIncomplete {
+                Error::Launcher(LauncherError::Incomplete {
                     launcher: "torchrun",
                     ..
-                }
+                })
             ),
             "{e}"
         );
@@ -653,12 +703,12 @@ mod tests {
     fn bad_and_contradicting_values_are_errors_naming_them() {
         let e = resolve(None, None, &env(&[("RANK", "one"), ("WORLD_SIZE", "3")])).unwrap_err();
         assert!(
-            matches!(&e, Error::LauncherVariable { name, value, .. } if name == "RANK" && value == "one"),
+            matches!(&e, Error::Launcher(LauncherError::Variable { name, value, .. }) if name == "RANK" && value == "one"),
             "{e}"
         );
         let e = resolve(None, None, &env(&[("PMI_RANK", "0"), ("PMI_SIZE", "-2")])).unwrap_err();
         assert!(
-            matches!(&e, Error::LauncherVariable { name, .. } if name == "PMI_SIZE"),
+            matches!(&e, Error::Launcher(LauncherError::Variable { name, .. }) if name == "PMI_SIZE"),
             "{e}"
         );
         let e = resolve(
@@ -672,12 +722,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(&e, Error::LauncherVariable { name, .. } if name == "SLURM_LOCALID"),
+            matches!(&e, Error::Launcher(LauncherError::Variable { name, .. }) if name == "SLURM_LOCALID"),
             "{e}"
         );
         let contradiction = |vars: &[(&str, &str)], names: &[&str]| {
             let e = resolve(None, None, &env(vars)).unwrap_err();
-            let Error::LauncherContradiction { variables, .. } = &e else {
+            let Error::Launcher(LauncherError::Contradiction { variables, .. }) = &e else {
                 panic!("{vars:?}: {e}")
             };
             let got: Vec<&str> = variables.iter().map(|(n, _)| n.as_str()).collect();
@@ -734,10 +784,10 @@ mod tests {
         assert!(
             matches!(
                 &e,
-                Error::LauncherContradiction {
+                Error::Launcher(LauncherError::Contradiction {
                     launcher: "cuda",
                     ..
-                }
+                })
             ),
             "{e}"
         );

@@ -15,21 +15,46 @@
 //!    parallel `Preallocated` gather straight into the output, and on CUDA the `Pinned` engine
 //!    (gather kernel + asynchronous copies into pinned output).
 //! 5. [`Materialized`] (`output`): one array per column, read through typed `ndarray` views
-//!    (opaque columns as raw row bytes), with a [`Report`] of rows, bytes, time and the peak bytes the strategy allocated.
+//!    (opaque columns as raw row bytes), with a [`Report`] of rows, bytes, time and the peak
+//!    bytes the strategy allocated.
 //!
 //! Two ways in: a [`Loader`] over an indexable table (iterate it like a `DataLoader`, or
 //! `materialize` it), and [`drain()`] over any iterator of [`Batch`]es.
 //!
-//! Around the pipeline: `memory` (fallible, huge-page-advised host buffers and the peak-bytes
-//! counter), `npy` (NumPy `.npy`/`.npz` in and out, memory-mapped output larger than RAM) with
-//! `mmap` beneath it (input maps that survive a truncated file, output space reserved before
-//! mapping), `fsafe` (output files staged under exclusive temporary names and put in place
-//! together, cleaned up on failure and on `SIGINT`/`SIGTERM`), `cuda` (the device engine: `CudaEngine`, device tables, the gather kernel,
-//! pinned output), `bench` (the harness behind `arraydrain bench`) and `convert` (the
-//! `arraydrain convert` command); past one machine, `launcher` (rank, world size and local rank
-//! from torchrun, Slurm or MPI variables) and `shards` (each rank's part beside a manifest, and
-//! `arraydrain merge`). Unsafe code is denied crate-wide and allowed in exactly two
-//! modules, `cuda` and `mmap`, where every block carries a `// SAFETY:` comment.
+//! ## Layout
+//!
+//! One line per module, in the order the data flows. The imports between modules form no cycle
+//! (checked by `tests/layout.rs`), and every module returns the one [`Error`].
+//!
+//! - `error`: [`Error`], grouped by domain (tables and orders, streams, files, distributed runs
+//!   through [`launcher::LauncherError`] and [`shards::ShardError`], CUDA), with typed sources.
+//! - `dtype`: element types, numeric and opaque, and the parsing of NumPy descriptors.
+//! - `memory`, `sysmem`: fallible, huge-page-advised host buffers, the parallel copy and the
+//!   peak-bytes counter; the memory this process may use.
+//! - `table`: named columns sharing one row count, validated once.
+//! - `sampler`, `batch`: index orders (sequential, seeded shuffle, explicit, `DistributedSampler`
+//!   shards); `batch_size` and `drop_last`.
+//! - `gather`: the strategies and the CPU gather into output slices.
+//! - `output`: [`Materialized`], its columns, storage kinds and [`Report`].
+//! - `loader`, `drain`: the two ways in, an indexable table and any stream of batches.
+//! - `cuda`: the device engine (probe, NVRTC, gather kernel, pinned output, pipeline).
+//! - `fsafe`, `mmap`: the one staged all-or-nothing output mechanism and safe folder reading;
+//!   file maps that survive a truncated file.
+//! - `npy`: NumPy `.npy` / `.npz` in and out, memory-mapped output larger than RAM.
+//! - `convert`: NumPy files in, drained and reordered NumPy files out ([`convert::ConvertOptions`]).
+//! - `launcher`, `shards`: rank and world size from torchrun, Slurm or MPI; one rank's part of a
+//!   distributed conversion beside a manifest, the check and the merge
+//!   ([`shards::MergeOptions`]).
+//! - `bench`: the measuring core of `arraydrain bench` and the criterion benches (floors, the
+//!   synthetic workload, the naive reference gather).
+//!
+//! The command line (`src/bin/arraydrain/`, the `cli` feature, on by default) parses arguments,
+//! draws progress bars from [`convert::ConvertOptions::progress`], removes a run's temporary
+//! files on `SIGINT` / `SIGTERM` through [`fsafe::remove_all_before_exit`] and prints `info`;
+//! the library itself parses no command line, draws nothing and installs no signal handler
+//! (only the file maps' `SIGBUS` handler, which keeps a truncated input from crashing a read).
+//! Unsafe code is denied crate-wide and allowed in exactly two modules, `cuda` and `mmap`,
+//! where every block carries a `// SAFETY:` comment.
 //!
 //! ```
 //! use arraydrain::{Loader, Strategy, Table};

@@ -1,5 +1,5 @@
-//! Host memory: fallible, aligned, lazily zeroed buffers, and the counter that reports how many
-//! bytes a strategy had allocated at its peak.
+//! Host memory: fallible, aligned, lazily zeroed buffers, the parallel copy that fills them, and
+//! the counter that reports how many bytes a strategy had allocated at its peak.
 //!
 //! Large buffers are anonymous memory maps: the kernel hands out zeroed pages on first touch (no
 //! zeroing pass), the mapping is page-aligned (so every dtype can be viewed in place), a failed
@@ -21,8 +21,25 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+
+/// Bytes of output one parallel task handles: large enough to amortise scheduling, small enough
+/// that two cores share the work of a few MiB evenly.
+pub(crate) const TASK_BYTES: usize = 256 << 10;
+
+/// Copies `src` into `dst` (equal lengths) on all threads.
+pub fn par_copy(src: &[u8], dst: &mut [u8]) {
+    debug_assert_eq!(src.len(), dst.len());
+    if dst.len() <= TASK_BYTES {
+        dst.copy_from_slice(&src[..dst.len()]);
+        return;
+    }
+    dst.par_chunks_mut(TASK_BYTES)
+        .zip(src.par_chunks(TASK_BYTES))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
 
 /// Below this many bytes a buffer is an ordinary vector (one map per small batch would cost more
 /// than the copy it serves).
@@ -124,7 +141,7 @@ impl HostBuf {
             Some(c) => Self::counted(bytes.len(), what, c)?,
             None => Self::zeroed(bytes.len(), what)?,
         };
-        crate::gather::cpu::par_copy(bytes, buf.as_bytes_mut());
+        par_copy(bytes, buf.as_bytes_mut());
         Ok(buf)
     }
 
@@ -136,7 +153,6 @@ impl HostBuf {
     pub(crate) fn prefault(&self) {
         #[cfg(target_os = "linux")]
         if let Backing::Map(map, true) = &self.backing {
-            use rayon::prelude::*;
             const STEP: usize = 4 << 20;
             (0..self.len.div_ceil(STEP)).into_par_iter().for_each(|k| {
                 let at = k * STEP;

@@ -533,7 +533,10 @@ fn install_sigbus_handler() -> Result<()> {
         // SAFETY: a null new action only reads the current one into `old`, a live value.
         let rc = unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) };
         if rc != 0 {
-            return Err(Error::io("SIGBUS handler", std::io::Error::last_os_error()));
+            return Err(Error::SignalHandler {
+                signal: "SIGBUS",
+                source: std::io::Error::last_os_error(),
+            });
         }
         let _ = PREVIOUS.set(old);
     }
@@ -547,7 +550,10 @@ fn install_sigbus_handler() -> Result<()> {
     // above, before this one can run.
     let rc = unsafe { libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) };
     if rc != 0 {
-        return Err(Error::io("SIGBUS handler", std::io::Error::last_os_error()));
+        return Err(Error::SignalHandler {
+            signal: "SIGBUS",
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

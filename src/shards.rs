@@ -40,10 +40,10 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::convert::{self, ConvertArgs, ConvertSummary, Device, RunInput};
+use crate::convert::{self, ConvertOptions, ConvertSummary, Device, RunInput};
 use crate::error::{Error, Result};
 use crate::fsafe::{self, SafeDir, Staged};
-use crate::launcher::{self, Placement};
+use crate::launcher;
 use crate::npy::{self, NpyHeader, WriteOptions};
 use crate::table::Column;
 
@@ -357,14 +357,16 @@ impl Manifest {
     ///
     /// # Errors
     /// [`Error::Io`] or [`Error::BadFile`] when it cannot be read as such a file;
-    /// [`Error::ManifestInvalid`] when it is not a manifest of this format and version, or its
+    /// [`ShardError::ManifestInvalid`] when it is not a manifest of this format and version, or its
     /// content does not match its run id or its inputs.
     pub fn read_in(dir: &SafeDir) -> Result<Manifest> {
         let path = dir.path().join(MANIFEST);
         let bytes = dir.read_capped(MANIFEST, MAX_RECORD_BYTES, "a manifest")?;
-        let invalid = |reason: String| Error::ManifestInvalid {
-            path: path.clone(),
-            reason,
+        let invalid = |reason: String| {
+            Error::Shard(ShardError::ManifestInvalid {
+                path: path.clone(),
+                reason,
+            })
         };
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
@@ -466,7 +468,7 @@ fn file_name(path: &Path) -> String {
 
 /// The run described by `args` (inputs, columns, order, batching) for `world_size` ranks, and
 /// what it reads: the inputs are read once, and fingerprinted from the same maps the drain reads.
-fn run_spec(args: &ConvertArgs, world_size: usize) -> Result<(RunSpec, RunInput)> {
+fn run_spec(args: &ConvertOptions, world_size: usize) -> Result<(RunSpec, RunInput)> {
     let (mut table, maps) = npy::read_table_mapped(&args.inputs)?;
     if let Some(names) = &args.columns {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -539,7 +541,7 @@ fn run_spec(args: &ConvertArgs, world_size: usize) -> Result<(RunSpec, RunInput)
 /// `staged`), else reads the one there.
 ///
 /// # Errors
-/// [`Error::ShardExists`] when the folder holds another run's manifest or something else at its
+/// [`ShardError::Exists`] when the folder holds another run's manifest or something else at its
 /// name.
 fn claim_manifest(staged: &mut Staged, out: &Path, manifest: &Manifest, text: &[u8]) -> Result<()> {
     let path = out.join(MANIFEST);
@@ -552,42 +554,42 @@ fn claim_manifest(staged: &mut Staged, out: &Path, manifest: &Manifest, text: &[
         let found = SafeDir::open(out).and_then(|d| Manifest::read_in(&d));
         return match found {
             Ok(m) if m.run_id == manifest.run_id => Ok(()),
-            Ok(m) => Err(Error::ShardExists {
+            Ok(m) => Err(Error::Shard(ShardError::Exists {
                 path,
                 reason: format!(
                     "a manifest of another run ({}; this run is {}): write elsewhere, or remove \
                      the folder of the other run",
                     m.run_id, manifest.run_id
                 ),
-            }),
+            })),
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 continue
             }
-            Err(e) => Err(Error::ShardExists {
+            Err(e) => Err(Error::Shard(ShardError::Exists {
                 path,
                 reason: format!("a file that is not this run's manifest ({e})"),
-            }),
+            })),
         };
     }
-    Err(Error::ShardExists {
+    Err(Error::Shard(ShardError::Exists {
         path,
         reason: "it keeps appearing and disappearing: another process is writing it".into(),
-    })
+    }))
 }
 
 /// `convert --distributed`: this rank's shard into `OUT/part-…/`, and the manifest.
 ///
 /// # Errors
 /// As [`convert::run`]; the launcher errors of [`launcher::resolve`];
-/// [`Error::OptionConflict`] without `--out-dir` or with `--out` / `--save-order`;
-/// [`Error::ShardExists`] when this rank's part, or a manifest of another run, is already in the
+/// [`Error::ConflictingOptions`] without `--out-dir` or with `--out` / `--save-order`;
+/// [`ShardError::Exists`] when this rank's part, or a manifest of another run, is already in the
 /// output folder; [`Error::PathConflict`] when an output would replace an input.
-pub fn convert_distributed(args: &ConvertArgs) -> Result<ConvertSummary> {
+pub fn convert_distributed(args: &ConvertOptions) -> Result<ConvertSummary> {
     let started = Instant::now();
     let out = match (&args.out_dir, &args.out, &args.save_order) {
         (Some(dir), None, None) => dir.clone(),
         _ => {
-            return Err(Error::OptionConflict {
+            return Err(Error::ConflictingOptions {
                 option: "--distributed",
                 reason: "writes one part per rank under --out-dir DIR (not --out, not \
                          --save-order)"
@@ -596,30 +598,16 @@ pub fn convert_distributed(args: &ConvertArgs) -> Result<ConvertSummary> {
         }
     };
     let placement = launcher::detect(args.rank, args.world_size)?;
-    // The CUDA device is the local rank; `--device auto` falls back to the CPU when that device
-    // cannot be named, as it does when CUDA cannot be used.
-    let mut device = args.device;
-    let ordinal = match device {
-        Device::Cpu => 0,
-        Device::Cuda | Device::Auto => match launcher::cuda_ordinal(
-            placement.local_rank,
-            std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
-        ) {
-            Ok(o) => o,
-            Err(e) if device == Device::Cuda => return Err(e),
-            Err(_) => {
-                device = Device::Cpu;
-                0
-            }
-        },
-    };
+    let (device, ordinal) = rank_device(args.device, &placement)?;
     // A truncated input then reads as zeros and is reported before anything is kept.
     crate::mmap::catch_input_faults()?;
     let (spec, input) = run_spec(args, placement.world_size)?;
     let manifest = Manifest::compute(&spec)?;
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::ManifestInvalid {
-        path: out.join(MANIFEST),
-        reason: e.to_string(),
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| {
+        Error::Shard(ShardError::ManifestInvalid {
+            path: out.join(MANIFEST),
+            reason: e.to_string(),
+        })
     })?;
 
     // Everything this rank writes, put in place together at the end or removed.
@@ -637,7 +625,6 @@ pub fn convert_distributed(args: &ConvertArgs) -> Result<ConvertSummary> {
     }
     let staging = staged.folder(&part_dir)?;
     let mut inner = args.clone();
-    inner.distributed = false;
     inner.device = device;
     inner.rank = Some(placement.rank);
     inner.world_size = Some(placement.world_size);
@@ -655,6 +642,46 @@ pub fn convert_distributed(args: &ConvertArgs) -> Result<ConvertSummary> {
             ),
         });
     }
+    write_part_record(&staging, &part_dir, &manifest, &placement, entry.rows)?;
+    // A rank of this run that failed may have removed the manifest since: make sure it is there.
+    claim_manifest(&mut staged, &out, &manifest, text.as_bytes())?;
+    // The part appears whole or not at all, and only where nothing is: a second process
+    // claiming this rank cannot replace the first one's part.
+    staged.commit().map_err(|e| match e {
+        Error::PathConflict { path, .. } if path == part_dir => part_exists(&out, &entry.dir),
+        other => other,
+    })?;
+    summary.outputs = entry.files.iter().map(|f| out.join(f)).collect();
+    summary.elapsed = started.elapsed();
+    summary.placement = Some(placement);
+    Ok(summary)
+}
+
+/// The backend and CUDA device of this rank: the device is the local rank; `Device::Auto` falls
+/// back to the CPU when that device cannot be named, as it does when CUDA cannot be used.
+fn rank_device(device: Device, placement: &launcher::Placement) -> Result<(Device, usize)> {
+    match device {
+        Device::Cpu => Ok((Device::Cpu, 0)),
+        Device::Cuda | Device::Auto => match launcher::cuda_ordinal(
+            placement.local_rank,
+            std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+        ) {
+            Ok(o) => Ok((device, o)),
+            Err(e) if device == Device::Cuda => Err(e),
+            Err(_) => Ok((Device::Cpu, 0)),
+        },
+    }
+}
+
+/// Closes this rank's staged part: its record `part.json` (the run id, the rank, and each
+/// column file's size and CRC-32, read back from the written files) in the staging folder.
+fn write_part_record(
+    staging: &Path,
+    part_dir: &Path,
+    manifest: &Manifest,
+    placement: &launcher::Placement,
+    rows: usize,
+) -> Result<()> {
     let mut files = Vec::new();
     for c in &manifest.columns {
         let name = format!("{}.npy", c.name);
@@ -672,32 +699,22 @@ pub fn convert_distributed(args: &ConvertArgs) -> Result<ConvertSummary> {
         run_id: manifest.run_id.clone(),
         rank: placement.rank,
         world_size: placement.world_size,
-        rows: entry.rows,
+        rows,
         files,
         writer: writer_id(),
     };
-    let record_text =
-        serde_json::to_string_pretty(&record).map_err(|e| Error::ManifestInvalid {
+    let record_text = serde_json::to_string_pretty(&record).map_err(|e| {
+        Error::Shard(ShardError::ManifestInvalid {
             path: part_dir.join(PART_RECORD),
             reason: e.to_string(),
-        })?;
+        })
+    })?;
     // The staging folder is this run's own (made exclusively, under a random name).
     let record_path = staging.join(PART_RECORD);
     File::create_new(&record_path)
         .and_then(|mut f| f.write_all(record_text.as_bytes()))
         .map_err(|e| fsafe::write_error(&record_path, e, record_text.len() as u64))?;
-    // A rank of this run that failed may have removed the manifest since: make sure it is there.
-    claim_manifest(&mut staged, &out, &manifest, text.as_bytes())?;
-    // The part appears whole or not at all, and only where nothing is: a second process
-    // claiming this rank cannot replace the first one's part.
-    staged.commit().map_err(|e| match e {
-        Error::PathConflict { path, .. } if path == part_dir => part_exists(&out, &entry.dir),
-        other => other,
-    })?;
-    summary.outputs = entry.files.iter().map(|f| out.join(f)).collect();
-    summary.elapsed = started.elapsed();
-    summary.placement = Some(placement);
-    Ok(summary)
+    Ok(())
 }
 
 fn part_exists(out: &Path, dir: &str) -> Error {
@@ -710,13 +727,43 @@ fn part_exists(out: &Path, dir: &str) -> Error {
             || "an unfinished or unknown writer".to_string(),
             |r| format!("rank {} of run {} ({})", r.rank, r.run_id, r.writer),
         );
-    Error::ShardExists {
+    Error::Shard(ShardError::Exists {
         path: out.join(dir),
         reason: format!(
             "a part written by {by}: another process claims the same rank, or the folder holds \
              an earlier run (remove it or write elsewhere)"
         ),
-    }
+    })
+}
+
+/// Why a shard folder cannot be written or merged; wrapped by [`Error::Shard`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShardError {
+    /// A distributed run's output folder already holds this rank's part, or another run.
+    #[error("{} already exists: {reason}", path.display())]
+    Exists {
+        /// The part folder or manifest.
+        path: PathBuf,
+        /// Whose it is, and what to do.
+        reason: String,
+    },
+    /// A shard folder's manifest cannot be used.
+    #[error("{}: not a usable shard manifest: {reason}", path.display())]
+    ManifestInvalid {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A shard folder is incomplete, corrupt or mixed with another run.
+    #[error("{}: the shards do not match the manifest:\n  {}", dir.display(), issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    SetInvalid {
+        /// The shard folder.
+        dir: PathBuf,
+        /// Every problem found.
+        issues: Vec<ShardIssue>,
+    },
 }
 
 /// Something wrong with a shard folder, found by [`check`].
@@ -869,10 +916,10 @@ impl Issues {
         if self.more > 0 {
             self.listed.push(ShardIssue::More { count: self.more });
         }
-        Err(Error::ShardSetInvalid {
+        Err(Error::Shard(ShardError::SetInvalid {
             dir: dir.to_path_buf(),
             issues: self.listed,
-        })
+        }))
     }
 }
 
@@ -929,8 +976,8 @@ impl FileSum {
 /// of the size, CRC-32, dtype and shape recorded.
 ///
 /// # Errors
-/// [`Error::ManifestInvalid`], [`Error::BadFile`] or [`Error::Io`] for the manifest;
-/// [`Error::ShardSetInvalid`] listing the problems found (at most [`MAX_LISTED_ISSUES`], then
+/// [`ShardError::ManifestInvalid`], [`Error::BadFile`] or [`Error::Io`] for the manifest;
+/// [`ShardError::SetInvalid`] listing the problems found (at most [`MAX_LISTED_ISSUES`], then
 /// their count).
 pub fn check(dir: &Path) -> Result<ShardSet> {
     check_set(dir, true, true)
@@ -1260,26 +1307,99 @@ impl ShardSet {
     }
 }
 
-/// Arguments of `arraydrain merge`.
-#[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("output").required(true).args(["out", "out_dir"])))]
-pub struct MergeArgs {
+/// What [`merge`] reads and writes (the options of `arraydrain merge`).
+#[derive(Debug, Clone, Default)]
+pub struct MergeOptions {
     /// The shard folder (holding `manifest.json` and `part-…` folders).
-    #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// Write one `.npz` archive (one member per column).
-    #[arg(long, value_name = "OUT.npz")]
+    /// Write one `.npz` archive (one member per column). Exactly one of `out` / `out_dir`.
     pub out: Option<PathBuf>,
     /// Write a folder of `.npy` files (one per column), streamed: never held in memory.
-    #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// For `--out X.npz`: stage the columns as `.npy` files beside the archive and stream them
-    /// into it, so outputs larger than RAM work (without it the columns are gathered in memory).
-    #[arg(long)]
+    /// With `out`: stage the columns as `.npy` files beside the archive and stream them into
+    /// it, so outputs larger than RAM work (without it the columns are gathered in memory).
     pub mmap: bool,
     /// Keep the rows `DistributedSampler` repeated to pad the shards to an even split.
-    #[arg(long)]
     pub keep_padding: bool,
+}
+
+/// `merge --out-dir DIR`: each column streamed into its staged `.npy` file; returns the files,
+/// open.
+fn merge_to_dir(
+    set: &ShardSet,
+    names: &[String],
+    rows: usize,
+    dir: &Path,
+    mut staged: Staged,
+    refuse: impl Fn(Vec<ShardIssue>) -> Result<()>,
+) -> Result<Vec<File>> {
+    staged.create_dir_all(dir)?;
+    let mut issues = Vec::new();
+    let mut opened = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let path = dir.join(format!("{n}.npy"));
+        let (file, found) = set.stage_column(&mut staged, i, rows, &path)?;
+        issues.extend(found);
+        opened.push(file);
+    }
+    refuse(issues)?;
+    staged.commit()?;
+    Ok(opened)
+}
+
+/// `merge --out X.npz --mmap`: the columns staged as `.npy` files in a scratch folder beside the
+/// archive, then streamed into it.
+fn merge_to_npz_mapped(
+    set: &ShardSet,
+    names: &[String],
+    rows: usize,
+    path: &Path,
+    mut staged: Staged,
+    refuse: impl Fn(Vec<ShardIssue>) -> Result<()>,
+) -> Result<()> {
+    staged.check_not_input(path)?;
+    let scratch = staged.scratch_dir(path)?;
+    let mut files = Vec::new();
+    let mut issues = Vec::new();
+    let mut inner = Staged::new();
+    for (i, n) in names.iter().enumerate() {
+        let file = scratch.join(format!("{n}.npy"));
+        let (_, found) = set.stage_column(&mut inner, i, rows, &file)?;
+        issues.extend(found);
+        files.push((n.clone(), file));
+    }
+    refuse(issues)?;
+    inner.commit()?;
+    npy::pack_npz(&mut staged, path, &files, &WriteOptions::new())?;
+    staged.commit()?;
+    Ok(())
+}
+
+/// `merge --out X.npz`: the columns gathered in memory, then written into the archive.
+fn merge_to_npz(
+    set: &ShardSet,
+    names: &[String],
+    rows: usize,
+    path: &Path,
+    mut staged: Staged,
+    refuse: impl Fn(Vec<ShardIssue>) -> Result<()>,
+) -> Result<()> {
+    staged.check_not_input(path)?;
+    let mut columns = Vec::new();
+    let mut issues = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let src = &set.parts[0][i];
+        let mut col = crate::output::ColumnArray::zeroed(n, src.dtype(), src.row_shape(), rows)?;
+        let found = set
+            .write_column(i, rows, &mut std::io::Cursor::new(col.as_bytes_mut()))
+            .map_err(|e| Error::io(path, e))?;
+        issues.extend(found);
+        columns.push(col);
+    }
+    refuse(issues)?;
+    npy::stage_npz(&mut staged, path, &columns, &WriteOptions::new())?;
+    staged.commit()?;
+    Ok(())
 }
 
 /// What a merge did.
@@ -1334,7 +1454,7 @@ impl fmt::Display for MergeSummary {
 /// # Errors
 /// As [`check`] (then nothing is written); [`Error::PathConflict`] for an output that would
 /// replace an input; [`Error::Io`] or [`Error::NoSpace`] for the outputs.
-pub fn merge(args: &MergeArgs) -> Result<MergeSummary> {
+pub fn merge(args: &MergeOptions) -> Result<MergeSummary> {
     merge_open(args).map(|(summary, _)| summary)
 }
 
@@ -1343,7 +1463,7 @@ pub fn merge(args: &MergeArgs) -> Result<MergeSummary> {
 ///
 /// # Errors
 /// As [`merge`].
-pub fn merge_open(args: &MergeArgs) -> Result<(MergeSummary, Vec<File>)> {
+pub fn merge_open(args: &MergeOptions) -> Result<(MergeSummary, Vec<File>)> {
     let started = Instant::now();
     // Everything but the checksums, which are verified while the data is read for the output.
     let set = check_set(&args.dir, false, false)?;
@@ -1367,62 +1487,22 @@ pub fn merge_open(args: &MergeArgs) -> Result<(MergeSummary, Vec<File>)> {
     let mut staged = Staged::new();
     staged.protect_tree(&args.dir);
     staged.protect_ids(&set.read);
-    let mut opened = Vec::new();
-    let outputs = match (&args.out_dir, &args.out) {
+    let (outputs, opened) = match (&args.out_dir, &args.out) {
         (Some(dir), _) => {
-            staged.create_dir_all(dir)?;
-            let mut issues = Vec::new();
-            let mut paths = Vec::new();
-            for (i, n) in names.iter().enumerate() {
-                let path = dir.join(format!("{n}.npy"));
-                let (file, found) = set.stage_column(&mut staged, i, rows, &path)?;
-                issues.extend(found);
-                opened.push(file);
-                paths.push(path);
-            }
-            refuse(issues)?;
-            staged.commit()?;
-            paths
+            let opened = merge_to_dir(&set, &names, rows, dir, staged, refuse)?;
+            let paths = names.iter().map(|n| dir.join(format!("{n}.npy"))).collect();
+            (paths, opened)
         }
         (None, Some(path)) if args.mmap => {
-            staged.check_not_input(path)?;
-            let scratch = staged.scratch_dir(path)?;
-            let mut files = Vec::new();
-            let mut issues = Vec::new();
-            let mut inner = Staged::new();
-            for (i, n) in names.iter().enumerate() {
-                let file = scratch.join(format!("{n}.npy"));
-                let (_, found) = set.stage_column(&mut inner, i, rows, &file)?;
-                issues.extend(found);
-                files.push((n.clone(), file));
-            }
-            refuse(issues)?;
-            inner.commit()?;
-            npy::pack_npz(&mut staged, path, &files, &WriteOptions::new())?;
-            staged.commit()?;
-            vec![path.clone()]
+            merge_to_npz_mapped(&set, &names, rows, path, staged, refuse)?;
+            (vec![path.clone()], Vec::new())
         }
         (None, Some(path)) => {
-            staged.check_not_input(path)?;
-            let mut columns = Vec::new();
-            let mut issues = Vec::new();
-            for (i, n) in names.iter().enumerate() {
-                let src = &set.parts[0][i];
-                let mut col =
-                    crate::output::ColumnArray::zeroed(n, src.dtype(), src.row_shape(), rows)?;
-                let found = set
-                    .write_column(i, rows, &mut std::io::Cursor::new(col.as_bytes_mut()))
-                    .map_err(|e| Error::io(path, e))?;
-                issues.extend(found);
-                columns.push(col);
-            }
-            refuse(issues)?;
-            npy::stage_npz(&mut staged, path, &columns, &WriteOptions::new())?;
-            staged.commit()?;
-            vec![path.clone()]
+            merge_to_npz(&set, &names, rows, path, staged, refuse)?;
+            (vec![path.clone()], Vec::new())
         }
         (None, None) => {
-            return Err(Error::OptionConflict {
+            return Err(Error::ConflictingOptions {
                 option: "merge",
                 reason: "needs an output: --out OUT.npz or --out-dir DIR".into(),
             })
@@ -1438,24 +1518,6 @@ pub fn merge_open(args: &MergeArgs) -> Result<(MergeSummary, Vec<File>)> {
         outputs,
     };
     Ok((summary, opened))
-}
-
-/// Where this process would sit in a distributed run, for `arraydrain info`: the placement, or
-/// why none was found.
-pub fn describe_placement() -> String {
-    let env = launcher::process_env();
-    let placement: Result<Placement> = launcher::resolve(None, None, &env);
-    match placement {
-        Ok(p) => {
-            let device = launcher::cuda_ordinal(
-                p.local_rank,
-                env.get("CUDA_VISIBLE_DEVICES").map(String::as_str),
-            )
-            .map_or_else(|e| e.to_string(), |d| format!("CUDA device {d}"));
-            format!("{p}; {device}")
-        }
-        Err(e) => e.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -1578,7 +1640,7 @@ mod tests {
         let reasons = |m: Manifest| {
             write(&m);
             match Manifest::read(dir.path()) {
-                Err(Error::ManifestInvalid { reason, .. }) => reason,
+                Err(Error::Shard(ShardError::ManifestInvalid { reason, .. })) => reason,
                 other => panic!("{other:?}"),
             }
         };

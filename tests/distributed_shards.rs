@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use arraydrain::shards::{self, MergeArgs, ShardIssue};
+use arraydrain::shards::{self, MergeOptions, ShardError, ShardIssue};
 use arraydrain::Error;
 use ndarray::{Array1, Array2};
 
@@ -79,7 +79,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn issues(dir: &Path) -> Vec<ShardIssue> {
     match shards::check(dir) {
-        Err(Error::ShardSetInvalid { issues, .. }) => issues,
+        Err(Error::Shard(ShardError::SetInvalid { issues, .. })) => issues,
         other => panic!("expected ShardSetInvalid, got {other:?}"),
     }
 }
@@ -112,7 +112,7 @@ fn a_complete_set_checks_and_merges() {
     let set = shards::check(&dir).unwrap();
     assert_eq!((set.rows(false), set.rows(true)), (10, 12));
     let out = d.0.join("merged");
-    let summary = shards::merge(&MergeArgs {
+    let summary = shards::merge(&MergeOptions {
         dir: dir.clone(),
         out: None,
         out_dir: Some(out.clone()),
@@ -301,12 +301,15 @@ fn unfinished_parts_and_edited_manifests_are_refused() {
     )
     .unwrap();
     let e = shards::check(&dir).unwrap_err();
-    assert!(matches!(e, Error::ManifestInvalid { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Shard(ShardError::ManifestInvalid { .. })),
+        "{e}"
+    );
     merge_fails(&dir, &["not a usable shard manifest", "edited or damaged"]);
     std::fs::write(&path, "{").unwrap();
     assert!(matches!(
         shards::check(&dir),
-        Err(Error::ManifestInvalid { .. })
+        Err(Error::Shard(ShardError::ManifestInvalid { .. }))
     ));
 }
 

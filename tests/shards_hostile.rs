@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use arraydrain::shards::{self, Manifest, MergeArgs, ShardIssue, MANIFEST};
+use arraydrain::shards::{self, Manifest, MergeOptions, ShardError, ShardIssue, MANIFEST};
 use arraydrain::{npy, ColumnArray, Error};
 use ndarray::{Array1, Array2};
 
@@ -142,7 +142,7 @@ fn merge_cmd(dir: &Path, out_args: &[&OsStr]) -> Output {
 
 fn issues(dir: &Path) -> Vec<ShardIssue> {
     match shards::check(dir) {
-        Err(Error::ShardSetInvalid { issues, .. }) => issues,
+        Err(Error::Shard(ShardError::SetInvalid { issues, .. })) => issues,
         other => panic!("expected ShardSetInvalid, got {other:?}"),
     }
 }
@@ -688,7 +688,7 @@ fn merge_reads_what_it_checked_and_merges_a_good_set_exactly() {
     let root = s.path();
     let dir = shards(root, "set", 10);
     let out = root.join("merged");
-    let (summary, files) = shards::merge_open(&MergeArgs {
+    let (summary, files) = shards::merge_open(&MergeOptions {
         dir: dir.clone(),
         out: None,
         out_dir: Some(out.clone()),

@@ -7,7 +7,7 @@
 use std::os::fd::{IntoRawFd, RawFd};
 use std::path::PathBuf;
 
-use arraydrain::shards::{self, MergeArgs};
+use arraydrain::shards::{self, MergeOptions};
 use pyo3::prelude::*;
 
 use crate::errors::IntoPy;
@@ -21,12 +21,13 @@ pub fn shard_world_size(py: Python<'_>, dir: PathBuf) -> PyResult<usize> {
         .map(|m| m.world_size)
 }
 
-/// Duplicates `file`'s descriptor for Python (which then owns and closes it).
-fn give(file: &std::fs::File) -> PyResult<RawFd> {
+/// Duplicates the descriptor of `file` (checked at `path`) for Python, which then owns and
+/// closes it.
+fn give(file: &std::fs::File, path: &std::path::Path) -> PyResult<RawFd> {
     file.try_clone()
         .map(IntoRawFd::into_raw_fd)
         .map_err(|source| arraydrain::Error::Io {
-            path: "a checked shard file".into(),
+            path: path.to_path_buf(),
             source,
         })
         .py()
@@ -53,7 +54,10 @@ pub fn check_shards(
         fds.push(
             part.iter()
                 .zip(paths)
-                .map(|(f, p)| Ok((give(f)?, dir.join(p))))
+                .map(|(f, p)| {
+                    let path = dir.join(p);
+                    Ok((give(f, &path)?, path))
+                })
                 .collect::<PyResult<Vec<_>>>()?,
         );
     }
@@ -72,7 +76,7 @@ pub fn merge_shards(
     out_dir: PathBuf,
     keep_padding: bool,
 ) -> PyResult<Vec<(String, RawFd, PathBuf)>> {
-    let args = MergeArgs {
+    let args = MergeOptions {
         dir,
         out: None,
         out_dir: Some(out_dir),

@@ -1,7 +1,8 @@
 //! The CUDA engine: device tables, the batch gather kernel, asynchronous copies into pinned
-//! output, and the classic recipes on the GPU. This module holds the crate's only unsafe code
-//! (FFI through `cudarc`, raw device pointers, page-locked memory); everything above it works
-//! with safe types whose contracts are stated where they are established.
+//! output, and the classic recipes on the GPU. Its unsafe code (FFI through `cudarc`, raw device
+//! pointers, page-locked memory) is one of the crate's two unsafe modules (the other is
+//! [`crate::mmap`]); everything above it works with safe types whose contracts are stated where
+//! they are established.
 //!
 //! # Pipeline
 //!

@@ -6,21 +6,8 @@ use rayon::prelude::*;
 
 use crate::sampler::IndexSlice;
 
-/// Bytes of output one parallel task handles: large enough to amortise scheduling, small enough
-/// that two cores share the work of a few MiB evenly.
-const TASK_BYTES: usize = 256 << 10;
-
-/// Copies `src` into `dst` (equal lengths) on all threads.
-pub fn par_copy(src: &[u8], dst: &mut [u8]) {
-    debug_assert_eq!(src.len(), dst.len());
-    if dst.len() <= TASK_BYTES {
-        dst.copy_from_slice(&src[..dst.len()]);
-        return;
-    }
-    dst.par_chunks_mut(TASK_BYTES)
-        .zip(src.par_chunks(TASK_BYTES))
-        .for_each(|(d, s)| d.copy_from_slice(s));
-}
+pub use crate::memory::par_copy;
+use crate::memory::TASK_BYTES;
 
 /// Gathers rows `idx` of `src` (rows of `row_bytes`) into `dst`, which holds exactly
 /// `idx.len() × row_bytes` bytes, on all threads.

@@ -7,9 +7,9 @@ use std::borrow::Cow;
 use crate::dtype::{DType, Opaque};
 use crate::error::{Error, Result};
 
-use super::descr::{self, element, Element};
-use super::literal::{self, clip, Node, Value};
 use super::MAGIC;
+use crate::dtype::descr::{self, element};
+use crate::dtype::literal::{self, clip, Node, Value};
 
 /// Headers longer than this are refused. NumPy's reader refuses more than 10 000 characters
 /// unless told otherwise (`max_header_size`), a guard against slow parsing rather than a format
@@ -44,11 +44,6 @@ pub fn descr(dtype: &DType) -> Option<Cow<'_, str>> {
         DType::Bool => "'|b1'",
         DType::Opaque(o) => o.descr(),
     }))
-}
-
-/// What a descriptor (a Python literal) describes: its element size and numeric dtype.
-pub(crate) fn element_of_descr(text: &str) -> std::result::Result<Element, String> {
-    element(&literal::parse(text, false)?)
 }
 
 /// For an opaque dtype that is a numeric dtype in the other byte order (`'>f8'` on this

@@ -64,9 +64,7 @@
 //! the destination folder (see [`crate::fsafe`]); the files of one call are renamed into place
 //! together once all are complete, so a failed or interrupted run leaves no output behind.
 
-mod descr;
 mod header;
-mod literal;
 mod mapped;
 mod names;
 mod read;
@@ -76,9 +74,7 @@ use std::path::Path;
 
 use crate::error::Error;
 
-pub(crate) use header::element_of_descr;
 pub use header::{byte_swapped, descr, NpyHeader};
-pub(crate) use literal::clip;
 pub use mapped::{mapped_output, MappedNpy};
 pub(crate) use mapped::{stage_mapped_output, MappedIn};
 pub(crate) use names::unsafe_name_reason;

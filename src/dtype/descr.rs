@@ -27,7 +27,7 @@
 
 use crate::dtype::DType;
 
-use super::literal::{clip, Node, Value};
+use super::literal::{self, clip, Node, Value};
 
 /// What a descriptor describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,11 @@ const MAX_ITEMSIZE: usize = i32::MAX as usize;
 /// # Errors
 /// A message saying why NumPy would not read it, or why arraydrain does not (see the module
 /// docs); a message about objects contains the word "object".
+/// What a descriptor (a Python literal) describes: its element size and numeric dtype.
+pub(crate) fn element_of_descr(text: &str) -> Result<Element, String> {
+    element(&literal::parse(text, false)?)
+}
+
 pub(crate) fn element(node: &Node) -> Result<Element, String> {
     let info = describe(node)?;
     Ok(Element {

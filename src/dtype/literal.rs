@@ -10,14 +10,14 @@ use std::ops::Range;
 
 /// A parsed literal and the byte range of the header text it was read from.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Node {
+pub(crate) struct Node {
     pub value: Value,
     pub span: Range<usize>,
 }
 
 /// The kinds of Python literal a header can hold.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum Value {
+pub(crate) enum Value {
     Str(String),
     Bytes,
     /// An integer (`None` when it does not fit in an `i128`).
@@ -56,7 +56,7 @@ impl Value {
 ///
 /// # Errors
 /// A message saying where and why the text is not a literal.
-pub(super) fn parse(text: &str, py2_longs: bool) -> Result<Node, String> {
+pub(crate) fn parse(text: &str, py2_longs: bool) -> Result<Node, String> {
     let mut p = Parser {
         s: text,
         at: 0,

@@ -6,6 +6,9 @@
 //! bytes, and its NumPy descriptor is kept verbatim so a file written from it declares exactly
 //! the dtype that was read.
 
+pub(crate) mod descr;
+pub(crate) mod literal;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -83,11 +86,10 @@ impl Opaque {
     /// [`Error::BadDescriptor`] when the text is not a descriptor NumPy would read, holds
     /// Python objects, or is one arraydrain does not size (see [`crate::npy`]).
     pub fn new(descr: &str) -> Result<Opaque> {
-        let element =
-            crate::npy::element_of_descr(descr).map_err(|reason| Error::BadDescriptor {
-                descr: crate::npy::clip(descr, 60),
-                reason,
-            })?;
+        let element = descr::element_of_descr(descr).map_err(|reason| Error::BadDescriptor {
+            descr: literal::clip(descr, 60),
+            reason,
+        })?;
         Ok(Opaque::from_parts(descr, element.size))
     }
 
@@ -174,7 +176,7 @@ impl DType {
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DType::Opaque(o) => write!(f, "opaque {}", crate::npy::clip(o.descr(), 60)),
+            DType::Opaque(o) => write!(f, "opaque {}", literal::clip(o.descr(), 60)),
             d => f.write_str(d.name()),
         }
     }
