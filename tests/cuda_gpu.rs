@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use arraydrain::bench::cuda::poison;
 use arraydrain::bench::reference;
 use arraydrain::cuda::cudarc::driver::CudaContext;
+use arraydrain::cuda::CudaError;
 use arraydrain::cuda::{CudaEngine, DeviceBatch, DeviceColumn, DeviceTable};
 use arraydrain::{
     Batches, Column, DType, Error, Indices, Materialized, Order, Shard, StorageKind, Strategy,
@@ -512,7 +513,10 @@ fn typed_errors_on_bad_input_and_device_oom() {
     let e = engine
         .materialize(&one_dt, &b, Strategy::Concat)
         .unwrap_err();
-    assert!(matches!(e, Error::DeviceOutOfMemory { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Cuda(CudaError::OutOfMemory { .. })),
+        "{e}"
+    );
     // The engine still works afterwards.
     let b = batches(100, &Order::Shuffle { seed: 2 }, None, 7, false);
     let out = engine.materialize(&dt, &b, Strategy::Pinned).unwrap();
@@ -590,17 +594,26 @@ fn user_context_tracks_events_and_unorderable_columns_are_refused() {
         DeviceColumn::typed("x", &[2], x).unwrap()
     };
     let e = engine.wrap(vec![on_per_thread()]).unwrap_err();
-    assert!(matches!(e, Error::UnorderableColumn { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Cuda(CudaError::UnorderableColumn { .. })),
+        "{e}"
+    );
     let batch = DeviceBatch::new().with(on_per_thread()).unwrap();
     let e = engine.drain_device(vec![Ok(batch)], Some(4)).unwrap_err();
-    assert!(matches!(e, Error::UnorderableColumn { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Cuda(CudaError::UnorderableColumn { .. })),
+        "{e}"
+    );
     let other = CudaContext::new_non_primary(0, 0).unwrap();
     let stream = other.new_stream().unwrap();
     let x = stream.clone_htod(&[1f32; 8]).unwrap();
     let e = engine
         .wrap(vec![DeviceColumn::typed("x", &[2], x).unwrap()])
         .unwrap_err();
-    assert!(matches!(e, Error::UnorderableColumn { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Cuda(CudaError::UnorderableColumn { .. })),
+        "{e}"
+    );
     // The legacy default stream of the primary context is fine.
     let legacy = engine.context().default_stream();
     let xs: Vec<f32> = (0..8).map(|i| i as f32).collect();

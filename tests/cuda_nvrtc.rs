@@ -13,6 +13,7 @@ use std::process::Command;
 
 use arraydrain::cuda::kernels::{compile_cubin, compile_cubin_with, SOURCES};
 use arraydrain::cuda::nvrtc::{self, Nvrtc};
+use arraydrain::cuda::CudaError;
 use arraydrain::Error;
 
 const ARCH: &str = "sm_90";
@@ -147,7 +148,7 @@ fn a_broken_kernel_is_a_compile_error_with_the_log_for_each_nvrtc() {
             &[],
         );
         match result {
-            Err(Error::KernelCompile { log }) => {
+            Err(Error::Cuda(CudaError::KernelCompile { log })) => {
                 assert!(log.contains("undefined"), "NVRTC {major}: {log}");
                 assert!(
                     log.contains(&format!("NVRTC {major}.")),

@@ -1,11 +1,12 @@
 //! Without a CUDA driver the library says so with a typed error and never panics: `probe`,
-//! `CudaEngine::new` and the CUDA benchmark return `Error::CudaUnavailable` (or
-//! `Error::CudaNotCompiled` in a build without the `cuda` feature), and the CLI's `info` exits
+//! `CudaEngine::new` and the CUDA benchmark return `CudaError::Unavailable` (or
+//! `CudaError::NotCompiled` in a build without the `cuda` feature), and the CLI's `info` exits
 //! cleanly. On a machine that does have a driver the test checks what it can and says which
 //! case it ran.
 
 use std::process::Command;
 
+use arraydrain::cuda::CudaError;
 use arraydrain::{cuda, Batches, Error, Indices, Strategy, Table};
 
 /// Whether a CUDA driver library is loadable here (the engine's own search).
@@ -15,11 +16,11 @@ fn driver_library_present() -> bool {
 
 fn unavailable<T: std::fmt::Debug>(what: &str, r: arraydrain::Result<T>) {
     match r {
-        Err(Error::CudaUnavailable { reason }) => {
+        Err(Error::Cuda(CudaError::Unavailable { reason })) => {
             assert!(!reason.is_empty());
             println!("{what}: CUDA unavailable: {reason}");
         }
-        Err(Error::CudaNotCompiled) if cfg!(not(feature = "cuda")) => {
+        Err(Error::Cuda(CudaError::NotCompiled)) if cfg!(not(feature = "cuda")) => {
             println!("{what}: CUDA not compiled in");
         }
         other => panic!("{what}: expected CudaUnavailable, got {other:?}"),
@@ -34,7 +35,10 @@ fn no_driver_library_is_a_typed_error_not_a_panic() {
         match cuda::probe(0) {
             Ok(info) => println!("probe: {info}"),
             Err(e) => {
-                assert!(matches!(e, Error::CudaUnavailable { .. }), "{e}");
+                assert!(
+                    matches!(e, Error::Cuda(CudaError::Unavailable { .. })),
+                    "{e}"
+                );
                 println!("probe: {e}");
             }
         }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arraydrain::bench::reference;
+use arraydrain::cuda::CudaError;
 use arraydrain::cuda::{CudaEngine, DeviceBatch, DeviceColumn, DeviceTable};
 use arraydrain::{Batches, Column, DType, Error, Indices, Materialized, Order, Strategy, Table};
 use cudasim_common::{random_bytes, Sim};
@@ -168,11 +169,11 @@ fn equal(out: &Materialized, want: &[Vec<u8>]) -> bool {
 
 fn typed(e: &Error) -> bool {
     match e {
-        Error::Cuda { message, .. } => !message.starts_with("panic"),
-        Error::DeviceOutOfMemory { .. }
+        Error::Cuda(CudaError::Driver { message, .. }) => !message.starts_with("panic"),
+        Error::Cuda(CudaError::OutOfMemory { .. })
         | Error::HostAllocation { .. }
-        | Error::CudaUnavailable { .. } => true,
-        Error::KernelCompile { .. } => true,
+        | Error::Cuda(CudaError::Unavailable { .. }) => true,
+        Error::Cuda(CudaError::KernelCompile { .. }) => true,
         Error::Source { source, .. } => source.downcast_ref::<Error>().is_some_and(typed),
         _ => false,
     }

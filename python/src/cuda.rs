@@ -24,6 +24,7 @@ use pyo3::types::PyDict;
 use crate::buffer::Buffer;
 use crate::errors::{to_py, IntoPy};
 use crate::host::{self, call_progress, Meta};
+use arraydrain::cuda::CudaError;
 
 /// One engine per device, opened on first use and kept for the process (its pinned pool makes
 /// repeated drains of the same size cheap).
@@ -72,9 +73,11 @@ impl DeviceBuffer {
             let stream = engine.stream();
             let cuda = |context: &str| {
                 let context = context.to_string();
-                move |e: arraydrain::cuda::cudarc::driver::DriverError| Error::Cuda {
-                    context,
-                    message: e.to_string(),
+                move |e: arraydrain::cuda::cudarc::driver::DriverError| {
+                    Error::Cuda(CudaError::Driver {
+                        context,
+                        message: e.to_string(),
+                    })
                 }
             };
             // One byte at least: a zero-length allocation has no address to describe.
@@ -156,9 +159,11 @@ impl DeviceBuffer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .ok_or_else(|| Error::Cuda {
-                context: format!("column {:?}", meta.name),
-                message: "device buffer already handed to the engine".into(),
+            .ok_or_else(|| {
+                Error::Cuda(CudaError::Driver {
+                    context: format!("column {:?}", meta.name),
+                    message: "device buffer already handed to the engine".into(),
+                })
             })?;
         let bytes = rows
             .checked_mul(meta.row_bytes)
@@ -380,10 +385,10 @@ pub fn cuda_drain(
             let source_error = |e: PyErr, failed: &mut Option<PyErr>| {
                 let message = e.to_string();
                 *failed = Some(e);
-                Error::Cuda {
+                Error::Cuda(CudaError::Driver {
                     context: "reading a batch".into(),
                     message,
-                }
+                })
             };
             let item = item.map_err(|e| source_error(e, &mut failed))?;
             let parts: Vec<(Py<DeviceBuffer>, usize)> =

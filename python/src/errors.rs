@@ -77,15 +77,7 @@ pub fn kind_of(e: &Error) -> Kind {
         | Error::PathConflict { .. }
         | Error::FileChanged { .. }
         | Error::SignalHandler { .. } => Kind::Os,
-        Error::CudaNotCompiled
-        | Error::CudaUnavailable { .. }
-        | Error::Cuda { .. }
-        | Error::KernelCompile { .. }
-        | Error::DeviceOutOfMemory { .. }
-        | Error::WrongDevice { .. }
-        | Error::UnorderableColumn { .. }
-        | Error::Misaligned { .. }
-        | Error::Interrupted { .. } => Kind::Runtime,
+        Error::Cuda(_) | Error::Misaligned { .. } | Error::Interrupted { .. } => Kind::Runtime,
         // Tables, orders and batching.
         Error::EmptyTable
         | Error::DuplicateColumn { .. }

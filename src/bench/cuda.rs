@@ -3,7 +3,7 @@
 //! cacheable host memory ([`CudaEngine::time_d2h_pinned`]) — and times every strategy on the
 //! device against it, each output verified against the CPU reference before it is timed. It
 //! uses the engine's public API only; in a build without the `cuda` feature it returns
-//! [`Error::CudaNotCompiled`](crate::Error::CudaNotCompiled).
+//! [`CudaError::NotCompiled`](crate::cuda::CudaError::NotCompiled).
 
 use std::time::Instant;
 
@@ -56,7 +56,7 @@ pub fn run(
 /// they do in a training loop (their fresh output is zero-filled, not poisoned).
 ///
 /// # Errors
-/// [`Error::CudaUnavailable`](crate::Error::CudaUnavailable) and the engine's errors. A strategy whose output differs from
+/// [`CudaError::Unavailable`](crate::cuda::CudaError::Unavailable) and the engine's errors. A strategy whose output differs from
 /// `reference` is not an error: its row says `verified: false`.
 pub fn run_on(
     engine: &CudaEngine,

@@ -150,7 +150,12 @@ mod tests {
         assert_eq!(c.idle(), 1);
         let again = c.take(|| Ok(9)).unwrap();
         assert_eq!(*again, 1, "the idle value is reused");
-        let e = c.take(|| Err(crate::Error::CudaNotCompiled)).unwrap_err();
-        assert!(matches!(e, crate::Error::CudaNotCompiled));
+        let e = c
+            .take(|| Err(crate::Error::Cuda(crate::cuda::CudaError::NotCompiled)))
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            crate::Error::Cuda(crate::cuda::CudaError::NotCompiled)
+        ));
     }
 }

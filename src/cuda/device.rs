@@ -10,18 +10,19 @@ use cudarc::driver::sys::{self, CUdevice_attribute, CUresult};
 use cudarc::driver::{result, CudaContext, DriverError};
 
 use super::{libs, CudaInfo, MIN_DRIVER_VERSION};
+use crate::cuda::CudaError;
 use crate::error::{Error, Result};
 
 /// Looks at device `ordinal`: name, compute capability, memory and driver version.
 ///
 /// Creates no context. Never panics: no driver library, no device, a driver older than
 /// CUDA 12.0 ([`MIN_DRIVER_VERSION`]) or an ordinal past the last device are all
-/// [`Error::CudaUnavailable`] with the reason.
+/// [`CudaError::Unavailable`] with the reason.
 ///
 /// # Errors
-/// [`Error::CudaUnavailable`].
+/// [`CudaError::Unavailable`].
 pub fn probe(ordinal: usize) -> Result<CudaInfo> {
-    let unavailable = |reason: String| Error::CudaUnavailable { reason };
+    let unavailable = |reason: String| Error::Cuda(CudaError::Unavailable { reason });
     libs::ensure_driver().map_err(unavailable)?;
     catch("probing the CUDA driver", || {
         result::init().map_err(|e| unavailable(format!("cuInit failed: {}", describe(e))))?;
@@ -88,11 +89,13 @@ pub(crate) fn open(ordinal: usize) -> Result<(CudaInfo, Arc<CudaContext>)> {
 /// such as event tracking, are its own), under `catch_unwind`.
 pub(crate) fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
     catch("creating the CUDA context", || {
-        CudaContext::new(ordinal).map_err(|e| Error::CudaUnavailable {
-            reason: format!(
-                "cannot create a context on device {ordinal}: {}",
-                describe(e)
-            ),
+        CudaContext::new(ordinal).map_err(|e| {
+            Error::Cuda(CudaError::Unavailable {
+                reason: format!(
+                    "cannot create a context on device {ordinal}: {}",
+                    describe(e)
+                ),
+            })
         })
     })
 }
@@ -102,10 +105,10 @@ pub(crate) fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
 pub(crate) fn catch<T>(context: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(payload) => Err(Error::Cuda {
+        Err(payload) => Err(Error::Cuda(CudaError::Driver {
             context: context.to_string(),
             message: format!("panic inside the CUDA layer: {}", panic_message(&payload)),
-        }),
+        })),
     }
 }
 
@@ -134,26 +137,28 @@ pub(crate) fn describe(e: DriverError) -> String {
 /// Maps a failed driver call during `context` to [`Error::Cuda`].
 pub(crate) fn cuda_err(context: impl Into<String>) -> impl FnOnce(DriverError) -> Error {
     let context = context.into();
-    move |e| Error::Cuda {
-        context,
-        message: describe(e),
+    move |e| {
+        Error::Cuda(CudaError::Driver {
+            context,
+            message: describe(e),
+        })
     }
 }
 
-/// Maps a failed device allocation to [`Error::DeviceOutOfMemory`] (out of memory) or
+/// Maps a failed device allocation to [`CudaError::OutOfMemory`] (out of memory) or
 /// [`Error::Cuda`].
 pub(crate) fn alloc_err(bytes: usize, what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
     move |e| {
         if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-            Error::DeviceOutOfMemory {
+            Error::Cuda(CudaError::OutOfMemory {
                 bytes: bytes as u64,
                 what: what.to_string(),
-            }
+            })
         } else {
-            Error::Cuda {
+            Error::Cuda(CudaError::Driver {
                 context: format!("allocating {bytes} device bytes for {what}"),
                 message: describe(e),
-            }
+            })
         }
     }
 }

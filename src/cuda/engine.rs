@@ -20,6 +20,7 @@ use super::pipeline::{self, Lane, LaneGuard, Plan, LANES};
 use super::table::{DeviceBatch, DeviceColumn, DeviceTable};
 use super::CudaInfo;
 use crate::batch::Batches;
+use crate::cuda::CudaError;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gather::Strategy;
@@ -85,8 +86,8 @@ impl CudaEngine {
     /// process) and loads the kernels, creates the streams.
     ///
     /// # Errors
-    /// [`Error::CudaUnavailable`] (no driver library, no such device, driver too old, no
-    /// libnvrtc), [`Error::KernelCompile`], [`Error::Cuda`]. Never panics.
+    /// [`CudaError::Unavailable`] (no driver library, no such device, driver too old, no
+    /// libnvrtc), [`CudaError::KernelCompile`], [`Error::Cuda`]. Never panics.
     pub fn new(ordinal: usize) -> Result<CudaEngine> {
         let _current = ContextGuard::save();
         let (info, ctx) = device::open(ordinal)?;
@@ -184,7 +185,7 @@ impl CudaEngine {
             bind_ctx(&self.ctx)?;
             f()
         });
-        if let Err(Error::Cuda { message, .. }) = &r {
+        if let Err(Error::Cuda(CudaError::Driver { message, .. })) = &r {
             if message.starts_with("panic") {
                 let _ = wait_context(&self.ctx);
             }
@@ -197,7 +198,7 @@ impl CudaEngine {
     /// timed ones (seconds each). The buffers are freed before it returns.
     ///
     /// # Errors
-    /// [`Error::DeviceOutOfMemory`], [`Error::HostAllocation`], [`Error::Cuda`].
+    /// [`CudaError::OutOfMemory`], [`Error::HostAllocation`], [`Error::Cuda`].
     pub fn time_d2h_pinned(&self, bytes: usize, repeat: usize) -> Result<Vec<f64>> {
         let _current = ContextGuard::save();
         self.guarded("timing the device→host floor", || {
@@ -231,7 +232,7 @@ impl CudaEngine {
     /// Copies a host table to the device once (one buffer per column).
     ///
     /// # Errors
-    /// [`Error::DeviceOutOfMemory`], [`Error::Cuda`].
+    /// [`CudaError::OutOfMemory`], [`Error::Cuda`].
     pub fn upload(&self, table: &Table<'_>) -> Result<DeviceTable> {
         let _current = ContextGuard::save();
         self.guarded("uploading a table", || {
@@ -275,7 +276,7 @@ impl CudaEngine {
     ///
     /// # Errors
     /// [`Error::EmptyTable`], [`Error::DuplicateColumn`], [`Error::RowCountMismatch`],
-    /// [`Error::WrongDevice`], [`Error::UnorderableColumn`], [`Error::Cuda`].
+    /// [`CudaError::WrongDevice`], [`CudaError::UnorderableColumn`], [`Error::Cuda`].
     pub fn wrap(&self, columns: Vec<DeviceColumn>) -> Result<DeviceTable> {
         let _current = ContextGuard::save();
         self.guarded("adopting device columns", || {
@@ -294,10 +295,10 @@ impl CudaEngine {
     /// the classic recipes (`full`).
     fn check(&self, table: &DeviceTable, batches: &Batches, full: bool) -> Result<()> {
         if table.ordinal() != self.info.ordinal {
-            return Err(Error::WrongDevice {
+            return Err(Error::Cuda(CudaError::WrongDevice {
                 expected: self.info.ordinal,
                 got: table.ordinal(),
-            });
+            }));
         }
         // A table of zero-byte rows moves nothing, so no upload checks its indices on the way.
         if full || table.row_bytes() == 0 {
@@ -314,8 +315,8 @@ impl CudaEngine {
     /// `Preallocated`, and is returned only when every copy into it has completed.
     ///
     /// # Errors
-    /// [`Error::WrongDevice`], [`Error::IndexOutOfBounds`] (an index past the device table),
-    /// [`Error::DeviceOutOfMemory`], [`Error::HostAllocation`], [`Error::Cuda`].
+    /// [`CudaError::WrongDevice`], [`Error::IndexOutOfBounds`] (an index past the device table),
+    /// [`CudaError::OutOfMemory`], [`Error::HostAllocation`], [`Error::Cuda`].
     pub fn materialize(
         &self,
         table: &DeviceTable,
@@ -515,7 +516,7 @@ impl CudaEngine {
     ///
     /// # Errors
     /// [`Error::Source`] (a batch the iterator failed to make), [`Error::BatchMismatch`],
-    /// [`Error::StreamLengthMismatch`], [`Error::WrongDevice`], [`Error::HostAllocation`],
+    /// [`Error::StreamLengthMismatch`], [`CudaError::WrongDevice`], [`Error::HostAllocation`],
     /// [`Error::Cuda`].
     pub fn drain_device<I>(&self, batches: I, rows: Option<usize>) -> Result<Materialized>
     where
@@ -600,10 +601,10 @@ impl CudaEngine {
         }
         flight.finish()?;
         let Some((mut columns, _)) = out else {
-            return Err(Error::Cuda {
+            return Err(Error::Cuda(CudaError::Driver {
                 context: "drain_device".into(),
                 message: "internal error: no output".into(),
-            });
+            }));
         };
         for c in &mut columns {
             c.storage_mut().finish()?;

@@ -14,6 +14,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::device::{catch, cuda_err};
 use super::nvrtc::{self, Nvrtc};
+use crate::cuda::CudaError;
 use crate::error::{Error, Result};
 
 /// One embedded kernel source file and the entry points it must define.
@@ -105,17 +106,18 @@ pub struct Compiled {
 /// (`--gpu-architecture`, `-lineinfo`). Needs only libnvrtc, no driver.
 ///
 /// # Errors
-/// [`Error::CudaUnavailable`] when no libnvrtc can be loaded; [`Error::KernelCompile`] with the
+/// [`CudaError::Unavailable`] when no libnvrtc can be loaded; [`CudaError::KernelCompile`] with the
 /// log when compilation fails.
 pub fn compile_cubin(name: &str, source: &str, arch: &str, extra: &[&str]) -> Result<Compiled> {
-    let nvrtc = nvrtc::for_driver(None).map_err(|reason| Error::CudaUnavailable { reason })?;
+    let nvrtc =
+        nvrtc::for_driver(None).map_err(|reason| Error::Cuda(CudaError::Unavailable { reason }))?;
     compile_cubin_with(nvrtc, name, source, arch, extra)
 }
 
 /// [`compile_cubin`] with the given NVRTC (e.g. [`nvrtc::load`] of a library path).
 ///
 /// # Errors
-/// [`Error::KernelCompile`] with the log when compilation fails.
+/// [`CudaError::KernelCompile`] with the log when compilation fails.
 pub fn compile_cubin_with(
     nvrtc: &Nvrtc,
     name: &str,
@@ -123,8 +125,10 @@ pub fn compile_cubin_with(
     arch: &str,
     extra: &[&str],
 ) -> Result<Compiled> {
-    let nul = |what: &str| Error::KernelCompile {
-        log: format!("{what} contains a NUL byte"),
+    let nul = |what: &str| {
+        Error::Cuda(CudaError::KernelCompile {
+            log: format!("{what} contains a NUL byte"),
+        })
     };
     let src = CString::new(source).map_err(|_| nul("the source"))?;
     let cname = CString::new(name).map_err(|_| nul("the name"))?;
@@ -147,13 +151,13 @@ pub fn compile_cubin_with(
                 log: out.log,
                 nvrtc_version: (major, minor),
             }),
-            (_, error) => Err(Error::KernelCompile {
+            (_, error) => Err(Error::Cuda(CudaError::KernelCompile {
                 log: format!(
                     "{name} for {arch} with NVRTC {major}.{minor}: {}\n{}",
                     error.unwrap_or_default(),
                     out.log
                 ),
-            }),
+            })),
         }
     })
 }
@@ -163,8 +167,8 @@ pub fn compile_cubin_with(
 fn cubins(arch: &str, driver: i32) -> Result<Arc<Vec<Vec<u8>>>> {
     type ByArch = HashMap<(String, PathBuf), Arc<Vec<Vec<u8>>>>;
     static CACHE: Mutex<Option<ByArch>> = Mutex::new(None);
-    let nvrtc =
-        nvrtc::for_driver(Some(driver)).map_err(|reason| Error::CudaUnavailable { reason })?;
+    let nvrtc = nvrtc::for_driver(Some(driver))
+        .map_err(|reason| Error::Cuda(CudaError::Unavailable { reason }))?;
     let key = (arch.to_string(), nvrtc.path().to_path_buf());
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     let map = cache.get_or_insert_with(HashMap::new);
@@ -259,10 +263,10 @@ impl Kernels {
         let (n, row_words) = (n as u64, (row_bytes / w) as u64);
         let (seg_words, segs) = (shape.seg_words as u64, shape.segs as u64);
         let Some(function) = self.gather.get(slot) else {
-            return Err(Error::Cuda {
+            return Err(Error::Cuda(CudaError::Driver {
                 context: "launching the gather kernel".into(),
                 message: format!("internal error: no entry point {slot}"),
-            });
+            }));
         };
         let mut launch = stream.launch_builder(function);
         launch

@@ -75,9 +75,9 @@ pub fn driver_library_present() -> bool {
     ensure_driver().is_ok()
 }
 
-/// Makes `libcuda` loadable by cudarc. `Err` says why not, for [`Error::CudaUnavailable`].
+/// Makes `libcuda` loadable by cudarc. `Err` says why not, for [`CudaError::Unavailable`](crate::cuda::CudaError::Unavailable).
 ///
-/// [`Error::CudaUnavailable`]: crate::Error::CudaUnavailable
+/// [`CudaError::Unavailable`]: crate::cuda::CudaError::Unavailable
 pub(crate) fn ensure_driver() -> Result<(), String> {
     static STATE: OnceLock<Result<(), String>> = OnceLock::new();
     STATE

@@ -8,7 +8,7 @@
 //!
 //! 1. [`probe`] / [`CudaEngine::new`]: find `libcuda` (and `libnvrtc`) — in the loader's default
 //!    path, then in the usual CUDA folders (`library_dirs`) — without ever panicking; no
-//!    library, no device or a driver older than CUDA 12.0 is [`Error::CudaUnavailable`].
+//!    library, no device or a driver older than CUDA 12.0 is [`CudaError::Unavailable`].
 //! 2. The kernels in `kernels/*.cu` are embedded in the binary and compiled once per process
 //!    with NVRTC to a CUBIN for the device's own architecture (`sm_XY`), then loaded per engine.
 //!    NVRTC 12.x and 13.x both work; the newest whose major version the driver supports is used
@@ -57,9 +57,9 @@
 //! make a wait return without waiting), waits for every stream, and only then reports. Each call
 //! takes a set of lanes for its length from a small pool instead of locking them, so the engine
 //! may be called concurrently, or again from a rayon job that a waiting drain runs. Errors are
-//! typed: [`Error::DeviceOutOfMemory`], [`Error::IndexOutOfBounds`], [`Error::WrongDevice`],
-//! [`Error::UnorderableColumn`], [`Error::Cuda`] for a failed call or launch,
-//! [`Error::KernelCompile`].
+//! typed: [`CudaError::OutOfMemory`], [`Error::IndexOutOfBounds`], [`CudaError::WrongDevice`],
+//! [`CudaError::UnorderableColumn`], [`Error::Cuda`] for a failed call or launch,
+//! [`CudaError::KernelCompile`].
 //!
 //! # Two handles on one context
 //!
@@ -69,16 +69,16 @@
 //! context with tracking on, so their buffers stay safe across streams.
 //!
 //! With the `cuda` feature off, the same entry points exist and return
-//! [`Error::CudaNotCompiled`].
+//! [`CudaError::NotCompiled`].
 //!
-//! [`Error::CudaUnavailable`]: crate::Error::CudaUnavailable
-//! [`Error::DeviceOutOfMemory`]: crate::Error::DeviceOutOfMemory
+//! [`CudaError::Unavailable`]: crate::cuda::CudaError::Unavailable
+//! [`CudaError::OutOfMemory`]: crate::cuda::CudaError::OutOfMemory
 //! [`Error::IndexOutOfBounds`]: crate::Error::IndexOutOfBounds
-//! [`Error::WrongDevice`]: crate::Error::WrongDevice
-//! [`Error::UnorderableColumn`]: crate::Error::UnorderableColumn
+//! [`CudaError::WrongDevice`]: crate::cuda::CudaError::WrongDevice
+//! [`CudaError::UnorderableColumn`]: crate::cuda::CudaError::UnorderableColumn
 //! [`Error::Cuda`]: crate::Error::Cuda
-//! [`Error::KernelCompile`]: crate::Error::KernelCompile
-//! [`Error::CudaNotCompiled`]: crate::Error::CudaNotCompiled
+//! [`CudaError::KernelCompile`]: crate::cuda::CudaError::KernelCompile
+//! [`CudaError::NotCompiled`]: crate::cuda::CudaError::NotCompiled
 //! [`Table`]: crate::Table
 //! [`Strategy`]: crate::Strategy
 //! [`StorageKind::Pinned`]: crate::StorageKind::Pinned
@@ -127,6 +127,9 @@ pub use table::{DeviceBatch, DeviceColumn, DeviceTable};
 /// `CudaSlice`s of the same version (`arraydrain::cuda::cudarc::driver::CudaSlice`).
 #[cfg(feature = "cuda")]
 pub use cudarc;
+
+mod error;
+pub use error::CudaError;
 
 #[cfg(not(feature = "cuda"))]
 mod stub;

@@ -32,6 +32,7 @@ use super::memory::{
 };
 use super::table::DeviceTable;
 use crate::batch::Batches;
+use crate::cuda::CudaError;
 use crate::error::{Error, Result};
 use crate::gather::cpu::par_copy;
 use crate::memory::AllocCounter;
@@ -184,10 +185,10 @@ impl Lane {
 }
 
 fn internal(what: &str) -> Error {
-    Error::Cuda {
+    Error::Cuda(CudaError::Driver {
         context: "the pinned pipeline".into(),
         message: format!("internal error: {what}"),
-    }
+    })
 }
 
 /// Something a drain queued work on and must wait for: a stream (in the engine) or a stand-in
@@ -203,9 +204,11 @@ pub(crate) trait Waitable {
 
 impl Waitable for Arc<CudaStream> {
     fn take_stale(&self) -> Option<Error> {
-        take_stale_error(self.context()).map(|e| Error::Cuda {
-            context: "an earlier asynchronous release (reported late by the driver)".into(),
-            message: super::device::describe(e),
+        take_stale_error(self.context()).map(|e| {
+            Error::Cuda(CudaError::Driver {
+                context: "an earlier asynchronous release (reported late by the driver)".into(),
+                message: super::device::describe(e),
+            })
         })
     }
     fn wait(&self) -> Result<()> {
@@ -820,9 +823,11 @@ mod tests {
     impl Waitable for Fake {
         fn take_stale(&self) -> Option<Error> {
             self.log.borrow_mut().push(format!("clear {}", self.name));
-            self.stale.replace(false).then(|| Error::Cuda {
-                context: "stale".into(),
-                message: self.name.into(),
+            self.stale.replace(false).then(|| {
+                Error::Cuda(CudaError::Driver {
+                    context: "stale".into(),
+                    message: self.name.into(),
+                })
             })
         }
         fn wait(&self) -> Result<()> {
@@ -834,10 +839,10 @@ mod tests {
             );
             self.log.borrow_mut().push(format!("wait {}", self.name));
             if self.fail_wait {
-                Err(Error::Cuda {
+                Err(Error::Cuda(CudaError::Driver {
                     context: "wait".into(),
                     message: self.name.into(),
-                })
+                }))
             } else {
                 Ok(())
             }
@@ -866,7 +871,7 @@ mod tests {
         let (streams, log) = fakes(&[("a", true, false), ("b", false, false), ("c", true, false)]);
         let e = LaneGuard::new(streams).finish().unwrap_err();
         assert!(
-            matches!(&e, Error::Cuda { context, message } if context == "stale" && message == "a"),
+            matches!(&e, Error::Cuda(CudaError::Driver { context, message }) if context == "stale" && message == "a"),
             "{e}"
         );
         assert_eq!(
@@ -878,7 +883,7 @@ mod tests {
         let (streams, log) = fakes(&[("a", false, true), ("b", true, false)]);
         let e = LaneGuard::new(streams).finish().unwrap_err();
         assert!(
-            matches!(&e, Error::Cuda { context, .. } if context == "wait"),
+            matches!(&e, Error::Cuda(CudaError::Driver { context, .. }) if context == "wait"),
             "{e}"
         );
         assert_eq!(*log.borrow(), ["clear a", "clear b", "wait a", "wait b"]);

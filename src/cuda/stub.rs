@@ -1,10 +1,11 @@
 //! The CUDA entry points when the crate is built without the `cuda` feature: the same names,
-//! each returning [`Error::CudaNotCompiled`]. No value of the engine's types can exist.
+//! each returning [`CudaError::NotCompiled`]. No value of the engine's types can exist.
 
 use std::convert::Infallible;
 
 use super::CudaInfo;
 use crate::batch::Batches;
+use crate::cuda::CudaError;
 use crate::error::{Error, Result};
 use crate::gather::Strategy;
 use crate::output::{Materialized, Report};
@@ -27,16 +28,16 @@ pub fn driver_library_present() -> bool {
 /// Always: CUDA support is not compiled in.
 pub fn nvrtc_status(driver: Option<i32>) -> std::result::Result<String, String> {
     let _ = driver;
-    Err(Error::CudaNotCompiled.to_string())
+    Err(Error::Cuda(CudaError::NotCompiled).to_string())
 }
 
-/// Always [`Error::CudaNotCompiled`] in this build.
+/// Always [`CudaError::NotCompiled`] in this build.
 ///
 /// # Errors
-/// [`Error::CudaNotCompiled`].
+/// [`CudaError::NotCompiled`].
 pub fn probe(ordinal: usize) -> Result<CudaInfo> {
     let _ = ordinal;
-    Err(Error::CudaNotCompiled)
+    Err(Error::Cuda(CudaError::NotCompiled))
 }
 
 /// The CUDA engine; cannot be created in a build without the `cuda` feature.
@@ -64,13 +65,13 @@ pub struct DeviceBatch {
 }
 
 impl CudaEngine {
-    /// Always [`Error::CudaNotCompiled`] in this build.
+    /// Always [`CudaError::NotCompiled`] in this build.
     ///
     /// # Errors
-    /// [`Error::CudaNotCompiled`].
+    /// [`CudaError::NotCompiled`].
     pub fn new(ordinal: usize) -> Result<CudaEngine> {
         let _ = ordinal;
-        Err(Error::CudaNotCompiled)
+        Err(Error::Cuda(CudaError::NotCompiled))
     }
 
     /// Unreachable: no engine exists in this build.
@@ -81,7 +82,7 @@ impl CudaEngine {
     /// Unreachable: no engine exists in this build.
     ///
     /// # Errors
-    /// [`Error::CudaNotCompiled`].
+    /// [`CudaError::NotCompiled`].
     pub fn time_d2h_pinned(&self, bytes: usize, repeat: usize) -> Result<Vec<f64>> {
         let _ = (bytes, repeat);
         match self.never {}
@@ -90,7 +91,7 @@ impl CudaEngine {
     /// Unreachable: no engine exists in this build.
     ///
     /// # Errors
-    /// [`Error::CudaNotCompiled`].
+    /// [`CudaError::NotCompiled`].
     pub fn upload(&self, table: &Table<'_>) -> Result<DeviceTable> {
         let _ = table;
         match self.never {}
@@ -99,7 +100,7 @@ impl CudaEngine {
     /// Unreachable: no engine exists in this build.
     ///
     /// # Errors
-    /// [`Error::CudaNotCompiled`].
+    /// [`CudaError::NotCompiled`].
     pub fn wrap(&self, columns: Vec<DeviceColumn>) -> Result<DeviceTable> {
         let _ = columns;
         match self.never {}
@@ -108,7 +109,7 @@ impl CudaEngine {
     /// Unreachable: no engine exists in this build.
     ///
     /// # Errors
-    /// [`Error::CudaNotCompiled`].
+    /// [`CudaError::NotCompiled`].
     pub fn materialize(
         &self,
         table: &DeviceTable,
@@ -122,7 +123,7 @@ impl CudaEngine {
     /// Unreachable: no engine exists in this build.
     ///
     /// # Errors
-    /// [`Error::CudaNotCompiled`].
+    /// [`CudaError::NotCompiled`].
     pub fn materialize_into(
         &self,
         table: &DeviceTable,
@@ -136,7 +137,7 @@ impl CudaEngine {
     /// Unreachable: no engine exists in this build.
     ///
     /// # Errors
-    /// [`Error::CudaNotCompiled`].
+    /// [`CudaError::NotCompiled`].
     pub fn drain_device<I>(&self, batches: I, rows: Option<usize>) -> Result<Materialized>
     where
         I: IntoIterator<Item = Result<DeviceBatch>>,

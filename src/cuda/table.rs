@@ -10,6 +10,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use super::current::RestoreOnDrop;
 use super::device::cuda_err;
 use super::memory::{bind_ctx, device_address, take_stale_error, DevBuf};
+use crate::cuda::CudaError;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::memory::checked_bytes;
@@ -41,7 +42,7 @@ pub(crate) const PER_THREAD_STREAM: usize = 0x2;
 /// order its work after a column of device `ordinal` made at `origin`.
 ///
 /// # Errors
-/// [`Error::WrongDevice`] for another device; [`Error::UnorderableColumn`] for a non-primary
+/// [`CudaError::WrongDevice`] for another device; [`CudaError::UnorderableColumn`] for a non-primary
 /// context, another context, or the per-thread default stream.
 pub(crate) fn check_origin(
     column: &str,
@@ -51,19 +52,19 @@ pub(crate) fn check_origin(
     origin: Option<Origin>,
 ) -> Result<()> {
     if ordinal != engine_ordinal {
-        return Err(Error::WrongDevice {
+        return Err(Error::Cuda(CudaError::WrongDevice {
             expected: engine_ordinal,
             got: ordinal,
-        });
+        }));
     }
     let Some(o) = origin else {
         return Ok(());
     };
     let reject = |reason: &str| {
-        Err(Error::UnorderableColumn {
+        Err(Error::Cuda(CudaError::UnorderableColumn {
             column: column.to_string(),
             reason: reason.to_string(),
-        })
+        }))
     };
     if !o.primary {
         return reject(
@@ -566,10 +567,10 @@ mod tests {
         assert!(
             matches!(
                 e,
-                Error::WrongDevice {
+                Error::Cuda(CudaError::WrongDevice {
                     expected: 0,
                     got: 1
-                }
+                })
             ),
             "{e}"
         );
@@ -592,7 +593,7 @@ mod tests {
         ] {
             let e = check_origin("x", 0, 0x1000, 0, Some(bad)).unwrap_err();
             match e {
-                Error::UnorderableColumn { column, reason } => {
+                Error::Cuda(CudaError::UnorderableColumn { column, reason }) => {
                     assert_eq!(column, "x");
                     assert!(reason.contains(what), "{what}: {reason}");
                 }
