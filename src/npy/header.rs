@@ -75,33 +75,17 @@ pub struct NpyHeader {
     /// ignores them).
     pub data_len: usize,
 }
-
-/// The data bytes of an array of `dims` and `item`-byte elements, when NumPy can make it: as
-/// NumPy checks, the product of the non-zero dimensions, and that times the element size, must
-/// fit in a signed pointer-sized integer, even when a zero dimension makes the array empty, so
-/// `(2**64 - 1, 0)` is refused as NumPy refuses it.
-fn loadable_len(dims: &[usize], item: usize) -> Option<usize> {
-    let max = isize::MAX as usize;
-    let count = dims
-        .iter()
-        .filter(|&&d| d != 0)
-        .try_fold(1usize, |a, &d| a.checked_mul(d).filter(|&n| n <= max))?;
-    let bytes = count.checked_mul(item).filter(|&n| n <= max)?;
-    Some(if dims.contains(&0) { 0 } else { bytes })
+/// The framing of a `.npy` header: magic, version, length field, and the header's text.
+struct Frame<'a> {
+    version: (u8, u8),
+    /// Where the array data starts (after the header).
+    data_offset: usize,
+    /// The header dictionary's text (latin-1 for versions 1.0 and 2.0, UTF-8 for 3.0).
+    text: Cow<'a, str>,
 }
 
-impl NpyHeader {
-    /// Parses and checks the header at the start of `bytes` (a whole file, or at least its
-    /// header), refusing exactly what `numpy.load` refuses: another magic, versions other than
-    /// 1.0, 2.0 and 3.0, a header that is not a Python dict literal with exactly the keys
-    /// `descr`, `fortran_order` (a bool) and `shape` (a tuple of ints), a descriptor NumPy
-    /// would not read. Beyond that, arraydrain refuses object dtypes, negative dimensions
-    /// (which NumPy refuses when it makes the array) and the descriptor spellings listed in
-    /// [`crate::npy`]. The data itself is not looked at.
-    ///
-    /// # Errors
-    /// A message saying what is wrong; quoted header text in it is cut to a readable length.
-    pub fn parse(bytes: &[u8]) -> std::result::Result<NpyHeader, String> {
+impl<'a> Frame<'a> {
+    fn read(bytes: &'a [u8]) -> std::result::Result<Frame<'a>, String> {
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             return Err("not a .npy file (wrong magic; expected \\x93NUMPY)".into());
         }
@@ -150,84 +134,136 @@ impl NpyHeader {
                 _ => Cow::Owned(raw.iter().map(|&b| char::from(b)).collect()),
             }
         };
-        let bad = |e: String| format!("bad header {}: {e}", clip(&text, QUOTE));
-        let root = literal::parse(&text, major <= 2).map_err(bad)?;
+        Ok(Frame {
+            version: (major, minor),
+            data_offset: start + header_len,
+            text,
+        })
+    }
+}
+
+/// The values of `descr`, `fortran_order` and `shape` in a header dictionary, which must hold
+/// exactly these keys (Python keeps the last value of a repeated key).
+fn header_values<'n>(
+    pairs: &'n [(Node, Node)],
+    text: &str,
+) -> std::result::Result<[&'n Node; 3], String> {
+    fn key(k: &Node) -> Option<&str> {
+        match &k.value {
+            Value::Str(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| key(k) == Some(name))
+            .map(|(_, v)| v)
+    };
+    let mut keys: Vec<&str> = Vec::new();
+    for (k, _) in pairs {
+        let k = &text[k.span.clone()];
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let expected = ["descr", "fortran_order", "shape"];
+    let exact = keys.len() == expected.len()
+        && pairs
+            .iter()
+            .all(|(k, _)| key(k).is_some_and(|k| expected.contains(&k)));
+    if !exact {
+        keys.sort_unstable();
+        return Err(format!(
+            "header does not contain exactly the keys 'descr', 'fortran_order' and 'shape': \
+             it has {}",
+            clip(&keys.join(", "), QUOTE)
+        ));
+    }
+    match (get("descr"), get("fortran_order"), get("shape")) {
+        (Some(descr), Some(fortran), Some(shape)) => Ok([descr, fortran, shape]),
+        _ => Err("header lacks 'descr', 'fortran_order' or 'shape'".into()),
+    }
+}
+
+/// The dimensions of a header's `shape`: a tuple of non-negative ints (bools count as 1 and
+/// 0, as in NumPy) that fit this machine.
+fn shape_dims(
+    shape: &Node,
+    quoted: &dyn Fn(&Node) -> String,
+) -> std::result::Result<Vec<usize>, String> {
+    let Value::Tuple(dims) = &shape.value else {
+        return Err(format!("shape is not a tuple of ints: {}", quoted(shape)));
+    };
+    let mut dims_out = Vec::with_capacity(dims.len());
+    for d in dims {
+        let n = match d.value {
+            Value::Int(Some(n)) => n,
+            // `isinstance(True, int)` holds in Python, so NumPy takes bools as 1 and 0.
+            Value::Bool(b) => i128::from(b),
+            Value::Int(None) => {
+                return Err(format!(
+                    "shape {} is too large for this machine",
+                    quoted(shape)
+                ))
+            }
+            _ => return Err(format!("shape is not a tuple of ints: {}", quoted(shape))),
+        };
+        if n < 0 {
+            return Err(format!(
+                "shape {} has a negative dimension (non-negative integers only)",
+                quoted(shape)
+            ));
+        }
+        dims_out.push(
+            usize::try_from(n)
+                .map_err(|_| format!("shape {} is too large for this machine", quoted(shape)))?,
+        );
+    }
+    Ok(dims_out)
+}
+
+/// The data bytes of an array of `dims` and `item`-byte elements, when NumPy can make it: as
+/// NumPy checks, the product of the non-zero dimensions, and that times the element size, must
+/// fit in a signed pointer-sized integer, even when a zero dimension makes the array empty, so
+/// `(2**64 - 1, 0)` is refused as NumPy refuses it.
+fn loadable_len(dims: &[usize], item: usize) -> Option<usize> {
+    let max = isize::MAX as usize;
+    let count = dims
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |a, &d| a.checked_mul(d).filter(|&n| n <= max))?;
+    let bytes = count.checked_mul(item).filter(|&n| n <= max)?;
+    Some(if dims.contains(&0) { 0 } else { bytes })
+}
+
+impl NpyHeader {
+    /// Parses and checks the header at the start of `bytes` (a whole file, or at least its
+    /// header), refusing exactly what `numpy.load` refuses: another magic, versions other than
+    /// 1.0, 2.0 and 3.0, a header that is not a Python dict literal with exactly the keys
+    /// `descr`, `fortran_order` (a bool) and `shape` (a tuple of ints), a descriptor NumPy
+    /// would not read. Beyond that, arraydrain refuses object dtypes, negative dimensions
+    /// (which NumPy refuses when it makes the array) and the descriptor spellings listed in
+    /// [`crate::npy`]. The data itself is not looked at.
+    ///
+    /// # Errors
+    /// A message saying what is wrong; quoted header text in it is cut to a readable length.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<NpyHeader, String> {
+        let frame = Frame::read(bytes)?;
+        let text = &frame.text;
+        let bad = |e: String| format!("bad header {}: {e}", clip(text, QUOTE));
+        let root = literal::parse(text, frame.version.0 <= 2).map_err(bad)?;
         let Value::Dict(pairs) = &root.value else {
             return Err(format!(
                 "header is not a dictionary but a {}: {}",
                 root.value.type_name(),
-                clip(&text, QUOTE)
+                clip(text, QUOTE)
             ));
         };
-        fn key(k: &Node) -> Option<&str> {
-            match &k.value {
-                Value::Str(s) => Some(s.as_str()),
-                _ => None,
-            }
-        }
-        // Python keeps the last value of a repeated key.
-        let get = |name: &str| {
-            pairs
-                .iter()
-                .rev()
-                .find(|(k, _)| key(k) == Some(name))
-                .map(|(_, v)| v)
-        };
-        let mut keys: Vec<&str> = Vec::new();
-        for (k, _) in pairs {
-            let k = &text[k.span.clone()];
-            if !keys.contains(&k) {
-                keys.push(k);
-            }
-        }
-        let expected = ["descr", "fortran_order", "shape"];
-        let exact = keys.len() == expected.len()
-            && pairs
-                .iter()
-                .all(|(k, _)| key(k).is_some_and(|k| expected.contains(&k)));
-        if !exact {
-            keys.sort_unstable();
-            return Err(format!(
-                "header does not contain exactly the keys 'descr', 'fortran_order' and 'shape': \
-                 it has {}",
-                clip(&keys.join(", "), QUOTE)
-            ));
-        }
-        let (Some(descr), Some(fortran), Some(shape)) =
-            (get("descr"), get("fortran_order"), get("shape"))
-        else {
-            return Err("header lacks 'descr', 'fortran_order' or 'shape'".into());
-        };
+        let [descr, fortran, shape] = header_values(pairs, text)?;
         let quoted = |n: &Node| clip(&text[n.span.clone()], QUOTE);
-        let Value::Tuple(dims) = &shape.value else {
-            return Err(format!("shape is not a tuple of ints: {}", quoted(shape)));
-        };
-        let mut dims_out = Vec::with_capacity(dims.len());
-        for d in dims {
-            let n = match d.value {
-                Value::Int(Some(n)) => n,
-                // `isinstance(True, int)` holds in Python, so NumPy takes bools as 1 and 0.
-                Value::Bool(b) => i128::from(b),
-                Value::Int(None) => {
-                    return Err(format!(
-                        "shape {} is too large for this machine",
-                        quoted(shape)
-                    ))
-                }
-                _ => return Err(format!("shape is not a tuple of ints: {}", quoted(shape))),
-            };
-            if n < 0 {
-                return Err(format!(
-                    "shape {} has a negative dimension (non-negative integers only)",
-                    quoted(shape)
-                ));
-            }
-            dims_out.push(
-                usize::try_from(n).map_err(|_| {
-                    format!("shape {} is too large for this machine", quoted(shape))
-                })?,
-            );
-        }
+        let dims = shape_dims(shape, &quoted)?;
         let Value::Bool(fortran_order) = fortran.value else {
             return Err(format!(
                 "fortran_order is not a valid bool (True or False): {}",
@@ -239,14 +275,14 @@ impl NpyHeader {
             Some(d) => d,
             None => DType::Opaque(Opaque::from_parts(&text[descr.span.clone()], element.size)),
         };
-        let data_len = loadable_len(&dims_out, element.size)
+        let data_len = loadable_len(&dims, element.size)
             .ok_or_else(|| format!("shape {} is too large for this machine", quoted(shape)))?;
         Ok(NpyHeader {
-            version: (major, minor),
+            version: frame.version,
             dtype,
             fortran_order,
-            shape: dims_out,
-            data_offset: start + header_len,
+            shape: dims,
+            data_offset: frame.data_offset,
             data_len,
         })
     }
