@@ -61,11 +61,6 @@ pub fn available_bytes() -> Option<u64> {
     MemoryLimits::read().available()
 }
 
-/// Memory this process may use in all, in bytes (see [`MemoryLimits::total`]).
-pub fn total_bytes() -> Option<u64> {
-    MemoryLimits::read().total()
-}
-
 fn min_known(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),

@@ -145,7 +145,9 @@ fn simulated(
 /// The backend name of rows measured on the CUDA driver simulator.
 pub const SIM_BACKEND: &str = "cuda-sim";
 
-/// Fills every output column with [`POISON`] on all threads.
+/// Fills every output column with [`POISON`] on all threads (for tests that check every byte of
+/// an output is written).
+#[doc(hidden)]
 pub fn poison(out: &mut Materialized) {
     for c in out.columns_mut() {
         c.as_bytes_mut()

@@ -13,7 +13,6 @@ pub mod cpu;
 pub mod cuda;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -121,20 +120,6 @@ pub fn gbps(bytes: u64, seconds: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-/// Times `f` `repeat` times (at least once), returning each run's seconds.
-///
-/// # Errors
-/// The first error `f` returns.
-pub fn time_runs<E>(repeat: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<Vec<f64>, E> {
-    let mut runs = Vec::with_capacity(repeat.max(1));
-    for _ in 0..repeat.max(1) {
-        let t = Instant::now();
-        f()?;
-        runs.push(t.elapsed().as_secs_f64());
-    }
-    Ok(runs)
 }
 
 /// The deliberately naive reference: for each column, the bytes of each output row copied one

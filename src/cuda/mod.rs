@@ -96,12 +96,14 @@ mod device;
 #[cfg(feature = "cuda")]
 mod engine;
 #[cfg(feature = "cuda")]
+#[doc(hidden)] // public for the NVRTC tests (tests/cuda_nvrtc.rs, the simulator's self-test) only
 pub mod kernels;
 #[cfg(feature = "cuda")]
 mod libs;
 #[cfg(feature = "cuda")]
 mod memory;
 #[cfg(feature = "cuda")]
+#[doc(hidden)] // public for the NVRTC tests only
 pub mod nvrtc;
 #[cfg(feature = "cuda")]
 mod pipeline;
