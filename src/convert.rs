@@ -323,8 +323,7 @@ impl<'a> Target<'a> {
             (Some(path), None) => Ok(Target::Npz(path)),
             (None, Some(dir)) => Ok(Target::Dir(dir)),
             _ => Err(Error::ConflictingOptions {
-                option: "convert",
-                reason: "writes one output: --out OUT.npz or --out-dir DIR".into(),
+                reason: "convert writes one output: --out OUT.npz or --out-dir DIR".into(),
             }),
         }
     }
@@ -344,8 +343,7 @@ pub fn run_on(
     let target = Target::of(options)?;
     if options.compress && options.out.is_none() {
         return Err(Error::ConflictingOptions {
-            option: "--compress",
-            reason: "deflates the members of an --out archive; .npy files in \
+            reason: "--compress deflates the members of an --out archive; .npy files in \
                      --out-dir are never compressed"
                 .into(),
         });

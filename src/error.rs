@@ -277,11 +277,9 @@ pub enum Error {
         reason: String,
     },
     /// Options that cannot be used together, or an option that cannot be used here.
-    #[error("{option}: {reason}")]
+    #[error("conflicting options: {reason}")]
     ConflictingOptions {
-        /// The option concerned.
-        option: &'static str,
-        /// Why.
+        /// Which, and why.
         reason: String,
     },
     /// The handler that turns a fault in a file map into an error cannot be installed.

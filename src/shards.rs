@@ -586,17 +586,16 @@ fn claim_manifest(staged: &mut Staged, out: &Path, manifest: &Manifest, text: &[
 /// output folder; [`Error::PathConflict`] when an output would replace an input.
 pub fn convert_distributed(args: &ConvertOptions) -> Result<ConvertSummary> {
     let started = Instant::now();
-    let out = match (&args.out_dir, &args.out, &args.save_order) {
-        (Some(dir), None, None) => dir.clone(),
-        _ => {
-            return Err(Error::ConflictingOptions {
-                option: "--distributed",
-                reason: "writes one part per rank under --out-dir DIR (not --out, not \
+    let out =
+        match (&args.out_dir, &args.out, &args.save_order) {
+            (Some(dir), None, None) => dir.clone(),
+            _ => return Err(Error::ConflictingOptions {
+                reason:
+                    "--distributed writes one part per rank under --out-dir DIR (not --out, not \
                          --save-order)"
-                    .into(),
-            })
-        }
-    };
+                        .into(),
+            }),
+        };
     let placement = launcher::detect(args.rank, args.world_size)?;
     let (device, ordinal) = rank_device(args.device, &placement)?;
     // A truncated input then reads as zeros and is reported before anything is kept.
@@ -1503,8 +1502,7 @@ pub fn merge_open(args: &MergeOptions) -> Result<(MergeSummary, Vec<File>)> {
         }
         (None, None) => {
             return Err(Error::ConflictingOptions {
-                option: "merge",
-                reason: "needs an output: --out OUT.npz or --out-dir DIR".into(),
+                reason: "merge needs an output: --out OUT.npz or --out-dir DIR".into(),
             })
         }
     };
