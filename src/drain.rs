@@ -3,6 +3,7 @@
 //! the output is allocated once up front; a stream that then yields more or fewer rows is an
 //! error, never a silently short or truncated array.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dtype::DType;
@@ -73,24 +74,7 @@ where
 {
     let started = Instant::now();
     let counter = AllocCounter::new();
-    let strategy = match (options.strategy, options.rows) {
-        (Strategy::Auto, Some(_)) => Strategy::Preallocated,
-        (Strategy::Auto, None) => Strategy::Concat,
-        (Strategy::Preallocated, None) => {
-            return Err(Error::StrategyUnavailable {
-                strategy: "preallocated",
-                reason: "a stream needs a declared row count (DrainOptions::rows) to preallocate"
-                    .into(),
-            })
-        }
-        (Strategy::Pinned, _) => {
-            return Err(Error::StrategyUnavailable {
-                strategy: "pinned",
-                reason: "pinned drains device batches; use the CUDA engine's drain".into(),
-            })
-        }
-        (s, _) => s,
-    };
+    let strategy = stream_strategy(&options)?;
 
     let mut schema: Option<Vec<ColumnArray>> = None; // Preallocated: the output itself.
     let mut kept: Vec<Kept> = Vec::new(); // Concat / PerBatch: the batches.
@@ -120,32 +104,11 @@ where
             }
         }
         if strategy == Strategy::Preallocated {
-            let declared = options.rows.unwrap_or(0);
             if schema.is_none() {
-                let out = template
-                    .iter()
-                    .map(|(name, dtype, shape)| {
-                        let mut parts = shape.clone();
-                        parts.extend([dtype.size(), declared]);
-                        let bytes = checked_bytes(&parts, name)?;
-                        let buf = HostBuf::counted(bytes, name, &counter)?;
-                        ColumnArray::new(
-                            name.as_str(),
-                            dtype.clone(),
-                            shape,
-                            declared,
-                            Box::new(buf),
-                        )
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                schema = Some(out);
+                schema = Some(preallocate(&template, options.rows.unwrap_or(0), &counter)?);
             }
             if let Some(out) = schema.as_mut() {
-                for (o, (name, _, _)) in out.iter_mut().zip(&template) {
-                    let src = batch.column(name)?.as_bytes();
-                    let at = rows * o.row_bytes();
-                    cpu::par_copy(src, &mut o.as_bytes_mut()[at..at + src.len()]);
-                }
+                copy_at(out, &template, &batch, rows)?;
             }
         } else if strategy == Strategy::PerBatch {
             // A host array of each batch, made in the loop; the caller's batch is dropped.
@@ -228,6 +191,58 @@ where
             pin_seconds: None,
         },
     ))
+}
+
+/// The strategy a stream is drained with: `Auto` preallocates when the row count is declared
+/// and concatenates otherwise.
+fn stream_strategy(options: &DrainOptions) -> Result<Strategy> {
+    match (options.strategy, options.rows) {
+        (Strategy::Auto, Some(_)) => Ok(Strategy::Preallocated),
+        (Strategy::Auto, None) => Ok(Strategy::Concat),
+        (Strategy::Preallocated, None) => Err(Error::StrategyUnavailable {
+            strategy: "preallocated",
+            reason: "a stream needs a declared row count (DrainOptions::rows) to preallocate"
+                .into(),
+        }),
+        (Strategy::Pinned, _) => Err(Error::StrategyUnavailable {
+            strategy: "pinned",
+            reason: "pinned drains device batches; use the CUDA engine's drain".into(),
+        }),
+        (s, _) => Ok(s),
+    }
+}
+
+/// `Preallocated`: the output of `rows` rows for the first batch's columns, allocated once.
+fn preallocate(
+    template: &[(String, DType, Vec<usize>)],
+    rows: usize,
+    counter: &Arc<AllocCounter>,
+) -> Result<Vec<ColumnArray>> {
+    template
+        .iter()
+        .map(|(name, dtype, shape)| {
+            let mut parts = shape.clone();
+            parts.extend([dtype.size(), rows]);
+            let bytes = checked_bytes(&parts, name)?;
+            let buf = HostBuf::counted(bytes, name, counter)?;
+            ColumnArray::new(name.as_str(), dtype.clone(), shape, rows, Box::new(buf))
+        })
+        .collect()
+}
+
+/// `Preallocated`: copies `batch` into the output from row `at` on (its rows were checked to fit).
+fn copy_at(
+    out: &mut [ColumnArray],
+    template: &[(String, DType, Vec<usize>)],
+    batch: &Batch,
+    at: usize,
+) -> Result<()> {
+    for (o, (name, _, _)) in out.iter_mut().zip(template) {
+        let src = batch.column(name)?.as_bytes();
+        let start = at * o.row_bytes();
+        cpu::par_copy(src, &mut o.as_bytes_mut()[start..start + src.len()]);
+    }
+    Ok(())
 }
 
 /// A batch held by `Concat` (as the caller made it) or `PerBatch` (as a host copy).
