@@ -45,12 +45,13 @@
 //! - `launcher`, `shards`: rank and world size from torchrun, Slurm or MPI; one rank's part of a
 //!   distributed conversion beside a manifest, the check and the merge
 //!   ([`shards::MergeOptions`]).
-//! - `bench`: the measuring core of `arraydrain bench` and the criterion benches (floors, the
-//!   synthetic workload, the naive reference gather).
+//! - `bench`: what the benchmarks and tests share: the synthetic workload and the naive
+//!   reference gather every output is checked against.
 //!
 //! The command line (`src/bin/arraydrain/`, the `cli` feature, on by default) parses arguments,
 //! draws progress bars from [`convert::ConvertOptions::progress`], removes a run's temporary
-//! files on `SIGINT` / `SIGTERM` through [`fsafe::remove_all_before_exit`] and prints `info`;
+//! files on `SIGINT` / `SIGTERM` through [`fsafe::remove_all_before_exit`], prints `info` and
+//! runs the benchmark harness (timing, same-run floors, the report);
 //! the library itself parses no command line, draws nothing and installs no signal handler
 //! (only the file maps' `SIGBUS` handler, which keeps a truncated input from crashing a read).
 //! Unsafe code is denied crate-wide and allowed in exactly two modules, `cuda` and `mmap`,

@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use arraydrain::bench::cuda::poison;
+use arraydrain::bench::poison;
 use arraydrain::bench::reference;
 use arraydrain::cuda::cudarc::driver::CudaContext;
 use arraydrain::cuda::CudaError;

@@ -16,7 +16,7 @@ mod cudasim_common;
 
 use std::sync::Arc;
 
-use arraydrain::bench::cuda::poison;
+use arraydrain::bench::poison;
 use arraydrain::bench::reference;
 use arraydrain::cuda::{CudaEngine, DeviceColumn, DeviceTable};
 use arraydrain::{

@@ -1,21 +1,17 @@
-//! The benchmark harness behind `arraydrain bench`: a synthetic workload, a naive reference
-//! gather to verify every output before it is timed, the same-run floors, and the result rows
-//! (printed as a table and written as JSON). The backends add their rows through [`BenchRow`]:
-//! [`cpu`] (host threads) and [`cuda`] (the CUDA engine, through its public API only).
+//! What the benchmarks and the equivalence tests share: the synthetic workload, the naive
+//! reference gather every output is checked against, and the memory check before a workload is
+//! built. The harness itself (timing, floors, reports) is the `arraydrain bench` command's
+//! (`src/bin/arraydrain/bench/`); the criterion benches are in `benches/`.
 //!
-//! Every size the harness computes is checked and every large buffer it allocates is fallible:
-//! a workload too large for the machine is an [`Error::HostAllocation`] before anything big is
+//! Every size computed here is checked and every large buffer allocated is fallible: a
+//! workload too large for the machine is an [`Error::HostAllocation`] before anything big is
 //! touched, never an abort.
 //!
 //! [`Error::HostAllocation`]: crate::Error::HostAllocation
 
-pub mod cpu;
-pub mod cuda;
-
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use serde::Serialize;
 
 use crate::batch::Batches;
 use crate::dtype::DType;
@@ -23,104 +19,6 @@ use crate::error::{Error, Result};
 use crate::memory::{checked_bytes, HostBuf};
 use crate::output::Materialized;
 use crate::table::{Column, Table};
-
-pub use cpu::{run_cpu, CpuFloors};
-
-/// Minimum, median and maximum seconds over repeated runs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Timing {
-    /// Fastest run.
-    pub min: f64,
-    /// Median run.
-    pub median: f64,
-    /// Slowest run.
-    pub max: f64,
-}
-
-impl Timing {
-    /// Summarises run times in seconds (an empty list gives zeros).
-    pub fn from_runs(runs: &[f64]) -> Timing {
-        let mut v = runs.to_vec();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return Timing {
-                min: 0.0,
-                median: 0.0,
-                max: 0.0,
-            };
-        }
-        let median = if v.len() % 2 == 1 {
-            v[v.len() / 2]
-        } else {
-            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-        };
-        Timing {
-            min: v[0],
-            median,
-            max: v[v.len() - 1],
-        }
-    }
-}
-
-/// A floor: the time of a plain copy of the same output bytes, measured in the same run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Floor {
-    /// Median seconds.
-    pub seconds: f64,
-    /// Output gigabytes (1e9 bytes) per second at the median.
-    pub gbps: f64,
-    /// All three statistics.
-    pub timing: Timing,
-}
-
-impl Floor {
-    /// A floor from run times over `bytes` bytes.
-    pub fn new(runs: &[f64], bytes: u64) -> Floor {
-        let timing = Timing::from_runs(runs);
-        Floor {
-            seconds: timing.median,
-            gbps: gbps(bytes, timing.median),
-            timing,
-        }
-    }
-}
-
-/// One strategy on one backend.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BenchRow {
-    /// Strategy name (`concat`, `per-batch`, `preallocated`, `pinned`, `auto`, or a
-    /// comparison recipe's name).
-    pub strategy: String,
-    /// `cpu` or `cuda`.
-    pub backend: String,
-    /// Run times.
-    pub seconds: Timing,
-    /// Output GB/s at the median.
-    pub gbps: f64,
-    /// Median seconds over the floor's median seconds (1.0 is the floor).
-    pub floor_ratio: f64,
-    /// The floor the ratio is taken against (`cpu_fresh`, `cuda_d2h_pinned`, …).
-    pub floor: String,
-    /// Peak host bytes the strategy allocated.
-    pub peak_alloc_bytes: u64,
-    /// Peak device bytes the strategy allocated (CUDA).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peak_device_bytes: Option<u64>,
-    /// Seconds spent allocating / pinning page-locked memory (CUDA `pinned`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pin_seconds: Option<f64>,
-    /// Whether the output equalled the reference gather before timing.
-    pub verified: bool,
-}
-
-/// Gigabytes (1e9 bytes) per second.
-pub fn gbps(bytes: u64, seconds: f64) -> f64 {
-    if seconds > 0.0 {
-        bytes as f64 / seconds / 1e9
-    } else {
-        0.0
-    }
-}
 
 /// The deliberately naive reference: for each column, the bytes of each output row copied one
 /// at a time, in order, from the table.
@@ -275,4 +173,17 @@ fn splitmix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// Byte written over outputs before each run, so an element a strategy failed to write shows.
+pub const POISON: u8 = 0xA5;
+
+/// Fills every output column with [`POISON`] on all threads (for tests that check every byte of
+/// an output is written).
+pub fn poison(out: &mut Materialized) {
+    for c in out.columns_mut() {
+        c.as_bytes_mut()
+            .par_chunks_mut(1 << 20)
+            .for_each(|b| b.fill(POISON));
+    }
 }

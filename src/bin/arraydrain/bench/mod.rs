@@ -4,13 +4,19 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use arraydrain::bench::{self, BenchRow, CpuFloors};
+mod cpu;
+mod cuda;
+mod measure;
+
+use arraydrain::bench;
 use arraydrain::{Batches, DType, Loader, Order, Strategy, Table};
 use clap::ValueEnum;
 use serde_json::json;
 
 use crate::progress::BenchProgress;
 use crate::CliResult;
+use cpu::CpuFloors;
+use measure::BenchRow;
 
 /// Which backends to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,7 +201,7 @@ fn run_cpu_pools(
     for count in counts {
         let run = || {
             let threads = rayon::current_num_threads();
-            bench::run_cpu(loader, &cpu_names, args.repeat, reference, || {
+            cpu::run_cpu(loader, &cpu_names, args.repeat, reference, || {
                 progress.tick()
             })
             .map(|(floors, rows)| (threads, floors, rows))
@@ -388,7 +394,7 @@ fn run_cuda_bench(
         Some(list) => list.iter().filter_map(|s| s.parse().ok()).collect(),
         None => CUDA_STRATEGIES.to_vec(),
     };
-    let run = bench::cuda::run(table, batches, &strategies, args.repeat, reference)?;
+    let run = cuda::run(table, batches, &strategies, args.repeat, reference)?;
     if run.device.is_simulator() {
         report.floors_text.push(format!(
             "cuda: {} (no GPU): outputs verified only, nothing timed",
@@ -429,7 +435,7 @@ fn print_table(rows: &[BenchRow]) {
         "strategy", "backend", "median", "min", "max", "GB/s", "x floor", "floor", "peak MiB"
     );
     for r in rows {
-        if r.backend == bench::cuda::SIM_BACKEND {
+        if r.backend == cuda::SIM_BACKEND {
             // The CUDA simulator: no time, GB/s or floor ratio is printed, as none means anything.
             println!(
                 "{:<18} {:<7} {:>10} {:>10} {:>10} {:>8} {:>8} {:>15} {:>9.1}  {}",

@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{gbps, verify, BenchRow, Floor, Timing};
-use crate::memory::HostBuf;
+use arraydrain::bench::verify;
+use arraydrain::memory::{par_copy, HostBuf};
+
+use super::measure::{gbps, BenchRow, Floor, Timing};
 
 /// The CPU floors, measured over the reference's bytes (the exact output bytes, contiguous).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -23,8 +25,8 @@ pub struct CpuFloors {
 enum Contestant {
     Fresh,
     Warm(Vec<HostBuf>),
-    Strategy(crate::Strategy),
-    Into(crate::Materialized),
+    Strategy(arraydrain::Strategy),
+    Into(arraydrain::Materialized),
 }
 
 /// Runs the CPU floors and `strategies` round-robin: every output is verified against
@@ -35,17 +37,15 @@ enum Contestant {
 /// `cpu_warm`; all others with `cpu_fresh`. `tick` is called once per timed run.
 ///
 /// # Errors
-/// The first drain or allocation error, or [`crate::Error::StrategyUnavailable`] for an unknown
+/// The first drain or allocation error, or [`arraydrain::Error::StrategyUnavailable`] for an unknown
 /// strategy name.
 pub fn run_cpu(
-    loader: &crate::Loader<'_, '_>,
+    loader: &arraydrain::Loader<'_, '_>,
     strategies: &[String],
     repeat: usize,
     reference: &[Vec<u8>],
     mut tick: impl FnMut(),
-) -> crate::Result<(CpuFloors, Vec<BenchRow>)> {
-    use crate::gather::cpu::par_copy;
-
+) -> arraydrain::Result<(CpuFloors, Vec<BenchRow>)> {
     let bytes: u64 = reference.iter().map(|r| r.len() as u64).sum();
     let mut contestants = vec![
         Contestant::Fresh,
@@ -53,14 +53,14 @@ pub fn run_cpu(
             reference
                 .iter()
                 .map(|r| HostBuf::copy_of(r, "floor", None))
-                .collect::<crate::Result<Vec<_>>>()?,
+                .collect::<arraydrain::Result<Vec<_>>>()?,
         ),
     ];
     let mut verified = vec![true, true];
     let mut peaks = vec![0u64, 0];
     for name in strategies {
         if name == "preallocated-into" {
-            let mut out = loader.materialize(crate::Strategy::Preallocated)?;
+            let mut out = loader.materialize(arraydrain::Strategy::Preallocated)?;
             for c in out.columns_mut() {
                 c.as_bytes_mut().fill(0xA5); // poison: an unwritten byte fails verification
             }
@@ -69,9 +69,9 @@ pub fn run_cpu(
             peaks.push(0);
             contestants.push(Contestant::Into(out));
         } else {
-            let strategy: crate::Strategy =
+            let strategy: arraydrain::Strategy =
                 name.parse()
-                    .map_err(|reason| crate::Error::StrategyUnavailable {
+                    .map_err(|reason| arraydrain::Error::StrategyUnavailable {
                         strategy: "bench",
                         reason,
                     })?;

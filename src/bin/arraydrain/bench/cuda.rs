@@ -3,25 +3,18 @@
 //! cacheable host memory ([`CudaEngine::time_d2h_pinned`]) — and times every strategy on the
 //! device against it, each output verified against the CPU reference before it is timed. It
 //! uses the engine's public API only; in a build without the `cuda` feature it returns
-//! [`CudaError::NotCompiled`](crate::cuda::CudaError::NotCompiled).
+//! [`CudaError::NotCompiled`](arraydrain::cuda::CudaError::NotCompiled).
 
 use std::time::Instant;
 
-use rayon::prelude::*;
+use arraydrain::bench::{poison, verify};
+use arraydrain::cuda::{CudaEngine, CudaInfo, DeviceTable};
+use arraydrain::{Batches, Result, Strategy, Table};
 
-use super::{gbps, verify, BenchRow, Floor, Timing};
-use crate::batch::Batches;
-use crate::cuda::{CudaEngine, CudaInfo, DeviceTable};
-use crate::error::Result;
-use crate::gather::Strategy;
-use crate::output::Materialized;
-use crate::table::Table;
+use super::measure::{gbps, BenchRow, Floor, Timing};
 
 /// The floor's name in reports.
 pub const FLOOR: &str = "cuda_d2h_pinned";
-
-/// Byte written over outputs before each run, so an element a strategy failed to write shows.
-pub const POISON: u8 = 0xA5;
 
 /// The CUDA results of one benchmark run.
 #[derive(Debug, Clone)]
@@ -56,7 +49,7 @@ pub fn run(
 /// they do in a training loop (their fresh output is zero-filled, not poisoned).
 ///
 /// # Errors
-/// [`CudaError::Unavailable`](crate::cuda::CudaError::Unavailable) and the engine's errors. A strategy whose output differs from
+/// [`CudaError::Unavailable`](arraydrain::cuda::CudaError::Unavailable) and the engine's errors. A strategy whose output differs from
 /// `reference` is not an error: its row says `verified: false`.
 pub fn run_on(
     engine: &CudaEngine,
@@ -145,17 +138,6 @@ fn simulated(
 /// The backend name of rows measured on the CUDA driver simulator.
 pub const SIM_BACKEND: &str = "cuda-sim";
 
-/// Fills every output column with [`POISON`] on all threads (for tests that check every byte of
-/// an output is written).
-#[doc(hidden)]
-pub fn poison(out: &mut Materialized) {
-    for c in out.columns_mut() {
-        c.as_bytes_mut()
-            .par_chunks_mut(1 << 20)
-            .for_each(|b| b.fill(POISON));
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn bench_strategy(
     engine: &CudaEngine,
@@ -223,4 +205,40 @@ fn bench_strategy(
 fn measure_floor(engine: &CudaEngine, bytes: usize, repeat: usize) -> Result<Floor> {
     let runs = engine.time_d2h_pinned(bytes, repeat.max(1))?;
     Ok(Floor::new(&runs, bytes as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use arraydrain::cuda::CudaError;
+    use arraydrain::{Column, DType, Error, Indices};
+
+    use super::*;
+
+    /// Without a CUDA driver the benchmark says so with a typed error and never panics (on a
+    /// machine with a driver there is nothing to check here: tests/cuda_gpu.rs runs there).
+    #[test]
+    fn without_a_driver_the_cuda_benchmark_is_a_typed_error() {
+        if arraydrain::cuda::driver_library_present() {
+            println!("CASE: a CUDA driver library is present; nothing to check");
+            return;
+        }
+        let x: Vec<f32> = (0..40).map(|i| i as f32).collect();
+        let table = Table::builder()
+            .column(Column::from_bytes(
+                "x",
+                DType::F32,
+                &[4],
+                10,
+                bytemuck::cast_slice(&x),
+            ))
+            .build()
+            .unwrap();
+        let batches = Batches::new(Indices::Range { start: 0, end: 10 }, 3, false).unwrap();
+        let reference = arraydrain::bench::reference(&table, &batches).unwrap();
+        match run(&table, &batches, &[Strategy::Pinned], 1, &reference) {
+            Err(Error::Cuda(CudaError::Unavailable { reason })) => assert!(!reason.is_empty()),
+            Err(Error::Cuda(CudaError::NotCompiled)) if cfg!(not(feature = "cuda")) => {}
+            other => panic!("bench::cuda::run: expected CudaUnavailable, got {other:?}"),
+        }
+    }
 }
