@@ -1,5 +1,15 @@
 //! The crate's one error type. Every failure, from bad input to a missing CUDA driver, is a
 //! structured variant here; library code never panics on input.
+//!
+//! The variants fall into four domains. Tables, orders, typed access, streams and memory are
+//! variants of [`Error`] itself, as are files (reading, writing, names, space, faults). A
+//! distributed run's errors belong to their modules and are wrapped:
+//! [`LauncherError`](crate::launcher::LauncherError) as [`Error::Launcher`] and
+//! [`ShardError`](crate::shards::ShardError) as [`Error::Shard`]; so are the CUDA engine's,
+//! [`CudaError`](crate::cuda::CudaError) as [`Error::Cuda`] (defined in every build: without the
+//! `cuda` feature every engine call is `CudaError::NotCompiled`). Sources are typed
+//! ([`std::io::Error`], a batch source's own error). The enum is matched exhaustively by the
+//! Python binding, so a new variant must be given its Python exception class there.
 
 use std::path::PathBuf;
 
