@@ -260,30 +260,18 @@ impl Manifest {
     pub fn compute(spec: &RunSpec) -> Result<Manifest> {
         let w = spec.world_size;
         // The world size is bounded before anything is derived from it.
-        crate::sampler::Shard::new(0, w)?;
+        let shard = crate::sampler::Shard::new(0, w)?;
         if spec.batch_size == 0 {
             return Err(Error::ZeroBatchSize);
         }
-        let n = spec.order_length;
-        let per_rank = if spec.shard_drop_last && n % w != 0 {
-            n / w
-        } else {
-            n.div_ceil(w)
-        };
-        let overflow = || Error::SizeOverflow {
+        let split = shard.split(spec.order_length, spec.shard_drop_last)?;
+        let kept = crate::batch::kept_rows(split.per_rank, spec.batch_size, spec.drop_last)?;
+        let n = split.len;
+        let padded_total = split.total;
+        // kept ≤ per_rank, so this is at most the split's (checked) total.
+        let rows_with_padding = kept.checked_mul(w).ok_or_else(|| Error::SizeOverflow {
             what: format!("an order of {n} positions split over {w} ranks"),
-        };
-        let padded_total = if n == 0 {
-            0
-        } else {
-            per_rank.checked_mul(w).ok_or_else(overflow)?
-        };
-        let kept = if spec.drop_last {
-            per_rank / spec.batch_size * spec.batch_size
-        } else {
-            per_rank
-        };
-        let rows_with_padding = kept.checked_mul(w).ok_or_else(overflow)?;
+        })?;
         let mut m = Manifest {
             format: FORMAT.into(),
             version: VERSION,
