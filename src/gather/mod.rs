@@ -5,6 +5,7 @@
 pub mod cpu;
 
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +15,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::{checked_bytes, AllocCounter, HostBuf};
 use crate::output::{Backend, ColumnArray, Materialized, Report};
+use crate::sampler::IndexSlice;
 use crate::table::{Column, Table};
 
 /// How a drain moves rows into the output.
@@ -108,20 +110,9 @@ pub(crate) fn run_cpu(
             })
         }
     };
-    let bytes = columns.iter().map(|c| c.as_bytes().len() as u64).sum();
-    Ok(Materialized::new(
-        columns,
-        Report {
-            strategy,
-            backend: Backend::Cpu,
-            rows: batches.rows(),
-            bytes,
-            elapsed: started.elapsed(),
-            peak_alloc_bytes: counter.peak(),
-            peak_device_bytes: None,
-            pin_seconds: None,
-        },
-    ))
+    let report = Report::new(strategy, Backend::Cpu, batches.rows(), &columns, started)
+        .with_peak_alloc(counter.peak());
+    Ok(Materialized::new(columns, report))
 }
 
 /// One zero-filled, counted heap array per table column, `rows` rows each.
@@ -218,10 +209,64 @@ pub(crate) fn fill_preallocated(
     out: &mut [ColumnArray],
     progress: Option<&Progress>,
 ) -> Result<()> {
-    let idx = batches.indices();
-    let rows = batches.rows();
+    let sources: Vec<(&[u8], usize)> = table
+        .columns()
+        .iter()
+        .map(|c| (c.bytes(), c.row_bytes()))
+        .collect();
+    let idx = batches.indices().view(0, batches.rows());
+    gather_blocked(&sources, idx, out, |out, rows, done_bytes| {
+        for o in out.iter_mut() {
+            let rb = o.row_bytes();
+            o.storage_mut()
+                .region_done(rows.start * rb..rows.end * rb)?;
+        }
+        if let Some(p) = progress {
+            p(rows.end, done_bytes);
+        }
+        Ok(())
+    })?;
+    for o in out.iter_mut() {
+        o.storage_mut().finish()?;
+    }
+    Ok(())
+}
+
+/// Where a blocked gather writes one column: the output's bytes, `rows × row_bytes` of them.
+pub trait GatherOutput {
+    /// The bytes to gather into.
+    fn output_bytes(&mut self) -> &mut [u8];
+}
+
+impl GatherOutput for ColumnArray {
+    fn output_bytes(&mut self) -> &mut [u8] {
+        self.as_bytes_mut()
+    }
+}
+
+impl GatherOutput for &mut [u8] {
+    fn output_bytes(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+/// The blocked parallel gather into output slices: rows `idx` of every source `(bytes,
+/// row_bytes)` into the matching output, about [`BLOCK_BYTES`] of output (all columns) per
+/// step, each step on all threads. After each step `after_block(outputs, rows, bytes_done)`
+/// runs (progress, write-back of a mapped output, a signal check); its error stops the gather.
+///
+/// Every index of `idx` must be below each source's row count (checked when the order was
+/// resolved) and each output must hold `idx.len() × row_bytes` bytes; slices are still
+/// bounds-checked, so a broken promise panics rather than reading or writing out of bounds.
+pub fn gather_blocked<D: GatherOutput, E>(
+    sources: &[(&[u8], usize)],
+    idx: IndexSlice<'_>,
+    outputs: &mut [D],
+    mut after_block: impl FnMut(&mut [D], Range<usize>, u64) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let rows = idx.len();
     // Zero-width rows have no bytes to move: one step covers them all, however many.
-    let block_rows = match table.row_bytes() {
+    let block_rows = match sources.iter().map(|s| s.1).sum::<usize>() {
         0 => rows.max(1),
         row_bytes => (BLOCK_BYTES / row_bytes).max(1),
     };
@@ -229,26 +274,17 @@ pub(crate) fn fill_preallocated(
     let mut start = 0;
     while start < rows {
         let end = (start + block_rows).min(rows);
-        for (col, o) in table.columns().iter().zip(out.iter_mut()) {
-            let rb = col.row_bytes();
-            // In bounds: `rows * rb` is the column's checked output length.
-            let range = start * rb..end * rb;
+        for (&(src, rb), o) in sources.iter().zip(outputs.iter_mut()) {
             cpu::par_gather(
-                col.bytes(),
+                src,
                 rb,
                 idx.view(start, end),
-                &mut o.as_bytes_mut()[range.clone()],
+                &mut o.output_bytes()[start * rb..end * rb],
             );
-            o.storage_mut().region_done(range)?;
             done_bytes += ((end - start) * rb) as u64;
         }
-        if let Some(p) = progress {
-            p(end, done_bytes);
-        }
+        after_block(outputs, start..end, done_bytes)?;
         start = end;
-    }
-    for o in out.iter_mut() {
-        o.storage_mut().finish()?;
     }
     Ok(())
 }
@@ -308,15 +344,41 @@ fn classic(
             p(batches.range(k).end, done);
         }
     }
-    let mut out = allocate_output(table, batches.rows(), counter)?;
-    for (c, o) in out.iter_mut().enumerate() {
+    let specs: Vec<_> = table
+        .columns()
+        .iter()
+        .map(|c| (c.name(), c.dtype(), c.row_shape()))
+        .collect();
+    concat_kept(&specs, batches.rows(), kept.len(), counter, |k, c| {
+        Ok(kept[k][c].as_bytes())
+    })
+}
+
+/// The classic recipes' last step, the same for a table and a stream: one new counted output
+/// column per `(name, dtype, row shape)`, `rows` rows each, the concatenation of column `c` of
+/// the `batches` kept batches (`part(k, c)`: batch `k`'s bytes of column `c`) in order.
+pub(crate) fn concat_kept<'k>(
+    columns: &[(&str, DType, &[usize])],
+    rows: usize,
+    batches: usize,
+    counter: &Arc<AllocCounter>,
+    part: impl Fn(usize, usize) -> Result<&'k [u8]>,
+) -> Result<Vec<ColumnArray>> {
+    let mut out = Vec::with_capacity(columns.len());
+    for (c, &(name, ref dtype, row_shape)) in columns.iter().enumerate() {
+        let bytes = checked_bytes(&[dtype.size(), row_shape.iter().product(), rows], name)?;
+        let buf = HostBuf::counted(bytes, name, counter)?;
+        // Every byte is written next: fault the pages in ahead, in bulk.
+        buf.prefault();
+        let mut o = ColumnArray::new(name, dtype.clone(), row_shape, rows, Box::new(buf))?;
         let dst = o.as_bytes_mut();
         let mut at = 0;
-        for batch in &kept {
-            let b = batch[c].as_bytes();
+        for k in 0..batches {
+            let b = part(k, c)?;
             dst[at..at + b.len()].copy_from_slice(b);
             at += b.len();
         }
+        out.push(o);
     }
     Ok(out)
 }

@@ -516,16 +516,9 @@ fn stream_report(arrays: &[Array<'_>], rows: usize, started: Instant) -> Report 
         })
         .max()
         .unwrap_or(0);
-    Report {
-        strategy: Strategy::Preallocated,
-        backend: Backend::Cpu,
-        rows,
-        bytes: arrays.iter().map(|a| a.len as u64).sum(),
-        elapsed: started.elapsed(),
-        peak_alloc_bytes: buffer as u64,
-        peak_device_bytes: None,
-        pin_seconds: None,
-    }
+    Report::new(Strategy::Preallocated, Backend::Cpu, rows, &[], started)
+        .with_bytes(arrays.iter().map(|a| a.len as u64).sum())
+        .with_peak_alloc(buffer as u64)
 }
 
 /// Packs `.npy` files into a `.npz` archive, member `NAME.npy` for each `(NAME, file)`, streaming
