@@ -1162,9 +1162,11 @@ impl ShardSet {
         if rows > 0 && row_bytes > 0 {
             // A multiple of the world size, so a block takes the same rows from every part.
             let block_rows = ((8usize << 20) / row_bytes / world).max(1) * world;
-            let gather = |buf: &mut Vec<u8>, start: usize| {
+            let fill = |k: usize, buf: &mut [u8]| {
+                let start = k * block_rows;
                 let end = (start + block_rows).min(rows);
-                buf.resize((end - start) * row_bytes, 0);
+                let len = (end - start) * row_bytes;
+                let buf = &mut buf[..len];
                 let sub = (1usize << 16).div_ceil(row_bytes).max(1);
                 buf.par_chunks_mut(sub * row_bytes)
                     .enumerate()
@@ -1190,25 +1192,14 @@ impl ShardSet {
                         h.update(&sources[r][*done * row_bytes..upto * row_bytes]);
                         *done = upto;
                     });
+                len
             };
-            let mut gather = gather;
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            gather(&mut a, 0);
-            let mut start = 0;
-            while start < rows {
-                let next = start + block_rows;
-                let (written, ()) = rayon::join(
-                    || w.write_all(&a),
-                    || {
-                        if next < rows {
-                            gather(&mut b, next);
-                        }
-                    },
-                );
-                written?;
-                std::mem::swap(&mut a, &mut b);
-                start = next;
-            }
+            // Block k + 1 is gathered while block k is written.
+            let block_len = block_rows.min(rows) * row_bytes;
+            let mut bufs = vec![vec![0u8; block_len], vec![0u8; block_len]];
+            crate::gather::pipelined(rows.div_ceil(block_rows), &mut bufs, fill, |bytes| {
+                w.write_all(bytes)
+            })?;
         }
         // Rows not in the output (the padding, when it is dropped) are checked too.
         let mut issues = Vec::new();

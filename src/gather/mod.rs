@@ -7,6 +7,7 @@ pub mod cpu;
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -289,6 +290,65 @@ pub fn gather_blocked<D: GatherOutput, E>(
     Ok(())
 }
 
+/// Gather-while-writing: block `k + 1` is filled on a scoped thread while this thread writes
+/// block `k`, through the buffers in `bufs` (two, each at least as long as a block; they are
+/// left in `bufs` for the next call). `fill(k, buf)` fills block `k` of `blocks` into `buf` and
+/// returns how many bytes it filled; `write` gets each block's bytes in order, and its first
+/// error stops both sides and is returned.
+pub(crate) fn pipelined<E>(
+    blocks: usize,
+    bufs: &mut Vec<Vec<u8>>,
+    mut fill: impl FnMut(usize, &mut [u8]) -> usize + Send,
+    mut write: impl FnMut(&[u8]) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    debug_assert!(!bufs.is_empty(), "a pipeline needs a buffer");
+    let (to_fill, empty) = mpsc::sync_channel::<Vec<u8>>(bufs.len());
+    let (to_write, full) = mpsc::sync_channel::<(Vec<u8>, usize)>(bufs.len());
+    for buf in bufs.drain(..) {
+        // The receiver is alive: it is this function's `empty`.
+        let _ = to_fill.send(buf);
+    }
+    std::thread::scope(|scope| {
+        let filler = scope.spawn(move || {
+            for k in 0..blocks {
+                // A closed channel means the writer stopped (an error): stop too.
+                let Ok(mut buf) = empty.recv() else { break };
+                let len = fill(k, &mut buf);
+                if to_write.send((buf, len)).is_err() {
+                    break;
+                }
+            }
+            // Handed back with the buffers still in it.
+            empty
+        });
+        let mut result = Ok(());
+        for (buf, len) in full.iter() {
+            if result.is_ok() {
+                result = write(&buf[..len]);
+            }
+            if result.is_ok() {
+                // The filler may already be done; the buffer then comes home below.
+                if let Err(mpsc::SendError(buf)) = to_fill.send(buf) {
+                    bufs.push(buf);
+                }
+            } else {
+                bufs.push(buf);
+                break;
+            }
+        }
+        // Without a sender the filler's next wait ends; each channel holds at most the buffers
+        // there are, so its sends never block. Every buffer then comes home.
+        drop(to_fill);
+        let empty = match filler.join() {
+            Ok(empty) => empty,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        bufs.extend(full.try_iter().map(|(buf, _)| buf));
+        bufs.extend(empty.try_iter());
+        result
+    })
+}
+
 /// Gathers batch `k` of one column into a new counted buffer, on the calling thread, as a
 /// plain loader's collate step does.
 fn gather_batch(
@@ -381,4 +441,80 @@ pub(crate) fn concat_kept<'k>(
         out.push(o);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipelined_writes_every_block_in_order_and_stops_at_the_first_error() {
+        let fill = |k: usize, buf: &mut [u8]| {
+            let len = 1 + k % 3;
+            buf[..len].fill(k as u8);
+            len
+        };
+        let mut bufs = vec![vec![0u8; 4], vec![0u8; 4]];
+        let mut got = Vec::new();
+        pipelined(50, &mut bufs, fill, |b: &[u8]| {
+            got.extend_from_slice(b);
+            Ok::<(), String>(())
+        })
+        .unwrap();
+        let expected: Vec<u8> = (0..50u8)
+            .flat_map(|k| std::iter::repeat_n(k, 1 + k as usize % 3))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(bufs.len(), 2, "the buffers come home for the next call");
+        let mut calls = 0;
+        let err = pipelined(50, &mut bufs, fill, |_: &[u8]| {
+            calls += 1;
+            if calls == 3 {
+                Err("disk full")
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!((err, calls), ("disk full", 3));
+        assert_eq!(bufs.len(), 2, "the buffers come home after an error too");
+    }
+
+    #[test]
+    fn gather_blocked_matches_a_naive_gather_and_reports_each_block() {
+        let rows = 5000usize;
+        let a: Vec<u8> = (0..rows * 12).map(|i| (i % 251) as u8).collect();
+        let b: Vec<u8> = (0..rows * 3).map(|i| (i % 13) as u8).collect();
+        let list: Vec<u64> = (0..rows as u64).rev().chain([7, 7, 0]).collect();
+        let (mut oa, mut ob) = (vec![0u8; list.len() * 12], vec![0u8; list.len() * 3]);
+        let mut outs: [&mut [u8]; 2] = [&mut oa, &mut ob];
+        let mut ends = Vec::new();
+        gather_blocked(
+            &[(&a, 12), (&b, 3)],
+            IndexSlice::List(&list),
+            &mut outs,
+            |_, r, done| {
+                ends.push((r.end, done));
+                Ok::<(), ()>(())
+            },
+        )
+        .unwrap();
+        let naive = |src: &[u8], rb: usize| -> Vec<u8> {
+            list.iter()
+                .flat_map(|&i| src[i as usize * rb..(i as usize + 1) * rb].to_vec())
+                .collect()
+        };
+        assert_eq!(oa, naive(&a, 12));
+        assert_eq!(ob, naive(&b, 3));
+        assert_eq!(ends.last(), Some(&(list.len(), (list.len() * 15) as u64)));
+        // An error from the step stops the gather there.
+        let mut outs: [&mut [u8]; 2] = [&mut oa, &mut ob];
+        let stopped = gather_blocked(
+            &[(&a, 12), (&b, 3)],
+            IndexSlice::Range { start: 0, end: 10 },
+            &mut outs,
+            |_, _, _| Err("interrupted"),
+        );
+        assert_eq!(stopped, Err("interrupted"));
+    }
 }
