@@ -16,6 +16,18 @@ write.
 
 from __future__ import annotations
 
+# The package by job (the public functions are here; the work is in the modules):
+#   _checks   the options of the public functions, checked first
+#   _fast     the fast path: planning (and why not), the epoch's order, the engine's gather
+#   _order    the order one epoch yields, replayed from the loader's own samplers
+#   _paths    the general path's ways out (new arrays, out=, files) over any iterable
+#   _general  the general path's pieces: batch layout, output buffers, text leaves
+#   _files    to_npz / to_npy_dir, and unwinding a write on SIGTERM
+#   _out      out= arrays checked against the drain;  _rng  deferred generator draws
+#   _leaves   leaves: flattening batches, dtypes, the one tensor-to-NumPy conversion
+#   _shards   load_shards;  _progress  progress bars;  _errors  the exception classes
+#   _native   the engine (Rust); its stubs are _native.pyi
+
 import os
 import sys
 import warnings

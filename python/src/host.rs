@@ -577,7 +577,10 @@ impl Sink {
             if shape[0] != n {
                 return Err(mismatch(
                     &m.name,
-                    format!("{} rows, but the batch's first leaf has {n}", shape[0]),
+                    format!(
+                        "{} rows, but the batch's leaf '{}' has {n}",
+                        shape[0], self.metas[0].name
+                    ),
                 ));
             }
             srcs.push(
