@@ -1,6 +1,11 @@
 //! Gather: turning a table, an order and a batching into output rows. The strategies live here —
 //! the three classic recipes kept as honest baselines, and the parallel preallocated gather —
 //! all producing byte-identical output. The CUDA strategies are in `crate::cuda`.
+//!
+//! Every CPU gather into output goes through [`gather_blocked`] (blocks of rows into output
+//! slices, on all threads, with a step between blocks), every gather into a writer through
+//! `pipelined` (the next block gathered while the last is written), and both classic recipes
+//! end in `concat_kept`.
 
 pub mod cpu;
 
@@ -252,7 +257,7 @@ impl GatherOutput for &mut [u8] {
 }
 
 /// The blocked parallel gather into output slices: rows `idx` of every source `(bytes,
-/// row_bytes)` into the matching output, about [`BLOCK_BYTES`] of output (all columns) per
+/// row_bytes)` into the matching output, about 32 MiB of output (all columns) per
 /// step, each step on all threads. After each step `after_block(outputs, rows, bytes_done)`
 /// runs (progress, write-back of a mapped output, a signal check); its error stops the gather.
 ///
