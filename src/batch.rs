@@ -47,12 +47,7 @@ impl Batches {
 
     /// Number of batches.
     pub fn len(&self) -> usize {
-        let n = self.indices.len();
-        if self.drop_last {
-            n / self.batch_size
-        } else {
-            n.div_ceil(self.batch_size)
-        }
+        batch_count(self.indices.len(), self.batch_size, self.drop_last)
     }
 
     /// True when there are no batches.
@@ -62,11 +57,7 @@ impl Batches {
 
     /// Rows in the output: the sum of all batch sizes.
     pub fn rows(&self) -> usize {
-        if self.drop_last {
-            self.len() * self.batch_size
-        } else {
-            self.indices.len()
-        }
+        rows_kept(self.indices.len(), self.batch_size, self.drop_last)
     }
 
     /// Positions (into the index list, and so into the output) of batch `k`.
@@ -80,6 +71,39 @@ impl Batches {
     pub fn output_indices(&self) -> Indices {
         self.indices.slice(0, self.rows())
     }
+}
+
+/// Batches of `batch_size` (≥ 1) over `rows` positions, as PyTorch's `BatchSampler` counts
+/// them: a short last batch counts unless `drop_last`.
+fn batch_count(rows: usize, batch_size: usize, drop_last: bool) -> usize {
+    if drop_last {
+        rows / batch_size
+    } else {
+        rows.div_ceil(batch_size)
+    }
+}
+
+/// Positions left of `rows` once cut into batches of `batch_size` (≥ 1): all of them, or with
+/// `drop_last` only the full batches' (never more than `rows`, so it cannot overflow).
+fn rows_kept(rows: usize, batch_size: usize, drop_last: bool) -> usize {
+    if drop_last {
+        rows - rows % batch_size
+    } else {
+        rows
+    }
+}
+
+/// The rows one rank's loader yields from `rows` positions in batches of `batch_size` — every
+/// row, or with `drop_last` (the `DataLoader`'s) those of the full batches only — as
+/// [`Batches::rows`] counts them, without an index list.
+///
+/// # Errors
+/// [`Error::ZeroBatchSize`].
+pub fn kept_rows(rows: usize, batch_size: usize, drop_last: bool) -> Result<usize> {
+    if batch_size == 0 {
+        return Err(Error::ZeroBatchSize);
+    }
+    Ok(rows_kept(rows, batch_size, drop_last))
 }
 
 #[cfg(test)]
@@ -100,5 +124,21 @@ mod tests {
             Batches::new(Indices::Range { start: 0, end: 1 }, 0, false),
             Err(Error::ZeroBatchSize)
         ));
+    }
+
+    #[test]
+    fn kept_rows_at_the_limits() {
+        assert_eq!(kept_rows(usize::MAX, 1, true).unwrap(), usize::MAX);
+        assert_eq!(kept_rows(usize::MAX, 2, true).unwrap(), usize::MAX - 1);
+        assert_eq!(kept_rows(usize::MAX, usize::MAX, true).unwrap(), usize::MAX);
+        assert_eq!(kept_rows(usize::MAX - 1, usize::MAX, true).unwrap(), 0);
+        assert_eq!(kept_rows(usize::MAX, 7, false).unwrap(), usize::MAX);
+        assert_eq!(kept_rows(0, 3, true).unwrap(), 0);
+        let err = kept_rows(5, 0, false).unwrap_err();
+        assert!(matches!(err, Error::ZeroBatchSize), "{err}");
+        assert!(err.to_string().contains("batch"), "{err}");
+        // The same count as a batched index list gives.
+        let b = Batches::new(Indices::Range { start: 0, end: 10 }, 4, true).unwrap();
+        assert_eq!(kept_rows(10, 4, true).unwrap(), b.rows());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gather::{cpu, Strategy};
+use crate::gather::{self, cpu, Strategy};
 use crate::memory::{checked_bytes, AllocCounter, HostBuf};
 use crate::output::{Backend, Batch, ColumnArray, Materialized, Report};
 
@@ -148,49 +148,23 @@ where
             out
         }
         None => {
-            let mut out = Vec::with_capacity(template.len());
-            for (c, (name, dtype, shape)) in template.iter().enumerate() {
-                let mut parts = shape.clone();
-                parts.extend([dtype.size(), rows]);
-                let bytes = checked_bytes(&parts, name)?;
-                let mut buf = HostBuf::counted(bytes, name, &counter)?;
-                let dst = buf.as_bytes_mut();
-                let mut at = 0;
-                for b in &kept {
-                    let src = match b {
-                        Kept::Batch(batch) => batch.column(name)?.as_bytes(),
-                        Kept::Host(cols) => cols[c].as_bytes(),
-                    };
-                    dst[at..at + src.len()].copy_from_slice(src);
-                    at += src.len();
-                }
-                out.push(ColumnArray::new(
-                    name.as_str(),
-                    dtype.clone(),
-                    shape,
-                    rows,
-                    Box::new(buf),
-                )?);
-            }
+            let specs: Vec<_> = template
+                .iter()
+                .map(|(name, dtype, shape)| (name.as_str(), dtype.clone(), shape.as_slice()))
+                .collect();
+            let out =
+                gather::concat_kept(&specs, rows, kept.len(), &counter, |k, c| match &kept[k] {
+                    Kept::Batch(batch) => Ok(batch.column(specs[c].0)?.as_bytes()),
+                    Kept::Host(cols) => Ok(cols[c].as_bytes()),
+                })?;
             drop(kept);
             counter.sub(kept_batch_bytes);
             out
         }
     };
-    let bytes = columns.iter().map(|c| c.as_bytes().len() as u64).sum();
-    Ok(Materialized::new(
-        columns,
-        Report {
-            strategy,
-            backend: Backend::Cpu,
-            rows,
-            bytes,
-            elapsed: started.elapsed(),
-            peak_alloc_bytes: counter.peak(),
-            peak_device_bytes: None,
-            pin_seconds: None,
-        },
-    ))
+    let report = Report::new(strategy, Backend::Cpu, rows, &columns, started)
+        .with_peak_alloc(counter.peak());
+    Ok(Materialized::new(columns, report))
 }
 
 /// The strategy a stream is drained with: `Auto` preallocates when the row count is declared

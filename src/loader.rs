@@ -206,20 +206,13 @@ impl<'t, 'a> Loader<'t, 'a> {
             out.columns_mut(),
             self.progress.as_ref(),
         )?;
-        let report = Report {
-            strategy: Strategy::Preallocated,
-            backend: Backend::Cpu,
-            rows: batches.rows(),
-            bytes: out
-                .columns()
-                .iter()
-                .map(|c| c.as_bytes().len() as u64)
-                .sum(),
-            elapsed: started.elapsed(),
-            peak_alloc_bytes: 0,
-            peak_device_bytes: None,
-            pin_seconds: None,
-        };
+        let report = Report::new(
+            Strategy::Preallocated,
+            Backend::Cpu,
+            batches.rows(),
+            out.columns(),
+            started,
+        );
         out.set_report(report.clone());
         Ok(report)
     }
@@ -268,19 +261,16 @@ impl Materialized {
     /// [`Loader::materialize_into`]. Its report is empty until then.
     pub fn from_columns(columns: Vec<ColumnArray>) -> Self {
         let rows = columns.first().map_or(0, |c| c.rows());
-        Materialized::new(
-            columns,
-            Report {
-                strategy: Strategy::Preallocated,
-                backend: Backend::Cpu,
-                rows,
-                bytes: 0,
-                elapsed: std::time::Duration::ZERO,
-                peak_alloc_bytes: 0,
-                peak_device_bytes: None,
-                pin_seconds: None,
-            },
+        let mut report = Report::new(
+            Strategy::Preallocated,
+            Backend::Cpu,
+            rows,
+            &columns,
+            std::time::Instant::now(),
         )
+        .with_bytes(0);
+        report.elapsed = std::time::Duration::ZERO;
+        Materialized::new(columns, report)
     }
 }
 

@@ -7,7 +7,7 @@
 use std::any::Any;
 use std::fmt;
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ndarray::{Array, ArrayD, ArrayViewD, ArrayViewMutD, Dimension, IxDyn};
 
@@ -382,6 +382,49 @@ pub struct Report {
     /// Time spent allocating and pinning page-locked memory (CUDA `Pinned` only; zero when the
     /// pool already held it).
     pub pin_seconds: Option<f64>,
+}
+
+impl Report {
+    /// What a drain of `rows` rows into `columns` did: their bytes, the wall time since
+    /// `started`; no memory figures (see [`Report::with_peak_alloc`], [`Report::with_device`]).
+    pub fn new(
+        strategy: crate::Strategy,
+        backend: Backend,
+        rows: usize,
+        columns: &[ColumnArray],
+        started: Instant,
+    ) -> Self {
+        Report {
+            strategy,
+            backend,
+            rows,
+            bytes: columns.iter().map(|c| c.as_bytes().len() as u64).sum(),
+            elapsed: started.elapsed(),
+            peak_alloc_bytes: 0,
+            peak_device_bytes: None,
+            pin_seconds: None,
+        }
+    }
+
+    /// With `bytes` written in place of the columns' bytes (a drain straight to files).
+    pub fn with_bytes(mut self, bytes: u64) -> Self {
+        self.bytes = bytes;
+        self
+    }
+
+    /// With the most host bytes the strategy's buffers held at once.
+    pub fn with_peak_alloc(mut self, bytes: u64) -> Self {
+        self.peak_alloc_bytes = bytes;
+        self
+    }
+
+    /// With the CUDA figures: the most device bytes allocated at once and, for `Pinned`, the
+    /// time spent pinning.
+    pub fn with_device(mut self, peak_device_bytes: u64, pin_seconds: Option<f64>) -> Self {
+        self.peak_device_bytes = Some(peak_device_bytes);
+        self.pin_seconds = pin_seconds;
+        self
+    }
 }
 
 /// The result of a drain: one array per column, in table order, and a [`Report`].

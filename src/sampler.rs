@@ -72,6 +72,86 @@ impl Shard {
         }
         Ok(Shard { rank, world_size })
     }
+
+    /// How `DistributedSampler` splits an order of `len` positions over this shard's ranks:
+    /// padded by wrapping around to a multiple of the world size, or, with `drop_last` (the
+    /// sampler's, not the `DataLoader`'s), cut down to one.
+    ///
+    /// # Errors
+    /// [`Error::SizeOverflow`] when the padded length overflows `usize`.
+    pub fn split(self, len: usize, drop_last: bool) -> Result<ShardSplit> {
+        let w = self.world_size;
+        let per_rank = if drop_last && len % w != 0 {
+            // ceil((len - w) / w) == floor(len / w) for len % w != 0.
+            len / w
+        } else {
+            len.div_ceil(w)
+        };
+        let total = per_rank.checked_mul(w).ok_or_else(|| Error::SizeOverflow {
+            what: format!("an order of {len} positions padded to a multiple of {w} ranks"),
+        })?;
+        Ok(ShardSplit {
+            len,
+            per_rank,
+            total,
+        })
+    }
+
+    /// The positions (into an order of `len`) this rank takes, in order: `rank, rank +
+    /// world_size, …` below the split's total, wrapping around the order for the padding
+    /// (repeatedly, when the order is shorter than the padding).
+    ///
+    /// # Errors
+    /// As [`Shard::split`].
+    pub fn positions(
+        self,
+        len: usize,
+        drop_last: bool,
+    ) -> Result<(impl ExactSizeIterator<Item = usize>, usize)> {
+        let split = self.split(len, drop_last)?;
+        let count = split.per_rank;
+        let (rank, w) = (self.rank, self.world_size);
+        // rank < w, so position `rank + k·w` for k < per_rank is below total (checked above).
+        let positions = (0..count).map(move |k| (rank + k * w) % len.max(1));
+        Ok((positions, count))
+    }
+
+    /// This rank's share of `order` (any values: dataset indices, PyTorch's permutation), as
+    /// `DistributedSampler` takes it.
+    ///
+    /// # Errors
+    /// As [`Shard::split`]; [`Error::HostAllocation`] when the share cannot be allocated.
+    pub fn take<T: Copy>(self, order: &[T], drop_last: bool) -> Result<Vec<T>> {
+        let (positions, count) = self.positions(order.len(), drop_last)?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(count).map_err(|e| {
+            Error::alloc(
+                count.saturating_mul(std::mem::size_of::<T>()),
+                "the shard's index list",
+                e,
+            )
+        })?;
+        out.extend(positions.map(|p| order[p]));
+        Ok(out)
+    }
+}
+
+/// The sizes of one `DistributedSampler` split (see [`Shard::split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSplit {
+    /// Length of the order before the split.
+    pub len: usize,
+    /// Positions each rank takes.
+    pub per_rank: usize,
+    /// Length of the padded (or cut) order: `per_rank × world_size`.
+    pub total: usize,
+}
+
+impl ShardSplit {
+    /// Positions repeated from the order's start to pad it (0 when cut or even).
+    pub fn padding(&self) -> usize {
+        self.total.saturating_sub(self.len)
+    }
 }
 
 /// A resolved, validated index list: every entry is `< rows` of the table it was made for.
@@ -180,7 +260,7 @@ impl Indices {
         let Some(shard) = shard else {
             return Ok(base);
         };
-        let (positions, count) = shard_positions(base.len(), shard, shard_drop_last)?;
+        let (positions, count) = shard.positions(base.len(), shard_drop_last)?;
         let mut list = index_vec(count, "the shard's index list")?;
         list.extend(positions.map(|p| base.get(p).map_or(0, |v| v as u64)));
         Ok(Indices::List(list.into()))
@@ -215,6 +295,17 @@ impl IndexSlice<'_> {
         self.len() == 0
     }
 
+    /// The indices `from..to` of this run (no copy).
+    pub fn view(self, from: usize, to: usize) -> Self {
+        match self {
+            IndexSlice::Range { start, .. } => IndexSlice::Range {
+                start: start + from,
+                end: start + to,
+            },
+            IndexSlice::List(l) => IndexSlice::List(&l[from..to]),
+        }
+    }
+
     /// Splits at position `mid`.
     pub fn split_at(self, mid: usize) -> (Self, Self) {
         match self {
@@ -234,36 +325,6 @@ impl IndexSlice<'_> {
             }
         }
     }
-}
-
-/// The positions (into a base order of `n`) that `shard` takes, as `DistributedSampler` does,
-/// and how many there are.
-///
-/// # Errors
-/// [`Error::SizeOverflow`] when the padded order's length overflows.
-fn shard_positions(
-    n: usize,
-    shard: Shard,
-    drop_last: bool,
-) -> Result<(impl Iterator<Item = usize>, usize)> {
-    let w = shard.world_size;
-    let per_rank = if drop_last && n % w != 0 {
-        // ceil((n - w) / w) == floor(n / w) for n % w != 0.
-        n / w
-    } else {
-        n.div_ceil(w)
-    };
-    let total = if n == 0 {
-        0
-    } else {
-        per_rank.checked_mul(w).ok_or_else(|| Error::SizeOverflow {
-            what: format!("an order of {n} rows padded to a multiple of {w} ranks"),
-        })?
-    };
-    let count = if n == 0 { 0 } else { per_rank };
-    // Padding wraps around the base order (repeatedly, when it is shorter than the padding).
-    let positions = (shard.rank..total).step_by(w).map(move |p| p % n.max(1));
-    Ok((positions, count))
 }
 
 /// An empty vector with room for `len` indices, or an error when that memory cannot be had
@@ -392,5 +453,57 @@ mod tests {
             })
             .collect();
         assert_eq!(all, vec![0, 1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn split_at_the_limits() {
+        let max = MAX_WORLD_SIZE;
+        // Padding usize::MAX positions to a multiple of 2 (or of the largest world) overflows;
+        // the error names the sizes.
+        for w in [2, 7, max] {
+            let err = Shard::new(0, w)
+                .unwrap()
+                .split(usize::MAX, false)
+                .unwrap_err();
+            assert!(matches!(err, Error::SizeOverflow { .. }), "{err}");
+            assert!(err.to_string().contains(&w.to_string()), "{err}");
+        }
+        // Cutting never overflows, nor does a split that is already even.
+        let s = Shard::new(max - 1, max)
+            .unwrap()
+            .split(usize::MAX, true)
+            .unwrap();
+        assert_eq!(s.per_rank, usize::MAX / max);
+        assert_eq!(s.total, usize::MAX / max * max);
+        assert_eq!(s.padding(), 0);
+        let s = Shard::new(0, 1).unwrap().split(usize::MAX, false).unwrap();
+        assert_eq!((s.per_rank, s.total), (usize::MAX, usize::MAX));
+        // The largest order that pads without overflow: total is the largest multiple of w.
+        let w = 3usize;
+        let top = usize::MAX - usize::MAX % w; // a multiple of 3
+        let s = Shard::new(2, w).unwrap().split(top - 1, false).unwrap();
+        assert_eq!((s.total, s.padding()), (top, 1));
+        // The last rank's last position of that split is in range, and wraps for the padding.
+        let (mut pos, count) = Shard::new(2, w).unwrap().positions(top - 1, false).unwrap();
+        assert_eq!(count, top / w);
+        assert_eq!(pos.nth(count - 1), Some(0));
+        // Empty orders split into nothing; world sizes past the limit are refused first.
+        let s = Shard::new(0, 4).unwrap().split(0, false).unwrap();
+        assert_eq!((s.per_rank, s.total), (0, 0));
+        assert!(matches!(
+            Shard::new(0, max + 1),
+            Err(Error::WorldSizeTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn take_shards_any_values() {
+        // torch DistributedSampler(range(10), num_replicas=4) over a permutation: rank 2 takes
+        // positions 2, 6 and (padding) 10 % 10 = 0.
+        let perm = [9i64, 3, 7, 1, 0, 2, 8, 4, 6, 5];
+        let s = Shard::new(2, 4).unwrap();
+        assert_eq!(s.take(&perm, false).unwrap(), vec![7, 8, 9]);
+        assert_eq!(s.take(&perm, true).unwrap(), vec![7, 8]);
+        assert!(s.take::<i64>(&[], false).unwrap().is_empty());
     }
 }

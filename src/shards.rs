@@ -260,30 +260,18 @@ impl Manifest {
     pub fn compute(spec: &RunSpec) -> Result<Manifest> {
         let w = spec.world_size;
         // The world size is bounded before anything is derived from it.
-        crate::sampler::Shard::new(0, w)?;
+        let shard = crate::sampler::Shard::new(0, w)?;
         if spec.batch_size == 0 {
             return Err(Error::ZeroBatchSize);
         }
-        let n = spec.order_length;
-        let per_rank = if spec.shard_drop_last && n % w != 0 {
-            n / w
-        } else {
-            n.div_ceil(w)
-        };
-        let overflow = || Error::SizeOverflow {
+        let split = shard.split(spec.order_length, spec.shard_drop_last)?;
+        let kept = crate::batch::kept_rows(split.per_rank, spec.batch_size, spec.drop_last)?;
+        let n = split.len;
+        let padded_total = split.total;
+        // kept ≤ per_rank, so this is at most the split's (checked) total.
+        let rows_with_padding = kept.checked_mul(w).ok_or_else(|| Error::SizeOverflow {
             what: format!("an order of {n} positions split over {w} ranks"),
-        };
-        let padded_total = if n == 0 {
-            0
-        } else {
-            per_rank.checked_mul(w).ok_or_else(overflow)?
-        };
-        let kept = if spec.drop_last {
-            per_rank / spec.batch_size * spec.batch_size
-        } else {
-            per_rank
-        };
-        let rows_with_padding = kept.checked_mul(w).ok_or_else(overflow)?;
+        })?;
         let mut m = Manifest {
             format: FORMAT.into(),
             version: VERSION,
@@ -1220,9 +1208,11 @@ impl ShardSet {
         if rows > 0 && row_bytes > 0 {
             // A multiple of the world size, so a block takes the same rows from every part.
             let block_rows = ((8usize << 20) / row_bytes / world).max(1) * world;
-            let gather = |buf: &mut Vec<u8>, start: usize| {
+            let fill = |k: usize, buf: &mut [u8]| {
+                let start = k * block_rows;
                 let end = (start + block_rows).min(rows);
-                buf.resize((end - start) * row_bytes, 0);
+                let len = (end - start) * row_bytes;
+                let buf = &mut buf[..len];
                 let sub = (1usize << 16).div_ceil(row_bytes).max(1);
                 buf.par_chunks_mut(sub * row_bytes)
                     .enumerate()
@@ -1248,25 +1238,14 @@ impl ShardSet {
                         h.update(&sources[r][*done * row_bytes..upto * row_bytes]);
                         *done = upto;
                     });
+                len
             };
-            let mut gather = gather;
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            gather(&mut a, 0);
-            let mut start = 0;
-            while start < rows {
-                let next = start + block_rows;
-                let (written, ()) = rayon::join(
-                    || w.write_all(&a),
-                    || {
-                        if next < rows {
-                            gather(&mut b, next);
-                        }
-                    },
-                );
-                written?;
-                std::mem::swap(&mut a, &mut b);
-                start = next;
-            }
+            // Block k + 1 is gathered while block k is written.
+            let block_len = block_rows.min(rows) * row_bytes;
+            let mut bufs = vec![vec![0u8; block_len], vec![0u8; block_len]];
+            crate::gather::pipelined(rows.div_ceil(block_rows), &mut bufs, fill, |bytes| {
+                w.write_all(bytes)
+            })?;
         }
         // Rows not in the output (the padding, when it is dropped) are checked too.
         let mut issues = Vec::new();

@@ -18,13 +18,13 @@ from . import _native
 from ._errors import DrainMemoryError, DrainTypeError, DrainValueError
 from ._leaves import (
     _LEAF,
-    BFLOAT16_MESSAGE,
     engine_dtype,
     flatten,
     is_tensor,
     key_path,
     rebuild,
     same_structure,
+    tensor_numpy,
     torch_numpy_dtype,
 )
 
@@ -54,26 +54,6 @@ class GLeaf:
 
 
 _TORCH_DTYPES: dict = {}
-
-
-def _tensor_array(x, name: str) -> np.ndarray:
-    """A CPU NumPy view (or, for CUDA, conjugated or negated views, one copy) of a tensor."""
-    t = x.detach() if x.requires_grad else x
-    if t.is_conj():
-        t = t.resolve_conj()
-    if t.is_neg():
-        t = t.resolve_neg()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    try:
-        return t.numpy()
-    except TypeError as e:
-        import torch
-
-        if t.dtype == torch.bfloat16:
-            raise DrainTypeError(BFLOAT16_MESSAGE.format(where=f"leaf {name!r}")) from None
-        torch_numpy_dtype(t, name)  # raises the specific message
-        raise DrainTypeError(f"leaf {name!r}: {e}") from e
 
 
 def _layout(x, name: str, batched: bool) -> GLeaf:
@@ -241,11 +221,11 @@ def fill(layout: Layout, first, it, out: Output, bar, check_overlap=False):
                     try:
                         a = x.numpy()
                     except (RuntimeError, TypeError):
-                        a = _tensor_array(x, leaf.name)
+                        a = tensor_numpy(x, leaf.name)
                 elif isinstance(x, np.ndarray):
                     a = x
                 elif is_tensor(x):
-                    a = _tensor_array(x, leaf.name)
+                    a = tensor_numpy(x, leaf.name)
                 else:
                     raise DrainTypeError(
                         f"batch {k}, leaf {leaf.name!r} is a {type(x).__name__}, "

@@ -235,22 +235,45 @@ def same_structure(a: Any, b: Any) -> bool:
     return all(same_structure(x, y) for x, y in zip(a[2], b[2]))
 
 
+def resolved_tensor(x):
+    """A tensor's values as a plain tensor (no autograd, no lazy conjugate or negation), on its
+    own device; no copy when it already is one."""
+    t = x.detach() if x.requires_grad else x
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    return t
+
+
+def tensor_numpy(x, where: str, contiguous: bool = False) -> np.ndarray:
+    """A tensor as a NumPy array on the host — the one place a tensor becomes NumPy: a view of a
+    plain CPU tensor, one copy otherwise (a device tensor, a conjugate or negative view, and,
+    with ``contiguous``, a tensor that is not C-contiguous). A dtype NumPy lacks raises the
+    specific ``DrainTypeError``."""
+    t = resolved_tensor(x)
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if contiguous and not t.is_contiguous():
+        t = t.contiguous()
+    try:
+        return t.numpy()
+    except TypeError as e:
+        import torch
+
+        if t.dtype == torch.bfloat16:
+            raise DrainTypeError(BFLOAT16_MESSAGE.format(where=f"leaf {where!r}")) from None
+        torch_numpy_dtype(t, where)  # raises the specific message
+        raise DrainTypeError(f"leaf {where!r}: {e}") from e
+
+
 def host_bytes(x, where: str, batched: bool = True) -> tuple[np.ndarray, np.dtype, tuple[int, ...]]:
     """A CPU leaf as ``(uint8 array (rows, row_bytes) viewing it, dtype, row shape)``; one
     contiguous copy when the leaf is not C-contiguous, none otherwise. ``batched=False`` treats
     the leaf as one row."""
     if is_tensor(x):
         dtype = torch_numpy_dtype(x, where)
-        t = x.detach()
-        if t.is_conj():
-            t = t.resolve_conj()
-        if t.is_neg():
-            t = t.resolve_neg()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        if not t.is_contiguous():
-            t = t.contiguous()
-        a = t.numpy()
+        a = tensor_numpy(x, where, contiguous=True)
     elif isinstance(x, np.ndarray):
         dtype = x.dtype
         engine_dtype(dtype, where)

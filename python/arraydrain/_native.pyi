@@ -89,6 +89,13 @@ def gather_to_files(
 def check_name(name: str) -> None:
     """Raises ``DrainValueError`` unless ``name`` is a plain file name (the writers' rule)."""
 
+def shard_order(order: Indices, rank: int, world_size: int, drop_last: bool) -> Indices:
+    """Rank ``rank``'s share of ``order`` as ``DistributedSampler`` takes it (the library's
+    checked padding / cut and striding)."""
+
+def kept_rows(rows: int, batch_size: int, drop_last: bool) -> int:
+    """The rows left of ``rows`` in batches of ``batch_size`` (``drop_last``: full ones only)."""
+
 def cuda_compiled() -> bool: ...
 def cuda_status(ordinal: int) -> tuple[bool, str]: ...
 def cuda_gather(

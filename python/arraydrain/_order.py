@@ -10,12 +10,11 @@ any other sampler or batch sampler is walked in Python.
 
 from __future__ import annotations
 
-import itertools
-import math
 import sys
 
 import numpy as np
 
+from . import _native
 from ._errors import DrainIndexError, DrainTypeError
 
 
@@ -145,16 +144,10 @@ def _sampler_replay(sampler, deferred: list):
                 base = torch.randperm(n, generator=g).numpy().astype(np.int64, copy=False)
             else:
                 base = np.arange(n, dtype=np.int64)
-            total = sampler.total_size
-            if not sampler.drop_last:
-                pad = total - n
-                if pad <= n:
-                    base = np.concatenate([base, base[:pad]])
-                else:
-                    base = np.concatenate([base] * (1 + math.ceil(pad / n)))[:total]
-            else:
-                base = base[:total]
-            return base[sampler.rank : total : sampler.num_replicas]
+            # The padding (or cut) and striding: the library's one checked arithmetic.
+            return _native.shard_order(
+                np.ascontiguousarray(base), sampler.rank, sampler.num_replicas, sampler.drop_last
+            )
 
         return distributed_order
     return None
@@ -279,7 +272,7 @@ def epoch_order(loader, deferred: list | None = None) -> np.ndarray | range:
         for draw in deferred:
             draw()
     if batch_sampler is not None and batch_sampler.drop_last:
-        order = order[: (len(order) // batch_sampler.batch_size) * batch_sampler.batch_size]
+        order = order[: _native.kept_rows(len(order), batch_sampler.batch_size, True)]
     if isinstance(order, range):
         return order  # a sequential order: no index array at all
     return np.ascontiguousarray(order, dtype=np.int64)
@@ -320,21 +313,18 @@ def declared_rows(loader, items_are_batches: bool = True) -> tuple[int | None, b
         if isinstance(loader.dataset, IterableDataset):
             n = len(loader.dataset)
             if loader.batch_size is not None and loader.drop_last:
-                return (n // loader.batch_size) * loader.batch_size, False
+                return _native.kept_rows(n, loader.batch_size, True), False
             return n, False
         if loader.batch_sampler is None:
             if not items_are_batches:
                 return len(loader.sampler), True
             inner = loader.sampler
             if type(inner) is BatchSampler:
-                n = len(inner.sampler)
-                bs = inner.batch_size
-                return ((n // bs) * bs if inner.drop_last else n), True
+                return _native.kept_rows(len(inner.sampler), inner.batch_size, inner.drop_last), True
             return None, False
         if type(loader.batch_sampler) is BatchSampler:
-            n = len(loader.batch_sampler.sampler)
-            bs = loader.batch_sampler.batch_size
-            return ((n // bs) * bs if loader.batch_sampler.drop_last else n), True
+            bs = loader.batch_sampler
+            return _native.kept_rows(len(bs.sampler), bs.batch_size, bs.drop_last), True
     except TypeError:
         return None, False
     return None, False

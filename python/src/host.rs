@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arraydrain::dtype::Opaque;
 use arraydrain::fsafe::Staged;
-use arraydrain::gather::cpu;
+use arraydrain::gather::{cpu, gather_blocked};
 use arraydrain::memory::HostBuf;
 use arraydrain::npy::{self, MappedNpy, WriteOptions};
 use arraydrain::{
@@ -22,7 +22,7 @@ use pyo3::prelude::*;
 use crate::buffer::Buffer;
 use crate::errors::{to_py, IntoPy, Kind};
 
-/// Output rows per step of a gather into caller arrays (progress is reported per step).
+/// Bytes of output the sink lets a mapped file write back and release per step.
 const BLOCK_BYTES: usize = 32 << 20;
 
 /// One column as the Python package describes it: a name, its bytes as a C-contiguous `uint8`
@@ -374,27 +374,17 @@ fn gather_into(
     dsts: &mut [&mut [u8]],
     progress: Option<&Py<PyAny>>,
 ) -> PyResult<()> {
-    let n = idx.len();
-    let total: usize = row_bytes.iter().sum();
-    let block = (BLOCK_BYTES / total.max(1)).max(1);
-    let mut start = 0;
-    while start < n {
-        let end = (start + block).min(n);
-        for ((src, &rb), dst) in bytes.iter().zip(row_bytes).zip(dsts.iter_mut()) {
-            cpu::par_gather(
-                src,
-                rb,
-                idx.view(start, end),
-                &mut dst[start * rb..end * rb],
-            );
-        }
+    let sources: Vec<(&[u8], usize)> = bytes
+        .iter()
+        .copied()
+        .zip(row_bytes.iter().copied())
+        .collect();
+    gather_blocked(&sources, idx.view(0, idx.len()), dsts, |_, rows, _| {
         if let Some(cb) = progress {
-            call_progress_checked(cb, end)?;
+            call_progress_checked(cb, rows.end)?;
         }
-        check_signals()?;
-        start = end;
-    }
-    Ok(())
+        check_signals()
+    })
 }
 
 /// Gathers straight into a `.npz` archive (`kind == "npz"`) or a folder of `.npy` files
@@ -587,7 +577,10 @@ impl Sink {
             if shape[0] != n {
                 return Err(mismatch(
                     &m.name,
-                    format!("{} rows, but the batch's first leaf has {n}", shape[0]),
+                    format!(
+                        "{} rows, but the batch's leaf '{}' has {n}",
+                        shape[0], self.metas[0].name
+                    ),
                 ));
             }
             srcs.push(

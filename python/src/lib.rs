@@ -14,6 +14,7 @@ mod buffer;
 mod cuda;
 mod errors;
 mod host;
+mod order;
 mod shards;
 
 use pyo3::prelude::*;
@@ -32,6 +33,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(host::gather, m)?)?;
     m.add_function(wrap_pyfunction!(host::gather_to_files, m)?)?;
     m.add_function(wrap_pyfunction!(host::check_name, m)?)?;
+    m.add_function(wrap_pyfunction!(order::shard_order, m)?)?;
+    m.add_function(wrap_pyfunction!(order::kept_rows, m)?)?;
     m.add_function(wrap_pyfunction!(shards::check_shards, m)?)?;
     m.add_function(wrap_pyfunction!(shards::merge_shards, m)?)?;
     m.add_function(wrap_pyfunction!(shards::shard_world_size, m)?)?;

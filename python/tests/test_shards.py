@@ -9,7 +9,6 @@ a missing binary fails the tests. torchrun is `python -m torch.distributed.run`,
 console script runs.
 """
 
-import math
 import os
 import pathlib
 import shutil
@@ -121,7 +120,9 @@ def test_drain_in_each_torchrun_rank_is_the_ranks_epoch_and_the_union_is_the_sam
     y = (torch.arange(N, dtype=torch.int64) * 10 - 7).numpy()
     for shuffle in (False, True):
         for drop_last in (False, True):
-            per_rank = math.floor(N / WORLD) if drop_last else math.ceil(N / WORLD)
+            per_rank = len(
+                DistributedSampler(range(N), num_replicas=WORLD, rank=0, drop_last=drop_last)
+            )
             got_x = np.empty((per_rank * WORLD, 3), np.float32)
             got_y = np.empty(per_rank * WORLD, np.int64)
             for r in range(WORLD):

@@ -169,20 +169,10 @@ pub(crate) fn run(
     };
     guard.finish()?;
     drop(loader);
-    let bytes = columns.iter().map(|c| c.as_bytes().len() as u64).sum();
-    Ok(Materialized::new(
-        columns,
-        Report {
-            strategy,
-            backend: Backend::Cuda,
-            rows,
-            bytes,
-            elapsed: started.elapsed(),
-            peak_alloc_bytes: host.peak(),
-            peak_device_bytes: Some(dev.peak()),
-            pin_seconds: None,
-        },
-    ))
+    let report = Report::new(strategy, Backend::Cuda, rows, &columns, started)
+        .with_peak_alloc(host.peak())
+        .with_device(dev.peak(), None);
+    Ok(Materialized::new(columns, report))
 }
 
 /// Produces batches on the device the way a GPU data loader does: batch `k`'s indices are

@@ -398,16 +398,10 @@ impl CudaEngine {
         };
         Ok(Materialized::new(
             columns,
-            Report {
-                strategy: Strategy::Pinned,
-                backend: Backend::Cuda,
-                rows,
-                bytes: total as u64,
-                elapsed: started.elapsed(),
-                peak_alloc_bytes: host.peak(),
-                peak_device_bytes: Some(device_bytes),
-                pin_seconds: Some(pin_seconds),
-            },
+            Report::new(Strategy::Pinned, Backend::Cuda, rows, &[], started)
+                .with_bytes(total as u64)
+                .with_peak_alloc(host.peak())
+                .with_device(device_bytes, Some(pin_seconds)),
         ))
     }
 
@@ -486,20 +480,15 @@ impl CudaEngine {
             for c in out.columns_mut() {
                 c.storage_mut().finish()?;
             }
-            let report = Report {
-                strategy: Strategy::Pinned,
-                backend: Backend::Cuda,
+            let report = Report::new(
+                Strategy::Pinned,
+                Backend::Cuda,
                 rows,
-                bytes: out
-                    .columns()
-                    .iter()
-                    .map(|c| c.as_bytes().len() as u64)
-                    .sum(),
-                elapsed: started.elapsed(),
-                peak_alloc_bytes: host.peak(),
-                peak_device_bytes: Some(device_bytes),
-                pin_seconds: Some(pin_seconds),
-            };
+                out.columns(),
+                started,
+            )
+            .with_peak_alloc(host.peak())
+            .with_device(device_bytes, Some(pin_seconds));
             out.set_report(report.clone());
             table.take_source_errors("materialize_into")?;
             Ok(report)
@@ -609,20 +598,10 @@ impl CudaEngine {
         for c in &mut columns {
             c.storage_mut().finish()?;
         }
-        let bytes = columns.iter().map(|c| c.as_bytes().len() as u64).sum();
-        Ok(Materialized::new(
-            columns,
-            Report {
-                strategy: Strategy::Pinned,
-                backend: Backend::Cuda,
-                rows: total,
-                bytes,
-                elapsed: started.elapsed(),
-                peak_alloc_bytes: host.peak(),
-                peak_device_bytes: Some(0),
-                pin_seconds: Some(pin_seconds),
-            },
-        ))
+        let report = Report::new(Strategy::Pinned, Backend::Cuda, total, &columns, started)
+            .with_peak_alloc(host.peak())
+            .with_device(0, Some(pin_seconds));
+        Ok(Materialized::new(columns, report))
     }
 
     /// The output of a device stream: pinned from the pool, or heap memory when the pinned

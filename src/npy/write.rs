@@ -4,13 +4,13 @@
 use std::fmt;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::batch::Batches;
 use crate::error::{Error, Result};
 use crate::fsafe::{self, Staged};
-use crate::gather::{cpu, Strategy};
+use crate::gather::{self, cpu, Strategy};
 use crate::loader::Loader;
 use crate::memory::checked_bytes;
 use crate::mmap::ReadMap;
@@ -175,53 +175,28 @@ impl<'o> DataWriter<'o> {
                 buf.resize(block_len, 0);
             }
         }
-        let (to_fill, empty) = mpsc::sync_channel::<Vec<u8>>(2);
-        let (to_write, full) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
-        for buf in self.bufs.drain(..) {
-            // The receiver is alive: it is this function's `empty`.
-            let _ = to_fill.send(buf);
-        }
         // With two cores, the writer and this gatherer have one each: rayon's workers would
         // only take turns with the writer (and spin while they wait for the next block).
         let parallel = rayon::current_num_threads() > 2;
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                let mut rest = indices;
-                while !rest.is_empty() {
-                    let (block, tail) = rest.split_at(block_rows.min(rest.len()));
-                    // A closed channel means the writer stopped (an error): stop too.
-                    let Ok(mut buf) = empty.recv() else { return };
-                    let len = block.len() * rb;
-                    if parallel {
-                        cpu::par_gather(column.bytes(), rb, block, &mut buf[..len]);
-                    } else {
-                        cpu::gather_serial(column.bytes(), rb, block, &mut buf[..len]);
-                    }
-                    if to_write.send((buf, len)).is_err() {
-                        return;
-                    }
-                    rest = tail;
-                }
-            });
-            let mut result = Ok(());
-            for (buf, len) in full.iter() {
-                if result.is_ok() {
-                    result = self.step(path, w, &buf[..len]);
-                }
-                if result.is_ok() {
-                    // The gatherer may already be done; the buffer then comes home below.
-                    if let Err(mpsc::SendError(buf)) = to_fill.send(buf) {
-                        self.bufs.push(buf);
-                    }
+        let n = indices.len();
+        let mut bufs = std::mem::take(&mut self.bufs);
+        let written = gather::pipelined(
+            n.div_ceil(block_rows),
+            &mut bufs,
+            |k, buf| {
+                let block = indices.view(k * block_rows, ((k + 1) * block_rows).min(n));
+                let len = block.len() * rb;
+                if parallel {
+                    cpu::par_gather(column.bytes(), rb, block, &mut buf[..len]);
                 } else {
-                    self.bufs.push(buf);
-                    break;
+                    cpu::gather_serial(column.bytes(), rb, block, &mut buf[..len]);
                 }
-            }
-            drop(full);
-            drop(to_fill);
-            result
-        })
+                len
+            },
+            |bytes| self.step(path, w, bytes),
+        );
+        self.bufs = bufs;
+        written
     }
 }
 
@@ -516,16 +491,9 @@ fn stream_report(arrays: &[Array<'_>], rows: usize, started: Instant) -> Report 
         })
         .max()
         .unwrap_or(0);
-    Report {
-        strategy: Strategy::Preallocated,
-        backend: Backend::Cpu,
-        rows,
-        bytes: arrays.iter().map(|a| a.len as u64).sum(),
-        elapsed: started.elapsed(),
-        peak_alloc_bytes: buffer as u64,
-        peak_device_bytes: None,
-        pin_seconds: None,
-    }
+    Report::new(Strategy::Preallocated, Backend::Cpu, rows, &[], started)
+        .with_bytes(arrays.iter().map(|a| a.len as u64).sum())
+        .with_peak_alloc(buffer as u64)
 }
 
 /// Packs `.npy` files into a `.npz` archive, member `NAME.npy` for each `(NAME, file)`, streaming
