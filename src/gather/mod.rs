@@ -230,7 +230,7 @@ pub(crate) fn fill_preallocated(
         if let Some(p) = progress {
             p(rows.end, done_bytes);
         }
-        Ok(())
+        Ok::<(), Error>(())
     })?;
     for o in out.iter_mut() {
         o.storage_mut().finish()?;
