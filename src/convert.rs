@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cuda::{CudaEngine, DeviceTable};
-use crate::error::{Error, Result};
+use crate::error::{Error, FileError, Result};
 use crate::fsafe::{file_id, normalized, Staged};
 use crate::gather::Strategy;
 use crate::loader::Loader;
@@ -290,8 +290,8 @@ impl fmt::Display for ConvertSummary {
 /// ```
 ///
 /// # Errors
-/// Every failure as an [`Error`]: unreadable or invalid inputs ([`Error::Io`],
-/// [`Error::BadFile`] naming the file), bad options ([`Error::ZeroBatchSize`],
+/// Every failure as an [`Error`]: unreadable or invalid inputs ([`FileError::Io`],
+/// [`FileError::BadFile`] naming the file), bad options ([`Error::ZeroBatchSize`],
 /// [`Error::RankOutOfRange`], [`Error::IndexOutOfBounds`], [`Error::UnknownColumn`],
 /// [`Error::ConflictingOptions`] without exactly one output), an unavailable strategy or
 /// backend, and output I/O errors. No output file is left behind.
@@ -471,10 +471,10 @@ fn ordered_loader<'t>(
         loader = loader.shard(rank, world);
     }
     loader.batches().map_err(|e| match (&e, &options.indices) {
-        (Error::IndexOutOfBounds { .. }, Some(path)) => Error::BadFile {
+        (Error::IndexOutOfBounds { .. }, Some(path)) => Error::File(FileError::BadFile {
             path: path.clone(),
             reason: e.to_string(),
-        },
+        }),
         _ => e,
     })?;
     Ok(loader)
@@ -765,19 +765,19 @@ fn check_output_paths(args: &ConvertOptions, specs: &[OutputSpec]) -> Result<()>
             .iter()
             .find(|(iid, ikey, _)| *ikey == key || (id.is_some() && *iid == id))
         {
-            return Err(Error::PathConflict {
+            return Err(Error::File(FileError::PathConflict {
                 path: path.clone(),
                 reason: format!(
                     "{role} names the input {}; an output never replaces an input",
                     input.display()
                 ),
-            });
+            }));
         }
         if let Some(other) = seen.get(&key) {
-            return Err(Error::PathConflict {
+            return Err(Error::File(FileError::PathConflict {
                 path: path.clone(),
                 reason: format!("{role} names the same file as {other}"),
-            });
+            }));
         }
         seen.insert(key, role);
     }

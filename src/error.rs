@@ -2,9 +2,9 @@
 //! structured variant here; library code never panics on input.
 //!
 //! The variants fall into four domains. Tables, orders, typed access, streams and memory are
-//! variants of [`Error`] itself, as are files (reading, writing, names, space, faults). A
-//! distributed run's errors belong to their modules and are wrapped:
-//! [`LauncherError`](crate::launcher::LauncherError) as [`Error::Launcher`] and
+//! variants of [`Error`] itself; files (reading, writing, naming, space, maps) are [`FileError`],
+//! wrapped as [`Error::File`]. A distributed run's errors belong to their modules and are
+//! wrapped: [`LauncherError`](crate::launcher::LauncherError) as [`Error::Launcher`] and
 //! [`ShardError`](crate::shards::ShardError) as [`Error::Shard`]; so are the CUDA engine's,
 //! [`CudaError`](crate::cuda::CudaError) as [`Error::Cuda`] (defined in every build: without the
 //! `cuda` feature every engine call is `CudaError::NotCompiled`). Sources are typed
@@ -216,7 +216,63 @@ pub enum Error {
         reason: String,
     },
 
-    // ---- files --------------------------------------------------------------------------------
+    // ---- files ----------------------------------------------------------------------------------
+    /// A file cannot be read, written or named, or changed while it was read.
+    #[error(transparent)]
+    File(#[from] FileError),
+
+    // ---- sizes, interruptions, options ---------------------------------------------------------
+    /// A size, count or offset computed from the input does not fit the machine's integers.
+    #[error("the size of {what} overflows")]
+    SizeOverflow {
+        /// What was being sized.
+        what: String,
+    },
+    /// A caller's check between blocks of a write asked to stop (for example a pending
+    /// Ctrl-C); nothing of the write was committed.
+    #[error("interrupted: {reason}; nothing was written")]
+    Interrupted {
+        /// What asked to stop.
+        reason: String,
+    },
+    /// Options that cannot be used together, or an option that cannot be used here.
+    #[error("conflicting options: {reason}")]
+    ConflictingOptions {
+        /// Which, and why.
+        reason: String,
+    },
+
+    // ---- CUDA ---------------------------------------------------------------------------------
+    /// The CUDA engine cannot be used, or a CUDA call failed.
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
+}
+
+impl Error {
+    #[allow(dead_code)] // used by the file readers
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::File(FileError::Io {
+            path: path.into(),
+            source,
+        })
+    }
+
+    pub(crate) fn alloc(
+        bytes: impl TryInto<u128>,
+        what: impl Into<String>,
+        reason: impl ToString,
+    ) -> Self {
+        Error::HostAllocation {
+            bytes: bytes.try_into().unwrap_or(u128::MAX),
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Files: reading, writing, naming and mapping them; wrapped by [`Error::File`].
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
     /// An I/O error on a named file.
     #[error("{}: {source}", path.display())]
     Io {
@@ -233,8 +289,6 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-
-    // ---- file safety: names, paths, space, faults ----------------------------------------------
     /// A column name cannot be used as a file name (it comes from an input, so it is refused
     /// rather than rewritten).
     #[error("column name {name:?} cannot name a file: {reason}")]
@@ -273,25 +327,6 @@ pub enum Error {
         /// What was seen.
         reason: String,
     },
-    /// A size, count or offset computed from the input does not fit the machine's integers.
-    #[error("the size of {what} overflows")]
-    SizeOverflow {
-        /// What was being sized.
-        what: String,
-    },
-    /// A caller's check between blocks of a write asked to stop (for example a pending
-    /// Ctrl-C); nothing of the write was committed.
-    #[error("interrupted: {reason}; nothing was written")]
-    Interrupted {
-        /// What asked to stop.
-        reason: String,
-    },
-    /// Options that cannot be used together, or an option that cannot be used here.
-    #[error("conflicting options: {reason}")]
-    ConflictingOptions {
-        /// Which, and why.
-        reason: String,
-    },
     /// The handler that turns a fault in a file map into an error cannot be installed.
     #[error("cannot install the {signal} handler: {source}")]
     SignalHandler {
@@ -313,31 +348,4 @@ pub enum Error {
         /// Maps the process already has.
         in_use: u64,
     },
-
-    // ---- CUDA ---------------------------------------------------------------------------------
-    /// The CUDA engine cannot be used, or a CUDA call failed.
-    #[error(transparent)]
-    Cuda(#[from] crate::cuda::CudaError),
-}
-
-impl Error {
-    #[allow(dead_code)] // used by the file readers
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
-    }
-
-    pub(crate) fn alloc(
-        bytes: impl TryInto<u128>,
-        what: impl Into<String>,
-        reason: impl ToString,
-    ) -> Self {
-        Error::HostAllocation {
-            bytes: bytes.try_into().unwrap_or(u128::MAX),
-            what: what.into(),
-            reason: reason.to_string(),
-        }
-    }
 }

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FileError, Result};
 
 /// Prefix of every temporary file and folder.
 pub const TEMP_PREFIX: &str = ".arraydrain-";
@@ -117,14 +117,16 @@ fn parent_of(path: &Path) -> &Path {
 /// else that is not a regular file or a symlink).
 fn check_destination(dest: &Path) -> Result<()> {
     match std::fs::symlink_metadata(dest) {
-        Ok(m) if m.is_dir() => Err(Error::PathConflict {
+        Ok(m) if m.is_dir() => Err(Error::File(FileError::PathConflict {
             path: dest.to_path_buf(),
             reason: "is a folder; an output file cannot replace it".into(),
-        }),
-        Ok(m) if !(m.is_file() || m.file_type().is_symlink()) => Err(Error::PathConflict {
-            path: dest.to_path_buf(),
-            reason: "is not a regular file; an output file cannot replace it".into(),
-        }),
+        })),
+        Ok(m) if !(m.is_file() || m.file_type().is_symlink()) => {
+            Err(Error::File(FileError::PathConflict {
+                path: dest.to_path_buf(),
+                reason: "is not a regular file; an output file cannot replace it".into(),
+            }))
+        }
         _ => Ok(()),
     }
 }
@@ -193,7 +195,7 @@ impl Staged {
     /// Refuses `dest` when it is a protected input or lies inside a protected folder.
     ///
     /// # Errors
-    /// [`Error::PathConflict`] naming `dest` and the input.
+    /// [`FileError::PathConflict`] naming `dest` and the input.
     pub fn check_not_input(&self, dest: &Path) -> Result<()> {
         let key = normalized(dest);
         let id = file_id(dest);
@@ -202,22 +204,22 @@ impl Staged {
             .iter()
             .find(|(iid, ikey)| *ikey == key || (id.is_some() && *iid == id))
         {
-            return Err(Error::PathConflict {
+            return Err(Error::File(FileError::PathConflict {
                 path: dest.to_path_buf(),
                 reason: format!(
                     "names the input {}; an output never replaces an input",
                     input.display()
                 ),
-            });
+            }));
         }
         if let Some(tree) = self.trees.iter().find(|t| key.starts_with(t)) {
-            return Err(Error::PathConflict {
+            return Err(Error::File(FileError::PathConflict {
                 path: dest.to_path_buf(),
                 reason: format!(
                     "lies inside {}, which this run reads; an output never replaces an input",
                     tree.display()
                 ),
-            });
+            }));
         }
         Ok(())
     }
@@ -226,7 +228,7 @@ impl Staged {
     /// them again (when empty).
     ///
     /// # Errors
-    /// [`Error::Io`] naming the folder.
+    /// [`FileError::Io`] naming the folder.
     pub fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
         self.check_not_input(dir)?;
         let mut missing = Vec::new();
@@ -251,10 +253,10 @@ impl Staged {
         }
         drop(live);
         if !dir.is_dir() {
-            return Err(Error::PathConflict {
+            return Err(Error::File(FileError::PathConflict {
                 path: dir.to_path_buf(),
                 reason: "is not a folder".into(),
-            });
+            }));
         }
         Ok(())
     }
@@ -263,14 +265,14 @@ impl Staged {
     /// exist), returning its temporary path and the file, open for reading and writing.
     ///
     /// # Errors
-    /// [`Error::PathConflict`] when `dest` is a folder or an input; [`Error::Io`] naming the
+    /// [`FileError::PathConflict`] when `dest` is a folder or an input; [`FileError::Io`] naming the
     /// folder when the file cannot be created there.
     pub fn file(&mut self, dest: &Path) -> Result<(PathBuf, File)> {
         if dest.file_name().is_none() {
-            return Err(Error::PathConflict {
+            return Err(Error::File(FileError::PathConflict {
                 path: dest.to_path_buf(),
                 reason: "an output path needs a file name".into(),
-            });
+            }));
         }
         check_destination(dest)?;
         self.check_not_input(dest)?;
@@ -298,7 +300,7 @@ impl Staged {
     /// its contents when this set is dropped, committed or not.
     ///
     /// # Errors
-    /// [`Error::Io`] naming the folder it was to be made in.
+    /// [`FileError::Io`] naming the folder it was to be made in.
     pub fn scratch_dir(&mut self, near: &Path) -> Result<PathBuf> {
         let dir = parent_of(near);
         let mut live = live();
@@ -316,7 +318,7 @@ impl Staged {
     /// Stages `bytes` as the file `dest` ([`Staged::file`], then written).
     ///
     /// # Errors
-    /// As [`Staged::file`]; [`Error::NoSpace`] or [`Error::Io`] when writing fails.
+    /// As [`Staged::file`]; [`FileError::NoSpace`] or [`FileError::Io`] when writing fails.
     pub fn write_file(&mut self, dest: &Path, bytes: &[u8]) -> Result<()> {
         let (temp, mut file) = self.file(dest)?;
         file.write_all(bytes)
@@ -330,14 +332,14 @@ impl Staged {
     /// fails the commit instead of being replaced. Until then it is removed with its contents.
     ///
     /// # Errors
-    /// [`Error::PathConflict`] when `dest` exists or is an input; [`Error::Io`] naming the
+    /// [`FileError::PathConflict`] when `dest` exists or is an input; [`FileError::Io`] naming the
     /// folder it was to be made in.
     pub fn folder(&mut self, dest: &Path) -> Result<PathBuf> {
         if dest.file_name().is_none() {
-            return Err(Error::PathConflict {
+            return Err(Error::File(FileError::PathConflict {
                 path: dest.to_path_buf(),
                 reason: "an output folder needs a name".into(),
-            });
+            }));
         }
         self.check_not_input(dest)?;
         if std::fs::symlink_metadata(dest).is_ok() {
@@ -368,7 +370,7 @@ impl Staged {
     /// unless its folder holds something besides it and temporary entries (others rely on it).
     ///
     /// # Errors
-    /// [`Error::PathConflict`] for an input; [`Error::Io`] or [`Error::NoSpace`] when it cannot
+    /// [`FileError::PathConflict`] for an input; [`FileError::Io`] or [`FileError::NoSpace`] when it cannot
     /// be written.
     pub fn claim(&mut self, dest: &Path, bytes: &[u8]) -> Result<bool> {
         self.check_not_input(dest)?;
@@ -418,7 +420,7 @@ impl Staged {
     /// rename still fail, the outputs already moved are removed again and the error returned.
     ///
     /// # Errors
-    /// [`Error::PathConflict`] for a destination that became a folder; [`Error::Io`] naming
+    /// [`FileError::PathConflict`] for a destination that became a folder; [`FileError::Io`] naming
     /// the destination whose rename failed.
     pub fn commit(mut self) -> Result<Vec<PathBuf>> {
         let mut live = live();
@@ -522,10 +524,10 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 fn exists(dest: &Path) -> Error {
-    Error::PathConflict {
+    Error::File(FileError::PathConflict {
         path: dest.to_path_buf(),
         reason: "already exists; an output folder is only put where nothing is".into(),
-    }
+    })
 }
 
 /// Device and inode of an existing file (following links).
@@ -575,25 +577,25 @@ pub fn remove_all_before_exit() {
 }
 
 /// Turns an I/O error from writing `path` that means "no room" (`ENOSPC`, `EDQUOT`, or
-/// `EFBIG` for a file larger than the process may write) into [`Error::NoSpace`], naming the
-/// file system; any other error stays an [`Error::Io`].
+/// `EFBIG` for a file larger than the process may write) into [`FileError::NoSpace`], naming the
+/// file system; any other error stays an [`FileError::Io`].
 pub(crate) fn write_error(path: &Path, e: io::Error, bytes: u64) -> Error {
     match e.raw_os_error() {
-        Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT) => Error::NoSpace {
+        Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT) => Error::File(FileError::NoSpace {
             path: path.to_path_buf(),
             device: device_of(path),
             bytes,
             source: e,
-        },
+        }),
         _ => Error::io(path, e),
     }
 }
 
-/// [`write_error`] over an [`Error`]: an [`Error::Io`] of a "no room" kind becomes
-/// [`Error::NoSpace`]; everything else is returned as it is.
+/// [`write_error`] over an [`Error`]: an [`FileError::Io`] of a "no room" kind becomes
+/// [`FileError::NoSpace`]; everything else is returned as it is.
 pub(crate) fn space_error(err: Error, bytes: u64) -> Error {
     match err {
-        Error::Io { path, source } => write_error(&path, source, bytes),
+        Error::File(FileError::Io { path, source }) => write_error(&path, source, bytes),
         other => other,
     }
 }
@@ -658,7 +660,7 @@ impl SafeDir {
     /// Opens the folder `path` (the caller's own path: links in it are the caller's choice).
     ///
     /// # Errors
-    /// [`Error::Io`] naming the folder.
+    /// [`FileError::Io`] naming the folder.
     pub fn open(path: &Path) -> Result<SafeDir> {
         use rustix::fs::{Mode, OFlags};
         let fd = rustix::fs::open(
@@ -682,7 +684,7 @@ impl SafeDir {
     /// converted lossily), unsorted.
     ///
     /// # Errors
-    /// [`Error::Io`] naming the folder.
+    /// [`FileError::Io`] naming the folder.
     pub fn names(&self) -> Result<Vec<String>> {
         let io = |e: rustix::io::Errno| Error::io(&self.path, e.into());
         let dir = rustix::fs::Dir::read_from(&self.fd).map_err(io)?;
@@ -724,14 +726,14 @@ impl SafeDir {
             (rustix::io::Errno::NOTDIR, _) => format!("is not {want}"),
             _ => return Error::io(path, e.into()),
         };
-        Error::BadFile { path, reason }
+        Error::File(FileError::BadFile { path, reason })
     }
 
     /// Opens the sub-folder `name` (one plain name, not a link).
     ///
     /// # Errors
-    /// [`Error::BadFile`] naming the entry for a link, a non-folder or a name that is not a
-    /// plain entry name; [`Error::Io`] otherwise.
+    /// [`FileError::BadFile`] naming the entry for a link, a non-folder or a name that is not a
+    /// plain entry name; [`FileError::Io`] otherwise.
     pub fn open_dir(&self, name: &str) -> Result<SafeDir> {
         use rustix::fs::{Mode, OFlags};
         self.check_name(name)?;
@@ -752,8 +754,8 @@ impl SafeDir {
     /// non-blocking, so a FIFO there is refused at once instead of waiting for a writer.
     ///
     /// # Errors
-    /// [`Error::BadFile`] naming the entry for a link, a folder, a FIFO, socket or device;
-    /// [`Error::Io`] otherwise.
+    /// [`FileError::BadFile`] naming the entry for a link, a folder, a FIFO, socket or device;
+    /// [`FileError::Io`] otherwise.
     pub fn open_file(&self, name: &str) -> Result<File> {
         use rustix::fs::{Mode, OFlags};
         self.check_name(name)?;
@@ -768,10 +770,10 @@ impl SafeDir {
         let path = self.path.join(name);
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         if !meta.is_file() {
-            return Err(Error::BadFile {
+            return Err(Error::File(FileError::BadFile {
                 path,
                 reason: "is not a regular file (a folder, FIFO, socket or device)".into(),
-            });
+            }));
         }
         Ok(file)
     }
@@ -780,13 +782,15 @@ impl SafeDir {
     /// the error).
     ///
     /// # Errors
-    /// As [`SafeDir::open_file`]; [`Error::BadFile`] when it is larger than `cap`.
+    /// As [`SafeDir::open_file`]; [`FileError::BadFile`] when it is larger than `cap`.
     pub fn read_capped(&self, name: &str, cap: u64, what: &str) -> Result<Vec<u8>> {
         let file = self.open_file(name)?;
         let path = self.path.join(name);
-        let too_big = |len: u64| Error::BadFile {
-            path: path.clone(),
-            reason: format!("is {len} bytes or more; {what} is at most {cap} bytes"),
+        let too_big = |len: u64| {
+            Error::File(FileError::BadFile {
+                path: path.clone(),
+                reason: format!("is {len} bytes or more; {what} is at most {cap} bytes"),
+            })
         };
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         if len > cap {
@@ -806,10 +810,10 @@ impl SafeDir {
         if plain_entry(name) {
             Ok(())
         } else {
-            Err(Error::BadFile {
+            Err(Error::File(FileError::BadFile {
                 path: self.path.join(name),
                 reason: "is not one plain entry name".into(),
-            })
+            }))
         }
     }
 }

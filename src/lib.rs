@@ -26,8 +26,9 @@
 //! One line per module, in the order the data flows. The imports between modules form no cycle
 //! (checked by `tests/layout.rs`), and every module returns the one [`Error`].
 //!
-//! - `error`: [`Error`], grouped by domain (tables and orders, streams, files, distributed runs
-//!   through [`launcher::LauncherError`] and [`shards::ShardError`], CUDA), with typed sources.
+//! - `error`: [`Error`], grouped by domain: tables, orders and streams; files ([`FileError`]);
+//!   distributed runs ([`launcher::LauncherError`], [`shards::ShardError`]); CUDA
+//!   ([`cuda::CudaError`]); with typed sources.
 //! - `dtype`: element types, numeric and opaque, and the parsing of NumPy descriptors.
 //! - `memory`, `sysmem`: fallible, huge-page-advised host buffers, the parallel copy and the
 //!   peak-bytes counter; the memory this process may use.
@@ -98,7 +99,7 @@ pub mod shards;
 pub use batch::Batches;
 pub use drain::{drain, DrainOptions};
 pub use dtype::{DType, Element, Opaque};
-pub use error::{Error, Result};
+pub use error::{Error, FileError, Result};
 pub use gather::Strategy;
 pub use loader::{BatchIter, Loader, OutputSpec};
 pub use output::{Backend, Batch, ColumnArray, Materialized, Report, Storage, StorageKind};

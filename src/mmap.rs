@@ -9,12 +9,12 @@
 //!
 //! - [`reserve`]: allocate an output file's blocks before it is mapped (`posix_fallocate`), so
 //!   writing through the map cannot fault for lack of space; a full disk is an
-//!   [`Error::NoSpace`] up front instead of a `SIGBUS` mid-run.
+//!   [`FileError::NoSpace`] up front instead of a `SIGBUS` mid-run.
 //! - [`catch_input_faults`] and [`verify_inputs`]: an input truncated by another process while
 //!   it is mapped makes reads past its new end fault with `SIGBUS`. Once `catch_input_faults`
 //!   has run, a fault inside a [`ReadMap`] is answered by mapping a zero page there (the read
 //!   goes on) and recorded; `verify_inputs` then reports the file as changed
-//!   ([`Error::FileChanged`]), as it does a file whose size or modification time changed, so the
+//!   ([`FileError::FileChanged`]), as it does a file whose size or modification time changed, so the
 //!   caller discards what it read instead of trusting it. Faults anywhere else keep their
 //!   default action.
 //! - [`check_map_budget`]: the kernel's per-process limit on maps (`vm.max_map_count`), checked
@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use memmap2::{Mmap, MmapMut, MmapOptions, UncheckedAdvice};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FileError, Result};
 
 /// A read-only map of a whole file.
 #[derive(Debug)]
@@ -65,7 +65,7 @@ impl ReadMap {
     /// a FIFO, socket or device would block or change under the map.
     ///
     /// # Errors
-    /// [`Error::BadFile`] for something that is not a regular file; [`Error::Io`] naming the
+    /// [`FileError::BadFile`] for something that is not a regular file; [`FileError::Io`] naming the
     /// file when it cannot be opened or mapped.
     pub fn open(path: &Path) -> Result<ReadMap> {
         // Non-blocking, so that opening a FIFO returns at once (and is then refused) instead of
@@ -90,10 +90,10 @@ impl ReadMap {
                 t if t.is_dir() => "a folder",
                 _ => "not a regular file (a FIFO, socket or device)",
             };
-            return Err(Error::BadFile {
+            return Err(Error::File(FileError::BadFile {
                 path: path.to_path_buf(),
                 reason: format!("is {kind}; only regular .npy/.npz files are read"),
-            });
+            }));
         }
         // SAFETY: the map is read-only and private to this process; its bytes are only read
         // through `&[u8]`. Another process truncating the file while it is mapped would make a
@@ -128,7 +128,7 @@ impl ReadMap {
     /// [`catch_input_faults`]), and its size and modification time are unchanged.
     ///
     /// # Errors
-    /// [`Error::FileChanged`] naming the file.
+    /// [`FileError::FileChanged`] naming the file.
     pub fn check_unchanged(&self) -> Result<()> {
         self.watch.check()
     }
@@ -153,7 +153,7 @@ impl ReadMap {
     /// read maps them again), so reading a file larger than RAM keeps the process small.
     ///
     /// # Errors
-    /// [`Error::Io`] when the range is out of bounds or the kernel refuses the advice.
+    /// [`FileError::Io`] when the range is out of bounds or the kernel refuses the advice.
     pub fn release(&self, range: Range<usize>) -> Result<()> {
         check_range(&range, self.map.len(), &self.path)?;
         if range.is_empty() {
@@ -186,9 +186,11 @@ impl Drop for ReadMap {
 
 impl Watched {
     fn check(&self) -> Result<()> {
-        let changed = |reason: String| Error::FileChanged {
-            path: self.path.clone(),
-            reason,
+        let changed = |reason: String| {
+            Error::File(FileError::FileChanged {
+                path: self.path.clone(),
+                reason,
+            })
         };
         let faults = recorded_faults(self.range.clone());
         if faults > 0 {
@@ -224,7 +226,7 @@ impl WriteMap {
     /// Maps `len` bytes at `offset` of `file` (opened for reading and writing, already sized).
     ///
     /// # Errors
-    /// [`Error::Io`] when the file is shorter than `offset + len` or cannot be mapped.
+    /// [`FileError::Io`] when the file is shorter than `offset + len` or cannot be mapped.
     pub fn new(file: &File, path: &Path, offset: u64, len: usize) -> Result<WriteMap> {
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let end = offset.checked_add(len as u64);
@@ -264,7 +266,7 @@ impl WriteMap {
     /// back. This is what keeps an output larger than RAM from ever being resident at once.
     ///
     /// # Errors
-    /// [`Error::Io`] when the range is out of bounds or the kernel refuses.
+    /// [`FileError::Io`] when the range is out of bounds or the kernel refuses.
     pub fn release(&mut self, range: Range<usize>) -> Result<()> {
         check_range(&range, self.map.len(), &self.path)?;
         if range.is_empty() {
@@ -288,23 +290,23 @@ impl WriteMap {
     /// Writes every modified page back to the file and waits for it (`msync(MS_SYNC)`).
     ///
     /// # Errors
-    /// [`Error::Io`] when the write-back fails.
+    /// [`FileError::Io`] when the write-back fails.
     pub fn flush(&self) -> Result<()> {
         self.map.flush().map_err(|e| Error::io(&self.path, e))
     }
 }
 
-/// An `mmap` failure; `ENOMEM` with the process at its map limit is [`Error::MapLimit`].
+/// An `mmap` failure; `ENOMEM` with the process at its map limit is [`FileError::MapLimit`].
 fn map_error(path: &Path, e: std::io::Error) -> Error {
     if e.raw_os_error() == Some(libc::ENOMEM) {
         let (limit, in_use) = (max_map_count(), maps_in_use());
         if let (Some(limit), Some(in_use)) = (limit, in_use) {
             if in_use + 16 >= limit {
-                return Error::MapLimit {
+                return Error::File(FileError::MapLimit {
                     needed: 1,
                     limit,
                     in_use,
-                };
+                });
             }
         }
     }
@@ -329,16 +331,16 @@ fn maps_in_use() -> Option<u64> {
 /// limit cannot be read.
 ///
 /// # Errors
-/// [`Error::MapLimit`] naming the limit.
+/// [`FileError::MapLimit`] naming the limit.
 pub fn check_map_budget(needed: u64) -> Result<()> {
     const MARGIN: u64 = 1024;
     if let (Some(limit), Some(in_use)) = (max_map_count(), maps_in_use()) {
         if in_use + needed + MARGIN > limit {
-            return Err(Error::MapLimit {
+            return Err(Error::File(FileError::MapLimit {
                 needed,
                 limit,
                 in_use,
-            });
+            }));
         }
     }
     Ok(())
@@ -349,8 +351,8 @@ pub fn check_map_budget(needed: u64) -> Result<()> {
 /// lack of space.
 ///
 /// # Errors
-/// [`Error::NoSpace`] naming the file system when it has no room (or the file would exceed the
-/// process's file size limit); [`Error::Io`] otherwise.
+/// [`FileError::NoSpace`] naming the file system when it has no room (or the file would exceed the
+/// process's file size limit); [`FileError::Io`] otherwise.
 pub fn reserve(file: &File, path: &Path, len: u64) -> Result<()> {
     let Ok(len_off) = libc::off_t::try_from(len) else {
         return Err(Error::SizeOverflow {
@@ -482,7 +484,7 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
 /// [`verify_inputs`] (or [`ReadMap::check_unchanged`]) before trusting bytes read from a map.
 ///
 /// # Errors
-/// [`Error::Io`] when the handler cannot be installed.
+/// [`FileError::Io`] when the handler cannot be installed.
 pub fn catch_input_faults() -> Result<()> {
     SIGBUS_HANDLER.run(install_sigbus_handler)
 }
@@ -533,10 +535,10 @@ fn install_sigbus_handler() -> Result<()> {
         // SAFETY: a null new action only reads the current one into `old`, a live value.
         let rc = unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) };
         if rc != 0 {
-            return Err(Error::SignalHandler {
+            return Err(Error::File(FileError::SignalHandler {
                 signal: "SIGBUS",
                 source: std::io::Error::last_os_error(),
-            });
+            }));
         }
         let _ = PREVIOUS.set(old);
     }
@@ -550,10 +552,10 @@ fn install_sigbus_handler() -> Result<()> {
     // above, before this one can run.
     let rc = unsafe { libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) };
     if rc != 0 {
-        return Err(Error::SignalHandler {
+        return Err(Error::File(FileError::SignalHandler {
             signal: "SIGBUS",
             source: std::io::Error::last_os_error(),
-        });
+        }));
     }
     Ok(())
 }
@@ -562,7 +564,7 @@ fn install_sigbus_handler() -> Result<()> {
 /// [`ReadMap::check_unchanged`]: call before keeping anything derived from those inputs.
 ///
 /// # Errors
-/// [`Error::FileChanged`] naming the first changed input.
+/// [`FileError::FileChanged`] naming the first changed input.
 pub fn verify_inputs<P: AsRef<Path>>(paths: &[P]) -> Result<()> {
     let watched: Vec<Arc<Watched>> = WATCHED
         .lock()

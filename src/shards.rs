@@ -41,7 +41,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::convert::{self, ConvertOptions, ConvertSummary, Device, RunInput};
-use crate::error::{Error, Result};
+use crate::error::{Error, FileError, Result};
 use crate::fsafe::{self, SafeDir, Staged};
 use crate::launcher;
 use crate::npy::{self, NpyHeader, WriteOptions};
@@ -333,7 +333,7 @@ impl Manifest {
     /// Reads and checks `DIR/manifest.json` (see [`Manifest::read_in`]).
     ///
     /// # Errors
-    /// As [`Manifest::read_in`]; [`Error::Io`] when `dir` cannot be opened.
+    /// As [`Manifest::read_in`]; [`FileError::Io`] when `dir` cannot be opened.
     pub fn read(dir: &Path) -> Result<Manifest> {
         Manifest::read_in(&SafeDir::open(dir)?)
     }
@@ -344,7 +344,7 @@ impl Manifest {
     /// distinct file names, and a bounded world size.
     ///
     /// # Errors
-    /// [`Error::Io`] or [`Error::BadFile`] when it cannot be read as such a file;
+    /// [`FileError::Io`] or [`FileError::BadFile`] when it cannot be read as such a file;
     /// [`ShardError::ManifestInvalid`] when it is not a manifest of this format and version, or its
     /// content does not match its run id or its inputs.
     pub fn read_in(dir: &SafeDir) -> Result<Manifest> {
@@ -550,7 +550,9 @@ fn claim_manifest(staged: &mut Staged, out: &Path, manifest: &Manifest, text: &[
                     m.run_id, manifest.run_id
                 ),
             })),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::File(FileError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 continue
             }
             Err(e) => Err(Error::Shard(ShardError::Exists {
@@ -571,7 +573,7 @@ fn claim_manifest(staged: &mut Staged, out: &Path, manifest: &Manifest, text: &[
 /// As [`convert::run`]; the launcher errors of [`launcher::resolve`];
 /// [`Error::ConflictingOptions`] without `--out-dir` or with `--out` / `--save-order`;
 /// [`ShardError::Exists`] when this rank's part, or a manifest of another run, is already in the
-/// output folder; [`Error::PathConflict`] when an output would replace an input.
+/// output folder; [`FileError::PathConflict`] when an output would replace an input.
 pub fn convert_distributed(args: &ConvertOptions) -> Result<ConvertSummary> {
     let started = Instant::now();
     let out =
@@ -635,7 +637,9 @@ pub fn convert_distributed(args: &ConvertOptions) -> Result<ConvertSummary> {
     // The part appears whole or not at all, and only where nothing is: a second process
     // claiming this rank cannot replace the first one's part.
     staged.commit().map_err(|e| match e {
-        Error::PathConflict { path, .. } if path == part_dir => part_exists(&out, &entry.dir),
+        Error::File(FileError::PathConflict { path, .. }) if path == part_dir => {
+            part_exists(&out, &entry.dir)
+        }
         other => other,
     })?;
     summary.outputs = entry.files.iter().map(|f| out.join(f)).collect();
@@ -913,8 +917,8 @@ impl Issues {
 /// The reason of an error about an entry, without the path (the issue names the entry).
 fn reason_of(e: Error) -> String {
     match e {
-        Error::BadFile { reason, .. } => reason,
-        Error::Io { source, .. } => source.to_string(),
+        Error::File(FileError::BadFile { reason, .. }) => reason,
+        Error::File(FileError::Io { source, .. }) => source.to_string(),
         other => other.to_string(),
     }
 }
@@ -963,7 +967,7 @@ impl FileSum {
 /// of the size, CRC-32, dtype and shape recorded.
 ///
 /// # Errors
-/// [`ShardError::ManifestInvalid`], [`Error::BadFile`] or [`Error::Io`] for the manifest;
+/// [`ShardError::ManifestInvalid`], [`FileError::BadFile`] or [`FileError::Io`] for the manifest;
 /// [`ShardError::SetInvalid`] listing the problems found (at most [`MAX_LISTED_ISSUES`], then
 /// their count).
 pub fn check(dir: &Path) -> Result<ShardSet> {
@@ -1123,7 +1127,9 @@ fn check_file(
     };
     let opened = match part.open_file(&name) {
         Ok(f) => f,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        Err(Error::File(FileError::Io { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
             return Err(ShardIssue::MissingFile { file: file.into() })
         }
         Err(e) => return Err(bad(reason_of(e))),
@@ -1430,8 +1436,8 @@ impl fmt::Display for MergeSummary {
 /// inside the shard folder or be any file the merge reads (by any spelling or hard link).
 ///
 /// # Errors
-/// As [`check`] (then nothing is written); [`Error::PathConflict`] for an output that would
-/// replace an input; [`Error::Io`] or [`Error::NoSpace`] for the outputs.
+/// As [`check`] (then nothing is written); [`FileError::PathConflict`] for an output that would
+/// replace an input; [`FileError::Io`] or [`FileError::NoSpace`] for the outputs.
 pub fn merge(args: &MergeOptions) -> Result<MergeSummary> {
     merge_open(args).map(|(summary, _)| summary)
 }

@@ -182,9 +182,21 @@ fn archive_members_that_climb_out_of_the_output_folder_are_refused() {
     // The library's writers refuse such names too, whoever made the table.
     let bad = ColumnArray::from_array("../lib-evil", Array1::from_iter(0..4i64)).unwrap();
     let err = npy::write_npy_dir(root.join("lib"), std::slice::from_ref(&bad)).unwrap_err();
-    assert!(matches!(err, arraydrain::Error::UnsafeName { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            arraydrain::Error::File(arraydrain::FileError::UnsafeName { .. })
+        ),
+        "{err}"
+    );
     let err = npy::write_npz(root.join("lib.npz"), &[bad], &npy::WriteOptions::new()).unwrap_err();
-    assert!(matches!(err, arraydrain::Error::UnsafeName { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            arraydrain::Error::File(arraydrain::FileError::UnsafeName { .. })
+        ),
+        "{err}"
+    );
     assert!(!root.join("lib-evil.npy").exists() && !root.join("lib.npz").exists());
     assert!(!root.join("lib").exists());
 }

@@ -7,6 +7,7 @@ use std::fs;
 
 use arraydrain::mmap::{self, ReadMap};
 use arraydrain::Error;
+use arraydrain::FileError;
 
 #[test]
 fn reads_past_a_truncated_end_are_caught_and_reported() {
@@ -33,7 +34,7 @@ fn reads_past_a_truncated_end_are_caught_and_reported() {
     assert_eq!(map.bytes()[..4096], data[..4096]);
     let err = map.check_unchanged().unwrap_err();
     assert!(
-        matches!(&err, Error::FileChanged { path: p, reason } if p == &path && reason.contains("faulted")),
+        matches!(&err, Error::File(FileError::FileChanged { path: p, reason }) if p == &path && reason.contains("faulted")),
         "{err}"
     );
     assert!(
@@ -42,7 +43,7 @@ fn reads_past_a_truncated_end_are_caught_and_reported() {
     );
     assert!(matches!(
         mmap::verify_inputs(&[&path]),
-        Err(Error::FileChanged { .. })
+        Err(Error::File(FileError::FileChanged { .. }))
     ));
     drop(map);
     // Once the map is gone, nothing is left to report.
@@ -61,7 +62,7 @@ fn a_file_rewritten_in_place_is_reported() {
     fs::write(&path, vec![8u8; 10_000]).unwrap();
     let err = map.check_unchanged().unwrap_err();
     assert!(
-        matches!(&err, Error::FileChanged { reason, .. } if reason.contains("modification time")),
+        matches!(&err, Error::File(FileError::FileChanged { reason, .. }) if reason.contains("modification time")),
         "{err}"
     );
 }
@@ -70,10 +71,13 @@ fn a_file_rewritten_in_place_is_reported() {
 fn only_regular_files_are_mapped() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let err = ReadMap::open(dir.path()).unwrap_err();
-    assert!(matches!(err, Error::BadFile { .. }), "{err}");
+    assert!(
+        matches!(err, Error::File(FileError::BadFile { .. })),
+        "{err}"
+    );
     let err = ReadMap::open(std::path::Path::new("/dev/null")).unwrap_err();
     assert!(
-        matches!(&err, Error::BadFile { reason, .. } if reason.contains("not a regular file")),
+        matches!(&err, Error::File(FileError::BadFile { reason, .. }) if reason.contains("not a regular file")),
         "{err}"
     );
 }

@@ -10,6 +10,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 
 use arraydrain::npy::{self, MappedNpy, WriteOptions};
+use arraydrain::FileError;
 use arraydrain::{ColumnArray, DType, Error, Loader, Storage, StorageKind, Strategy};
 use harness::{fixtures, json, numpy_python, strings, Scratch};
 use ndarray::Array1;
@@ -256,7 +257,10 @@ fn bad_files_are_errors_naming_the_file_never_panics() {
             Err(_) => panic!("{}: panicked", case["name"]),
         };
         assert!(
-            matches!(err, Error::BadFile { .. } | Error::Io { .. }),
+            matches!(
+                err,
+                Error::File(FileError::BadFile { .. }) | Error::File(FileError::Io { .. })
+            ),
             "{}: {err:?}",
             case["name"]
         );

@@ -3,6 +3,7 @@
 //! maps every [`arraydrain::Error`] variant to one of them, with the engine's message.
 
 use arraydrain::Error;
+use arraydrain::FileError;
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -65,18 +66,18 @@ impl Kind {
 /// compile here until it is given a class.
 pub fn kind_of(e: &Error) -> Kind {
     match e {
-        Error::HostAllocation { .. } | Error::SizeOverflow { .. } | Error::MapLimit { .. } => {
-            Kind::Memory
-        }
+        Error::HostAllocation { .. }
+        | Error::SizeOverflow { .. }
+        | Error::File(FileError::MapLimit { .. }) => Kind::Memory,
         Error::IndexOutOfBounds { .. } => Kind::Index,
         Error::DTypeMismatch { .. }
         | Error::UnsupportedDType { .. }
         | Error::BadDescriptor { .. } => Kind::Type,
-        Error::Io { .. }
-        | Error::NoSpace { .. }
-        | Error::PathConflict { .. }
-        | Error::FileChanged { .. }
-        | Error::SignalHandler { .. } => Kind::Os,
+        Error::File(FileError::Io { .. })
+        | Error::File(FileError::NoSpace { .. })
+        | Error::File(FileError::PathConflict { .. })
+        | Error::File(FileError::FileChanged { .. })
+        | Error::File(FileError::SignalHandler { .. }) => Kind::Os,
         Error::Cuda(_) | Error::Misaligned { .. } | Error::Interrupted { .. } => Kind::Runtime,
         // Tables, orders and batching.
         Error::EmptyTable
@@ -97,7 +98,9 @@ pub fn kind_of(e: &Error) -> Kind {
         | Error::StrategyUnavailable { .. }
         | Error::ConflictingOptions { .. } => Kind::Value,
         // Input files that are not what they claim, and names that cannot name a file.
-        Error::BadFile { .. } | Error::UnsafeName { .. } => Kind::Value,
+        Error::File(FileError::BadFile { .. }) | Error::File(FileError::UnsafeName { .. }) => {
+            Kind::Value
+        }
         // Distributed runs: launcher variables and shard folders.
         Error::Launcher(_) | Error::Shard(_) => Kind::Value,
     }

@@ -26,9 +26,11 @@ pub fn shard_world_size(py: Python<'_>, dir: PathBuf) -> PyResult<usize> {
 fn give(file: &std::fs::File, path: &std::path::Path) -> PyResult<RawFd> {
     file.try_clone()
         .map(IntoRawFd::into_raw_fd)
-        .map_err(|source| arraydrain::Error::Io {
-            path: path.to_path_buf(),
-            source,
+        .map_err(|source| {
+            arraydrain::Error::File(arraydrain::FileError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
         })
         .py()
 }

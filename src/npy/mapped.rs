@@ -62,7 +62,7 @@ impl MappedNpy {
     ///
     /// # Errors
     /// [`Error::UnsupportedDType`] for `bf16`; [`Error::HostAllocation`] when the size
-    /// overflows; [`Error::NoSpace`] when the file system cannot hold it; [`Error::Io`] naming
+    /// overflows; [`FileError::NoSpace`](crate::error::FileError::NoSpace) when the file system cannot hold it; [`FileError::Io`](crate::error::FileError::Io) naming
     /// the file when it cannot be created or mapped.
     pub fn create(path: impl AsRef<Path>, dtype: DType, shape: &[usize]) -> Result<MappedNpy> {
         let path = path.as_ref();
@@ -203,7 +203,7 @@ impl Storage for MappedNpy {
 /// names when the drain finishes; if it fails, they are removed when the output is dropped.
 ///
 /// # Errors
-/// As [`MappedNpy::create`]; [`Error::Io`] when the folder cannot be created.
+/// As [`MappedNpy::create`]; [`FileError::Io`](crate::error::FileError::Io) when the folder cannot be created.
 pub fn mapped_output(dir: impl AsRef<Path>, specs: &[OutputSpec]) -> Result<Materialized> {
     let dir = dir.as_ref();
     check_specs(specs)?;

@@ -6,8 +6,8 @@
 //! memory map of the file, and so does an uncompressed (stored) member of a `.npz`.
 //! Fortran-order arrays are transposed into memory, once, so they are read correctly rather
 //! than refused; compressed members are inflated into memory. Everything a file declares is
-//! checked before a byte of data is trusted; every failure is an [`Error::BadFile`] or
-//! [`Error::Io`] naming the file, never a panic or a misread.
+//! checked before a byte of data is trusted; every failure is an [`FileError::BadFile`] or
+//! [`FileError::Io`] naming the file, never a panic or a misread.
 //!
 //! # Dtypes
 //!
@@ -72,7 +72,7 @@ mod write;
 
 use std::path::Path;
 
-use crate::error::Error;
+use crate::error::{Error, FileError};
 
 pub use header::{byte_swapped, descr, NpyHeader};
 pub use mapped::{mapped_output, MappedNpy};
@@ -90,10 +90,10 @@ pub(crate) use write::{pack_npz, stage_drain_npy_dir, stage_drain_npz, stage_npy
 pub const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::BadFile {
+    Error::File(FileError::BadFile {
         path: path.to_path_buf(),
         reason: reason.into(),
-    }
+    })
 }
 
 /// Checks that a column name can name an output file (`NAME.npy` in a folder or an archive):
@@ -101,7 +101,7 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 /// output files" above), for callers that name columns from data of their own.
 ///
 /// # Errors
-/// [`Error::UnsafeName`] saying why not.
+/// [`FileError::UnsafeName`] saying why not.
 pub fn check_column_name(name: &str) -> crate::error::Result<()> {
     names::check_column_name(name)
 }

@@ -6,7 +6,7 @@
 //! another), not the prefix of unfinished outputs (`.arraydrain-`), not empty. Such names are refused, never rewritten: a
 //! silently renamed column would be a different dataset.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FileError, Result};
 
 /// Why `name` cannot name a file, or `None` when it is a plain name.
 pub(crate) fn unsafe_name_reason(name: &str) -> Option<&'static str> {
@@ -42,14 +42,14 @@ fn is_bidi_control(c: char) -> bool {
 /// Checks that a column name can be used as a file name (see the module docs).
 ///
 /// # Errors
-/// [`Error::UnsafeName`] saying why not.
+/// [`FileError::UnsafeName`] saying why not.
 pub(crate) fn check_column_name(name: &str) -> Result<()> {
     match unsafe_name_reason(name) {
         None => Ok(()),
-        Some(reason) => Err(Error::UnsafeName {
+        Some(reason) => Err(Error::File(FileError::UnsafeName {
             name: name.to_string(),
             reason: reason.to_string(),
-        }),
+        })),
     }
 }
 
@@ -81,7 +81,7 @@ mod tests {
             assert!(unsafe_name_reason(bad).is_some(), "{bad:?}");
             assert!(matches!(
                 check_column_name(bad),
-                Err(Error::UnsafeName { .. })
+                Err(Error::File(FileError::UnsafeName { .. }))
             ));
         }
     }

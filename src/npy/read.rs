@@ -168,7 +168,7 @@ fn check_fits_memory(path: &Path, what: &str, bytes: u64) -> Result<()> {
 /// ```
 ///
 /// # Errors
-/// [`Error::Io`](crate::Error::Io) when the file cannot be opened or mapped; [`Error::BadFile`](crate::Error::BadFile) naming the file
+/// [`FileError::Io`](crate::error::FileError::Io) when the file cannot be opened or mapped; [`FileError::BadFile`](crate::error::FileError::BadFile) naming the file
 /// for a wrong magic, a header NumPy would refuse, an object dtype, a 0-dimensional array, or
 /// fewer data bytes than the header declares.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<Column<'static>> {
@@ -199,7 +199,7 @@ fn npy_from_map(path: &Path, map: Arc<ReadMap>) -> Result<Column<'static>> {
 /// compressed members are inflated into memory.
 ///
 /// # Errors
-/// [`Error::Io`](crate::Error::Io) when the file cannot be opened; [`Error::BadFile`](crate::Error::BadFile) naming the file for an
+/// [`FileError::Io`](crate::error::FileError::Io) when the file cannot be opened; [`FileError::BadFile`](crate::error::FileError::BadFile) naming the file for an
 /// archive that is not a readable zip, a member that is not a `.npy`, a CRC mismatch, or any
 /// of [`read_npy`]'s failures in a member.
 pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<Column<'static>>> {
@@ -315,7 +315,7 @@ fn npz_from_map(path: &Path, map: Arc<ReadMap>) -> Result<Vec<Column<'static>>> 
 /// ```
 ///
 /// # Errors
-/// Those of [`read_npy`] and [`read_npz`]; [`Error::BadFile`](crate::Error::BadFile) naming the file whose column
+/// Those of [`read_npy`] and [`read_npz`]; [`FileError::BadFile`](crate::error::FileError::BadFile) naming the file whose column
 /// repeats an earlier name or whose row count differs from the first file's;
 /// [`Error::EmptyTable`](crate::Error::EmptyTable) when no path is given.
 pub fn read_table<P: AsRef<Path>>(paths: &[P]) -> Result<Table<'static>> {
@@ -381,7 +381,7 @@ pub(crate) fn read_table_mapped<P: AsRef<Path>>(
 /// e.g. the exact order another loader produced.
 ///
 /// # Errors
-/// Those of [`read_npy`]; [`Error::BadFile`](crate::Error::BadFile) naming the file for another dtype, more than one
+/// Those of [`read_npy`]; [`FileError::BadFile`](crate::error::FileError::BadFile) naming the file for another dtype, more than one
 /// dimension, or a negative index.
 pub fn read_indices(path: impl AsRef<Path>) -> Result<Vec<u64>> {
     let path = path.as_ref();

@@ -251,8 +251,8 @@ fn loader_arrays<'a>(table: &'a Table<'a>, batches: &'a Batches) -> Result<Vec<A
 /// Writes one column as a `.npy` file (written to a temporary name, renamed when complete).
 ///
 /// # Errors
-/// [`Error::UnsupportedDType`] for `bf16`; [`Error::NoSpace`] when the file system is full;
-/// [`Error::Io`] naming the file.
+/// [`Error::UnsupportedDType`] for `bf16`; [`FileError::NoSpace`](crate::error::FileError::NoSpace) when the file system is full;
+/// [`FileError::Io`](crate::error::FileError::Io) naming the file.
 pub fn write_npy(path: impl AsRef<Path>, column: &ColumnArray) -> Result<()> {
     let arrays = materialized_arrays(std::slice::from_ref(column))?;
     let mut staged = Staged::new();
@@ -310,8 +310,8 @@ fn write_dir(
 /// complete: a failure leaves none of them (and removes the folder if this call made it).
 ///
 /// # Errors
-/// As [`write_npy`]; [`Error::UnsafeName`] for a column name that cannot name a file;
-/// [`Error::PathConflict`] when a `NAME.npy` is a folder; [`Error::Io`] when the folder cannot
+/// As [`write_npy`]; [`FileError::UnsafeName`](crate::error::FileError::UnsafeName) for a column name that cannot name a file;
+/// [`FileError::PathConflict`](crate::error::FileError::PathConflict) when a `NAME.npy` is a folder; [`FileError::Io`](crate::error::FileError::Io) when the folder cannot
 /// be created.
 pub fn write_npy_dir(dir: impl AsRef<Path>, columns: &[ColumnArray]) -> Result<Vec<PathBuf>> {
     write_npy_dir_with(dir, columns, &WriteOptions::new())
@@ -370,7 +370,7 @@ pub(crate) fn stage_npy_dir(
 /// ```
 ///
 /// # Errors
-/// [`Error::UnsupportedDType`] for `bf16`; [`Error::Io`] naming the file.
+/// [`Error::UnsupportedDType`] for `bf16`; [`FileError::Io`](crate::error::FileError::Io) naming the file.
 pub fn write_npz(
     path: impl AsRef<Path>,
     columns: &[ColumnArray],
