@@ -415,6 +415,20 @@ pub enum Error {
         /// The buffer's ordinal.
         got: usize,
     },
+
+    // ---- writer -------------------------------------------------------------------------------
+    /// A writer was closed before every row of its output was written; nothing was committed.
+    #[error(
+        "{missing} of {rows} rows were never written (the first: {first:?}); nothing was committed"
+    )]
+    RowsMissing {
+        /// Rows never written.
+        missing: usize,
+        /// Rows of the output.
+        rows: usize,
+        /// The first missing rows, in order (a few).
+        first: Vec<usize>,
+    },
 }
 
 impl Error {

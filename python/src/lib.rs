@@ -15,6 +15,7 @@ mod cuda;
 mod errors;
 mod host;
 mod shards;
+mod writer;
 
 use pyo3::prelude::*;
 
@@ -29,6 +30,7 @@ fn cuda_compiled() -> bool {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buffer::Buffer>()?;
     m.add_class::<host::Sink>()?;
+    m.add_class::<writer::Writer>()?;
     m.add_function(wrap_pyfunction!(host::gather, m)?)?;
     m.add_function(wrap_pyfunction!(host::gather_to_files, m)?)?;
     m.add_function(wrap_pyfunction!(host::check_name, m)?)?;

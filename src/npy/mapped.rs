@@ -61,7 +61,7 @@ impl MappedNpy {
     /// `shape`, with its full size reserved on disk, and maps its data region.
     ///
     /// # Errors
-    /// [`Error::UnsupportedDType`] for `bf16`; [`Error::HostAllocation`] when the size
+    /// [`Error::HostAllocation`] when the size
     /// overflows; [`Error::NoSpace`] when the file system cannot hold it; [`Error::Io`] naming
     /// the file when it cannot be created or mapped.
     pub fn create(path: impl AsRef<Path>, dtype: DType, shape: &[usize]) -> Result<MappedNpy> {

@@ -276,7 +276,7 @@ fn loader_arrays<'a>(table: &'a Table<'a>, batches: &'a Batches) -> Result<Vec<A
 /// Writes one column as a `.npy` file (written to a temporary name, renamed when complete).
 ///
 /// # Errors
-/// [`Error::UnsupportedDType`] for `bf16`; [`Error::NoSpace`] when the file system is full;
+/// [`Error::NoSpace`] when the file system is full;
 /// [`Error::Io`] naming the file.
 pub fn write_npy(path: impl AsRef<Path>, column: &ColumnArray) -> Result<()> {
     let arrays = materialized_arrays(std::slice::from_ref(column))?;
@@ -395,7 +395,7 @@ pub(crate) fn stage_npy_dir(
 /// ```
 ///
 /// # Errors
-/// [`Error::UnsupportedDType`] for `bf16`; [`Error::Io`] naming the file.
+/// [`Error::Io`] naming the file.
 pub fn write_npz(
     path: impl AsRef<Path>,
     columns: &[ColumnArray],
