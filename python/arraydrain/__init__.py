@@ -60,6 +60,7 @@ from ._order import (
 from . import _general
 from ._progress import progress_bar
 from ._shards import load_shards
+from ._writer import Writer, indexed
 
 __version__ = _native.__version__
 
@@ -71,8 +72,10 @@ __all__ = [
     "DrainRuntimeError",
     "DrainTypeError",
     "DrainValueError",
+    "Writer",
     "drain",
     "explain",
+    "indexed",
     "load_shards",
     "to_npy_dir",
     "to_npz",

@@ -139,6 +139,11 @@ impl MappedNpy {
         &self.path
     }
 
+    /// Where the file is while being written (its temporary name until finished).
+    pub(crate) fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
     /// Bytes written back and dropped from memory so far by [`Storage::region_done`].
     pub fn released_bytes(&self) -> u64 {
         self.released

@@ -17,7 +17,17 @@
 //!   [`Staged`](crate::fsafe::Staged), so a writer dropped without `close`, a failed close or an
 //!   interrupted process leaves nothing at the destination.
 //!
+//! - **Many processes, one output**: the ranks of one run (torchrun, Slurm, MPI) write into one
+//!   output: one writer creates it ([`Writer::shared_path`] names its temporary file or folder),
+//!   the others join it ([`WriterBuilder::join`]) and write their rows in place through their
+//!   own maps; each joined writer writes its rows back ([`Writer::close`]) and hands its
+//!   coverage bitmap to the creator, whose [`Writer::close_with`] checks the union and renames
+//!   the output into place once. How the path and bitmaps travel between processes is the
+//!   caller's (the Python package uses `torch.distributed`).
+//!
 //! It must not know where the rows come from (no loader, no sampler) nor parse a command line.
+
+mod joined;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -99,9 +109,22 @@ pub struct WriterBuilder {
     destination: Destination,
     ring_bytes: usize,
     blocks: usize,
+    join: Option<PathBuf>,
 }
 
 impl WriterBuilder {
+    /// Writes into the output another writer of the same run created (usually in another
+    /// process) instead of creating one: `shared` is that writer's [`Writer::shared_path`], a
+    /// `.arraydrain-*` temporary file (`.npy`) or folder (`.npz`, folder). The destination kind,
+    /// columns and rows must be the creator's: every file's header and length are checked
+    /// before it is mapped. A joined writer commits nothing: its [`Writer::close`] writes its
+    /// rows back to the file, and its [`Writer::coverage`] goes to the creator's
+    /// [`Writer::close_with`]; dropped, it leaves the file to the creator.
+    pub fn join(mut self, shared: impl Into<PathBuf>) -> Self {
+        self.join = Some(shared.into());
+        self
+    }
+
     /// Adds a column of `dtype` whose rows have `row_shape`.
     pub fn column(mut self, name: impl Into<String>, dtype: DType, row_shape: &[usize]) -> Self {
         self.columns.push(WriterColumn {
@@ -193,6 +216,12 @@ pub struct Writer {
     /// Blocks handed back by the background thread (in a mutex only so the writer is `Sync`).
     free: Mutex<Receiver<Vec<u8>>>,
     thread: Option<JoinHandle<Result<Sink>>>,
+    /// The destination once the thread has stopped ([`Writer::sync`]).
+    stopped: Option<Sink>,
+    /// The temporary file or folder other writers can join.
+    shared: Option<PathBuf>,
+    /// Whether this writer joined another's output (and commits nothing).
+    joined: bool,
 }
 
 /// What [`Writer::close`] made.
@@ -231,6 +260,7 @@ impl Writer {
             destination: Destination::Memory,
             ring_bytes: DEFAULT_RING_BYTES,
             blocks: DEFAULT_BLOCKS,
+            join: None,
         }
     }
 
@@ -253,7 +283,19 @@ impl Writer {
         let total_row: usize = row_bytes.iter().sum();
         let block_bytes = b.ring_bytes / b.blocks;
         let block_rows = (block_bytes / total_row.max(1)).clamp(1, b.rows.max(1));
-        let sink = Sink::create(&b.destination, &b.columns, b.rows, row_bytes.clone())?;
+        let (sink, shared) = match &b.join {
+            None => Sink::create(&b.destination, &b.columns, b.rows, row_bytes.clone())?,
+            Some(shared) => (
+                joined::sink(
+                    &b.destination,
+                    shared,
+                    &b.columns,
+                    b.rows,
+                    row_bytes.clone(),
+                )?,
+                Some(shared.clone()),
+            ),
+        };
 
         let cap = block_rows
             .checked_mul(total_row)
@@ -285,7 +327,17 @@ impl Writer {
             to_sink: Some(to_sink),
             free: Mutex::new(free),
             thread: Some(thread),
+            stopped: None,
+            shared,
+            joined: b.join.is_some(),
         })
+    }
+
+    /// The temporary file (`.npy`) or folder (`.npz`, folder) that holds the output until it is
+    /// committed, for other writers of the run to [join](WriterBuilder::join); `None` in
+    /// memory.
+    pub fn shared_path(&self) -> Option<&Path> {
+        self.shared.as_deref()
     }
 
     /// Rows of the output.
@@ -377,6 +429,11 @@ impl Writer {
     /// for an index (or appended row) past the output; the destination's error ([`Error::Io`],
     /// [`Error::NoSpace`]) when the background thread failed.
     pub fn write_bytes(&mut self, n: usize, at: Option<&[u64]>, columns: &[&[u8]]) -> Result<()> {
+        if self.stopped.is_some() {
+            return Err(Error::ConflictingOptions {
+                reason: "the writer was synced: its rows are final, no more can be written".into(),
+            });
+        }
         if columns.len() != self.columns.len() {
             return Err(self.mismatch(
                 "",
@@ -485,31 +542,91 @@ impl Writer {
         }
     }
 
+    /// Waits for every row written so far to reach the destination and, for files, to be
+    /// written back to them (`msync`); no more rows can be written afterwards. A joined writer
+    /// calls it (through [`Writer::close`]) before the creator commits.
+    ///
+    /// # Errors
+    /// The destination's errors ([`Error::Io`]).
+    pub fn sync(&mut self) -> Result<()> {
+        if self.stopped.is_some() {
+            return Ok(());
+        }
+        self.to_sink = None;
+        let mut sink = match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result?,
+            _ => {
+                return Err(Error::Interrupted {
+                    reason: "the writer's background thread stopped".into(),
+                })
+            }
+        };
+        for c in &mut sink.columns {
+            c.storage_mut().finish()?;
+        }
+        self.stopped = Some(sink);
+        Ok(())
+    }
+
     /// Waits for every row to reach the destination, checks that every row was written, and
-    /// puts the output in place (files renamed into place, all at once) or returns it.
+    /// puts the output in place (files renamed into place, all at once) or returns it. A
+    /// joined writer only writes its rows back ([`Writer::sync`]) and commits nothing.
     ///
     /// # Errors
     /// [`Error::RowsMissing`] when some row was never written (nothing is committed and the
     /// temporary files are removed); the destination's errors ([`Error::Io`],
     /// [`Error::NoSpace`], [`Error::PathConflict`] for a destination that became a folder).
-    pub fn close(mut self) -> Result<Written> {
-        let sink = self.stop()?;
-        if self.covered < self.rows {
-            return Err(Error::RowsMissing {
-                missing: self.rows - self.covered,
-                rows: self.rows,
-                first: self.missing_rows(8),
-            });
-        }
-        sink.commit()
+    pub fn close(self) -> Result<Written> {
+        self.close_with(&[])
     }
 
-    /// Stops the background thread once it has moved every block, and takes the destination.
-    fn stop(&mut self) -> Result<Sink> {
-        self.to_sink = None;
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            _ => Err(Error::Interrupted {
+    /// [`Writer::close`] counting the rows of the other writers of the run as written too:
+    /// `others` are their [`Writer::coverage`] bitmaps, taken after their [`Writer::sync`]
+    /// (their rows are then in the files). The output is committed only when the union covers
+    /// every row.
+    ///
+    /// # Errors
+    /// As [`Writer::close`]; [`Error::ConflictingOptions`] for a bitmap of another length.
+    pub fn close_with(mut self, others: &[&[u64]]) -> Result<Written> {
+        self.sync()?;
+        if self.joined {
+            return Ok(Written {
+                paths: Vec::new(),
+                memory: None,
+            });
+        }
+        let mut union = self.written.clone();
+        for other in others {
+            if other.len() != union.len() {
+                return Err(Error::ConflictingOptions {
+                    reason: format!(
+                        "a coverage bitmap of {} words for an output of {} rows ({} words)",
+                        other.len(),
+                        self.rows,
+                        union.len()
+                    ),
+                });
+            }
+            union.iter_mut().zip(*other).for_each(|(u, o)| *u |= o);
+        }
+        if let Some(last) = union.last_mut().filter(|_| self.rows % 64 != 0) {
+            *last &= (1u64 << (self.rows % 64)) - 1;
+        }
+        let covered: usize = union.iter().map(|w| w.count_ones() as usize).sum();
+        if covered < self.rows {
+            let first = (0..self.rows)
+                .filter(|&i| union[i / 64] & (1 << (i % 64)) == 0)
+                .take(8)
+                .collect();
+            return Err(Error::RowsMissing {
+                missing: self.rows - covered,
+                rows: self.rows,
+                first,
+            });
+        }
+        match self.stopped.take() {
+            Some(sink) => sink.commit(),
+            None => Err(Error::Interrupted {
                 reason: "the writer's background thread stopped".into(),
             }),
         }
@@ -532,7 +649,7 @@ impl Sink {
         columns: &[WriterColumn],
         rows: usize,
         row_bytes: Vec<usize>,
-    ) -> Result<Sink> {
+    ) -> Result<(Sink, Option<PathBuf>)> {
         let shape = |c: &WriterColumn| {
             let mut s = vec![rows];
             s.extend_from_slice(&c.row_shape);
@@ -542,18 +659,20 @@ impl Sink {
             ColumnArray::new(&c.name, c.dtype.clone(), &c.row_shape, rows, Box::new(m))
         };
         let mut staged = Staged::new();
+        let shared;
         let columns = match destination {
             Destination::Memory => {
                 let cols = columns
                     .iter()
                     .map(|c| ColumnArray::zeroed(&c.name, c.dtype.clone(), &c.row_shape, rows))
                     .collect::<Result<Vec<_>>>()?;
-                return Ok(Sink {
+                let sink = Sink {
                     columns: cols,
                     row_bytes,
                     staged: None,
                     destination: Destination::Memory,
-                });
+                };
+                return Ok((sink, None));
             }
             Destination::Npy(path) => {
                 let [c] = columns else {
@@ -567,6 +686,7 @@ impl Sink {
                     });
                 };
                 let m = MappedNpy::create_staged(&mut staged, path, c.dtype.clone(), &shape(c))?;
+                shared = m.temp_path().to_path_buf();
                 vec![mapped(m, c)?]
             }
             Destination::Npz { path, .. } | Destination::Dir(path) => {
@@ -586,6 +706,7 @@ impl Sink {
                     staged.check_not_input(path)?;
                     staged.scratch_dir(path)?
                 };
+                shared = dir.clone();
                 columns
                     .iter()
                     .map(|c| {
@@ -598,12 +719,13 @@ impl Sink {
                     .collect::<Result<Vec<_>>>()?
             }
         };
-        Ok(Sink {
+        let sink = Sink {
             columns,
             row_bytes,
             staged: Some(staged),
             destination: destination.clone(),
-        })
+        };
+        Ok((sink, Some(shared)))
     }
 
     /// The background thread: moves each block's rows into place and hands the block back.
