@@ -548,3 +548,161 @@ fn float8_columns_are_bytes_under_the_descriptors_numpy_with_ml_dtypes_writes() 
         assert_eq!(npy::read_npy(&path).unwrap().bytes(), expected(9, 3, 0, &d));
     }
 }
+
+/// Three writers of one run (threads here, processes under torchrun): one creates, two join;
+/// the rows of all three make the output, committed once by the creator.
+#[test]
+fn joined_writers_fill_one_output_and_the_creator_commits_it_once() {
+    let dir = tmp("joined");
+    let cols = vec![("e", DType::F32, vec![3]), ("l", DType::I64, vec![])];
+    let rows = 100;
+    // DistributedSampler over 3 ranks pads 100 rows to 102: rank r takes every third index.
+    let order: Vec<usize> = shuffled(rows).into_iter().chain(0..2).collect();
+    for dest in [
+        Destination::Npz {
+            path: dir.join("o.npz"),
+            compress: false,
+        },
+        Destination::Dir(dir.join("o")),
+    ] {
+        let builder = |d: &Destination| {
+            let mut b = Writer::builder(rows).destination(d.clone()).ring_bytes(256);
+            for (n, t, s) in &cols {
+                b = b.column(*n, t.clone(), s);
+            }
+            b
+        };
+        let creator = builder(&dest).open().unwrap();
+        let shared = creator.shared_path().unwrap().to_path_buf();
+        assert!(!dest_exists(&dest));
+        let others: Vec<Vec<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (1..3)
+                .map(|rank| {
+                    let (dest, shared, order, cols) = (&dest, &shared, &order, &cols);
+                    s.spawn(move || {
+                        let mut w = builder(dest).join(shared).open().unwrap();
+                        let mine: Vec<usize> =
+                            order.iter().copied().skip(rank).step_by(3).collect();
+                        write_all(&mut w, cols, &mine, 7);
+                        w.sync().unwrap();
+                        let coverage = w.coverage().to_vec();
+                        assert!(w.close().unwrap().paths.is_empty());
+                        coverage
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut creator = creator;
+        let mine: Vec<usize> = order.iter().copied().step_by(3).collect();
+        write_all(&mut creator, &cols, &mine, 5);
+        assert!(creator.rows_written() < rows);
+        let refs: Vec<&[u64]> = others.iter().map(Vec::as_slice).collect();
+        creator.close_with(&refs).unwrap();
+        let back = match &dest {
+            Destination::Npz { path, .. } => npy::read_npz(path).unwrap(),
+            Destination::Dir(p) => ["e", "l"]
+                .iter()
+                .map(|n| npy::read_npy(p.join(format!("{n}.npy"))).unwrap())
+                .collect(),
+            _ => unreachable!(),
+        };
+        for (k, (n, d, _)) in cols.iter().enumerate() {
+            let c = back.iter().find(|c| c.name() == *n).unwrap();
+            assert_eq!(
+                c.bytes(),
+                expected(rows, c.row_bytes(), k, d),
+                "{dest:?} {n}"
+            );
+        }
+    }
+    assert_eq!(entries(&dir), ["o", "o.npz"]);
+}
+
+fn dest_exists(d: &Destination) -> bool {
+    match d {
+        Destination::Npy(p) | Destination::Dir(p) | Destination::Npz { path: p, .. } => p.exists(),
+        _ => false,
+    }
+}
+
+#[test]
+fn a_rank_missing_fails_the_union_and_nothing_is_committed() {
+    let dir = tmp("joined-missing");
+    let path = dir.join("x.npy");
+    let b = || Writer::builder(10).column("x", DType::U8, &[2]).path(&path);
+    let cols = vec![("x", DType::U8, vec![2])];
+    let mut creator = b().open().unwrap();
+    let mut joined = b().join(creator.shared_path().unwrap()).open().unwrap();
+    write_all(&mut creator, &cols, &[0, 1, 2, 3, 4], 5);
+    write_all(&mut joined, &cols, &[5, 6, 8], 5);
+    joined.sync().unwrap();
+    let e = joined.write_at(&[9], &batch(&cols, &[9])).unwrap_err();
+    assert!(e.to_string().contains("synced"), "{e}");
+    let theirs = joined.coverage().to_vec();
+    drop(joined); // a joined writer dropped leaves the file to the creator
+    let e = creator.close_with(&[&theirs]).unwrap_err();
+    assert!(matches!(e, Error::RowsMissing { missing: 2, .. }), "{e}");
+    assert!(e.to_string().contains("[7, 9]"), "{e}");
+    assert!(entries(&dir).is_empty(), "{:?}", entries(&dir));
+}
+
+#[test]
+fn joining_checks_what_it_joins() {
+    let dir = tmp("joined-hostile");
+    let path = dir.join("x.npy");
+    let creator = Writer::builder(10)
+        .column("x", DType::F32, &[2])
+        .path(&path)
+        .open()
+        .unwrap();
+    let shared = creator.shared_path().unwrap().to_path_buf();
+    // Another dtype, shape or row count than the creator's: the header differs.
+    for (d, s, r) in [
+        (DType::I32, vec![2], 10),
+        (DType::F32, vec![3], 10),
+        (DType::F32, vec![2], 11),
+    ] {
+        let e = Writer::builder(r)
+            .column("x", d, &s)
+            .path(&path)
+            .join(&shared)
+            .open()
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot be joined"), "{e}");
+    }
+    // Not a writer's temporary output: refused before it is opened.
+    let victim = dir.join("victim.npy");
+    std::fs::write(&victim, b"keep").unwrap();
+    let e = Writer::builder(10)
+        .column("x", DType::F32, &[2])
+        .path(&path)
+        .join(&victim)
+        .open()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("not a writer's temporary output"),
+        "{e}"
+    );
+    // A link planted under a temporary name is not followed.
+    let link = dir.join(".arraydrain-planted");
+    std::os::unix::fs::symlink(&shared, &link).unwrap();
+    let e = Writer::builder(10)
+        .column("x", DType::F32, &[2])
+        .path(&path)
+        .join(&link)
+        .open()
+        .unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    // In memory there is nothing to join.
+    let e = Writer::builder(10)
+        .column("x", DType::F32, &[2])
+        .join(&shared)
+        .open()
+        .unwrap_err();
+    assert!(e.to_string().contains("in memory"), "{e}");
+    std::fs::remove_file(&link).unwrap();
+    drop(creator);
+    assert_eq!(entries(&dir), ["victim.npy"]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+}

@@ -13,13 +13,15 @@ memory and are written to files exactly as ``numpy.save`` writes ``ml_dtypes`` a
 
 from __future__ import annotations
 
+import collections
 import os
+import sys
 from typing import Any, Iterator
 
 import numpy as np
 
 from . import _native
-from ._errors import DrainIndexError, DrainTypeError, DrainValueError
+from ._errors import ArrayDrainError, DrainIndexError, DrainTypeError, DrainValueError
 from ._leaves import engine_dtype, flatten, is_tensor, is_text, rebuild, same_structure
 from ._order import epoch_order, replayable
 
@@ -127,6 +129,45 @@ def leaf_bytes(x: Any, where: str) -> tuple[np.ndarray, np.dtype, tuple[int, ...
     return a.reshape(rows, per_row).view(np.uint8), a.dtype, row_shape
 
 
+def _distributed():
+    """``torch.distributed`` when it is initialised with more than one process, else None."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    d = torch.distributed
+    if d.is_available() and d.is_initialized() and d.get_world_size() > 1:
+        return d
+    return None
+
+
+def _issue_device_copies(leaves):
+    """Queues a non-blocking copy of every CUDA leaf into pinned host memory on the current
+    stream of its device and records an event after them: ``(leaves with CUDA tensors replaced
+    by their pinned destinations, event, bytes in flight)``."""
+    import torch
+
+    out, devices, nbytes = [], [], 0
+    for name, x in leaves:
+        if is_tensor(x) and x.device.type == "cuda":
+            t = x.detach()
+            if not t.is_contiguous():
+                t = t.contiguous()
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            nbytes += host.numel() * host.element_size()
+            if t.device not in devices:
+                devices.append(t.device)
+            x = host
+        out.append((name, x))
+    if len(devices) != 1:
+        raise DrainValueError(
+            f"a batch's CUDA tensors are on {len(devices)} devices; write them separately"
+        )
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(devices[0]))
+    return out, event, nbytes
+
+
 def _kind(path: str) -> str:
     ext = os.path.splitext(path)[1]
     return {".npy": "npy", ".npz": "npz"}.get(ext, "dir")
@@ -169,6 +210,15 @@ class Writer:
     A missing row fails :meth:`close` (``DrainValueError`` naming how many and the first ones)
     and nothing is committed; leaving the ``with`` block by an exception, or dropping the writer
     unclosed, commits nothing either.
+
+    **Many ranks, one file**: when ``torch.distributed`` is initialised with several processes
+    (torchrun, Slurm, MPI), every rank opens the same ``path`` (on a file system all of them
+    share) and writes its own rows in place: rank 0 creates the output under a temporary name
+    at the first ``write`` and the others join it; on close every rank writes its rows back,
+    rank 0 checks that the union of all ranks' rows covers every row, and renames the output
+    into place once. ``DistributedSampler``'s padded duplicates write identical bytes to the
+    same rows. Every rank must write at least one batch and close (collective calls);
+    ``distributed=False`` makes each rank's writer independent.
     """
 
     def __init__(
@@ -178,6 +228,7 @@ class Writer:
         *,
         ring_bytes: int = DEFAULT_RING_BYTES,
         compress: bool = False,
+        distributed: bool | None = None,
     ):
         if rows is None:
             raise DrainTypeError("Writer needs rows= (the output's row count, e.g. len(dataset))")
@@ -194,16 +245,41 @@ class Writer:
         self._structure: Any = None
         self._leaves: list[tuple[str, np.dtype, tuple[int, ...]]] = []
         self._closed = False
+        self._pending: collections.deque = collections.deque()
+        self._pending_bytes = 0
+        self._dist = None if distributed is False else _distributed()
+        if distributed and self._dist is None:
+            raise DrainValueError(
+                "distributed=True needs torch.distributed initialised with several processes"
+            )
+        if self._dist is not None and self.path is None:
+            raise DrainValueError(
+                "an output in memory cannot be shared between ranks: give a path on a shared "
+                "file system, or distributed=False for one output per rank"
+            )
 
     # ---- writing ---------------------------------------------------------------------------
 
     def write(self, batch: Any, at: Any = None) -> None:
         """Writes one batch (a tensor, NumPy array, or a tuple/list/dict of them) to the output
         rows ``at`` (one dataset index per batch row), or after the rows appended so far when
-        ``at`` is None. Returns once the rows are copied into the ring."""
+        ``at`` is None. Returns once the rows are copied into the ring.
+
+        CUDA tensors: the copy to pinned host memory is queued on the current CUDA stream
+        (``non_blocking``, so after the kernels that produced the tensor on that stream) and an
+        event recorded after it; ``write`` returns without synchronising the GPU, and the rows
+        go into the ring once the event has completed (checked without waiting at each later
+        ``write``; waited for only when copies of more than ``ring_bytes`` are in flight, and
+        at close). The tensor's GPU memory can be reused as soon as ``write`` returns: later
+        work on the same stream runs after the copy. ``at`` is read at once."""
         if self._closed:
             raise DrainValueError("the writer is closed")
         structure, leaves = flatten(batch)
+        event = None
+        if any(is_tensor(x) and x.device.type == "cuda" for _, x in leaves):
+            leaves, event, nbytes = _issue_device_copies(leaves)
+        else:
+            self._complete_pending(wait_all=True)  # rows keep the order they were written in
         cols = [leaf_bytes(x, name) for name, x in leaves]
         if not cols:
             raise DrainValueError("the batch has no tensors or arrays to write")
@@ -219,7 +295,31 @@ class Writer:
         else:
             self._check(structure, layout)
         idx = None if at is None else _indices(at, rows)
-        self._native.write([c[0] for c in cols], rows, idx)
+        if idx is not None and idx.size and (idx.min() < 0 or idx.max() >= self.rows):
+            pos = int(np.argmax((idx < 0) | (idx >= self.rows)))
+            raise DrainIndexError(
+                f"index {int(idx[pos])} at position {pos} is out of range for {self.rows} rows"
+            )
+        arrays = [c[0] for c in cols]
+        if event is None:
+            self._native.write(arrays, rows, idx)
+            return
+        self._pending.append((event, arrays, rows, idx, nbytes))
+        self._pending_bytes += nbytes
+        self._complete_pending(wait_all=False)
+
+    def _complete_pending(self, wait_all: bool) -> None:
+        """Hands copies from the GPU whose event has completed to the ring, in order; waits for
+        the oldest while more than ``ring_bytes`` are in flight (or for all, ``wait_all``)."""
+        while self._pending:
+            event, arrays, rows, idx, nbytes = self._pending[0]
+            if not event.query():
+                if not wait_all and self._pending_bytes <= self._ring_bytes:
+                    return
+                event.synchronize()
+            self._pending.popleft()
+            self._pending_bytes -= nbytes
+            self._native.write(arrays, rows, idx)
 
     def _open(self, structure, layout) -> None:
         columns = [(n, engine_name(d, n), list(s)) for n, d, s in layout]
@@ -229,11 +329,35 @@ class Writer:
                 f"{self.path}: a .npy file holds one array, the batch has {len(columns)} leaves "
                 f"({', '.join(c[0] for c in columns)}); write a .npz or a folder"
             )
-        self._native = _native.Writer(
-            self.path, kind, self.rows, columns, self._ring_bytes, self._compress
-        )
+        args = (self.path, kind, self.rows, columns, self._ring_bytes, self._compress)
+        if self._dist is None:
+            self._native = _native.Writer(*args)
+        else:
+            self._native = self._open_shared(args)
         self._structure = structure
         self._leaves = layout
+
+    def _open_shared(self, args):
+        """Rank 0 creates the output, the others join it (its temporary path is broadcast)."""
+        d = self._dist
+        if d.get_rank() == 0:
+            native, failure = None, None
+            try:
+                native = _native.Writer(*args)
+                msg = ("ok", os.fspath(native.shared_path))
+            except ArrayDrainError as e:
+                failure, msg = e, ("error", f"{type(e).__name__}: {e}")
+            box = [msg]
+            d.broadcast_object_list(box, src=0)
+            if failure is not None:
+                raise failure
+            return native
+        box = [None]
+        d.broadcast_object_list(box, src=0)
+        status, value = box[0]
+        if status != "ok":
+            raise DrainValueError(f"rank 0 could not create the output: {value}")
+        return _native.Writer(*args, join=value)
 
     def _check(self, structure, layout) -> None:
         if not same_structure(self._structure, structure) or len(layout) != len(self._leaves):
@@ -259,6 +383,11 @@ class Writer:
         the output in place (renamed once). Returns :attr:`result` (``None`` for files)."""
         if self._closed:
             return self.result
+        try:
+            self._complete_pending(wait_all=True)
+        except BaseException:
+            self.abort()
+            raise
         self._closed = True
         native, self._native = self._native, None
         if native is None:
@@ -272,6 +401,8 @@ class Writer:
                     "nothing was committed"
                 )
             return None
+        if self._dist is not None:
+            return self._close_shared(native)
         arrays = native.close()
         if arrays is not None:
             out = [
@@ -281,9 +412,47 @@ class Writer:
             self.result = rebuild(self._structure, out)
         return self.result
 
+    def _close_shared(self, native) -> None:
+        """Every rank writes its rows back and sends its bitmap to all; rank 0 checks the
+        union and commits, then tells the others how it went."""
+        d = self._dist
+        rank, world = d.get_rank(), d.get_world_size()
+        try:
+            native.sync()
+            mine = ("ok", native.coverage(), native.rows_written)
+        except ArrayDrainError as e:
+            mine = ("error", f"rank {rank}: {type(e).__name__}: {e}", 0)
+        every = [None] * world
+        d.all_gather_object(every, mine)
+        failure = None
+        if rank == 0:
+            errors = [m[1] for m in every if m[0] != "ok"]
+            if errors:
+                native.abort()
+                outcome = ("error", "; ".join(errors))
+            else:
+                try:
+                    native.close([m[1] for m in every[1:]])
+                    outcome = ("ok", None)
+                except ArrayDrainError as e:
+                    counts = ", ".join(f"rank {r}: {m[2]}" for r, m in enumerate(every))
+                    failure = type(e)(f"{e} (distinct rows each rank wrote: {counts})")
+                    outcome = ("error", str(failure))
+        else:
+            native.close()  # a joined writer: its rows are written back, it commits nothing
+            outcome = None
+        box = [outcome]
+        d.broadcast_object_list(box, src=0)
+        if failure is not None:
+            raise failure
+        if box[0][0] != "ok":
+            raise DrainValueError(f"the output was not committed: {box[0][1]}")
+        return None
+
     def abort(self) -> None:
         """Drops everything written: no output appears, temporary files are removed."""
         self._closed = True
+        self._pending.clear()
         native, self._native = self._native, None
         if native is not None:
             native.abort()

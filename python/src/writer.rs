@@ -33,8 +33,11 @@ impl Writer {
 impl Writer {
     /// A writer of `rows` rows of `columns` `(name, engine dtype, row_shape)`: to memory
     /// (`path` None), or to `path` as `kind` `"npy"`, `"npz"` or `"dir"`.
+    /// With `join`, writes into the output another writer of the run created (its
+    /// `shared_path`) instead of creating one.
     #[new]
-    #[pyo3(signature = (path, kind, rows, columns, ring_bytes, compress=false))]
+    #[pyo3(signature = (path, kind, rows, columns, ring_bytes, compress=false, join=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: Option<PathBuf>,
@@ -43,6 +46,7 @@ impl Writer {
         columns: Vec<(String, String, Vec<usize>)>,
         ring_bytes: usize,
         compress: bool,
+        join: Option<PathBuf>,
     ) -> PyResult<Self> {
         let destination = match (path, kind) {
             (None, _) => Destination::Memory,
@@ -62,6 +66,9 @@ impl Writer {
         for (name, dtype, shape) in columns {
             let (dtype, shape) = layout(Some(&dtype), &shape, 0)?;
             b = b.column(name, dtype, &shape);
+        }
+        if let Some(shared) = join {
+            b = b.join(shared);
         }
         let engine = py.detach(|| b.open()).py()?;
         let row_bytes = engine
@@ -115,6 +122,34 @@ impl Writer {
             .py()
     }
 
+    /// The temporary file or folder other writers of the run join (None in memory).
+    #[getter]
+    fn shared_path(&self) -> Option<PathBuf> {
+        self.engine
+            .as_ref()
+            .and_then(|e| e.shared_path().map(PathBuf::from))
+    }
+
+    /// Waits for every row written so far to be in the destination's files; no more rows can
+    /// be written afterwards.
+    fn sync(&mut self, py: Python<'_>) -> PyResult<()> {
+        let engine = self.engine()?;
+        py.detach(|| engine.sync()).py()
+    }
+
+    /// The coverage bitmap as little-endian bytes (bit `i % 8` of byte `i / 8`: row `i`).
+    fn coverage(&self) -> PyResult<Vec<u8>> {
+        let engine = self
+            .engine
+            .as_ref()
+            .ok_or_else(|| Kind::Value.err("the writer is closed"))?;
+        Ok(engine
+            .coverage()
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect())
+    }
+
     /// Distinct rows written so far.
     #[getter]
     fn rows_written(&self) -> usize {
@@ -131,13 +166,31 @@ impl Writer {
     /// Waits for every row to reach the destination, checks every row was written, and puts the
     /// output in place. Returns the columns as `uint8` arrays `(rows, row_bytes)` for a memory
     /// writer, None for files.
-    fn close(&mut self, py: Python<'_>) -> PyResult<Option<Vec<Py<PyAny>>>> {
+    /// `others`: the coverage bitmaps of the other writers of the run (see `coverage`), whose
+    /// rows count as written too.
+    #[pyo3(signature = (others=Vec::new()))]
+    fn close(&mut self, py: Python<'_>, others: Vec<Vec<u8>>) -> PyResult<Option<Vec<Py<PyAny>>>> {
         let engine = self
             .engine
             .take()
             .ok_or_else(|| Kind::Value.err("the writer is closed"))?;
         let rows = engine.rows();
-        let written = py.detach(|| engine.close()).py()?;
+        let mut words = Vec::with_capacity(others.len());
+        for o in &others {
+            if o.len() % 8 != 0 {
+                return Err(Kind::Value.err(format!(
+                    "a coverage bitmap of {} bytes (whole 64-bit words expected)",
+                    o.len()
+                )));
+            }
+            words.push(
+                o.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect::<Vec<u64>>(),
+            );
+        }
+        let refs: Vec<&[u64]> = words.iter().map(Vec::as_slice).collect();
+        let written = py.detach(|| engine.close_with(&refs)).py()?;
         let Some(memory) = written.memory else {
             return Ok(None);
         };
