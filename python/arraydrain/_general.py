@@ -18,13 +18,13 @@ from . import _native
 from ._errors import DrainMemoryError, DrainTypeError, DrainValueError
 from ._leaves import (
     _LEAF,
-    BFLOAT16_MESSAGE,
     engine_dtype,
     flatten,
     is_tensor,
     key_path,
     rebuild,
     same_structure,
+    tensor_numpy,
     torch_numpy_dtype,
 )
 
@@ -66,12 +66,8 @@ def _tensor_array(x, name: str) -> np.ndarray:
     if t.device.type != "cpu":
         t = t.cpu()
     try:
-        return t.numpy()
+        return tensor_numpy(t)
     except TypeError as e:
-        import torch
-
-        if t.dtype == torch.bfloat16:
-            raise DrainTypeError(BFLOAT16_MESSAGE.format(where=f"leaf {name!r}")) from None
         torch_numpy_dtype(t, name)  # raises the specific message
         raise DrainTypeError(f"leaf {name!r}: {e}") from e
 

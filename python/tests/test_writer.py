@@ -282,3 +282,26 @@ def test_indexed_refuses_samplers_it_cannot_replay():
 
     with pytest.raises(arraydrain.DrainTypeError, match="cannot know the indices a Mine yields"):
         next(arraydrain.indexed(DataLoader(ds, batch_size=2, sampler=Mine())))
+
+
+# ---- drain's bfloat16 ------------------------------------------------------------------------
+
+
+def test_drain_gives_ml_dtypes_bfloat16_and_files_as_numpy_with_ml_dtypes_writes(tmp_path):
+    import zipfile
+
+    x = values((N, 3), torch.float32, seed=4).to(torch.bfloat16)
+    g = torch.Generator()
+    loader = DataLoader(TensorDataset(x), batch_size=16, shuffle=True, generator=g)
+    g.manual_seed(2)
+    (got,) = arraydrain.drain(loader)
+    g.manual_seed(2)
+    order = np.concatenate([i for i, _ in arraydrain.indexed(loader)])
+    assert got.dtype == ml_dtypes.bfloat16
+    assert got.view(np.int16).tobytes() == x[order].view(torch.int16).numpy().tobytes()
+    g.manual_seed(2)
+    arraydrain.to_npz(loader, str(tmp_path / "x.npz"))
+    ref = io.BytesIO()
+    np.save(ref, got)
+    with zipfile.ZipFile(tmp_path / "x.npz") as z:
+        assert z.read("0.npy") == ref.getvalue()  # the member is numpy.save's file, byte for byte
