@@ -25,6 +25,7 @@ Written files land in --dir (default: a temporary folder, removed afterwards).
 Usage:
   python/bench_inference.py                    # 1M rows, 3 runs per method
   python/bench_inference.py --rows 200000 --repeat 2
+  python/bench_inference.py --threads 1        # one torch thread: steadier on a shared machine
 """
 
 import argparse
@@ -132,6 +133,8 @@ def child(args):
 def peak_extra(args, method, folder):
     cmd = [sys.executable, __file__, "--child", method, "--rows", str(args.rows),
            "--batch", str(args.batch), "--dir", folder]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_extra"]
 
@@ -141,12 +144,15 @@ def main():
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--dir", default=None, help="where files are written (default: a temp folder)")
     p.add_argument("--json", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         return child(args)
     methods = args.methods.split(",")

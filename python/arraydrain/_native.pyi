@@ -83,6 +83,9 @@ class Writer:
     def close(self, others: Sequence[bytes] = ...) -> list[Bytes2D] | None: ...
     def abort(self) -> None: ...
 
+def launcher_placement() -> tuple[int, int, str] | None:
+    """``(rank, world size, source)`` under torchrun, Slurm or MPI; None without a launcher."""
+
 class DeviceBuffer:
     """Engine-owned device memory, writable through ``__cuda_array_interface__``."""
 

@@ -218,7 +218,9 @@ class Writer:
     rank 0 checks that the union of all ranks' rows covers every row, and renames the output
     into place once. ``DistributedSampler``'s padded duplicates write identical bytes to the
     same rows. Every rank must write at least one batch and close (collective calls);
-    ``distributed=False`` makes each rank's writer independent.
+    ``distributed=False`` makes each rank's writer independent. Under a launcher (its variables
+    set, several ranks) without ``torch.distributed`` initialised, a writer to a path is refused
+    unless ``distributed=False``: the ranks would have no way to share the output.
     """
 
     def __init__(
@@ -252,6 +254,16 @@ class Writer:
             raise DrainValueError(
                 "distributed=True needs torch.distributed initialised with several processes"
             )
+        if self._dist is None and distributed is None and self.path is not None:
+            placement = _native.launcher_placement()
+            if placement is not None and placement[1] > 1:
+                rank, world, source = placement
+                raise DrainValueError(
+                    f"this process is rank {rank} of {world} ({source}), but torch.distributed "
+                    "is not initialised: the ranks of a run share one output through it "
+                    "(torch.distributed.init_process_group() first), or pass distributed=False "
+                    "for an output of this rank's own"
+                )
         if self._dist is not None and self.path is None:
             raise DrainValueError(
                 "an output in memory cannot be shared between ranks: give a path on a shared "

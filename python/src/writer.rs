@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use arraydrain::writer::{Destination, DEFAULT_BLOCKS};
-use arraydrain::Writer as Engine;
+use arraydrain::{launcher, Error, Writer as Engine};
 use numpy::{PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
 
@@ -208,5 +208,16 @@ impl Writer {
         if let Some(e) = self.engine.take() {
             py.detach(|| drop::<Engine>(e));
         }
+    }
+}
+
+/// This process's `(rank, world size, where they came from)` under a launcher (torchrun, Slurm,
+/// MPI), read by the library's launcher detection; None when no launcher's variables are set.
+#[pyfunction]
+pub fn launcher_placement() -> PyResult<Option<(usize, usize, String)>> {
+    match launcher::detect(None, None) {
+        Ok(p) => Ok(Some((p.rank, p.world_size, p.source.to_string()))),
+        Err(Error::LauncherNotDetected { .. }) => Ok(None),
+        Err(e) => Err(crate::errors::to_py(e)),
     }
 }

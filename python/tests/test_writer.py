@@ -305,3 +305,26 @@ def test_drain_gives_ml_dtypes_bfloat16_and_files_as_numpy_with_ml_dtypes_writes
     np.save(ref, got)
     with zipfile.ZipFile(tmp_path / "x.npz") as z:
         assert z.read("0.npy") == ref.getvalue()  # the member is numpy.save's file, byte for byte
+
+
+# ---- the README's example ----------------------------------------------------------------------
+
+
+def test_the_readme_writer_example_runs(tmp_path):
+    import pathlib
+    import re
+    import subprocess
+
+    readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+    text = readme.read_text()
+    start = text.index("## Writing model outputs")
+    section = text[start : text.find("\n## ", start + 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert any("arraydrain.Writer(" in b and "arraydrain.indexed(" in b for b in blocks)
+    for code in blocks:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["feats.npy"]

@@ -83,3 +83,28 @@ def test_a_rank_killed_mid_run_leaves_nothing(tmp_path):
     assert done.returncode != 0
     visible = [p for p in os.listdir(tmp_path) if not p.startswith(".")]
     assert not any(p in visible for p in ("feats.npy", "both.npz", "both")), visible
+
+
+def test_a_rank_without_torch_distributed_is_refused_unless_it_opts_out(tmp_path):
+    # torchrun's variables, no process group: the ranks could not share the output.
+    code = (
+        "import arraydrain, numpy as np, sys\n"
+        "try:\n"
+        "    arraydrain.Writer(sys.argv[1], rows=2)\n"
+        "except arraydrain.DrainValueError as e:\n"
+        "    print('refused:', e)\n"
+        "with arraydrain.Writer(sys.argv[1], rows=2, distributed=False) as w:\n"
+        "    w.write(np.arange(2.0))\n"
+    )
+    env = clean_env(
+        RANK="1", WORLD_SIZE="3", LOCAL_RANK="1", LOCAL_WORLD_SIZE="3", GROUP_RANK="0",
+        TORCHELASTIC_RUN_ID="t", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x.npy")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "refused: this process is rank 1 of 3" in out.stdout, out.stdout
+    assert "torch.distributed.init_process_group()" in out.stdout
+    assert np.load(tmp_path / "x.npy").tolist() == [0.0, 1.0]

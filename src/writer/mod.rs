@@ -212,6 +212,8 @@ pub struct Writer {
     batches: usize,
     /// Rows one block holds.
     block_rows: usize,
+    /// The block being filled (sent when full, or by [`Writer::sync`]).
+    current: Option<Block>,
     to_sink: Option<SyncSender<Block>>,
     /// Blocks handed back by the background thread (in a mutex only so the writer is `Sync`).
     free: Mutex<Receiver<Vec<u8>>>,
@@ -233,10 +235,26 @@ pub struct Written {
     pub memory: Option<Materialized>,
 }
 
-/// Rows on their way to the destination: `rows` rows of every column, column after column,
-/// for the output rows `at` (or `start..start + rows` when `at` is empty).
+/// Rows on their way to the destination: the rows of consecutive writes, packed, each write's
+/// part a [`Segment`].
 struct Block {
     buf: Vec<u8>,
+    segments: Vec<Segment>,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("bytes", &self.buf.len())
+            .field("segments", &self.segments.len())
+            .finish()
+    }
+}
+
+/// `rows` rows of every column, column after column, from `offset` in the block's bytes, for
+/// the output rows `at` (or `start..start + rows` when `at` is empty).
+struct Segment {
+    offset: usize,
     rows: usize,
     at: Vec<u64>,
     start: usize,
@@ -324,6 +342,7 @@ impl Writer {
             next: 0,
             batches: 0,
             block_rows,
+            current: None,
             to_sink: Some(to_sink),
             free: Mutex::new(free),
             thread: Some(thread),
@@ -479,20 +498,47 @@ impl Writer {
             None => {}
         }
         let start = self.next;
-        for first in (0..n).step_by(self.block_rows.max(1)) {
-            let rows = self.block_rows.min(n - first);
-            let mut buf = self.free_block()?;
-            buf.clear();
-            for (bytes, &rb) in columns.iter().zip(&self.row_bytes) {
-                buf.extend_from_slice(&bytes[first * rb..(first + rows) * rb]);
+        let total_row: usize = self.row_bytes.iter().sum();
+        let mut first = 0;
+        while first < n {
+            let mut block = match self.current.take() {
+                Some(b) => b,
+                None => {
+                    let mut buf = self.free_block()?;
+                    buf.clear();
+                    Block {
+                        buf,
+                        segments: Vec::new(),
+                    }
+                }
+            };
+            let room = match total_row {
+                0 => n - first,
+                t => (self.block_rows * t - block.buf.len()) / t,
+            };
+            if room == 0 {
+                self.send(block)?;
+                continue;
             }
-            let block = Block {
-                buf,
+            let rows = room.min(n - first);
+            let offset = block.buf.len();
+            for (bytes, &rb) in columns.iter().zip(&self.row_bytes) {
+                block
+                    .buf
+                    .extend_from_slice(&bytes[first * rb..(first + rows) * rb]);
+            }
+            block.segments.push(Segment {
+                offset,
                 rows,
                 at: at.map_or_else(Vec::new, |a| a[first..first + rows].to_vec()),
                 start: start + first,
-            };
-            self.send(block)?;
+            });
+            first += rows;
+            if total_row > 0 && block.buf.len() + total_row > self.block_rows * total_row {
+                self.send(block)?;
+            } else {
+                self.current = Some(block);
+            }
         }
         match at {
             Some(at) => at.iter().for_each(|&i| self.mark(i as usize)),
@@ -551,6 +597,9 @@ impl Writer {
     pub fn sync(&mut self) -> Result<()> {
         if self.stopped.is_some() {
             return Ok(());
+        }
+        if let Some(block) = self.current.take().filter(|b| !b.segments.is_empty()) {
+            self.send(block)?;
         }
         self.to_sink = None;
         let mut sink = match self.thread.take().map(JoinHandle::join) {
@@ -739,18 +788,20 @@ impl Sink {
     }
 
     fn place(&mut self, block: &Block) {
-        let mut offset = 0;
-        for (col, &rb) in self.columns.iter_mut().zip(&self.row_bytes) {
-            let src = &block.buf[offset..offset + block.rows * rb];
-            offset += block.rows * rb;
-            let dst = col.as_bytes_mut();
-            if block.at.is_empty() {
-                dst[block.start * rb..(block.start + block.rows) * rb].copy_from_slice(src);
-            } else {
-                // Indices were checked against the output's rows by `write_bytes`.
-                for (r, &i) in block.at.iter().enumerate() {
-                    let i = i as usize;
-                    dst[i * rb..(i + 1) * rb].copy_from_slice(&src[r * rb..(r + 1) * rb]);
+        for seg in &block.segments {
+            let mut offset = seg.offset;
+            for (col, &rb) in self.columns.iter_mut().zip(&self.row_bytes) {
+                let src = &block.buf[offset..offset + seg.rows * rb];
+                offset += seg.rows * rb;
+                let dst = col.as_bytes_mut();
+                if seg.at.is_empty() {
+                    dst[seg.start * rb..(seg.start + seg.rows) * rb].copy_from_slice(src);
+                } else {
+                    // Indices were checked against the output's rows by `write_bytes`.
+                    for (r, &i) in seg.at.iter().enumerate() {
+                        let i = i as usize;
+                        dst[i * rb..(i + 1) * rb].copy_from_slice(&src[r * rb..(r + 1) * rb]);
+                    }
                 }
             }
         }
