@@ -25,7 +25,7 @@ from ._errors import ArrayDrainError, DrainIndexError, DrainTypeError, DrainValu
 from ._leaves import engine_dtype, flatten, is_tensor, is_text, rebuild, same_structure
 from ._order import epoch_order, replayable
 
-DEFAULT_RING_BYTES = 256 << 20
+DEFAULT_RING_BYTES = 64 << 20
 
 ML_DTYPES_HINT = (
     "{what} needs the ml_dtypes package (NumPy's bfloat16 and float8 dtypes, the ones JAX "
@@ -481,7 +481,10 @@ class Writer:
     def __del__(self):
         native = getattr(self, "_native", None)
         if native is not None:
-            native.abort()
+            try:
+                native.abort()
+            except Exception:  # noqa: BLE001 - at interpreter exit; the files go regardless
+                pass
 
 
 def _rng_states(loader) -> list:

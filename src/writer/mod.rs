@@ -41,8 +41,8 @@ use crate::memory::checked_bytes;
 use crate::npy::{self, MappedNpy, WriteOptions};
 use crate::output::{Batch, ColumnArray, Materialized};
 
-/// Host memory of the ring by default: 256 MiB, in [`DEFAULT_BLOCKS`] blocks.
-pub const DEFAULT_RING_BYTES: usize = 256 << 20;
+/// Host memory of the ring by default: 64 MiB, in [`DEFAULT_BLOCKS`] blocks.
+pub const DEFAULT_RING_BYTES: usize = 64 << 20;
 /// Blocks in the ring by default: one being filled, others moving to the destination.
 pub const DEFAULT_BLOCKS: usize = 4;
 
