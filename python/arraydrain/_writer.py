@@ -414,7 +414,13 @@ class Writer:
                 )
             return None
         if self._dist is not None:
-            return self._close_shared(native)
+            try:
+                return self._close_shared(native)
+            except BaseException:
+                # A collective that failed (a rank died) leaves this rank's files to remove now,
+                # not when the exception's frames are collected (perhaps never, at exit).
+                native.abort()
+                raise
         arrays = native.close()
         if arrays is not None:
             out = [
