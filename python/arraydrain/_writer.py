@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import sys
+import threading
 from typing import Any, Iterator
 
 import numpy as np
@@ -127,6 +129,31 @@ def leaf_bytes(x: Any, where: str) -> tuple[np.ndarray, np.dtype, tuple[int, ...
     rows, row_shape = a.shape[0], tuple(a.shape[1:])
     per_row = int(np.prod(row_shape, dtype=np.int64))
     return a.reshape(rows, per_row).view(np.uint8), a.dtype, row_shape
+
+
+class _Terminated(BaseException):
+    """Raised by the ``SIGTERM`` handler a writer's ``with`` block installs, to unwind it."""
+
+
+def _catch_sigterm():
+    """In a program that leaves ``SIGTERM`` to its default action (ending the process on the
+    spot: what a launcher sends the other ranks when one dies), makes it raise inside the
+    ``with`` block instead, so the writer removes its files before the process ends. Returns
+    the handler to restore, or None when nothing was installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return None
+
+        def handler(signum, frame):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            raise _Terminated()
+
+        signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        return None
+    return signal.SIG_DFL
 
 
 def _distributed():
@@ -476,13 +503,23 @@ class Writer:
             native.abort()
 
     def __enter__(self) -> Writer:
+        self._sigterm = _catch_sigterm()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
+        previous, self._sigterm = getattr(self, "_sigterm", None), None
+        try:
+            if exc_type is not None:
+                self.abort()
+            else:
+                self.close()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if exc_type is _Terminated and previous is not None:
+            # The writer that installed the handler (the outermost) ends the process as SIGTERM
+            # would have, once every writer inside it has removed its files.
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def __del__(self):
         native = getattr(self, "_native", None)

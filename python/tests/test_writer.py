@@ -328,3 +328,27 @@ def test_the_readme_writer_example_runs(tmp_path):
         )
         assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["feats.npy"]
+
+
+def test_sigterm_inside_the_block_removes_the_files_then_ends_the_process(tmp_path):
+    import signal
+    import subprocess
+
+    code = (
+        "import os, signal, sys, numpy as np, arraydrain\n"
+        "d = sys.argv[1]\n"
+        "W = arraydrain.Writer\n"
+        "with W(d + '/x.npy', rows=4) as w, W(d + '/y', rows=4) as v:\n"
+        "    w.write(np.arange(2.0), at=[0, 1])\n"
+        "    v.write({'a': np.arange(2.0)}, at=[0, 1])\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('not reached')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "not reached" not in done.stdout
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # this process: untouched
