@@ -236,7 +236,8 @@ class Writer:
 
     A missing row fails :meth:`close` (``DrainValueError`` naming how many and the first ones)
     and nothing is committed; leaving the ``with`` block by an exception, or dropping the writer
-    unclosed, commits nothing either.
+    unclosed, commits nothing either. In a program that leaves ``SIGTERM`` to its default action,
+    ``SIGTERM`` inside the block unwinds it (the files are removed) and then ends the process.
 
     **Many ranks, one file**: when ``torch.distributed`` is initialised with several processes
     (torchrun, Slurm, MPI), every rank opens the same ``path`` (on a file system all of them

@@ -14,7 +14,7 @@
 //! - **Exactly once**: a bitmap records every row written; [`Writer::close`] refuses to commit
 //!   while any row is missing ([`Error::RowsMissing`], naming how many and the first ones) and
 //!   otherwise renames the output into place once. Files are staged with
-//!   [`Staged`](crate::fsafe::Staged), so a writer dropped without `close`, a failed close or an
+//!   [`Staged`], so a writer dropped without `close`, a failed close or an
 //!   interrupted process leaves nothing at the destination.
 //!
 //! - **Many processes, one output**: the ranks of one run (torchrun, Slurm, MPI) write into one
