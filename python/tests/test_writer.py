@@ -353,3 +353,53 @@ def test_sigterm_inside_the_block_removes_the_files_then_ends_the_process(tmp_pa
     assert "not reached" not in done.stdout
     assert os.listdir(tmp_path) == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # this process: untouched
+
+
+# ---- the CUDA path's ordering, with the GPU copy replaced by a controllable event -------------
+
+
+class FakeEvent:
+    """Stands in for a CUDA event: complete once `done` is set; `synchronize` completes it."""
+
+    def __init__(self, log):
+        self.done, self.log = False, log
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        self.log.append("waited")
+        self.done = True
+
+
+def test_copies_in_flight_are_written_in_order_once_complete(monkeypatch):
+    import arraydrain._writer as wmod
+
+    log, events = [], []
+
+    def fake_issue(leaves):
+        # What _issue_device_copies returns: the leaves (here already on the host), an event
+        # recorded after the copies, and the bytes in flight.
+        e = FakeEvent(log)
+        events.append(e)
+        return leaves, e, sum(x.numel() * x.element_size() for _, x in leaves)
+
+    monkeypatch.setattr(wmod, "_issue_device_copies", fake_issue)
+
+    class Cuda:  # makes write() take the CUDA route for a tensor leaf
+        type = "cuda"
+
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: Cuda()), raising=False)
+    w = arraydrain.Writer(None, rows=8, ring_bytes=64)  # 64 bytes: two batches of 2 x f64 x 2
+    w.write(torch.full((2, 2), 1.0, dtype=torch.float64), at=[0, 1])
+    w.write(torch.full((2, 2), 2.0, dtype=torch.float64), at=[2, 3])
+    assert len(w._pending) == 2 and w.rows_written == 0 and log == []  # returned at once
+    events[0].done = True
+    w.write(torch.full((2, 2), 3.0, dtype=torch.float64), at=[4, 5])
+    assert w.rows_written == 2  # the completed copy went into the ring, the others wait
+    w.write(torch.full((2, 2), 4.0, dtype=torch.float64), at=[6, 7])
+    assert log == ["waited"] and w.rows_written == 4  # over 64 bytes in flight: waited once
+    monkeypatch.undo()
+    w.write(torch.full((2, 2), 9.0, dtype=torch.float64), at=[0, 1])  # a CPU write: after all
+    out = w.close()
+    assert out[:, 0].tolist() == [9, 9, 2, 2, 3, 3, 4, 4]
