@@ -48,6 +48,9 @@ Usage:
   python/bench.py --orders shuffled --methods drain,tensor-index --no-memory
   python/bench.py --threads 1,2 --no-memory    # + drain / Rust engine scaling over thread counts
   python/bench.py --first-call 10              # first call in a fresh process vs steady calls
+  python/bench.py --inference [ARGS]           # the inference case: model outputs written with
+                                               # arraydrain.Writer vs the recipes (see
+                                               # python/bench_inference.py --help for ARGS)
 Prints one table per order and the targets, and with --json PATH writes every figure. Columns:
 `x floor` is the median over memcpy-floor's median, `t/drain` the median over drain's median (how
 many times faster drain is), `peak MiB` / `x out` the peak extra resident memory and its ratio to
@@ -472,6 +475,15 @@ def fmt_s(s):
 
 
 def main():
+    if sys.argv[1:2] == ["--inference"]:
+        import importlib.util
+
+        path = os.path.join(_HERE, "bench_inference.py")
+        spec = importlib.util.spec_from_file_location("bench_inference", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.argv[1:2] = []
+        return module.main()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=128)

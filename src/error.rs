@@ -246,6 +246,20 @@ pub enum Error {
     /// The CUDA engine cannot be used, or a CUDA call failed.
     #[error(transparent)]
     Cuda(#[from] crate::cuda::CudaError),
+
+    // ---- writer -------------------------------------------------------------------------------
+    /// A writer was closed before every row of its output was written; nothing was committed.
+    #[error(
+        "{missing} of {rows} rows were never written (the first: {first:?}); nothing was committed"
+    )]
+    RowsMissing {
+        /// Rows never written.
+        missing: usize,
+        /// Rows of the output.
+        rows: usize,
+        /// The first missing rows, in order (a few).
+        first: Vec<usize>,
+    },
 }
 
 impl Error {

@@ -95,6 +95,7 @@ pub mod cuda;
 pub mod convert;
 pub mod launcher;
 pub mod shards;
+pub mod writer;
 
 pub use batch::Batches;
 pub use drain::{drain, DrainOptions};
@@ -105,6 +106,7 @@ pub use loader::{BatchIter, Loader, OutputSpec};
 pub use output::{Backend, Batch, ColumnArray, Materialized, Report, Storage, StorageKind};
 pub use sampler::{IndexSlice, Indices, Order, Shard};
 pub use table::{Column, Table};
+pub use writer::{Destination, Writer, WriterBuilder, Written};
 
 // The README's examples run as doctests.
 #[doc = include_str!("../README.md")]

@@ -241,8 +241,12 @@ impl WriteMap {
         }
         // SAFETY: the mapping is shared and file-backed, and lies within the file's current
         // length (checked above). The caller created the file under a private temporary name
-        // for this output (module contract), so nothing else truncates it or writes to it while
-        // it is mapped; all access goes through `&self`/`&mut self` borrows of this map.
+        // for this output (module contract), so nothing else truncates it while it is mapped;
+        // all access goes through `&self`/`&mut self` borrows of this map. The one other writer
+        // is a `Writer` of the same run in another process (src/writer/joined.rs), which writes
+        // through its own map only rows this process writes identical bytes to or does not
+        // touch, and has written back and stopped before the creating process reads the file
+        // (to pack an archive): no byte this process reads changes under it.
         let map = unsafe { MmapOptions::new().offset(offset).len(len).map_mut(file) }
             .map_err(|e| map_error(path, e))?;
         Ok(WriteMap {

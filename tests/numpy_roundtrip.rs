@@ -330,23 +330,40 @@ fn a_failed_mapped_drain_leaves_no_file() {
 }
 
 #[test]
-fn bf16_is_refused_on_write_not_mislabelled() {
+fn bf16_is_written_as_numpy_with_ml_dtypes_writes_it() {
+    // `numpy.save` of an `ml_dtypes.bfloat16` array declares '<V2' (python/tests/test_writer.py
+    // compares whole files with NumPy's); NumPy reads it back as 2-byte voids.
     let s = Scratch::new("numpy-bf16");
-    let col =
-        ColumnArray::from_array("w", Array1::from_vec(vec![half::bf16::from_f32(1.0); 4])).unwrap();
-    for result in [
-        npy::write_npy(s.path("w.npy"), &col),
-        npy::write_npz(
-            s.path("w.npz"),
-            std::slice::from_ref(&col),
-            &WriteOptions::new(),
-        ),
-        npy::write_npy_dir(s.path("d"), std::slice::from_ref(&col)).map(|_| ()),
-        MappedNpy::create(s.path("m.npy"), DType::BF16, &[4]).map(|_| ()),
+    let values: Vec<half::bf16> = (0..4)
+        .map(|i| half::bf16::from_f32(i as f32 - 1.5))
+        .collect();
+    let col = ColumnArray::from_array("w", Array1::from_vec(values.clone())).unwrap();
+    npy::write_npy(s.path("w.npy"), &col).unwrap();
+    npy::write_npz(
+        s.path("w.npz"),
+        std::slice::from_ref(&col),
+        &WriteOptions::new(),
+    )
+    .unwrap();
+    npy::write_npy_dir(s.path("d"), std::slice::from_ref(&col)).unwrap();
+    let mut m = MappedNpy::create(s.path("m.npy"), DType::BF16, &[4]).unwrap();
+    m.as_bytes_mut().copy_from_slice(col.as_bytes());
+    m.finish().unwrap();
+    let v2 = DType::Opaque(arraydrain::dtype::Opaque::new("'<V2'").unwrap());
+    for back in [
+        npy::read_npy(s.path("w.npy")).unwrap(),
+        npy::read_npz(s.path("w.npz")).unwrap().remove(0),
+        npy::read_npy(s.path("d/w.npy")).unwrap(),
+        npy::read_npy(s.path("m.npy")).unwrap(),
     ] {
-        let err = result.unwrap_err();
-        assert!(matches!(err, Error::UnsupportedDType { .. }), "{err:?}");
-        assert!(err.to_string().contains("bf16"));
+        assert_eq!(back.dtype(), v2);
+        assert_eq!(
+            back.bytes(),
+            bytemuck::cast_slice::<half::bf16, u8>(&values)
+        );
     }
-    assert!(harness::files_under(&s.0).is_empty());
+    let head = std::fs::read(s.path("w.npy")).unwrap();
+    assert!(head.starts_with(
+        b"\x93NUMPY\x01\x00v\x00{'descr': '<V2', 'fortran_order': False, 'shape': (4,), }"
+    ));
 }

@@ -50,6 +50,7 @@ from ._leaves import Leaf, is_tensor, to_array, torch_numpy_dtype
 from ._paths import _drain_general
 from ._progress import progress_bar
 from ._shards import load_shards
+from ._writer import Writer, indexed
 
 __version__ = _native.__version__
 
@@ -61,8 +62,10 @@ __all__ = [
     "DrainRuntimeError",
     "DrainTypeError",
     "DrainValueError",
+    "Writer",
     "drain",
     "explain",
+    "indexed",
     "load_shards",
     "to_npy_dir",
     "to_npz",

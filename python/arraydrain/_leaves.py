@@ -31,10 +31,22 @@ _ENGINE_NAMES = {
 }
 
 BFLOAT16_MESSAGE = (
-    "{where}: torch.bfloat16 has no NumPy dtype, so it cannot be drained into a NumPy array; "
+    "{where}: torch.bfloat16 has no NumPy dtype of NumPy's own; it drains as an "
+    "ml_dtypes.bfloat16 array, which needs the ml_dtypes package (pip install ml_dtypes). Or "
     "convert it first with tensor.float(), which is exact (a float16 copy is not: it overflows "
     "above 65504 and loses small values)"
 )
+
+
+def bfloat16_dtype(where: str) -> np.dtype:
+    """``ml_dtypes.bfloat16`` (NumPy's bfloat16 extension dtype, the one JAX uses), or the
+    message naming the package when it is missing."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise DrainTypeError(BFLOAT16_MESSAGE.format(where=where)) from None
+    return np.dtype(ml_dtypes.bfloat16)
+
 
 # Fixed-size NumPy dtypes carried as opaque bytes, named by their descriptor: dates and times
 # (with their unit), complex numbers, fixed-width strings.
@@ -45,6 +57,8 @@ def engine_dtype(dtype: np.dtype, where: str) -> str | None:
     """The engine's dtype for a NumPy dtype: a numeric dtype's name, or for complex dtypes the
     NumPy descriptor literal (an opaque engine dtype)."""
     d = np.dtype(dtype).newbyteorder("=") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
+    if d.name == "bfloat16" and getattr(d.type, "__module__", "") == "ml_dtypes":
+        return "bf16"  # written to files as numpy.save writes it: '<V2'
     if d in _ENGINE_NAMES:
         return _ENGINE_NAMES[d]
     if d.kind in _OPAQUE_KINDS and d.fields is None and d.subdtype is None and d.itemsize > 0:
@@ -60,7 +74,7 @@ def torch_numpy_dtype(t, where: str) -> np.dtype:
     import torch
 
     if t.dtype == torch.bfloat16:
-        raise DrainTypeError(BFLOAT16_MESSAGE.format(where=f"leaf {where!r}"))
+        return bfloat16_dtype(f"leaf {where!r}")
     if t.layout != torch.strided:
         raise DrainTypeError(
             f"leaf {where!r}: a {t.layout} tensor; only dense (strided) tensors drain "
@@ -256,13 +270,14 @@ def tensor_numpy(x, where: str, contiguous: bool = False) -> np.ndarray:
         t = t.cpu()
     if contiguous and not t.is_contiguous():
         t = t.contiguous()
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        # NumPy has no bfloat16 of its own: the same bytes viewed as ml_dtypes.bfloat16.
+        return t.view(torch.int16).numpy().view(bfloat16_dtype(f"leaf {where!r}"))
     try:
         return t.numpy()
     except TypeError as e:
-        import torch
-
-        if t.dtype == torch.bfloat16:
-            raise DrainTypeError(BFLOAT16_MESSAGE.format(where=f"leaf {where!r}")) from None
         torch_numpy_dtype(t, where)  # raises the specific message
         raise DrainTypeError(f"leaf {where!r}: {e}") from e
 

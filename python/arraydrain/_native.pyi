@@ -59,6 +59,33 @@ class Sink:
     def close(self) -> None:
         """Drops the buffers, temporary files and folders made (what an unfinished sink does)."""
 
+class Writer:
+    """Rows pushed to their rows of one output (``arraydrain.Writer`` wraps it)."""
+
+    def __init__(
+        self,
+        path: str | PathLike[str] | None,
+        kind: str,
+        rows: int,
+        columns: Sequence[tuple[str, str, Sequence[int]]],
+        ring_bytes: int,
+        compress: bool = False,
+        join: str | PathLike[str] | None = None,
+    ) -> None: ...
+    def write(self, arrays: Sequence[Bytes2D], rows: int, at: Indices | None = None) -> None: ...
+    @property
+    def shared_path(self) -> str | None: ...
+    def sync(self) -> None: ...
+    def coverage(self) -> bytes: ...
+    @property
+    def rows_written(self) -> int: ...
+    def missing_rows(self, limit: int) -> list[int]: ...
+    def close(self, others: Sequence[bytes] = ...) -> list[Bytes2D] | None: ...
+    def abort(self) -> None: ...
+
+def launcher_placement() -> tuple[int, int, str] | None:
+    """``(rank, world size, source)`` under torchrun, Slurm or MPI; None without a launcher."""
+
 class DeviceBuffer:
     """Engine-owned device memory, writable through ``__cuda_array_interface__``."""
 

@@ -103,6 +103,8 @@ pub fn kind_of(e: &Error) -> Kind {
         }
         // Distributed runs: launcher variables and shard folders.
         Error::Launcher(_) | Error::Shard(_) => Kind::Value,
+        // A writer closed before every row was written.
+        Error::RowsMissing { .. } => Kind::Value,
     }
 }
 

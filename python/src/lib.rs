@@ -16,6 +16,7 @@ mod errors;
 mod host;
 mod order;
 mod shards;
+mod writer;
 
 use pyo3::prelude::*;
 
@@ -30,6 +31,8 @@ fn cuda_compiled() -> bool {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buffer::Buffer>()?;
     m.add_class::<host::Sink>()?;
+    m.add_class::<writer::Writer>()?;
+    m.add_function(wrap_pyfunction!(writer::launcher_placement, m)?)?;
     m.add_function(wrap_pyfunction!(host::gather, m)?)?;
     m.add_function(wrap_pyfunction!(host::gather_to_files, m)?)?;
     m.add_function(wrap_pyfunction!(host::check_name, m)?)?;

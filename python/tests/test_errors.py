@@ -1,6 +1,8 @@
 """Wrong inputs raise the right Python exception with a clear message, never crash, and leave
 the module usable (every test ends with a good drain)."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -39,17 +41,32 @@ def test_not_a_loader(thing):
         arraydrain.drain(thing)
 
 
-def test_bfloat16_fast_path():
+def test_bfloat16_fast_path_drains_as_ml_dtypes_bfloat16():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
     x = values((N, 4), torch.float32).to(torch.bfloat16)
-    with pytest.raises(TypeError, match="bfloat16"):
-        arraydrain.drain(DataLoader(TensorDataset(x, labels(N)), batch_size=16))
+    got, _ = arraydrain.drain(DataLoader(TensorDataset(x, labels(N)), batch_size=16))
+    assert got.dtype == ml_dtypes.bfloat16
+    assert got.view(np.int16).tobytes() == x.view(torch.int16).numpy().tobytes()
 
 
-def test_bfloat16_general_path():
+def test_bfloat16_general_path_drains_as_ml_dtypes_bfloat16():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
     x = values((N, 4), torch.float32).to(torch.bfloat16)
     loader = DataLoader(MapDataset(N, lambda i: (x[i], i)), batch_size=16)
-    with pytest.raises(TypeError, match="bfloat16"):
-        arraydrain.drain(loader)
+    got, _ = arraydrain.drain(loader)
+    assert got.dtype == ml_dtypes.bfloat16
+    assert got.view(np.int16).tobytes() == x.view(torch.int16).numpy().tobytes()
+
+
+def test_bfloat16_without_ml_dtypes_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    x = values((N, 4), torch.float32).to(torch.bfloat16)
+    for loader in (
+        DataLoader(TensorDataset(x, labels(N)), batch_size=16),
+        DataLoader(MapDataset(N, lambda i: (x[i], i)), batch_size=16),
+    ):
+        with pytest.raises(TypeError, match=r"pip install ml_dtypes.*tensor\.float\(\)"):
+            arraydrain.drain(loader)
 
 
 def test_mismatched_lengths_in_a_tensor_dataset():
@@ -275,7 +292,7 @@ def _raises(exc, fn):
 
 
 def test_every_error_is_an_arraydrain_error_and_the_builtin_kind():
-    bad_dtype = DataLoader(TensorDataset(features(N).to(torch.bfloat16)), batch_size=16)
+    bad_dtype = DataLoader(TensorDataset(features(N).to(torch.complex32)), batch_size=16)
     ds = TensorDataset(features(N), labels(N))
     ds.tensors = (ds.tensors[0], ds.tensors[1][:-1])
     cases = [

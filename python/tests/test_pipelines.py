@@ -10,6 +10,7 @@ Every data set is generated here; nothing is downloaded.
 import logging
 import math
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -497,7 +498,8 @@ def test_to_npz_adds_the_extension_as_numpy_savez_does(tmp_path, fast):
         assert sorted(z.files) == ["0", "1"]
 
 
-def test_bfloat16_message_does_not_suggest_float16():
+def test_bfloat16_message_does_not_suggest_float16(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # bfloat16 drains only with ml_dtypes
     x = X.to(torch.bfloat16)
     with pytest.raises(TypeError, match=r"tensor\.float\(\)") as e:
         arraydrain.drain(DataLoader(TensorDataset(x), batch_size=16))

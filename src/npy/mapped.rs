@@ -61,7 +61,7 @@ impl MappedNpy {
     /// `shape`, with its full size reserved on disk, and maps its data region.
     ///
     /// # Errors
-    /// [`Error::UnsupportedDType`] for `bf16`; [`Error::HostAllocation`] when the size
+    /// [`Error::HostAllocation`] when the size
     /// overflows; [`FileError::NoSpace`](crate::error::FileError::NoSpace) when the file system cannot hold it; [`FileError::Io`](crate::error::FileError::Io) naming
     /// the file when it cannot be created or mapped.
     pub fn create(path: impl AsRef<Path>, dtype: DType, shape: &[usize]) -> Result<MappedNpy> {
@@ -137,6 +137,11 @@ impl MappedNpy {
     /// Where the file will be (or is, once finished).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the file is while being written (its temporary name until finished).
+    pub(crate) fn temp_path(&self) -> &Path {
+        &self.temp
     }
 
     /// Bytes written back and dropped from memory so far by [`Storage::region_done`].

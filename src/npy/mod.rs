@@ -40,9 +40,13 @@
 //! Refused: object dtypes (`'O'`, or a field holding one), which hold Python objects rather
 //! than data; 0-dimensional arrays, which have no rows; and descriptor spellings NumPy reads but
 //! never writes (comma-separated strings such as `'f4,i4'`, a leading shape as in `'(2,)i4'`,
-//! byte-order prefixes on type names, datetime units with a divisor, `(base, new)` pairs). `bf16`
-//! has no NumPy dtype: writing a `bf16` column is refused with [`Error::UnsupportedDType`] rather
-//! than silently saved as `<u2` (which would read back as integers).
+//! byte-order prefixes on type names, datetime units with a divisor, `(base, new)` pairs).
+//!
+//! NumPy has no bfloat16: a `bf16` column is written exactly as `numpy.save` writes an
+//! `ml_dtypes.bfloat16` array, descriptor `'<V2'` (2-byte voids to NumPy, restored with
+//! `.view(ml_dtypes.bfloat16)`), never as `<u2`, which would read back as integers. The float8
+//! formats of `ml_dtypes` are opaque `'<V1'` columns, as `numpy.save` writes them (for
+//! `float8_e5m2` it writes `'<f1'`, which `numpy.load` refuses; `'<V1'` is used there too).
 //!
 //! # Headers
 //!

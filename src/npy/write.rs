@@ -251,7 +251,7 @@ fn loader_arrays<'a>(table: &'a Table<'a>, batches: &'a Batches) -> Result<Vec<A
 /// Writes one column as a `.npy` file (written to a temporary name, renamed when complete).
 ///
 /// # Errors
-/// [`Error::UnsupportedDType`] for `bf16`; [`FileError::NoSpace`](crate::error::FileError::NoSpace) when the file system is full;
+/// [`FileError::NoSpace`](crate::error::FileError::NoSpace) when the file system is full;
 /// [`FileError::Io`](crate::error::FileError::Io) naming the file.
 pub fn write_npy(path: impl AsRef<Path>, column: &ColumnArray) -> Result<()> {
     let arrays = materialized_arrays(std::slice::from_ref(column))?;
@@ -370,7 +370,7 @@ pub(crate) fn stage_npy_dir(
 /// ```
 ///
 /// # Errors
-/// [`Error::UnsupportedDType`] for `bf16`; [`FileError::Io`](crate::error::FileError::Io) naming the file.
+/// [`FileError::Io`](crate::error::FileError::Io) naming the file.
 pub fn write_npz(
     path: impl AsRef<Path>,
     columns: &[ColumnArray],

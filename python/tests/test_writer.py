@@ -1,0 +1,405 @@
+"""`arraydrain.Writer` and `arraydrain.indexed`: model outputs written at their dataset indices
+equal the classic recipe (collect the outputs, concatenate, reorder by index), for every sampler
+`indexed` replays and every dtype (bfloat16 included); a missing row fails the close and commits
+nothing; `indexed` leaves every RNG as a plain epoch does."""
+
+import io
+import os
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    Subset,
+    SubsetRandomSampler,
+    TensorDataset,
+)
+
+import arraydrain
+from helpers import DTYPES, values
+
+N = 203
+
+
+def model():
+    torch.manual_seed(7)
+    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+
+
+def dataset(n=N):
+    x = values((n, 4), torch.float32).nan_to_num(0.0).clamp(-9, 9)
+    return TensorDataset(x, torch.arange(n))
+
+
+def loaders():
+    ds = dataset()
+    g = torch.Generator().manual_seed(3)
+    return {
+        "sequential": DataLoader(ds, batch_size=16),
+        "shuffled": DataLoader(ds, batch_size=16, shuffle=True, generator=g),
+        "shuffled-global-rng": DataLoader(ds, batch_size=10, shuffle=True, drop_last=True),
+        "subset-sampler": DataLoader(
+            ds, batch_size=7, sampler=SubsetRandomSampler(list(range(0, N, 2)))
+        ),
+        "subset-dataset": DataLoader(Subset(ds, list(range(N - 1, -1, -3))), batch_size=9),
+    }
+
+
+def classic(loader, f):
+    """The recipe people write: collect outputs and indices, concatenate, reorder."""
+    outs, idxs = [], []
+    for idx, batch in arraydrain.indexed(loader):
+        outs.append(f(batch))
+        idxs.append(idx)
+    idx = np.concatenate(idxs)
+    leaves = [o if isinstance(o, tuple) else (o,) for o in outs]
+    result = []
+    for k in range(len(leaves[0])):
+        cat = np.concatenate([o[k].numpy() if torch.is_tensor(o[k]) else o[k] for o in leaves])
+        full = np.zeros((len(loader.dataset),) + cat.shape[1:], cat.dtype)
+        full[idx] = cat
+        result.append(full)
+    return idx, result
+
+
+@pytest.mark.parametrize("name", list(loaders()))
+@pytest.mark.parametrize("dest", ["memory", "x.npy", "x.npz", "xdir"])
+def test_outputs_equal_the_classic_recipe(tmp_path, name, dest):
+    loader = loaders()[name]
+    net = model()
+    with torch.no_grad():
+        torch.manual_seed(11)
+        idx, (want,) = classic(loader, lambda b: net(b[0]))
+        rows = len(loader.dataset)
+        covered = np.zeros(rows, bool)
+        covered[idx] = True
+        if not covered.all():
+            # A subset or drop_last leaves rows no batch holds: the writer's output has only the
+            # rows the epoch covers, addressed by their position among them.
+            pos = np.cumsum(covered) - 1
+            want = want[covered]
+        else:
+            pos = np.arange(rows)
+        path = None if dest == "memory" else tmp_path / dest
+        torch.manual_seed(11)
+        with arraydrain.Writer(path, rows=int(covered.sum())) as w:
+            for i, (x, _) in arraydrain.indexed(loader):
+                w.write(net(x), at=pos[i])
+    if path is None:
+        got = w.result
+    elif dest.endswith(".npy"):
+        got = np.load(path)
+    elif dest.endswith(".npz"):
+        got = np.load(path)["0"]
+    else:
+        got = np.load(path / "0.npy")
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
+    assert sorted(os.listdir(tmp_path)) == ([] if path is None else [dest])
+
+
+def test_every_dtype_and_structures_in_memory_and_in_files(tmp_path):
+    ds_idx = np.random.default_rng(0).permutation(N)
+    leaves = {f"c{k}": values((N, 2), d, seed=k) for k, d in enumerate(DTYPES)}
+    leaves["bf16"] = values((N, 3), torch.float32, seed=99).to(torch.bfloat16)
+    leaves["f8"] = values((N,), torch.float32, seed=98).nan_to_num(0.0).clamp(-100, 100).to(
+        torch.float8_e4m3fn
+    )
+    leaves["np_c64"] = values((N, 2), torch.complex64, seed=97).numpy()
+    leaves["np_dt"] = np.arange(N).astype("datetime64[s]")
+
+    def batches():
+        for s in range(0, N, 25):
+            at = ds_idx[s : s + 25]
+            t = torch.as_tensor(at)
+            yield at, {k: v[t] if torch.is_tensor(v) else v[at] for k, v in leaves.items()}
+
+    for path in [None, tmp_path / "all.npz", tmp_path / "all"]:
+        with arraydrain.Writer(path, rows=N, ring_bytes=4096) as w:
+            for at, b in batches():
+                w.write(b, at=at)
+        if path is None:
+            got = w.result
+        elif str(path).endswith(".npz"):
+            got = dict(np.load(path))
+        else:
+            got = {f[:-4]: np.load(path / f) for f in os.listdir(path)}
+        assert set(got) == set(leaves)
+        for k, v in leaves.items():
+            if torch.is_tensor(v) and v.dtype == torch.bfloat16:
+                want = v.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+            elif torch.is_tensor(v) and v.dtype == torch.float8_e4m3fn:
+                want = v.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
+            else:
+                want = v.numpy() if torch.is_tensor(v) else v
+            g = got[k]
+            if path is not None and want.dtype.type.__module__ == "ml_dtypes":
+                # In files, as numpy.save writes them: voids, restored by a view.
+                assert g.dtype.kind == "V" and g.dtype.itemsize == want.dtype.itemsize
+                g = g.view(want.dtype)
+            assert g.dtype == want.dtype and g.shape == want.shape, k
+            assert g.tobytes() == want.tobytes(), k
+
+
+def test_bfloat16_file_is_what_numpy_with_ml_dtypes_writes_byte_for_byte(tmp_path):
+    x = values((40, 3), torch.float32, seed=5).to(torch.bfloat16)
+    with arraydrain.Writer(tmp_path / "b.npy", rows=40) as w:
+        for s in range(0, 40, 16):
+            w.write(x[s : s + 16])
+    ref = io.BytesIO()
+    np.save(ref, x.view(torch.int16).numpy().view(ml_dtypes.bfloat16))
+    assert (tmp_path / "b.npy").read_bytes() == ref.getvalue()
+    assert b"'descr': '<V2'" in ref.getvalue()
+    back = np.load(tmp_path / "b.npy").view(ml_dtypes.bfloat16)
+    assert torch.equal(torch.from_numpy(back.view(np.int16)), x.view(torch.int16))
+
+
+def test_in_memory_bfloat16_is_an_ml_dtypes_array():
+    x = torch.linspace(-3, 3, 12).to(torch.bfloat16).reshape(6, 2)
+    with arraydrain.Writer(None, rows=6) as w:
+        w.write(x[3:], at=[3, 4, 5])
+        w.write(x[:3], at=np.array([0, 1, 2]))
+    assert w.result.dtype == ml_dtypes.bfloat16
+    assert np.array_equal(w.result.astype(np.float32), x.float().numpy())
+
+
+def test_missing_ml_dtypes_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    w = arraydrain.Writer(None, rows=2)
+    with pytest.raises(arraydrain.DrainTypeError, match=r"pip install ml_dtypes"):
+        w.write(torch.zeros(2, dtype=torch.bfloat16))
+    w.abort()
+
+
+def test_a_missing_row_fails_close_and_commits_nothing(tmp_path):
+    path = tmp_path / "out.npy"
+    missing = r"1 of 10 rows were never written \(the first: \[7\]\)"
+    with pytest.raises(arraydrain.DrainValueError, match=missing):
+        with arraydrain.Writer(path, rows=10) as w:
+            w.write(torch.ones(9, 2), at=[0, 1, 2, 3, 4, 5, 6, 8, 9])
+            assert not path.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_exception_in_the_block_commits_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match="model failed"):
+        with arraydrain.Writer(tmp_path / "o.npz", rows=4) as w:
+            w.write({"a": torch.ones(4), "b": torch.zeros(4, 2)}, at=[0, 1, 2, 3])
+            raise RuntimeError("model failed")
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_batches_are_refused_and_lose_nothing():
+    w = arraydrain.Writer(None, rows=4)
+    w.write(torch.arange(2.0), at=[0, 1])
+    with pytest.raises(arraydrain.DrainIndexError, match="index 4 at position 1"):
+        w.write(torch.arange(2.0), at=[2, 4])
+    with pytest.raises(arraydrain.DrainIndexError, match="index -1 at position 0"):
+        w.write(torch.arange(2.0), at=[-1, 2])
+    with pytest.raises(arraydrain.DrainValueError, match="3 indices for a batch of 2 rows"):
+        w.write(torch.arange(2.0), at=[1, 2, 3])
+    with pytest.raises(arraydrain.DrainValueError, match="float64"):
+        w.write(torch.arange(2.0, dtype=torch.float64), at=[2, 3])
+    with pytest.raises(arraydrain.DrainValueError, match="structure differs"):
+        w.write((torch.arange(2.0), torch.arange(2.0)), at=[2, 3])
+    with pytest.raises(arraydrain.DrainTypeError, match="text"):
+        w.write(["a", "b"], at=[2, 3])
+    assert w.rows_written == 2
+    w.write(torch.arange(2.0, 4.0), at=[3, 2])
+    assert np.array_equal(w.close(), [0.0, 1.0, 3.0, 2.0])
+
+
+def test_several_leaves_refuse_a_npy_file(tmp_path):
+    w = arraydrain.Writer(tmp_path / "x.npy", rows=2)
+    with pytest.raises(arraydrain.DrainValueError, match=r"holds one array.*2 leaves \(0, 1\)"):
+        w.write((torch.ones(2), torch.ones(2)))
+    assert os.listdir(tmp_path) == []
+
+
+def test_rows_are_required():
+    with pytest.raises(arraydrain.DrainTypeError, match="rows="):
+        arraydrain.Writer("x.npy")
+
+
+# ---- indexed ---------------------------------------------------------------------------------
+
+
+def plain_epoch(loader):
+    return [b for b in loader]
+
+
+@pytest.mark.parametrize(
+    "kind", ["sequential", "shuffled", "global", "subset", "distributed", "workers"]
+)
+def test_indexed_yields_each_batchs_indices_and_leaves_the_rng_as_a_plain_epoch(kind):
+    ds = TensorDataset(torch.arange(50) * 10)
+    g = torch.Generator().manual_seed(5)
+    make = {
+        "sequential": lambda: DataLoader(ds, batch_size=8),
+        "shuffled": lambda: DataLoader(ds, batch_size=8, shuffle=True, generator=g),
+        "global": lambda: DataLoader(ds, batch_size=7, shuffle=True),
+        "subset": lambda: DataLoader(ds, batch_size=6, sampler=SubsetRandomSampler(range(3, 40))),
+        "distributed": lambda: DataLoader(
+            ds,
+            batch_size=4,
+            sampler=DistributedSampler(ds, num_replicas=3, rank=2, shuffle=True, seed=4),
+        ),
+        "workers": lambda: DataLoader(ds, batch_size=8, shuffle=True, num_workers=2),
+    }[kind]
+    torch.manual_seed(21)
+    g.manual_seed(5)
+    loader = make()
+    pairs = list(arraydrain.indexed(loader))
+    after_indexed = (torch.get_rng_state(), g.get_state())
+    next_indexed = [b[0] for b in loader]
+    torch.manual_seed(21)
+    g.manual_seed(5)
+    loader = make()
+    plain = plain_epoch(loader)
+    after_plain = (torch.get_rng_state(), g.get_state())
+    next_plain = [b[0] for b in loader]
+    assert len(pairs) == len(plain)
+    for (idx, (b,)), (p,) in zip(pairs, plain):
+        assert np.array_equal(b.numpy(), idx * 10)  # the batch holds dataset[idx]
+        assert torch.equal(b, p)
+    assert all(torch.equal(a, b) for a, b in zip(after_indexed, after_plain))
+    assert all(torch.equal(a, b) for a, b in zip(next_indexed, next_plain))
+
+
+def test_indexed_refuses_samplers_it_cannot_replay():
+    ds = TensorDataset(torch.arange(10))
+
+    class Mine(torch.utils.data.Sampler):
+        def __iter__(self):
+            return iter(range(9, -1, -1))
+
+        def __len__(self):
+            return 10
+
+    with pytest.raises(arraydrain.DrainTypeError, match="cannot know the indices a Mine yields"):
+        next(arraydrain.indexed(DataLoader(ds, batch_size=2, sampler=Mine())))
+
+
+# ---- drain's bfloat16 ------------------------------------------------------------------------
+
+
+def test_drain_gives_ml_dtypes_bfloat16_and_files_as_numpy_with_ml_dtypes_writes(tmp_path):
+    import zipfile
+
+    x = values((N, 3), torch.float32, seed=4).to(torch.bfloat16)
+    g = torch.Generator()
+    loader = DataLoader(TensorDataset(x), batch_size=16, shuffle=True, generator=g)
+    g.manual_seed(2)
+    (got,) = arraydrain.drain(loader)
+    g.manual_seed(2)
+    order = np.concatenate([i for i, _ in arraydrain.indexed(loader)])
+    assert got.dtype == ml_dtypes.bfloat16
+    assert got.view(np.int16).tobytes() == x[order].view(torch.int16).numpy().tobytes()
+    g.manual_seed(2)
+    arraydrain.to_npz(loader, str(tmp_path / "x.npz"))
+    ref = io.BytesIO()
+    np.save(ref, got)
+    with zipfile.ZipFile(tmp_path / "x.npz") as z:
+        assert z.read("0.npy") == ref.getvalue()  # the member is numpy.save's file, byte for byte
+
+
+# ---- the README's example ----------------------------------------------------------------------
+
+
+def test_the_readme_writer_example_runs(tmp_path):
+    import pathlib
+    import re
+    import subprocess
+
+    readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+    text = readme.read_text()
+    start = text.index("## Writing model outputs")
+    section = text[start : text.find("\n## ", start + 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    blocks = [b for b in blocks if not b.startswith("# torchrun")]  # needs a launch
+    assert any("arraydrain.Writer(" in b and "arraydrain.indexed(" in b for b in blocks)
+    for code in blocks:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["feats.npy"]
+
+
+def test_sigterm_inside_the_block_removes_the_files_then_ends_the_process(tmp_path):
+    import signal
+    import subprocess
+
+    code = (
+        "import os, signal, sys, numpy as np, arraydrain\n"
+        "d = sys.argv[1]\n"
+        "W = arraydrain.Writer\n"
+        "with W(d + '/x.npy', rows=4) as w, W(d + '/y', rows=4) as v:\n"
+        "    w.write(np.arange(2.0), at=[0, 1])\n"
+        "    v.write({'a': np.arange(2.0)}, at=[0, 1])\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('not reached')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "not reached" not in done.stdout
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # this process: untouched
+
+
+# ---- the CUDA path's ordering, with the GPU copy replaced by a controllable event -------------
+
+
+class FakeEvent:
+    """Stands in for a CUDA event: complete once `done` is set; `synchronize` completes it."""
+
+    def __init__(self, log):
+        self.done, self.log = False, log
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        self.log.append("waited")
+        self.done = True
+
+
+def test_copies_in_flight_are_written_in_order_once_complete(monkeypatch):
+    import arraydrain._writer as wmod
+
+    log, events = [], []
+
+    def fake_issue(leaves):
+        # What _issue_device_copies returns: the leaves (here already on the host), an event
+        # recorded after the copies, and the bytes in flight.
+        e = FakeEvent(log)
+        events.append(e)
+        return leaves, e, sum(x.numel() * x.element_size() for _, x in leaves)
+
+    monkeypatch.setattr(wmod, "_issue_device_copies", fake_issue)
+
+    class Cuda:  # makes write() take the CUDA route for a tensor leaf
+        type = "cuda"
+
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: Cuda()), raising=False)
+    w = arraydrain.Writer(None, rows=8, ring_bytes=64)  # 64 bytes: two batches of 2 x f64 x 2
+    w.write(torch.full((2, 2), 1.0, dtype=torch.float64), at=[0, 1])
+    w.write(torch.full((2, 2), 2.0, dtype=torch.float64), at=[2, 3])
+    assert len(w._pending) == 2 and w.rows_written == 0 and log == []  # returned at once
+    events[0].done = True
+    w.write(torch.full((2, 2), 3.0, dtype=torch.float64), at=[4, 5])
+    assert w.rows_written == 2  # the completed copy went into the ring, the others wait
+    w.write(torch.full((2, 2), 4.0, dtype=torch.float64), at=[6, 7])
+    assert log == ["waited"] and w.rows_written == 4  # over 64 bytes in flight: waited once
+    monkeypatch.undo()
+    w.write(torch.full((2, 2), 9.0, dtype=torch.float64), at=[0, 1])  # a CPU write: after all
+    out = w.close()
+    assert out[:, 0].tolist() == [9, 9, 2, 2, 3, 3, 4, 4]
