@@ -75,11 +75,8 @@ where
     let started = Instant::now();
     let counter = AllocCounter::new();
     let strategy = stream_strategy(&options)?;
-
-    let mut schema: Option<Vec<ColumnArray>> = None; // Preallocated: the output itself.
-    let mut kept: Vec<Kept> = Vec::new(); // Concat / PerBatch: the batches.
-    let mut kept_batch_bytes = 0u64;
-    let mut template: Vec<(String, DType, Vec<usize>)> = Vec::new();
+    let mut acc = Accumulator::new(strategy);
+    let mut template: Vec<Template> = Vec::new();
     let mut rows = 0usize;
     for (k, item) in batches.into_iter().enumerate() {
         let batch = item.map_err(|e| Error::Source {
@@ -94,77 +91,140 @@ where
                 .collect();
         }
         let n = check_batch(&batch, k, &template)?;
-        if let Some(declared) = options.rows {
-            if rows + n > declared {
-                return Err(Error::StreamLengthMismatch {
-                    declared,
-                    got: rows + n,
-                    more: true,
-                });
-            }
-        }
-        if strategy == Strategy::Preallocated {
-            if schema.is_none() {
-                schema = Some(preallocate(&template, options.rows.unwrap_or(0), &counter)?);
-            }
-            if let Some(out) = schema.as_mut() {
-                copy_at(out, &template, &batch, rows)?;
-            }
-        } else if strategy == Strategy::PerBatch {
-            // A host array of each batch, made in the loop; the caller's batch is dropped.
-            let mut cols = Vec::with_capacity(template.len());
-            for (name, _, _) in &template {
-                let src = batch.column(name)?.as_bytes();
-                cols.push(HostBuf::copy_of(src, name, Some(&counter))?);
-            }
-            kept.push(Kept::Host(cols));
-        } else {
-            // Concat keeps the batches themselves; their bytes count as held by the strategy.
-            let bytes: u64 = batch
-                .columns()
-                .iter()
-                .map(|c| c.as_bytes().len() as u64)
-                .sum();
-            counter.add(bytes);
-            kept_batch_bytes += bytes;
-            kept.push(Kept::Batch(batch));
-        }
-        rows += n;
-    }
-    if let Some(declared) = options.rows {
-        if rows != declared {
+        if let Some(declared) = options.rows.filter(|&d| rows + n > d) {
             return Err(Error::StreamLengthMismatch {
                 declared,
-                got: rows,
-                more: false,
+                got: rows + n,
+                more: true,
             });
         }
+        acc.take(batch, &template, rows, options.rows.unwrap_or(0), &counter)?;
+        rows += n;
     }
-    let columns = match schema {
-        Some(mut out) => {
-            for o in &mut out {
-                o.storage_mut().finish()?;
-            }
-            out
-        }
-        None => {
-            let specs: Vec<_> = template
-                .iter()
-                .map(|(name, dtype, shape)| (name.as_str(), dtype.clone(), shape.as_slice()))
-                .collect();
-            let out =
-                gather::concat_kept(&specs, rows, kept.len(), &counter, |k, c| match &kept[k] {
-                    Kept::Batch(batch) => Ok(batch.column(specs[c].0)?.as_bytes()),
-                    Kept::Host(cols) => Ok(cols[c].as_bytes()),
-                })?;
-            drop(kept);
-            counter.sub(kept_batch_bytes);
-            out
-        }
-    };
+    if let Some(declared) = options.rows.filter(|&d| rows != d) {
+        return Err(Error::StreamLengthMismatch {
+            declared,
+            got: rows,
+            more: false,
+        });
+    }
+    let columns = acc.finish(&template, rows, &counter)?;
     let report = Report::new(strategy, Backend::Cpu, rows, &columns, started)
         .with_peak_alloc(counter.peak());
     Ok(Materialized::new(columns, report))
+}
+
+/// A column of the first batch: name, dtype, row shape.
+type Template = (String, DType, Vec<usize>);
+
+/// What a strategy holds while the stream runs.
+enum Accumulator {
+    /// `Preallocated`: the output itself, allocated at the first batch.
+    Output(Option<Vec<ColumnArray>>),
+    /// `Concat` keeps the caller's batches (their bytes counted as held by the strategy) and
+    /// `PerBatch` a host copy of each; both concatenate at the end.
+    Kept {
+        kept: Vec<Kept>,
+        batch_bytes: u64,
+        host_copies: bool,
+    },
+}
+
+impl Accumulator {
+    fn new(strategy: Strategy) -> Self {
+        match strategy {
+            Strategy::Preallocated => Accumulator::Output(None),
+            s => Accumulator::Kept {
+                kept: Vec::new(),
+                batch_bytes: 0,
+                host_copies: s == Strategy::PerBatch,
+            },
+        }
+    }
+
+    /// Takes one checked batch whose rows start at `at` (`declared`: the output's rows).
+    fn take(
+        &mut self,
+        batch: Batch,
+        template: &[Template],
+        at: usize,
+        declared: usize,
+        counter: &Arc<AllocCounter>,
+    ) -> Result<()> {
+        match self {
+            Accumulator::Output(out) => {
+                if out.is_none() {
+                    *out = Some(preallocate(template, declared, counter)?);
+                }
+                if let Some(out) = out.as_mut() {
+                    copy_at(out, template, &batch, at)?;
+                }
+            }
+            Accumulator::Kept {
+                kept,
+                batch_bytes,
+                host_copies,
+            } => {
+                if *host_copies {
+                    // A host array of each batch, made in the loop; the caller's batch is dropped.
+                    let cols = template
+                        .iter()
+                        .map(|(name, _, _)| {
+                            HostBuf::copy_of(batch.column(name)?.as_bytes(), name, Some(counter))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    kept.push(Kept::Host(cols));
+                } else {
+                    let bytes: u64 = batch
+                        .columns()
+                        .iter()
+                        .map(|c| c.as_bytes().len() as u64)
+                        .sum();
+                    counter.add(bytes);
+                    *batch_bytes += bytes;
+                    kept.push(Kept::Batch(batch));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The output columns of `rows` rows.
+    fn finish(
+        self,
+        template: &[Template],
+        rows: usize,
+        counter: &Arc<AllocCounter>,
+    ) -> Result<Vec<ColumnArray>> {
+        match self {
+            Accumulator::Output(Some(mut out)) => {
+                for o in &mut out {
+                    o.storage_mut().finish()?;
+                }
+                Ok(out)
+            }
+            // An empty stream: no batch, so no columns.
+            Accumulator::Output(None) => Ok(Vec::new()),
+            Accumulator::Kept {
+                kept, batch_bytes, ..
+            } => {
+                let specs: Vec<_> = template
+                    .iter()
+                    .map(|(name, dtype, shape)| (name.as_str(), dtype.clone(), shape.as_slice()))
+                    .collect();
+                let out =
+                    gather::concat_kept(&specs, rows, kept.len(), counter, |k, c| {
+                        match &kept[k] {
+                            Kept::Batch(batch) => Ok(batch.column(specs[c].0)?.as_bytes()),
+                            Kept::Host(cols) => Ok(cols[c].as_bytes()),
+                        }
+                    })?;
+                drop(kept);
+                counter.sub(batch_bytes);
+                Ok(out)
+            }
+        }
+    }
 }
 
 /// The strategy a stream is drained with: `Auto` preallocates when the row count is declared
@@ -188,7 +248,7 @@ fn stream_strategy(options: &DrainOptions) -> Result<Strategy> {
 
 /// `Preallocated`: the output of `rows` rows for the first batch's columns, allocated once.
 fn preallocate(
-    template: &[(String, DType, Vec<usize>)],
+    template: &[Template],
     rows: usize,
     counter: &Arc<AllocCounter>,
 ) -> Result<Vec<ColumnArray>> {
@@ -205,12 +265,7 @@ fn preallocate(
 }
 
 /// `Preallocated`: copies `batch` into the output from row `at` on (its rows were checked to fit).
-fn copy_at(
-    out: &mut [ColumnArray],
-    template: &[(String, DType, Vec<usize>)],
-    batch: &Batch,
-    at: usize,
-) -> Result<()> {
+fn copy_at(out: &mut [ColumnArray], template: &[Template], batch: &Batch, at: usize) -> Result<()> {
     for (o, (name, _, _)) in out.iter_mut().zip(template) {
         let src = batch.column(name)?.as_bytes();
         let start = at * o.row_bytes();
@@ -229,7 +284,7 @@ enum Kept {
 pub(crate) type ColumnMeta<'c> = (&'c str, DType, &'c [usize], usize);
 
 /// Checks a batch against the first batch's columns; returns its row count.
-fn check_batch(batch: &Batch, k: usize, template: &[(String, DType, Vec<usize>)]) -> Result<usize> {
+fn check_batch(batch: &Batch, k: usize, template: &[Template]) -> Result<usize> {
     let columns: Vec<ColumnMeta<'_>> = batch
         .columns()
         .iter()
@@ -243,7 +298,7 @@ fn check_batch(batch: &Batch, k: usize, template: &[(String, DType, Vec<usize>)]
 pub(crate) fn check_batch_columns(
     k: usize,
     columns: &[ColumnMeta<'_>],
-    template: &[(String, DType, Vec<usize>)],
+    template: &[Template],
 ) -> Result<usize> {
     let mismatch = |column: &str, reason: String| Error::BatchMismatch {
         batch: k,
