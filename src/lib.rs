@@ -46,6 +46,9 @@
 //! - `launcher`, `shards`: rank and world size from torchrun, Slurm or MPI; one rank's part of a
 //!   distributed conversion beside a manifest, the check and the merge
 //!   ([`shards::MergeOptions`]).
+//! - `writer`: the other direction: rows pushed at dataset indices (model outputs) into one
+//!   `.npy`, `.npz`, folder or in-memory array through a bounded ring, committed once when
+//!   every row is written ([`Writer`]).
 //! - `bench`: what the benchmarks and tests share: the synthetic workload and the naive
 //!   reference gather every output is checked against.
 //!
