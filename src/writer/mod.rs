@@ -163,11 +163,11 @@ impl WriterBuilder {
     /// Creates the destination (under temporary names) and starts the background thread.
     ///
     /// # Errors
-    /// [`Error::EmptyTable`] without columns; [`Error::DuplicateColumn`]; [`Error::UnsafeName`]
+    /// [`Error::EmptyTable`] without columns; [`Error::DuplicateColumn`]; [`FileError::UnsafeName`]
     /// for a name that cannot name a file (file destinations); [`Error::ConflictingOptions`] for a
-    /// `.npy` destination with other than one column; [`Error::PathConflict`] for a destination
+    /// `.npy` destination with other than one column; [`FileError::PathConflict`] for a destination
     /// that cannot be replaced (a folder where a file goes, anything where a folder goes);
-    /// [`Error::UnsupportedDType`], [`Error::NoSpace`], [`Error::Io`] as
+    /// [`Error::UnsupportedDType`], [`FileError::NoSpace`], [`FileError::Io`] as
     /// [`MappedNpy::create`]; [`Error::HostAllocation`] for the ring or in-memory output.
     pub fn open(self) -> Result<Writer> {
         Writer::open(self)
@@ -445,8 +445,8 @@ impl Writer {
     /// # Errors
     /// [`Error::BatchMismatch`] for a wrong number of columns, a column of another length than
     /// `n` rows, or `at` of another length; [`Error::IndexOutOfBounds`]
-    /// for an index (or appended row) past the output; the destination's error ([`Error::Io`],
-    /// [`Error::NoSpace`]) when the background thread failed.
+    /// for an index (or appended row) past the output; the destination's error ([`FileError::Io`],
+    /// [`FileError::NoSpace`]) when the background thread failed.
     pub fn write_bytes(&mut self, n: usize, at: Option<&[u64]>, columns: &[&[u8]]) -> Result<()> {
         if self.stopped.is_some() {
             return Err(Error::ConflictingOptions {
@@ -593,7 +593,7 @@ impl Writer {
     /// calls it (through [`Writer::close`]) before the creator commits.
     ///
     /// # Errors
-    /// The destination's errors ([`Error::Io`]).
+    /// The destination's errors ([`FileError::Io`]).
     pub fn sync(&mut self) -> Result<()> {
         if self.stopped.is_some() {
             return Ok(());
@@ -623,8 +623,8 @@ impl Writer {
     ///
     /// # Errors
     /// [`Error::RowsMissing`] when some row was never written (nothing is committed and the
-    /// temporary files are removed); the destination's errors ([`Error::Io`],
-    /// [`Error::NoSpace`], [`Error::PathConflict`] for a destination that became a folder).
+    /// temporary files are removed); the destination's errors ([`FileError::Io`],
+    /// [`FileError::NoSpace`], [`FileError::PathConflict`] for a destination that became a folder).
     pub fn close(self) -> Result<Written> {
         self.close_with(&[])
     }
