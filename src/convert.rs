@@ -292,7 +292,7 @@ impl fmt::Display for ConvertSummary {
 /// # Errors
 /// Every failure as an [`Error`]: unreadable or invalid inputs ([`FileError::Io`],
 /// [`FileError::BadFile`] naming the file), bad options ([`Error::ZeroBatchSize`],
-/// [`Error::RankOutOfRange`], [`Error::IndexOutOfBounds`], [`Error::UnknownColumn`],
+/// [`Error::RankOutOfRange`], [`Error::IndexOutOfBounds`], [`TableError::UnknownColumn`](crate::TableError::UnknownColumn),
 /// [`Error::ConflictingOptions`] without exactly one output), an unavailable strategy or
 /// backend, and output I/O errors. No output file is left behind.
 pub fn run(options: &ConvertOptions) -> Result<ConvertSummary> {

@@ -13,60 +13,16 @@
 
 use std::path::PathBuf;
 
-use crate::dtype::DType;
-
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in arraydrain.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    // ---- table construction -------------------------------------------------------------------
-    /// A table needs at least one column.
-    #[error("a table needs at least one column")]
-    EmptyTable,
-    /// Two columns share a name.
-    #[error("duplicate column name {name:?}")]
-    DuplicateColumn {
-        /// The repeated name.
-        name: String,
-    },
-    /// A column was asked for by a name the table or output does not have.
-    #[error("unknown column {name:?} (available: {available:?})")]
-    UnknownColumn {
-        /// The requested name.
-        name: String,
-        /// The names that exist.
-        available: Vec<String>,
-    },
-    /// Columns of one table must share a row count.
-    #[error("column {column:?} has {got} rows but the table has {expected}")]
-    RowCountMismatch {
-        /// The offending column.
-        column: String,
-        /// Rows of the first column.
-        expected: usize,
-        /// Rows of this column.
-        got: usize,
-    },
-    /// A column array must have a first (row) axis.
-    #[error("column {column:?} is a 0-dimensional array; a column needs a first axis of rows")]
-    NoRowAxis {
-        /// The offending column.
-        column: String,
-    },
-    /// Raw column bytes do not match the declared dtype, row shape and row count.
-    #[error(
-        "column {column:?}: expected {expected} bytes for its rows, dtype and row shape, got {got}"
-    )]
-    ByteLengthMismatch {
-        /// The offending column.
-        column: String,
-        /// Bytes implied by rows × row bytes.
-        expected: usize,
-        /// Bytes supplied.
-        got: usize,
-    },
+    // ---- tables and their columns ------------------------------------------------------------
+    /// A table, a column or a typed view is not what it must be.
+    #[error(transparent)]
+    Table(#[from] crate::table::TableError),
 
     // ---- orders and batching ------------------------------------------------------------------
     /// An explicit index is not a row of the table.
@@ -115,32 +71,6 @@ pub enum Error {
     Shard(#[from] crate::shards::ShardError),
 
     // ---- typed access -------------------------------------------------------------------------
-    /// A column was read as a Rust type that does not match its dtype.
-    #[error(
-        "column {column:?} holds {actual}, not {requested}{}",
-        if actual.is_opaque() {
-            " (an opaque dtype is read as raw row bytes with its descriptor, never through a \
-             typed view; a big-endian column keeps its byte order)"
-        } else {
-            ""
-        }
-    )]
-    DTypeMismatch {
-        /// The column.
-        column: String,
-        /// Its dtype.
-        actual: DType,
-        /// The dtype of the Rust type asked for.
-        requested: DType,
-    },
-    /// A column's storage is not aligned or sized for its element type (a storage bug).
-    #[error("column {column:?}: storage does not fit its dtype and shape: {reason}")]
-    Misaligned {
-        /// The column.
-        column: String,
-        /// What bytemuck or ndarray reported.
-        reason: String,
-    },
     /// An element type has no arraydrain dtype, or a file declares one we do not support.
     #[error("unsupported dtype {descr:?}")]
     UnsupportedDType {

@@ -108,7 +108,7 @@ pub use gather::Strategy;
 pub use loader::{BatchIter, Loader, OutputSpec};
 pub use output::{Backend, Batch, ColumnArray, Materialized, Report, Storage, StorageKind};
 pub use sampler::{IndexSlice, Indices, Order, Shard};
-pub use table::{Column, Table};
+pub use table::{Column, Table, TableError};
 pub use writer::{Destination, Writer, WriterBuilder, Written};
 
 // The README's examples run as doctests.

@@ -194,7 +194,7 @@ impl<'t, 'a> Loader<'t, 'a> {
     /// with the preallocated gather. The output must have this loader's columns and rows.
     ///
     /// # Errors
-    /// As [`Loader::batches`]; [`Error::OutputMismatch`] or [`Error::UnknownColumn`] when the
+    /// As [`Loader::batches`]; [`Error::OutputMismatch`] or [`TableError::UnknownColumn`](crate::TableError::UnknownColumn) when the
     /// output does not fit; storage errors (I/O of a mapped file).
     pub fn materialize_into(&self, out: &mut Materialized) -> Result<Report> {
         let started = Instant::now();

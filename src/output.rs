@@ -4,6 +4,7 @@
 //! `ndarray` views. A drain hands its output back only after every copy into it has landed, so
 //! a view can never observe a copy in flight.
 
+use crate::table::TableError;
 use std::any::Any;
 use std::fmt;
 use std::ops::Range;
@@ -105,7 +106,7 @@ impl ColumnArray {
     /// Wraps storage holding exactly `rows × row_shape × dtype` bytes.
     ///
     /// # Errors
-    /// [`Error::ByteLengthMismatch`] when the storage has another length.
+    /// [`TableError::ByteLengthMismatch`] when the storage has another length.
     pub fn new(
         name: impl Into<String>,
         dtype: DType,
@@ -119,11 +120,11 @@ impl ColumnArray {
         let expected = checked_bytes(&parts, &name)?;
         let got = storage.as_bytes().len();
         if got != expected {
-            return Err(Error::ByteLengthMismatch {
+            return Err(Error::Table(TableError::ByteLengthMismatch {
                 column: name,
                 expected,
                 got,
-            });
+            }));
         }
         Ok(ColumnArray {
             name,
@@ -155,14 +156,14 @@ impl ColumnArray {
     /// Moves an ndarray array in (no copy when it is in standard layout); the first axis is rows.
     ///
     /// # Errors
-    /// [`Error::NoRowAxis`] for a 0-dimensional array.
+    /// [`TableError::NoRowAxis`] for a 0-dimensional array.
     pub fn from_array<T: Element, D: Dimension>(
         name: impl Into<String>,
         array: Array<T, D>,
     ) -> Result<Self> {
         let name = name.into();
         if array.ndim() == 0 {
-            return Err(Error::NoRowAxis { column: name });
+            return Err(Error::Table(TableError::NoRowAxis { column: name }));
         }
         let array = array.into_dyn();
         let array = if array.is_standard_layout() {
@@ -243,18 +244,18 @@ impl ColumnArray {
         if T::views(&self.dtype) {
             Ok(())
         } else {
-            Err(Error::DTypeMismatch {
+            Err(Error::Table(TableError::DTypeMismatch {
                 column: self.name.clone(),
                 actual: self.dtype.clone(),
                 requested: T::DTYPE,
-            })
+            }))
         }
     }
 
     /// A typed view of shape `[rows, ...row_shape]`.
     ///
     /// # Errors
-    /// [`Error::DTypeMismatch`] when `T` is not this column's type.
+    /// [`TableError::DTypeMismatch`] when `T` is not this column's type.
     pub fn view<T: Element>(&self) -> Result<ArrayViewD<'_, T>> {
         self.check::<T>()?;
         let data: &[T] =
@@ -265,7 +266,7 @@ impl ColumnArray {
     /// A typed mutable view.
     ///
     /// # Errors
-    /// [`Error::DTypeMismatch`] when `T` is not this column's type.
+    /// [`TableError::DTypeMismatch`] when `T` is not this column's type.
     pub fn view_mut<T: Element>(&mut self) -> Result<ArrayViewMutD<'_, T>> {
         self.check::<T>()?;
         let shape = self.shape();
@@ -279,7 +280,7 @@ impl ColumnArray {
     /// otherwise the bytes are copied once into a new array.
     ///
     /// # Errors
-    /// [`Error::DTypeMismatch`] when `T` is not this column's type.
+    /// [`TableError::DTypeMismatch`] when `T` is not this column's type.
     pub fn into_array<T: Element>(self) -> Result<ArrayD<T>> {
         self.check::<T>()?;
         if self.storage.kind() == StorageKind::Array {
@@ -291,10 +292,12 @@ impl ColumnArray {
                 .into_any()
                 .downcast::<ArrayD<T>>()
                 .map(|a| *a)
-                .map_err(|_| Error::DTypeMismatch {
-                    column,
-                    actual,
-                    requested: T::DTYPE,
+                .map_err(|_| {
+                    Error::Table(TableError::DTypeMismatch {
+                        column,
+                        actual,
+                        requested: T::DTYPE,
+                    })
                 });
         }
         Ok(self.view::<T>()?.to_owned())
@@ -306,10 +309,10 @@ impl ColumnArray {
 }
 
 fn layout_error(name: &str, e: impl fmt::Display) -> Error {
-    Error::Misaligned {
+    Error::Table(TableError::Misaligned {
         column: name.to_string(),
         reason: e.to_string(),
-    }
+    })
 }
 
 impl fmt::Debug for ColumnArray {
@@ -336,10 +339,10 @@ fn take(columns: Vec<ColumnArray>, name: &str) -> Result<ColumnArray> {
 }
 
 fn unknown(columns: &[ColumnArray], name: &str) -> Error {
-    Error::UnknownColumn {
+    Error::Table(TableError::UnknownColumn {
         name: name.to_string(),
         available: columns.iter().map(|c| c.name.clone()).collect(),
-    }
+    })
 }
 
 /// Which backend ran a drain.
@@ -469,7 +472,7 @@ impl Materialized {
     /// A column by name.
     ///
     /// # Errors
-    /// [`Error::UnknownColumn`].
+    /// [`TableError::UnknownColumn`].
     pub fn column(&self, name: &str) -> Result<&ColumnArray> {
         find(&self.columns, name)
     }
@@ -482,7 +485,7 @@ impl Materialized {
     /// A typed view of a column.
     ///
     /// # Errors
-    /// [`Error::UnknownColumn`], [`Error::DTypeMismatch`].
+    /// [`TableError::UnknownColumn`], [`TableError::DTypeMismatch`].
     pub fn view<T: Element>(&self, name: &str) -> Result<ArrayViewD<'_, T>> {
         self.column(name)?.view()
     }
@@ -490,7 +493,7 @@ impl Materialized {
     /// A column as an owned array (copied once unless it already is one of type `T`).
     ///
     /// # Errors
-    /// [`Error::UnknownColumn`], [`Error::DTypeMismatch`].
+    /// [`TableError::UnknownColumn`], [`TableError::DTypeMismatch`].
     pub fn into_array<T: Element>(self, name: &str) -> Result<ArrayD<T>> {
         take(self.columns, name)?.into_array()
     }
@@ -531,7 +534,7 @@ impl Batch {
     /// Adds a column, moving the array in (no copy for standard-layout arrays).
     ///
     /// # Errors
-    /// [`Error::NoRowAxis`], [`Error::DuplicateColumn`]. Row counts are checked by the drain,
+    /// [`TableError::NoRowAxis`], [`TableError::DuplicateColumn`]. Row counts are checked by the drain,
     /// which can name the batch.
     pub fn with<T: Element, D: Dimension>(
         mut self,
@@ -545,10 +548,12 @@ impl Batch {
     /// Adds a column.
     ///
     /// # Errors
-    /// [`Error::DuplicateColumn`].
+    /// [`TableError::DuplicateColumn`].
     pub fn push(&mut self, column: ColumnArray) -> Result<()> {
         if self.columns.iter().any(|c| c.name == column.name) {
-            return Err(Error::DuplicateColumn { name: column.name });
+            return Err(Error::Table(TableError::DuplicateColumn {
+                name: column.name,
+            }));
         }
         self.columns.push(column);
         Ok(())
@@ -567,7 +572,7 @@ impl Batch {
     /// A column by name.
     ///
     /// # Errors
-    /// [`Error::UnknownColumn`].
+    /// [`TableError::UnknownColumn`].
     pub fn column(&self, name: &str) -> Result<&ColumnArray> {
         find(&self.columns, name)
     }
@@ -575,7 +580,7 @@ impl Batch {
     /// A typed view of a column.
     ///
     /// # Errors
-    /// [`Error::UnknownColumn`], [`Error::DTypeMismatch`].
+    /// [`TableError::UnknownColumn`], [`TableError::DTypeMismatch`].
     pub fn view<T: Element>(&self, name: &str) -> Result<ArrayViewD<'_, T>> {
         self.column(name)?.view()
     }
@@ -583,7 +588,7 @@ impl Batch {
     /// A column as an owned array.
     ///
     /// # Errors
-    /// [`Error::UnknownColumn`], [`Error::DTypeMismatch`].
+    /// [`TableError::UnknownColumn`], [`TableError::DTypeMismatch`].
     pub fn into_array<T: Element>(self, name: &str) -> Result<ArrayD<T>> {
         take(self.columns, name)?.into_array()
     }

@@ -17,6 +17,83 @@ pub trait SharedBytes: Send + Sync {
     fn bytes(&self) -> &[u8];
 }
 
+/// What can be wrong with a table, one of its columns, or a typed view of a column — wrapped
+/// by [`Error::Table`].
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// A table needs at least one column.
+    #[error("a table needs at least one column")]
+    EmptyTable,
+    /// Two columns share a name.
+    #[error("duplicate column name {name:?}")]
+    DuplicateColumn {
+        /// The repeated name.
+        name: String,
+    },
+    /// A column was asked for by a name the table or output does not have.
+    #[error("unknown column {name:?} (available: {available:?})")]
+    UnknownColumn {
+        /// The requested name.
+        name: String,
+        /// The names that exist.
+        available: Vec<String>,
+    },
+    /// Columns of one table must share a row count.
+    #[error("column {column:?} has {got} rows but the table has {expected}")]
+    RowCountMismatch {
+        /// The offending column.
+        column: String,
+        /// Rows of the first column.
+        expected: usize,
+        /// Rows of this column.
+        got: usize,
+    },
+    /// A column array must have a first (row) axis.
+    #[error("column {column:?} is a 0-dimensional array; a column needs a first axis of rows")]
+    NoRowAxis {
+        /// The offending column.
+        column: String,
+    },
+    /// Raw column bytes do not match the declared dtype, row shape and row count.
+    #[error(
+        "column {column:?}: expected {expected} bytes for its rows, dtype and row shape, got {got}"
+    )]
+    ByteLengthMismatch {
+        /// The offending column.
+        column: String,
+        /// Bytes implied by rows × row bytes.
+        expected: usize,
+        /// Bytes supplied.
+        got: usize,
+    },
+    /// A column was read as a Rust type that does not match its dtype.
+    #[error(
+        "column {column:?} holds {actual}, not {requested}{}",
+        if actual.is_opaque() {
+            " (an opaque dtype is read as raw row bytes with its descriptor, never through a \
+             typed view; a big-endian column keeps its byte order)"
+        } else {
+            ""
+        }
+    )]
+    DTypeMismatch {
+        /// The column.
+        column: String,
+        /// Its dtype.
+        actual: DType,
+        /// The dtype of the Rust type asked for.
+        requested: DType,
+    },
+    /// A column's storage is not aligned or sized for its element type (a storage bug).
+    #[error("column {column:?}: storage does not fit its dtype and shape: {reason}")]
+    Misaligned {
+        /// The column.
+        column: String,
+        /// What bytemuck or ndarray reported.
+        reason: String,
+    },
+}
+
 impl SharedBytes for HostBuf {
     fn bytes(&self) -> &[u8] {
         self.as_bytes()
@@ -61,11 +138,11 @@ impl<'a> Column<'a> {
             Data::Shared(s) => s.bytes().len(),
         };
         if got != expected {
-            return Err(Error::ByteLengthMismatch {
+            return Err(Error::Table(TableError::ByteLengthMismatch {
                 column: name,
                 expected,
                 got,
-            });
+            }));
         }
         Ok(Column {
             name,
@@ -83,7 +160,7 @@ impl<'a> Column<'a> {
     /// negative strides) is copied once into an owned row-major buffer, never misread.
     ///
     /// # Errors
-    /// [`Error::NoRowAxis`] for a 0-dimensional view; [`Error::HostAllocation`] if the copy of a
+    /// [`TableError::NoRowAxis`] for a 0-dimensional view; [`Error::HostAllocation`] if the copy of a
     /// non-standard view cannot be allocated.
     pub fn from_view<T: Element, D: Dimension>(
         name: impl Into<String>,
@@ -92,7 +169,7 @@ impl<'a> Column<'a> {
         let name = name.into();
         let shape = view.shape().to_vec();
         let Some((&rows, row_shape)) = shape.split_first() else {
-            return Err(Error::NoRowAxis { column: name });
+            return Err(Error::Table(TableError::NoRowAxis { column: name }));
         };
         let row_shape = row_shape.to_vec();
         match view.to_slice() {
@@ -126,7 +203,7 @@ impl<'a> Column<'a> {
     ) -> Result<Column<'static>> {
         let name = name.into();
         if array.ndim() == 0 {
-            return Err(Error::NoRowAxis { column: name });
+            return Err(Error::Table(TableError::NoRowAxis { column: name }));
         }
         let shape = array.shape().to_vec();
         let vec = if array.is_standard_layout() {
@@ -153,7 +230,7 @@ impl<'a> Column<'a> {
     /// A column over raw row-major bytes, borrowed.
     ///
     /// # Errors
-    /// [`Error::ByteLengthMismatch`] unless `bytes.len() == rows × prod(row_shape) × dtype size`.
+    /// [`TableError::ByteLengthMismatch`] unless `bytes.len() == rows × prod(row_shape) × dtype size`.
     pub fn from_bytes(
         name: impl Into<String>,
         dtype: DType,
@@ -265,25 +342,25 @@ impl<'a> Table<'a> {
     /// Builds a table from columns.
     ///
     /// # Errors
-    /// [`Error::EmptyTable`], [`Error::DuplicateColumn`], [`Error::RowCountMismatch`].
+    /// [`TableError::EmptyTable`], [`TableError::DuplicateColumn`], [`TableError::RowCountMismatch`].
     pub fn new(columns: Vec<Column<'a>>) -> Result<Self> {
         let Some(first) = columns.first() else {
-            return Err(Error::EmptyTable);
+            return Err(Error::Table(TableError::EmptyTable));
         };
         let rows = first.rows;
         let mut seen = std::collections::HashSet::with_capacity(columns.len());
         for c in &columns {
             if !seen.insert(c.name.as_str()) {
-                return Err(Error::DuplicateColumn {
+                return Err(Error::Table(TableError::DuplicateColumn {
                     name: c.name.clone(),
-                });
+                }));
             }
             if c.rows != rows {
-                return Err(Error::RowCountMismatch {
+                return Err(Error::Table(TableError::RowCountMismatch {
                     column: c.name.clone(),
                     expected: rows,
                     got: c.rows,
-                });
+                }));
             }
         }
         Ok(Table { columns, rows })
@@ -309,36 +386,37 @@ impl<'a> Table<'a> {
     /// A column by name.
     ///
     /// # Errors
-    /// [`Error::UnknownColumn`].
+    /// [`TableError::UnknownColumn`].
     pub fn column(&self, name: &str) -> Result<&Column<'a>> {
-        self.columns
-            .iter()
-            .find(|c| c.name == name)
-            .ok_or_else(|| Error::UnknownColumn {
+        self.columns.iter().find(|c| c.name == name).ok_or_else(|| {
+            Error::Table(TableError::UnknownColumn {
                 name: name.to_string(),
                 available: self.columns.iter().map(|c| c.name.clone()).collect(),
             })
+        })
     }
 
     /// Keeps only the named columns, in the order given.
     ///
     /// # Errors
-    /// [`Error::UnknownColumn`], [`Error::DuplicateColumn`], [`Error::EmptyTable`].
+    /// [`TableError::UnknownColumn`], [`TableError::DuplicateColumn`], [`TableError::EmptyTable`].
     pub fn select(mut self, names: &[&str]) -> Result<Self> {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             if out.iter().any(|c: &Column<'a>| c.name == *name) {
-                return Err(Error::DuplicateColumn {
+                return Err(Error::Table(TableError::DuplicateColumn {
                     name: name.to_string(),
-                });
+                }));
             }
             let pos = self
                 .columns
                 .iter()
                 .position(|c| c.name == *name)
-                .ok_or_else(|| Error::UnknownColumn {
-                    name: name.to_string(),
-                    available: self.columns.iter().map(|c| c.name.clone()).collect(),
+                .ok_or_else(|| {
+                    Error::Table(TableError::UnknownColumn {
+                        name: name.to_string(),
+                        available: self.columns.iter().map(|c| c.name.clone()).collect(),
+                    })
                 })?;
             out.push(self.columns.remove(pos));
         }

@@ -7,6 +7,7 @@
 //! at a time.
 #![cfg(feature = "cuda")]
 
+use arraydrain::TableError;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arraydrain::bench::poison;
@@ -495,10 +496,16 @@ fn typed_errors_on_bad_input_and_device_oom() {
             DeviceColumn::typed("c", &[4], c).unwrap(),
         ])
         .unwrap_err();
-    assert!(matches!(e, Error::RowCountMismatch { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Table(TableError::RowCountMismatch { .. })),
+        "{e}"
+    );
     let short = engine.stream().clone_htod(&[0u8; 10]).unwrap();
     let e = DeviceColumn::new("s", DType::F32, &[4], 1, short).unwrap_err();
-    assert!(matches!(e, Error::ByteLengthMismatch { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Table(TableError::ByteLengthMismatch { .. })),
+        "{e}"
+    );
     // Device out of memory: Concat keeps every batch on the device and then needs the whole
     // output again; an output of ~3/4 of device memory cannot fit twice.
     let one = table(1, &[(DType::U8, &[4096])], 5);

@@ -1,5 +1,6 @@
 //! One test per error variant: bad input gets a clear, typed error, never a panic.
 
+use arraydrain::TableError;
 use arraydrain::{
     drain, Batch, Column, DType, DrainOptions, Error, Loader, Materialized, Strategy, Table,
 };
@@ -14,7 +15,10 @@ fn xy() -> (Array2<f32>, Array1<i64>) {
 
 #[test]
 fn empty_table() {
-    assert!(matches!(Table::new(vec![]), Err(Error::EmptyTable)));
+    assert!(matches!(
+        Table::new(vec![]),
+        Err(Error::Table(TableError::EmptyTable))
+    ));
 }
 
 #[test]
@@ -26,7 +30,7 @@ fn duplicate_column() {
         .build()
         .unwrap_err();
     assert!(
-        matches!(err, Error::DuplicateColumn { ref name } if name == "x"),
+        matches!(err, Error::Table(TableError::DuplicateColumn { ref name }) if name == "x"),
         "{err}"
     );
 }
@@ -39,16 +43,19 @@ fn unknown_column_on_table_and_output() {
         .view("y", y.view())
         .build()
         .unwrap();
-    assert!(matches!(t.column("z"), Err(Error::UnknownColumn { .. })));
+    assert!(matches!(
+        t.column("z"),
+        Err(Error::Table(TableError::UnknownColumn { .. }))
+    ));
     let out = Loader::new(&t).materialize(Strategy::Preallocated).unwrap();
     let err = out.view::<f32>("z").unwrap_err();
     assert!(
-        matches!(err, Error::UnknownColumn { ref available, .. } if available == &["x", "y"]),
+        matches!(err, Error::Table(TableError::UnknownColumn { ref available, .. }) if available == &["x", "y"]),
         "{err}"
     );
     assert!(matches!(
         t.select(&["x", "nope"]),
-        Err(Error::UnknownColumn { .. })
+        Err(Error::Table(TableError::UnknownColumn { .. }))
     ));
 }
 
@@ -62,7 +69,7 @@ fn row_count_mismatch() {
         .build()
         .unwrap_err();
     assert!(
-        matches!(err, Error::RowCountMismatch { ref column, expected: 10, got: 9 } if column == "y"),
+        matches!(err, Error::Table(TableError::RowCountMismatch { ref column, expected: 10, got: 9 }) if column == "y"),
         "{err}"
     );
 }
@@ -71,10 +78,13 @@ fn row_count_mismatch() {
 fn zero_dimensional_column() {
     let a = arr0(1.0f32);
     let err = Table::builder().view("s", a.view()).build().unwrap_err();
-    assert!(matches!(err, Error::NoRowAxis { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Table(TableError::NoRowAxis { .. })),
+        "{err}"
+    );
     assert!(matches!(
         Batch::new().with("s", arr0(1i64)),
-        Err(Error::NoRowAxis { .. })
+        Err(Error::Table(TableError::NoRowAxis { .. }))
     ));
 }
 
@@ -85,11 +95,11 @@ fn byte_length_mismatch() {
     assert!(
         matches!(
             err,
-            Error::ByteLengthMismatch {
+            Error::Table(TableError::ByteLengthMismatch {
                 expected: 12,
                 got: 10,
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -166,22 +176,22 @@ fn wrong_dtype_on_access() {
     assert!(
         matches!(
             err,
-            Error::DTypeMismatch {
+            Error::Table(TableError::DTypeMismatch {
                 actual: DType::F32,
                 requested: DType::F64,
                 ..
-            }
+            })
         ),
         "{err}"
     );
     assert!(matches!(
         out.into_array::<i32>("y"),
-        Err(Error::DTypeMismatch { .. })
+        Err(Error::Table(TableError::DTypeMismatch { .. }))
     ));
     let b = Batch::new().with("y", y.clone()).unwrap();
     assert!(matches!(
         b.into_array::<u64>("y"),
-        Err(Error::DTypeMismatch { .. })
+        Err(Error::Table(TableError::DTypeMismatch { .. }))
     ));
 }
 

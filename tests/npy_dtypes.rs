@@ -8,6 +8,7 @@
 #[path = "py/harness.rs"]
 mod harness;
 
+use arraydrain::TableError;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -229,7 +230,7 @@ fn rust_reads_opaque_columns_as_row_bytes_and_refuses_typed_views() {
     assert_eq!(col.row(order.len()), None);
     let err = out.view::<f64>("f8be").unwrap_err();
     assert!(
-        matches!(&err, Error::DTypeMismatch { actual, requested: DType::F64, .. }
+        matches!(&err, Error::Table(TableError::DTypeMismatch { actual, requested: DType::F64, .. })
             if actual.is_opaque()),
         "{err:?}"
     );

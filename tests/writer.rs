@@ -2,6 +2,7 @@
 //! on close and never otherwise; bad input is refused and loses nothing; destinations other
 //! people can write to are handled as an attacker would use them.
 
+use arraydrain::TableError;
 use std::path::{Path, PathBuf};
 
 use arraydrain::npy;
@@ -312,7 +313,10 @@ fn bad_batches_are_refused_and_change_nothing() {
     let e = w
         .write_at(&[0], &batch(&[("y", DType::F32, vec![2])], &[0]))
         .unwrap_err();
-    assert!(matches!(e, Error::UnknownColumn { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Table(TableError::UnknownColumn { .. })),
+        "{e}"
+    );
     // Raw bytes that are not whole rows.
     let e = w.write_bytes(1, None, &[&[0u8; 7]]).unwrap_err();
     assert!(
@@ -372,7 +376,7 @@ fn options_that_cannot_work_are_refused_before_anything_is_made() {
         .path(dir.join("x.npy"))
         .open()
         .unwrap_err();
-    assert!(matches!(e, Error::EmptyTable), "{e}");
+    assert!(matches!(e, Error::Table(TableError::EmptyTable)), "{e}");
     let e = Writer::builder(3)
         .column("a", DType::F32, &[])
         .column("b", DType::F32, &[])
@@ -388,7 +392,10 @@ fn options_that_cannot_work_are_refused_before_anything_is_made() {
         .column("a", DType::F32, &[])
         .open()
         .unwrap_err();
-    assert!(matches!(e, Error::DuplicateColumn { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Table(TableError::DuplicateColumn { .. })),
+        "{e}"
+    );
     for bad in ["../escape", "a/b", "", ".."] {
         let e = Writer::builder(3)
             .column(bad, DType::F32, &[])

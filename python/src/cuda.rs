@@ -9,6 +9,7 @@
 //! then gathers with its kernel and copies asynchronously into pinned host output, which the
 //! returned arrays own. The cost of this route is one device copy of the columns read.
 
+use arraydrain::TableError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -165,13 +166,13 @@ impl DeviceBuffer {
                     message: "device buffer already handed to the engine".into(),
                 })
             })?;
-        let bytes = rows
-            .checked_mul(meta.row_bytes)
-            .ok_or_else(|| Error::ByteLengthMismatch {
+        let bytes = rows.checked_mul(meta.row_bytes).ok_or_else(|| {
+            Error::Table(TableError::ByteLengthMismatch {
                 column: meta.name.clone(),
                 expected: usize::MAX,
                 got: self.len,
-            })?;
+            })
+        })?;
         DeviceColumn::with_offset(
             meta.name.as_str(),
             meta.dtype.clone(),
@@ -184,11 +185,11 @@ impl DeviceBuffer {
             if bytes == self.len {
                 Ok(c)
             } else {
-                Err(Error::ByteLengthMismatch {
+                Err(Error::Table(TableError::ByteLengthMismatch {
                     column: meta.name.clone(),
                     expected: bytes,
                     got: self.len,
-                })
+                }))
             }
         })
     }

@@ -4,6 +4,7 @@
 
 use arraydrain::Error;
 use arraydrain::FileError;
+use arraydrain::TableError;
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -70,7 +71,7 @@ pub fn kind_of(e: &Error) -> Kind {
         | Error::SizeOverflow { .. }
         | Error::File(FileError::MapLimit { .. }) => Kind::Memory,
         Error::IndexOutOfBounds { .. } => Kind::Index,
-        Error::DTypeMismatch { .. }
+        Error::Table(TableError::DTypeMismatch { .. })
         | Error::UnsupportedDType { .. }
         | Error::BadDescriptor { .. } => Kind::Type,
         Error::File(FileError::Io { .. })
@@ -78,14 +79,16 @@ pub fn kind_of(e: &Error) -> Kind {
         | Error::File(FileError::PathConflict { .. })
         | Error::File(FileError::FileChanged { .. })
         | Error::File(FileError::SignalHandler { .. }) => Kind::Os,
-        Error::Cuda(_) | Error::Misaligned { .. } | Error::Interrupted { .. } => Kind::Runtime,
+        Error::Cuda(_)
+        | Error::Table(TableError::Misaligned { .. })
+        | Error::Interrupted { .. } => Kind::Runtime,
         // Tables, orders and batching.
-        Error::EmptyTable
-        | Error::DuplicateColumn { .. }
-        | Error::UnknownColumn { .. }
-        | Error::RowCountMismatch { .. }
-        | Error::NoRowAxis { .. }
-        | Error::ByteLengthMismatch { .. }
+        Error::Table(TableError::EmptyTable)
+        | Error::Table(TableError::DuplicateColumn { .. })
+        | Error::Table(TableError::UnknownColumn { .. })
+        | Error::Table(TableError::RowCountMismatch { .. })
+        | Error::Table(TableError::NoRowAxis { .. })
+        | Error::Table(TableError::ByteLengthMismatch { .. })
         | Error::ZeroBatchSize
         | Error::ZeroWorldSize
         | Error::WorldSizeTooLarge { .. }

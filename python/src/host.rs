@@ -2,6 +2,7 @@
 //! sink that copies batch after batch into preallocated output, and both into NumPy files.
 //! Every copy runs with the GIL released.
 
+use arraydrain::TableError;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -138,11 +139,11 @@ pub fn table<'a>(metas: &[Meta], bytes: &[&'a [u8]], rows: usize) -> Result<Tabl
     let mut columns = Vec::with_capacity(metas.len());
     for (m, b) in metas.iter().zip(bytes) {
         if rows > m.rows {
-            return Err(Error::RowCountMismatch {
+            return Err(Error::Table(TableError::RowCountMismatch {
                 column: m.name.clone(),
                 expected: rows,
                 got: m.rows,
-            });
+            }));
         }
         columns.push(Column::from_bytes(
             m.name.as_str(),

@@ -275,7 +275,7 @@ impl CudaEngine {
     /// work pending on the columns' own streams.
     ///
     /// # Errors
-    /// [`Error::EmptyTable`], [`Error::DuplicateColumn`], [`Error::RowCountMismatch`],
+    /// [`TableError::EmptyTable`](crate::TableError::EmptyTable), [`TableError::DuplicateColumn`](crate::TableError::DuplicateColumn), [`TableError::RowCountMismatch`](crate::TableError::RowCountMismatch),
     /// [`CudaError::WrongDevice`], [`CudaError::UnorderableColumn`], [`Error::Cuda`].
     pub fn wrap(&self, columns: Vec<DeviceColumn>) -> Result<DeviceTable> {
         let _current = ContextGuard::save();
@@ -422,7 +422,7 @@ impl CudaEngine {
     /// order and `finish` at the end. The report is stored in `out` and returned.
     ///
     /// # Errors
-    /// As [`CudaEngine::materialize`], and [`Error::OutputMismatch`] / [`Error::UnknownColumn`]
+    /// As [`CudaEngine::materialize`], and [`Error::OutputMismatch`] / [`TableError::UnknownColumn`](crate::TableError::UnknownColumn)
     /// when `out` does not match the table. On error the output's contents are unspecified.
     pub fn materialize_into(
         &self,

@@ -2,6 +2,7 @@
 //! uploaded by the engine or adopted from the user's own `CudaSlice`s (no copy). Validated once,
 //! here, like a host [`Table`](crate::Table); the pipeline relies on it.
 
+use crate::table::TableError;
 use std::fmt;
 use std::sync::Arc;
 
@@ -156,7 +157,7 @@ impl DeviceColumn {
     /// the column's row-major bytes).
     ///
     /// # Errors
-    /// [`Error::ByteLengthMismatch`] unless the buffer holds exactly
+    /// [`TableError::ByteLengthMismatch`] unless the buffer holds exactly
     /// `rows × prod(row_shape) × dtype size` bytes.
     pub fn new<T: DeviceRepr + 'static>(
         name: impl Into<String>,
@@ -169,11 +170,11 @@ impl DeviceColumn {
         let row_bytes = row_bytes(&name, &dtype, row_shape)?;
         let expected = checked_bytes(&[row_bytes, rows], &name)?;
         if slice.num_bytes() != expected {
-            return Err(Error::ByteLengthMismatch {
+            return Err(Error::Table(TableError::ByteLengthMismatch {
                 column: name,
                 expected,
                 got: slice.num_bytes(),
-            });
+            }));
         }
         Ok(Self::checked(
             name,
@@ -190,7 +191,7 @@ impl DeviceColumn {
     /// `slice.len() / prod(row_shape)`.
     ///
     /// # Errors
-    /// [`Error::ByteLengthMismatch`] when the length is not a whole number of rows.
+    /// [`TableError::ByteLengthMismatch`] when the length is not a whole number of rows.
     pub fn typed<T: Element + DeviceRepr>(
         name: impl Into<String>,
         row_shape: &[usize],
@@ -207,7 +208,7 @@ impl DeviceColumn {
     /// the gather kernel narrows its vector width to what the addresses allow.
     ///
     /// # Errors
-    /// [`Error::ByteLengthMismatch`] when the range does not fit in the buffer.
+    /// [`TableError::ByteLengthMismatch`] when the range does not fit in the buffer.
     pub fn with_offset<T: DeviceRepr + 'static>(
         name: impl Into<String>,
         dtype: DType,
@@ -223,11 +224,11 @@ impl DeviceColumn {
             .checked_add(bytes)
             .ok_or_else(|| Error::alloc(u128::MAX, &name, "size overflows"))?;
         if end > slice.num_bytes() {
-            return Err(Error::ByteLengthMismatch {
+            return Err(Error::Table(TableError::ByteLengthMismatch {
                 column: name,
                 expected: end,
                 got: slice.num_bytes(),
-            });
+            }));
         }
         Ok(Self::checked(
             name,
@@ -395,21 +396,21 @@ impl DeviceTable {
     /// context `ctx` (the engine's; see [`check_origin`]).
     pub(crate) fn new(columns: Vec<DeviceColumn>, ordinal: usize, ctx: usize) -> Result<Self> {
         let Some(first) = columns.first() else {
-            return Err(Error::EmptyTable);
+            return Err(Error::Table(TableError::EmptyTable));
         };
         let rows = first.rows;
         for (i, c) in columns.iter().enumerate() {
             if columns[..i].iter().any(|p| p.name == c.name) {
-                return Err(Error::DuplicateColumn {
+                return Err(Error::Table(TableError::DuplicateColumn {
                     name: c.name.clone(),
-                });
+                }));
             }
             if c.rows != rows {
-                return Err(Error::RowCountMismatch {
+                return Err(Error::Table(TableError::RowCountMismatch {
                     column: c.name.clone(),
                     expected: rows,
                     got: c.rows,
-                });
+                }));
             }
             c.check_usable(ordinal, ctx)?;
         }
@@ -433,15 +434,14 @@ impl DeviceTable {
     /// A column by name.
     ///
     /// # Errors
-    /// [`Error::UnknownColumn`].
+    /// [`TableError::UnknownColumn`].
     pub fn column(&self, name: &str) -> Result<&DeviceColumn> {
-        self.columns
-            .iter()
-            .find(|c| c.name == name)
-            .ok_or_else(|| Error::UnknownColumn {
+        self.columns.iter().find(|c| c.name == name).ok_or_else(|| {
+            Error::Table(TableError::UnknownColumn {
                 name: name.to_string(),
                 available: self.columns.iter().map(|c| c.name.clone()).collect(),
             })
+        })
     }
 
     /// Bytes of one row over all columns.
@@ -508,7 +508,7 @@ impl DeviceBatch {
     /// Adds a column.
     ///
     /// # Errors
-    /// [`Error::DuplicateColumn`]. Row counts are checked by the drain, which can name the batch.
+    /// [`TableError::DuplicateColumn`]. Row counts are checked by the drain, which can name the batch.
     pub fn with(mut self, column: DeviceColumn) -> Result<Self> {
         self.push(column)?;
         Ok(self)
@@ -517,12 +517,12 @@ impl DeviceBatch {
     /// Adds a column.
     ///
     /// # Errors
-    /// [`Error::DuplicateColumn`].
+    /// [`TableError::DuplicateColumn`].
     pub fn push(&mut self, column: DeviceColumn) -> Result<()> {
         if self.columns.iter().any(|c| c.name == column.name) {
-            return Err(Error::DuplicateColumn {
+            return Err(Error::Table(TableError::DuplicateColumn {
                 name: column.name.clone(),
-            });
+            }));
         }
         self.columns.push(column);
         Ok(())

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 /// variants, which are always in the machine's byte order. A [`DType::Opaque`] column is read
 /// as raw row bytes ([`ColumnArray::row`](crate::ColumnArray::row),
 /// [`Column::row`](crate::Column::row)) together with its descriptor; asking for a typed view of
-/// one, a big-endian `>f8` included, is an [`Error::DTypeMismatch`] — its bytes are never swapped
+/// one, a big-endian `>f8` included, is an [`TableError::DTypeMismatch`](crate::TableError::DTypeMismatch) — its bytes are never swapped
 /// behind the caller's back.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -9,6 +9,7 @@
 
 pub mod cpu;
 
+use crate::table::TableError;
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
@@ -150,10 +151,10 @@ pub(crate) fn check_output<'s>(
     let expected = specs.len();
     for (i, (name, dtype, row_shape)) in specs.enumerate() {
         let Some(o) = out.get(i) else {
-            return Err(Error::UnknownColumn {
+            return Err(Error::Table(TableError::UnknownColumn {
                 name: name.to_string(),
                 available: out.iter().map(|o| o.name().to_string()).collect(),
-            });
+            }));
         };
         let reason = if o.name() != name {
             Some(format!("output column {i} is {:?}", o.name()))

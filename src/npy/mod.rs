@@ -29,7 +29,7 @@
 //! descriptor is kept as the header's text, verbatim, so `numpy.load` of the output gives
 //! exactly the input's dtype. Big-endian data is never byte-swapped: from Rust an opaque column
 //! is read as raw row bytes with its descriptor, a typed view of it is refused with
-//! [`Error::DTypeMismatch`], and [`byte_swapped`] tells which numeric dtype a big-endian
+//! [`TableError::DTypeMismatch`](crate::TableError::DTypeMismatch), and [`byte_swapped`] tells which numeric dtype a big-endian
 //! column would be once its elements are reversed.
 //!
 //! Element sizes are computed from the descriptor as NumPy computes them (the list form of a

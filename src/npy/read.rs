@@ -317,7 +317,7 @@ fn npz_from_map(path: &Path, map: Arc<ReadMap>) -> Result<Vec<Column<'static>>> 
 /// # Errors
 /// Those of [`read_npy`] and [`read_npz`]; [`FileError::BadFile`](crate::error::FileError::BadFile) naming the file whose column
 /// repeats an earlier name or whose row count differs from the first file's;
-/// [`Error::EmptyTable`](crate::Error::EmptyTable) when no path is given.
+/// [`TableError::EmptyTable`](crate::TableError::EmptyTable)(crate::Error::EmptyTable) when no path is given.
 pub fn read_table<P: AsRef<Path>>(paths: &[P]) -> Result<Table<'static>> {
     read_table_mapped(paths).map(|(t, _)| t)
 }

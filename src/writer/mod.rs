@@ -29,6 +29,7 @@
 
 mod joined;
 
+use crate::table::TableError;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
@@ -163,7 +164,7 @@ impl WriterBuilder {
     /// Creates the destination (under temporary names) and starts the background thread.
     ///
     /// # Errors
-    /// [`Error::EmptyTable`] without columns; [`Error::DuplicateColumn`]; [`FileError::UnsafeName`]
+    /// [`TableError::EmptyTable`] without columns; [`TableError::DuplicateColumn`]; [`FileError::UnsafeName`]
     /// for a name that cannot name a file (file destinations); [`Error::ConflictingOptions`] for a
     /// `.npy` destination with other than one column; [`FileError::PathConflict`] for a destination
     /// that cannot be replaced (a folder where a file goes, anything where a folder goes);
@@ -284,13 +285,13 @@ impl Writer {
 
     fn open(b: WriterBuilder) -> Result<Writer> {
         if b.columns.is_empty() {
-            return Err(Error::EmptyTable);
+            return Err(Error::Table(TableError::EmptyTable));
         }
         for (i, c) in b.columns.iter().enumerate() {
             if b.columns[..i].iter().any(|o| o.name == c.name) {
-                return Err(Error::DuplicateColumn {
+                return Err(Error::Table(TableError::DuplicateColumn {
                     name: c.name.clone(),
-                });
+                }));
             }
         }
         let row_bytes = b
@@ -390,7 +391,7 @@ impl Writer {
     /// Appends a batch after the rows appended so far (each column of `batch` by name).
     ///
     /// # Errors
-    /// As [`Writer::write_bytes`]; [`Error::UnknownColumn`] when `batch` lacks a column.
+    /// As [`Writer::write_bytes`]; [`TableError::UnknownColumn`] when `batch` lacks a column.
     pub fn write(&mut self, batch: &Batch) -> Result<()> {
         let cols = self.batch_columns(batch)?;
         self.write_bytes(batch.rows().unwrap_or(0), None, &cols)
@@ -399,7 +400,7 @@ impl Writer {
     /// Writes a batch's rows to the output rows `at` (one index per batch row).
     ///
     /// # Errors
-    /// As [`Writer::write_bytes`]; [`Error::UnknownColumn`] when `batch` lacks a column.
+    /// As [`Writer::write_bytes`]; [`TableError::UnknownColumn`] when `batch` lacks a column.
     pub fn write_at(&mut self, at: &[usize], batch: &Batch) -> Result<()> {
         let cols = self.batch_columns(batch)?;
         let at: Vec<u64> = at.iter().map(|&i| i as u64).collect();
