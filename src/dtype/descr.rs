@@ -25,7 +25,7 @@
 //! `'<float64'`, datetime units with a divisor such as `'M8[us/2]'`); a `(base, new)` dtype
 //! pair. Each refusal says why.
 
-use crate::dtype::DType;
+use crate::dtype::{DType, SyntaxError};
 
 use super::literal::{self, clip, Node, Value};
 
@@ -47,11 +47,11 @@ const MAX_ITEMSIZE: usize = i32::MAX as usize;
 /// A message saying why NumPy would not read it, or why arraydrain does not (see the module
 /// docs); a message about objects contains the word "object".
 /// What a descriptor (a Python literal) describes: its element size and numeric dtype.
-pub(crate) fn element_of_descr(text: &str) -> Result<Element, String> {
+pub(crate) fn element_of_descr(text: &str) -> Result<Element, SyntaxError> {
     element(&literal::parse(text, false)?)
 }
 
-pub(crate) fn element(node: &Node) -> Result<Element, String> {
+pub(crate) fn element(node: &Node) -> Result<Element, SyntaxError> {
     let info = describe(node)?;
     Ok(Element {
         size: info.size,
@@ -66,7 +66,7 @@ struct Info {
     numeric: Option<DType>,
 }
 
-fn describe(node: &Node) -> Result<Info, String> {
+fn describe(node: &Node) -> Result<Info, SyntaxError> {
     match &node.value {
         Value::Str(s) => {
             let t = typestr(s)?;
@@ -78,19 +78,19 @@ fn describe(node: &Node) -> Result<Info, String> {
         }
         Value::Tuple(items) => {
             let [base, shape, ..] = &items[..] else {
-                return Err(format!(
+                return Err(SyntaxError::from(format!(
                     "a subarray descriptor is (base, shape); got a tuple of {} item(s)",
                     items.len()
-                ));
+                )));
             };
             subarray(describe(base)?, shape)
         }
         Value::List(fields) => structured(fields),
-        other => Err(format!(
+        other => Err(SyntaxError::from(format!(
             "descr is not a valid dtype descriptor: a {} ({})",
             other.type_name(),
             clip_node(node)
-        )),
+        ))),
     }
 }
 
@@ -102,18 +102,20 @@ fn clip_node(node: &Node) -> String {
 }
 
 /// `numpy.dtype((base, shape))`.
-fn subarray(base: Info, shape: &Node) -> Result<Info, String> {
+fn subarray(base: Info, shape: &Node) -> Result<Info, SyntaxError> {
     let dims: Vec<&Node> = match &shape.value {
         Value::Int(_) => vec![shape],
         Value::Tuple(d) => d.iter().collect(),
         Value::Str(_) | Value::List(_) => {
-            return Err("a (base, new) dtype pair is not supported as a descriptor".into())
+            return Err(SyntaxError::from(
+                "a (base, new) dtype pair is not supported as a descriptor",
+            ))
         }
         other => {
-            return Err(format!(
+            return Err(SyntaxError::from(format!(
                 "invalid shape in a subarray descriptor: a {}",
                 other.type_name()
-            ))
+            )))
         }
     };
     if dims.is_empty() {
@@ -125,14 +127,16 @@ fn subarray(base: Info, shape: &Node) -> Result<Info, String> {
         let n = match d.value {
             Value::Int(Some(n)) if n >= 0 => usize::try_from(n).ok(),
             Value::Int(Some(_)) => {
-                return Err("invalid shape in a subarray descriptor: a negative dimension".into())
+                return Err(SyntaxError::from(
+                    "invalid shape in a subarray descriptor: a negative dimension",
+                ))
             }
             Value::Int(None) => None,
             _ => {
-                return Err(format!(
+                return Err(SyntaxError::from(format!(
                     "invalid shape in a subarray descriptor: a {} dimension",
                     d.value.type_name()
-                ))
+                )))
             }
         };
         size = n
@@ -148,27 +152,27 @@ fn subarray(base: Info, shape: &Node) -> Result<Info, String> {
 }
 
 /// A list of fields, packed as `descr_to_dtype` lays them out.
-fn structured(fields: &[Node]) -> Result<Info, String> {
+fn structured(fields: &[Node]) -> Result<Info, SyntaxError> {
     let mut size = 0usize;
     let mut taken: Vec<&str> = Vec::new();
     for field in fields {
         let parts = match &field.value {
             Value::Tuple(p) | Value::List(p) => p,
             other => {
-                return Err(format!(
+                return Err(SyntaxError::from(format!(
                     "a field of a structured descriptor is (name, descr[, shape]), not a {}",
                     other.type_name()
-                ))
+                )))
             }
         };
         let (name, info) = match &parts[..] {
             [name, d] => (name, describe(d)?),
             [name, d, shape] => (name, subarray(describe(d)?, shape)?),
             _ => {
-                return Err(format!(
+                return Err(SyntaxError::from(format!(
                     "a field of a structured descriptor is (name, descr[, shape]), not {} items",
                     parts.len()
-                ))
+                )))
             }
         };
         let is_pad = matches!(&name.value, Value::Str(s) if s.is_empty()) && info.plain_void;
@@ -176,12 +180,16 @@ fn structured(fields: &[Node]) -> Result<Info, String> {
             let (title, name) = match &name.value {
                 Value::Tuple(tn) => match &tn[..] {
                     [t, n] => (Some(t), n),
-                    _ => return Err("a field's (title, name) pair has another length".into()),
+                    _ => {
+                        return Err(SyntaxError::from(
+                            "a field's (title, name) pair has another length",
+                        ))
+                    }
                 },
                 _ => (None, name),
             };
             let Value::Str(name) = &name.value else {
-                return Err("field names must be strings".into());
+                return Err(SyntaxError::from("field names must be strings"));
             };
             let title = match title.map(|t| &t.value) {
                 Some(Value::Str(t)) => Some(t.as_str()),
@@ -189,10 +197,10 @@ fn structured(fields: &[Node]) -> Result<Info, String> {
             };
             for key in std::iter::once(name.as_str()).chain(title) {
                 if taken.contains(&key) {
-                    return Err(format!(
+                    return Err(SyntaxError::from(format!(
                         "field name or title {} is used twice",
                         clip(key, 40)
-                    ));
+                    )));
                 }
                 taken.push(key);
             }
@@ -306,7 +314,7 @@ const LONGDOUBLE: usize = if cfg!(any(
 
 /// Parses a type string as `numpy.dtype(str)` reads the forms NumPy writes and the one-letter
 /// codes and names.
-fn typestr(s: &str) -> Result<TypeStr, String> {
+fn typestr(s: &str) -> Result<TypeStr, SyntaxError> {
     let not_understood = || {
         format!(
             "data type {} not understood (arraydrain reads the type strings NumPy writes, \
@@ -362,7 +370,7 @@ fn typestr(s: &str) -> Result<TypeStr, String> {
             'c' => ('S', 1),
             'M' | 'm' => (kind, 8),
             'O' => ('O', 8),
-            _ => return Err(not_understood()),
+            _ => return Err(SyntaxError::from(not_understood())),
         };
         return finish(kind, size, big, s);
     }
@@ -372,7 +380,7 @@ fn typestr(s: &str) -> Result<TypeStr, String> {
         return finish(kind, 8, big, s);
     }
     if !tail.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(not_understood());
+        return Err(SyntaxError::from(not_understood()));
     }
     let n: usize = tail.parse().map_err(|_| not_understood())?;
     let size = match (kind, n) {
@@ -385,18 +393,18 @@ fn typestr(s: &str) -> Result<TypeStr, String> {
         ('S' | 'V' | 'a', n) if n <= MAX_ITEMSIZE => n,
         ('U', n) if n <= MAX_ITEMSIZE / 4 => 4 * n,
         ('O', 4 | 8) => 8,
-        _ => return Err(not_understood()),
+        _ => return Err(SyntaxError::from(not_understood())),
     };
     let kind = if kind == 'a' { 'S' } else { kind };
     finish(kind, size, big, s)
 }
 
-fn finish(kind: char, size: usize, big: bool, s: &str) -> Result<TypeStr, String> {
+fn finish(kind: char, size: usize, big: bool, s: &str) -> Result<TypeStr, SyntaxError> {
     if kind == 'O' {
-        return Err(format!(
+        return Err(SyntaxError::from(format!(
             "the object dtype {} holds Python objects, not data; it cannot be carried",
             clip(s, 40)
-        ));
+        )));
     }
     Ok(TypeStr {
         kind,
@@ -406,7 +414,7 @@ fn finish(kind: char, size: usize, big: bool, s: &str) -> Result<TypeStr, String
 }
 
 /// Checks a datetime unit suffix: empty (generic), or `[unit]` / `[Nunit]` with NumPy's units.
-fn datetime_unit(unit: &str, s: &str) -> Result<(), String> {
+fn datetime_unit(unit: &str, s: &str) -> Result<(), SyntaxError> {
     if unit.is_empty() {
         return Ok(());
     }
@@ -418,7 +426,7 @@ fn datetime_unit(unit: &str, s: &str) -> Result<(), String> {
     let digits = inner.bytes().take_while(u8::is_ascii_digit).count();
     let (count, name) = inner.split_at(digits);
     if !count.is_empty() && count.parse::<i32>().is_err() {
-        return Err(bad());
+        return Err(SyntaxError::from(bad()));
     }
     const UNITS: [&str; 15] = [
         "Y", "M", "W", "D", "h", "m", "s", "ms", "us", "\u{3bc}s", "ns", "ps", "fs", "as",
@@ -427,7 +435,7 @@ fn datetime_unit(unit: &str, s: &str) -> Result<(), String> {
     if UNITS.contains(&name) {
         Ok(())
     } else {
-        Err(bad())
+        Err(SyntaxError::from(bad()))
     }
 }
 
@@ -436,7 +444,7 @@ mod tests {
     use super::super::literal::parse;
     use super::*;
 
-    fn el(text: &str) -> Result<Element, String> {
+    fn el(text: &str) -> Result<Element, SyntaxError> {
         element(&parse(text, false).unwrap())
     }
 
@@ -489,7 +497,7 @@ mod tests {
             ("[('a',)]", "1 items"),
         ] {
             let e = el(text).unwrap_err();
-            assert!(e.contains(word), "{text}: {e}");
+            assert!(e.message().contains(word), "{text}: {e}");
         }
     }
 }

@@ -8,6 +8,8 @@
 
 use std::ops::Range;
 
+use super::SyntaxError;
+
 /// A parsed literal and the byte range of the header text it was read from.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Node {
@@ -56,7 +58,7 @@ impl Value {
 ///
 /// # Errors
 /// A message saying where and why the text is not a literal.
-pub(crate) fn parse(text: &str, py2_longs: bool) -> Result<Node, String> {
+pub(crate) fn parse(text: &str, py2_longs: bool) -> Result<Node, SyntaxError> {
     let mut p = Parser {
         s: text,
         at: 0,
@@ -66,11 +68,11 @@ pub(crate) fn parse(text: &str, py2_longs: bool) -> Result<Node, String> {
     let node = p.value()?;
     p.skip_ws();
     if p.at != p.s.len() {
-        return Err(format!(
+        return Err(SyntaxError::from(format!(
             "unexpected text after the literal at byte {}: {}",
             p.at,
             clip(&p.s[p.at..], 40)
-        ));
+        )));
     }
     Ok(node)
 }
@@ -136,19 +138,21 @@ impl Parser<'_> {
         }
     }
 
-    fn value(&mut self) -> Result<Node, String> {
+    fn value(&mut self) -> Result<Node, SyntaxError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(format!("literals nested more than {MAX_DEPTH} deep"));
+            return Err(SyntaxError::from(format!(
+                "literals nested more than {MAX_DEPTH} deep"
+            )));
         }
         let r = self.value_inner();
         self.depth -= 1;
         r
     }
 
-    fn value_inner(&mut self) -> Result<Node, String> {
+    fn value_inner(&mut self) -> Result<Node, SyntaxError> {
         let Some(c) = self.peek() else {
-            return Err(self.err("expected a value"));
+            return Err(SyntaxError::from(self.err("expected a value")));
         };
         let start = self.at;
         let value = match c {
@@ -182,11 +186,15 @@ impl Parser<'_> {
                 match inner.value {
                     Value::Int(v) if negative => Value::Int(v.and_then(i128::checked_neg)),
                     v @ (Value::Int(_) | Value::Float) => v,
-                    _ => return Err(format!("a sign before a non-number at byte {start}")),
+                    _ => {
+                        return Err(SyntaxError::from(format!(
+                            "a sign before a non-number at byte {start}"
+                        )))
+                    }
                 }
             }
             c if c.is_alphabetic() || c == '_' => self.word()?,
-            _ => return Err(self.err("expected a value")),
+            _ => return Err(SyntaxError::from(self.err("expected a value"))),
         };
         Ok(Node {
             value,
@@ -195,7 +203,7 @@ impl Parser<'_> {
     }
 
     /// Comma-separated values up to `close`; also says whether a trailing comma was seen.
-    fn items(&mut self, close: char) -> Result<(Vec<Node>, bool), String> {
+    fn items(&mut self, close: char) -> Result<(Vec<Node>, bool), SyntaxError> {
         let mut items = Vec::new();
         loop {
             if self.eat(close) {
@@ -206,12 +214,14 @@ impl Parser<'_> {
                 if self.eat(close) {
                     return Ok((items, false));
                 }
-                return Err(self.err(&format!("expected ',' or '{close}'")));
+                return Err(SyntaxError::from(
+                    self.err(&format!("expected ',' or '{close}'")),
+                ));
             }
         }
     }
 
-    fn dict_or_set(&mut self) -> Result<Value, String> {
+    fn dict_or_set(&mut self) -> Result<Value, SyntaxError> {
         let mut pairs = Vec::new();
         if self.eat('}') {
             return Ok(Value::Dict(pairs));
@@ -220,7 +230,7 @@ impl Parser<'_> {
         if !self.eat(':') {
             // A set: `{a, b}`.
             if !self.eat(',') && !self.eat('}') {
-                return Err(self.err("expected ':', ',' or '}'"));
+                return Err(SyntaxError::from(self.err("expected ':', ',' or '}'")));
             }
             if self.s[..self.at].ends_with(',') {
                 self.items('}')?;
@@ -235,21 +245,21 @@ impl Parser<'_> {
                 if self.eat('}') {
                     return Ok(Value::Dict(pairs));
                 }
-                return Err(self.err("expected ',' or '}'"));
+                return Err(SyntaxError::from(self.err("expected ',' or '}'")));
             }
             if self.eat('}') {
                 return Ok(Value::Dict(pairs));
             }
             let k = self.value()?;
             if !self.eat(':') {
-                return Err(self.err("expected ':'"));
+                return Err(SyntaxError::from(self.err("expected ':'")));
             }
             let v = self.value()?;
             pairs.push((k, v));
         }
     }
 
-    fn word(&mut self) -> Result<Value, String> {
+    fn word(&mut self) -> Result<Value, SyntaxError> {
         let start = self.at;
         let len = self
             .rest()
@@ -265,7 +275,11 @@ impl Parser<'_> {
                 "u" => (false, false),
                 "b" => (false, true),
                 "br" | "rb" => (true, true),
-                _ => return Err(format!("unknown string prefix {word:?} at byte {start}")),
+                _ => {
+                    return Err(SyntaxError::from(format!(
+                        "unknown string prefix {word:?} at byte {start}"
+                    )))
+                }
             };
             self.at = start + len;
             let s = self.string(raw)?;
@@ -276,14 +290,14 @@ impl Parser<'_> {
             "True" => Ok(Value::Bool(true)),
             "False" => Ok(Value::Bool(false)),
             "None" => Ok(Value::PyNone),
-            _ => Err(format!(
+            _ => Err(SyntaxError::from(format!(
                 "{} at byte {start} is a name, not a literal",
                 clip(word, 40)
-            )),
+            ))),
         }
     }
 
-    fn number(&mut self) -> Result<Value, String> {
+    fn number(&mut self) -> Result<Value, SyntaxError> {
         let start = self.at;
         let len = self
             .rest()
@@ -335,7 +349,7 @@ impl Parser<'_> {
                 && clean.starts_with('0')
                 && clean.bytes().any(|b| b != b'0')
             {
-                return Err(bad());
+                return Err(SyntaxError::from(bad()));
             }
             return Ok(Value::Int(i128::from_str_radix(&clean, radix).ok()));
         }
@@ -358,11 +372,11 @@ impl Parser<'_> {
                 return Ok(Value::Float);
             }
         }
-        Err(bad())
+        Err(SyntaxError::from(bad()))
     }
 
     /// A quoted string starting at the current position (the prefix already consumed).
-    fn string(&mut self, raw: bool) -> Result<String, String> {
+    fn string(&mut self, raw: bool) -> Result<String, SyntaxError> {
         let start = self.at;
         let q = self
             .rest()
@@ -370,40 +384,52 @@ impl Parser<'_> {
             .next()
             .ok_or_else(|| self.err("expected a string"))?;
         if self.rest().starts_with(&format!("{q}{q}{q}")) {
-            return Err(format!(
+            return Err(SyntaxError::from(format!(
                 "triple-quoted string at byte {start} (not supported)"
-            ));
+            )));
         }
         self.at += 1;
         let mut out = String::new();
         let mut chars = self.s[self.at..].char_indices();
         loop {
             let Some((i, c)) = chars.next() else {
-                return Err(format!("unterminated string starting at byte {start}"));
+                return Err(SyntaxError::from(format!(
+                    "unterminated string starting at byte {start}"
+                )));
             };
             match c {
                 c if c == q => {
                     self.at += i + 1;
                     break;
                 }
-                '\n' | '\r' => return Err(format!("unterminated string starting at byte {start}")),
+                '\n' | '\r' => {
+                    return Err(SyntaxError::from(format!(
+                        "unterminated string starting at byte {start}"
+                    )))
+                }
                 '\\' if raw => {
                     out.push('\\');
                     match chars.next() {
                         Some((_, n)) if n == '\n' || n == '\r' => {
-                            return Err(format!("line continuation in a string at byte {start}"))
+                            return Err(SyntaxError::from(format!(
+                                "line continuation in a string at byte {start}"
+                            )))
                         }
                         Some((_, n)) => out.push(n),
                         None => {
-                            return Err(format!("unterminated string starting at byte {start}"))
+                            return Err(SyntaxError::from(format!(
+                                "unterminated string starting at byte {start}"
+                            )))
                         }
                     }
                 }
                 '\\' => {
                     let Some((_, e)) = chars.next() else {
-                        return Err(format!("unterminated string starting at byte {start}"));
+                        return Err(SyntaxError::from(format!(
+                            "unterminated string starting at byte {start}"
+                        )));
                     };
-                    let mut hex = |n: usize| -> Result<char, String> {
+                    let mut hex = |n: usize| -> Result<char, SyntaxError> {
                         let mut v = 0u32;
                         for _ in 0..n {
                             let d = chars.next().and_then(|(_, c)| c.to_digit(16)).ok_or_else(
@@ -412,7 +438,9 @@ impl Parser<'_> {
                             v = v * 16 + d;
                         }
                         char::from_u32(v).ok_or_else(|| {
-                            format!("escape of an invalid code point in the string at byte {start}")
+                            SyntaxError::from(format!(
+                                "escape of an invalid code point in the string at byte {start}"
+                            ))
                         })
                     };
                     match e {
@@ -442,12 +470,14 @@ impl Parser<'_> {
                             out.push(char::from_u32(v).unwrap_or('\u{fffd}'));
                         }
                         '\n' | '\r' => {
-                            return Err(format!("line continuation in a string at byte {start}"))
+                            return Err(SyntaxError::from(format!(
+                                "line continuation in a string at byte {start}"
+                            )))
                         }
                         'N' => {
-                            return Err(format!(
+                            return Err(SyntaxError::from(format!(
                                 "\\N{{…}} escape in the string at byte {start} (not supported)"
-                            ))
+                            )))
                         }
                         other => {
                             // Python keeps unknown escapes as they are.
@@ -462,10 +492,10 @@ impl Parser<'_> {
         // Adjacent literals are concatenated by Python; NumPy never writes them.
         let save = self.at;
         if matches!(self.peek(), Some('\'' | '"')) {
-            return Err(format!(
+            return Err(SyntaxError::from(format!(
                 "adjacent strings at byte {} (implicit concatenation is not supported)",
                 self.at
-            ));
+            )));
         }
         self.at = save;
         Ok(out)

@@ -14,6 +14,41 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+/// Why a NumPy descriptor, a header literal or a `.npy` header cannot be read: the parser's
+/// message (quoted text in it is cut to a readable length). Wrapped into
+/// [`Error::BadDescriptor`] or a file error naming the file where it reaches a caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SyntaxError(String);
+
+impl SyntaxError {
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The message as text, so a caller can search or measure it like the string it is.
+impl std::ops::Deref for SyntaxError {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SyntaxError {
+    fn from(message: String) -> Self {
+        SyntaxError(message)
+    }
+}
+
+impl From<&str> for SyntaxError {
+    fn from(message: &str) -> Self {
+        SyntaxError(message.to_string())
+    }
+}
+
 /// The element type of a column.
 ///
 /// 2-byte floats (`F16`, `BF16`) are carried as raw 2-byte elements and viewed as
@@ -86,9 +121,9 @@ impl Opaque {
     /// [`Error::BadDescriptor`] when the text is not a descriptor NumPy would read, holds
     /// Python objects, or is one arraydrain does not size (see [`crate::npy`]).
     pub fn new(descr: &str) -> Result<Opaque> {
-        let element = descr::element_of_descr(descr).map_err(|reason| Error::BadDescriptor {
+        let element = descr::element_of_descr(descr).map_err(|e| Error::BadDescriptor {
             descr: literal::clip(descr, 60),
-            reason,
+            reason: e.0,
         })?;
         Ok(Opaque::from_parts(descr, element.size))
     }

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use crate::dtype::{DType, Opaque};
+use crate::dtype::{DType, Opaque, SyntaxError};
 use crate::error::{Error, Result};
 
 use super::MAGIC;
@@ -87,42 +87,50 @@ struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
-    fn read(bytes: &'a [u8]) -> std::result::Result<Frame<'a>, String> {
+    fn read(bytes: &'a [u8]) -> std::result::Result<Frame<'a>, SyntaxError> {
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-            return Err("not a .npy file (wrong magic; expected \\x93NUMPY)".into());
+            return Err(SyntaxError::from(
+                "not a .npy file (wrong magic; expected \\x93NUMPY)",
+            ));
         }
         let (major, minor) = match bytes.get(6..8) {
             Some(&[a, b]) => (a, b),
-            _ => return Err("truncated: the file ends inside the header".into()),
+            _ => {
+                return Err(SyntaxError::from(
+                    "truncated: the file ends inside the header",
+                ))
+            }
         };
         let (len_bytes, utf8) = match (major, minor) {
             (1, 0) => (2, false),
             (2, 0) => (4, false),
             (3, 0) => (4, true),
             _ => {
-                return Err(format!(
+                return Err(SyntaxError::from(format!(
                     "unsupported .npy format version {major}.{minor} (NumPy reads 1.0, 2.0 and 3.0)"
-                ))
+                )))
             }
         };
         let Some(len_field) = bytes.get(8..8 + len_bytes) else {
-            return Err("truncated: the file ends inside the header".into());
+            return Err(SyntaxError::from(
+                "truncated: the file ends inside the header",
+            ));
         };
         let header_len = len_field
             .iter()
             .rev()
             .fold(0usize, |acc, &b| (acc << 8) | b as usize);
         if header_len > MAX_HEADER_LEN {
-            return Err(format!(
+            return Err(SyntaxError::from(format!(
                 "header of {header_len} bytes is longer than the {MAX_HEADER_LEN} allowed"
-            ));
+            )));
         }
         let start = 8 + len_bytes;
         let Some(raw) = bytes.get(start..start + header_len) else {
-            return Err(format!(
+            return Err(SyntaxError::from(format!(
                 "truncated: the header declares {header_len} bytes, the file has {}",
                 bytes.len().saturating_sub(start)
-            ));
+            )));
         };
         let text: Cow<'_, str> = if utf8 {
             Cow::Borrowed(
@@ -149,7 +157,7 @@ impl<'a> Frame<'a> {
 fn header_values<'n>(
     pairs: &'n [(Node, Node)],
     text: &str,
-) -> std::result::Result<[&'n Node; 3], String> {
+) -> std::result::Result<[&'n Node; 3], SyntaxError> {
     fn key(k: &Node) -> Option<&str> {
         match &k.value {
             Value::Str(s) => Some(s.as_str()),
@@ -177,15 +185,17 @@ fn header_values<'n>(
             .all(|(k, _)| key(k).is_some_and(|k| expected.contains(&k)));
     if !exact {
         keys.sort_unstable();
-        return Err(format!(
+        return Err(SyntaxError::from(format!(
             "header does not contain exactly the keys 'descr', 'fortran_order' and 'shape': \
              it has {}",
             clip(&keys.join(", "), QUOTE)
-        ));
+        )));
     }
     match (get("descr"), get("fortran_order"), get("shape")) {
         (Some(descr), Some(fortran), Some(shape)) => Ok([descr, fortran, shape]),
-        _ => Err("header lacks 'descr', 'fortran_order' or 'shape'".into()),
+        _ => Err(SyntaxError::from(
+            "header lacks 'descr', 'fortran_order' or 'shape'",
+        )),
     }
 }
 
@@ -194,9 +204,12 @@ fn header_values<'n>(
 fn shape_dims(
     shape: &Node,
     quoted: &dyn Fn(&Node) -> String,
-) -> std::result::Result<Vec<usize>, String> {
+) -> std::result::Result<Vec<usize>, SyntaxError> {
     let Value::Tuple(dims) = &shape.value else {
-        return Err(format!("shape is not a tuple of ints: {}", quoted(shape)));
+        return Err(SyntaxError::from(format!(
+            "shape is not a tuple of ints: {}",
+            quoted(shape)
+        )));
     };
     let mut dims_out = Vec::with_capacity(dims.len());
     for d in dims {
@@ -205,18 +218,23 @@ fn shape_dims(
             // `isinstance(True, int)` holds in Python, so NumPy takes bools as 1 and 0.
             Value::Bool(b) => i128::from(b),
             Value::Int(None) => {
-                return Err(format!(
+                return Err(SyntaxError::from(format!(
                     "shape {} is too large for this machine",
                     quoted(shape)
-                ))
+                )))
             }
-            _ => return Err(format!("shape is not a tuple of ints: {}", quoted(shape))),
+            _ => {
+                return Err(SyntaxError::from(format!(
+                    "shape is not a tuple of ints: {}",
+                    quoted(shape)
+                )))
+            }
         };
         if n < 0 {
-            return Err(format!(
+            return Err(SyntaxError::from(format!(
                 "shape {} has a negative dimension (non-negative integers only)",
                 quoted(shape)
-            ));
+            )));
         }
         dims_out.push(
             usize::try_from(n)
@@ -251,26 +269,26 @@ impl NpyHeader {
     ///
     /// # Errors
     /// A message saying what is wrong; quoted header text in it is cut to a readable length.
-    pub fn parse(bytes: &[u8]) -> std::result::Result<NpyHeader, String> {
+    pub fn parse(bytes: &[u8]) -> std::result::Result<NpyHeader, SyntaxError> {
         let frame = Frame::read(bytes)?;
         let text = &frame.text;
-        let bad = |e: String| format!("bad header {}: {e}", clip(text, QUOTE));
+        let bad = |e: SyntaxError| format!("bad header {}: {e}", clip(text, QUOTE));
         let root = literal::parse(text, frame.version.0 <= 2).map_err(bad)?;
         let Value::Dict(pairs) = &root.value else {
-            return Err(format!(
+            return Err(SyntaxError::from(format!(
                 "header is not a dictionary but a {}: {}",
                 root.value.type_name(),
                 clip(text, QUOTE)
-            ));
+            )));
         };
         let [descr, fortran, shape] = header_values(pairs, text)?;
         let quoted = |n: &Node| clip(&text[n.span.clone()], QUOTE);
         let dims = shape_dims(shape, &quoted)?;
         let Value::Bool(fortran_order) = fortran.value else {
-            return Err(format!(
+            return Err(SyntaxError::from(format!(
                 "fortran_order is not a valid bool (True or False): {}",
                 quoted(fortran)
-            ));
+            )));
         };
         let element = element(descr).map_err(|e| format!("descr {}: {e}", quoted(descr)))?;
         let dtype = match element.numeric {

@@ -47,7 +47,7 @@ fn column_from_image(
 ) -> Result<Column<'static>> {
     let msg = |r: String| bad(path, format!("{what}{r}"));
     let bytes = owner.bytes().get(image.clone()).unwrap_or(&[]);
-    let header = NpyHeader::parse(bytes).map_err(msg)?;
+    let header = NpyHeader::parse(bytes).map_err(|e| msg(e.to_string()))?;
     let Some((&rows, row_shape)) = header.shape.split_first() else {
         return Err(msg(
             "a 0-dimensional array has no rows; a column needs a first axis".into(),
