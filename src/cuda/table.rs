@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DeviceRepr};
 
 use super::current::RestoreOnDrop;
 use super::device::cuda_err;
@@ -21,6 +21,11 @@ trait DeviceBytes: Send + Sync {
     fn stream(&self) -> Option<&Arc<CudaStream>>;
     /// The context and stream of a user's buffer (`None` for the engine's own).
     fn origin(&self) -> Option<Origin>;
+    /// For memory lent to the engine: the event recorded on its producer's stream when it was
+    /// lent, which the engine's streams wait for before their first read.
+    fn ready(&self) -> Option<&CudaEvent> {
+        None
+    }
 }
 
 /// Where a user's device buffer was made, as far as the engine must order its work after it.
@@ -83,6 +88,50 @@ pub(crate) fn check_origin(
     Ok(())
 }
 
+/// Checks that `len` bytes at `ptr`, which the driver describes as `info`, can be lent to the
+/// engine of device `engine_ordinal` whose context handle is `engine_ctx`: memory of that device,
+/// of the engine's context (or of no context: pool or virtual-memory allocations, usable from
+/// every context of the device), and inside one allocation.
+///
+/// # Errors
+/// [`Error::WrongDevice`]; [`Error::UnorderableColumn`] for memory of another context;
+/// [`Error::ByteLengthMismatch`] when the bytes run past the allocation.
+pub(crate) fn check_lent(
+    column: &str,
+    engine_ordinal: usize,
+    engine_ctx: usize,
+    ptr: u64,
+    len: usize,
+    info: &super::memory::PointerInfo,
+) -> Result<()> {
+    if info.ordinal != engine_ordinal {
+        return Err(Error::WrongDevice {
+            expected: engine_ordinal,
+            got: info.ordinal,
+        });
+    }
+    if info.ctx != 0 && info.ctx != engine_ctx {
+        return Err(Error::UnorderableColumn {
+            column: column.to_string(),
+            reason: format!(
+                "its memory belongs to another CUDA context ({:#x}) than the engine's, the \
+                 device's primary context ({engine_ctx:#x}), which PyTorch also uses",
+                info.ctx
+            ),
+        });
+    }
+    let end = info.start.saturating_add(info.size);
+    let available = end.saturating_sub(ptr);
+    if ptr < info.start || (len as u64) > available {
+        return Err(Error::ByteLengthMismatch {
+            column: column.to_string(),
+            expected: len,
+            got: usize::try_from(available).unwrap_or(usize::MAX),
+        });
+    }
+    Ok(())
+}
+
 impl<T: DeviceRepr + 'static> DeviceBytes for CudaSlice<T> {
     fn address(&self) -> u64 {
         device_address(self)
@@ -121,6 +170,35 @@ impl DeviceBytes for Uploaded {
     }
     fn origin(&self) -> Option<Origin> {
         None
+    }
+}
+
+/// Device memory lent to the engine by its owner (e.g. a PyTorch tensor's storage): the engine
+/// reads it in place and never frees it. `owner` keeps it alive for as long as the column
+/// lives; `ready` marks the producer's work on it (see `CudaEngine::borrow_column`).
+struct Borrowed {
+    ptr: u64,
+    ordinal: usize,
+    ready: CudaEvent,
+    _owner: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl DeviceBytes for Borrowed {
+    fn address(&self) -> u64 {
+        self.ptr
+    }
+    fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    fn stream(&self) -> Option<&Arc<CudaStream>> {
+        None
+    }
+    fn origin(&self) -> Option<Origin> {
+        // Checked against the engine's device and context when it was lent.
+        None
+    }
+    fn ready(&self) -> Option<&CudaEvent> {
+        Some(&self.ready)
     }
 }
 
@@ -259,6 +337,36 @@ impl DeviceColumn {
         )
     }
 
+    /// A column over `rows × row_bytes` bytes at device address `ptr` that someone else owns
+    /// (see `CudaEngine::borrow_column`, which checks the address and records `ready`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn borrowed(
+        name: String,
+        dtype: DType,
+        row_shape: &[usize],
+        rows: usize,
+        row_bytes: usize,
+        ptr: u64,
+        ordinal: usize,
+        ready: CudaEvent,
+        owner: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        Self::checked(
+            name,
+            dtype,
+            row_shape,
+            rows,
+            row_bytes,
+            0,
+            Box::new(Borrowed {
+                ptr,
+                ordinal,
+                ready,
+                _owner: owner,
+            }),
+        )
+    }
+
     fn checked(
         name: String,
         dtype: DType,
@@ -338,6 +446,17 @@ impl DeviceColumn {
     /// The device address of row 0.
     pub(crate) fn address(&self) -> u64 {
         self.buf.address() + self.offset as u64
+    }
+
+    /// For lent memory ([`CudaEngine::borrow_column`](super::CudaEngine::borrow_column)): the
+    /// event after which its producer's writes are complete.
+    pub(crate) fn ready_event(&self) -> Option<&CudaEvent> {
+        self.buf.ready()
+    }
+
+    /// Whether the engine reads this column's memory in place without owning it.
+    pub fn is_borrowed(&self) -> bool {
+        self.buf.ready().is_some()
     }
 
     /// The stream the user's buffer was made on (`None` for the engine's own uploads).
@@ -485,6 +604,31 @@ impl DeviceTable {
         }
     }
 
+    /// Makes each of `streams` wait (on the device, not the host) for the producers of the
+    /// table's lent columns: the event recorded on each one's producer stream when it was lent.
+    /// Called before a drain's first read of the table.
+    pub(crate) fn order_after_producers<'a>(
+        &self,
+        streams: impl IntoIterator<Item = &'a Arc<CudaStream>>,
+    ) -> Result<()> {
+        let events: Vec<&CudaEvent> = self
+            .columns
+            .iter()
+            .filter_map(|c| c.ready_event())
+            .collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        for s in streams {
+            for ev in &events {
+                s.wait(ev).map_err(cuda_err(
+                    "ordering the engine after a lent column's producer",
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Gives the columns back (e.g. to reuse the user's buffers).
     pub fn into_columns(self) -> Vec<DeviceColumn> {
         self.columns
@@ -546,6 +690,41 @@ impl DeviceBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lent_memory_of_another_device_context_or_past_its_allocation_is_refused() {
+        use super::super::memory::PointerInfo;
+        let info = PointerInfo {
+            ctx: 0x1000,
+            ordinal: 0,
+            start: 0x10_0000,
+            size: 4096,
+        };
+        assert!(check_lent("x", 0, 0x1000, 0x10_0000, 4096, &info).is_ok());
+        assert!(check_lent("x", 0, 0x1000, 0x10_0800, 2048, &info).is_ok());
+        // Pool and virtual-memory allocations belong to no context: any of the device's.
+        let pooled = PointerInfo { ctx: 0, ..info };
+        assert!(check_lent("x", 0, 0x1000, 0x10_0000, 16, &pooled).is_ok());
+        match check_lent("x", 1, 0x1000, 0x10_0000, 16, &info).unwrap_err() {
+            Error::WrongDevice { expected, got } => assert_eq!((expected, got), (1, 0)),
+            e => panic!("{e}"),
+        }
+        match check_lent("x", 0, 0x2000, 0x10_0000, 16, &info).unwrap_err() {
+            Error::UnorderableColumn { column, reason } => {
+                assert_eq!(column, "x");
+                assert!(reason.contains("another CUDA context"), "{reason}");
+            }
+            e => panic!("{e}"),
+        }
+        match check_lent("x", 0, 0x1000, 0x10_0800, 2049, &info).unwrap_err() {
+            Error::ByteLengthMismatch {
+                column,
+                expected,
+                got,
+            } => assert_eq!((column.as_str(), expected, got), ("x", 2049, 2048)),
+            e => panic!("{e}"),
+        }
+    }
 
     #[test]
     fn columns_the_engine_cannot_order_are_rejected() {
