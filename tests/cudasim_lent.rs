@@ -295,3 +295,112 @@ fn memory_of_another_context_past_its_allocation_or_not_on_the_device_is_refused
         other => panic!("not device memory: {other}"),
     }
 }
+
+/// Lending under the fault sweep: every failable driver call of lending memory and draining it
+/// (a table read in place, and a stream of lent batches with a row hint) is made to fail in
+/// turn; each run ends in a typed error or a correct output, never a panic or an abort, leaves
+/// no copy in flight, never frees the lent memory (the lender frees it after every run), and the
+/// next run is correct. In a child process of its own: failures are armed process-wide.
+#[test]
+#[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
+fn every_failing_driver_call_of_lending_ends_in_a_typed_error() {
+    const NAME: &str = "every_failing_driver_call_of_lending_ends_in_a_typed_error";
+    if !cudasim_common::is_child(NAME) {
+        let out = cudasim_common::child(NAME, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        return;
+    }
+    let sim = Sim::get();
+    let engine = CudaEngine::new(0).unwrap();
+    let producer = engine.context().new_stream().unwrap();
+    let rows = 120;
+    let data = random_bytes(rows * ROW, 11);
+    let batches = order(rows, 3);
+    let want_table = expected(&data, &batches);
+    let typed = |e: &Error| match e {
+        Error::Cuda { message, .. } => !message.starts_with("panic"),
+        Error::DeviceOutOfMemory { .. } | Error::HostAllocation { .. } => true,
+        Error::Source { source, .. } => source.downcast_ref::<Error>().is_some(),
+        _ => false,
+    };
+    // One run: lends what `prep` allocated (the sweep covers the lending calls) and drains it.
+    let run = |table: bool, ptrs: &[u64]| -> Result<Vec<u8>, Error> {
+        let lend = |ptr: u64, n: usize| {
+            engine.borrow_column(
+                "x",
+                DType::U8,
+                &[ROW],
+                n,
+                ptr,
+                producer.cu_stream() as usize,
+                (),
+            )
+        };
+        let out = if table {
+            let t = engine.wrap(vec![lend(ptrs[0], rows)?])?;
+            engine.materialize(&t, &batches, Strategy::Pinned)?
+        } else {
+            let items: Vec<Result<DeviceBatch, Error>> = ptrs
+                .iter()
+                .map(|&p| lend(p, rows / 3).and_then(|c| DeviceBatch::new().with(c)))
+                .collect();
+            engine.drain_device_expecting(items, 50)?
+        };
+        Ok(out.column("x").unwrap().as_bytes().to_vec())
+    };
+    for table in [true, false] {
+        let prep = || -> Vec<u64> {
+            if table {
+                vec![raw_alloc(&producer, &data)]
+            } else {
+                (0..3)
+                    .map(|k| raw_alloc(&producer, &data[k * 40 * ROW..(k + 1) * 40 * ROW]))
+                    .collect()
+            }
+        };
+        let want = if table { &want_table } else { &data };
+        let release = |ptrs: Vec<u64>| {
+            for p in ptrs {
+                assert!(is_live(p), "lent memory freed by the engine");
+                free(&producer, p);
+            }
+        };
+        let ptrs = prep();
+        assert_eq!(&run(table, &ptrs).unwrap(), want);
+        release(ptrs);
+        let ptrs = prep();
+        let before = sim.calls();
+        assert_eq!(&run(table, &ptrs).unwrap(), want);
+        let n = sim.calls() - before;
+        release(ptrs);
+        let mut errors = 0;
+        for k in 1..=n {
+            let ptrs = prep();
+            sim.fail_nth(k);
+            let r = run(table, &ptrs);
+            sim.disarm();
+            assert_eq!(
+                sim.stats().pending_host_copies,
+                0,
+                "call {k} of {n}: in flight"
+            );
+            match r {
+                Ok(out) => assert_eq!(&out, want, "table {table}, call {k} of {n}: wrong"),
+                Err(e) => {
+                    assert!(typed(&e), "table {table}, call {k} of {n}: untyped {e:?}");
+                    errors += 1;
+                }
+            }
+            // Whatever cudarc stored in the user's context from the failure is the failure's.
+            let _ = engine.context().check_err();
+            release(ptrs);
+            let ptrs = prep();
+            assert_eq!(&run(table, &ptrs).unwrap(), want, "after call {k} of {n}");
+            release(ptrs);
+        }
+        assert!(errors > 0, "table {table}: no injected failure surfaced");
+        println!("lending, table {table}: {n} calls, {errors} errors");
+    }
+}
