@@ -17,7 +17,7 @@ use super::memory::{
     wait_context, wait_event, wait_stream, DevBuf, PinnedAlloc, PinnedPool,
 };
 use super::pipeline::{self, Lane, LaneGuard, Plan, LANES};
-use super::table::{check_lent, DeviceBatch, DeviceColumn, DeviceTable};
+use super::table::{check_lent, lent_extent, DeviceBatch, DeviceColumn, DeviceTable};
 use super::CudaInfo;
 use crate::batch::Batches;
 use crate::dtype::DType;
@@ -298,7 +298,8 @@ impl CudaEngine {
     /// The driver is asked (`cuPointerGetAttribute`) which device and context the memory
     /// belongs to and how large its allocation is: memory of another device, of another context
     /// than the engine's (the device's primary context, the one PyTorch uses), or bytes past the
-    /// end of the allocation are refused. An event is recorded now on `producer`, the stream
+    /// end of the device memory mapped there are refused (a range mapped in pieces, as PyTorch's
+    /// expandable segments are, is followed from piece to piece). An event is recorded now on `producer`, the stream
     /// the memory was written on (PyTorch's current stream: `torch.cuda.current_stream(dev)
     /// .cuda_stream`; 0 for the legacy default stream, 2 for the calling thread's per-thread
     /// default stream), and every stream of the engine that reads the column waits for that
@@ -339,9 +340,11 @@ impl CudaEngine {
             let row_bytes = checked_bytes(&parts, &name)?;
             let len = checked_bytes(&[row_bytes, rows], &name)?;
             if len > 0 {
-                let info = pointer_info(ptr).map_err(cuda_err(format!(
+                let first = pointer_info(ptr).map_err(cuda_err(format!(
                     "column {name:?}: asking the driver about device address {ptr:#x}"
                 )))?;
+                let end = ptr.saturating_add(len as u64);
+                let info = lent_extent(&first, end, |a| pointer_info(a).ok());
                 check_lent(&name, self.info.ordinal, self.ctx_handle(), ptr, len, &info)?;
             }
             let ready = self

@@ -146,8 +146,10 @@ pub(crate) fn pointer_info(ptr: u64) -> std::result::Result<PointerInfo, DriverE
             .result()?;
         Ok(v)
     }
-    let ctx: usize = get(ptr, A::CU_POINTER_ATTRIBUTE_CONTEXT)?;
     let ordinal: i32 = get(ptr, A::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL)?;
+    // Memory mapped with the virtual memory API belongs to no context; should a driver refuse to
+    // name one for it, it is taken as such (usable from every context of its device).
+    let ctx: usize = get(ptr, A::CU_POINTER_ATTRIBUTE_CONTEXT).unwrap_or(0);
     let start: u64 = get(ptr, A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR)?;
     let size: usize = get(ptr, A::CU_POINTER_ATTRIBUTE_RANGE_SIZE)?;
     Ok(PointerInfo {

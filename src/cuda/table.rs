@@ -132,6 +132,40 @@ pub(crate) fn check_lent(
     Ok(())
 }
 
+/// Most allocations a lent range may span (see [`lent_extent`]).
+pub(crate) const MAX_LENT_CHUNKS: usize = 4096;
+
+/// How far device memory runs on from `first`'s allocation, up to `end`: a range mapped in
+/// several pieces one after another (PyTorch's expandable segments map physical chunks into one
+/// reserved range, and the driver describes each chunk as an allocation of its own) is followed
+/// from piece to piece — each on `first`'s device, starting where the previous one ends — for
+/// at most [`MAX_LENT_CHUNKS`] pieces. `info_at` asks the driver about an address (`None`: not
+/// device memory). Returns `first` with its size grown to what is covered.
+pub(crate) fn lent_extent(
+    first: &super::memory::PointerInfo,
+    end: u64,
+    info_at: impl Fn(u64) -> Option<super::memory::PointerInfo>,
+) -> super::memory::PointerInfo {
+    let mut covered = first.start.saturating_add(first.size);
+    for _ in 0..MAX_LENT_CHUNKS {
+        if covered >= end {
+            break;
+        }
+        match info_at(covered) {
+            Some(next)
+                if next.ordinal == first.ordinal && next.start == covered && next.size > 0 =>
+            {
+                covered = covered.saturating_add(next.size);
+            }
+            _ => break,
+        }
+    }
+    super::memory::PointerInfo {
+        size: covered - first.start,
+        ..*first
+    }
+}
+
 impl<T: DeviceRepr + 'static> DeviceBytes for CudaSlice<T> {
     fn address(&self) -> u64 {
         device_address(self)
@@ -690,6 +724,44 @@ impl DeviceBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lent_range_mapped_in_pieces_is_followed_from_piece_to_piece() {
+        use super::super::memory::PointerInfo;
+        let piece = |start: u64, ordinal: usize| PointerInfo {
+            ctx: 0,
+            ordinal,
+            start,
+            size: 0x1000,
+        };
+        // Three pieces one after another on device 0, then nothing.
+        let mapped = |a: u64| {
+            (0x10_0000..0x10_3000)
+                .contains(&a)
+                .then(|| piece(a & !0xfff, 0))
+        };
+        let first = piece(0x10_0000, 0);
+        assert_eq!(
+            lent_extent(&first, 0x10_0800, mapped).size,
+            0x1000,
+            "one piece enough"
+        );
+        assert_eq!(lent_extent(&first, 0x10_2800, mapped).size, 0x3000);
+        assert_eq!(
+            lent_extent(&first, 0x10_5000, mapped).size,
+            0x3000,
+            "stops at a hole"
+        );
+        // A piece of another device, or one that does not start where the last ends, stops it.
+        let other = |a: u64| Some(piece(a, 1));
+        assert_eq!(lent_extent(&first, 0x10_2000, other).size, 0x1000);
+        let overlapping = |a: u64| Some(piece(a - 0x800, 0));
+        assert_eq!(lent_extent(&first, 0x10_2000, overlapping).size, 0x1000);
+        // Bounded: at most MAX_LENT_CHUNKS pieces are followed.
+        let endless = |a: u64| Some(piece(a, 0));
+        let far = lent_extent(&first, u64::MAX, endless);
+        assert_eq!(far.size, 0x1000 * (MAX_LENT_CHUNKS as u64 + 1));
+    }
 
     #[test]
     fn lent_memory_of_another_device_context_or_past_its_allocation_is_refused() {
