@@ -1,5 +1,6 @@
 //! The CUDA side (compiled with the `cuda` feature; no GPU was available where this was
-//! written, so it is built and linted but not run by the CPU-only test suite).
+//! written: it is built and linted, and run by python/tests/test_cuda_sim.py under the CUDA
+//! driver simulator, without PyTorch's CUDA).
 //!
 //! CUDA tensors are read in place: the Python package hands over each (contiguous) tensor's
 //! device address, its row layout, the raw handle of PyTorch's current stream on its device

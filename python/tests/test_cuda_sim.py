@@ -7,7 +7,9 @@ tensors are (address, producer stream, an owner object, rows).
   writes on that stream), and the engine frees none of the lent memory;
 - the GIL is released while the engine waits: a Python thread keeps running during the drain;
 - a row count that is only a hint is drained into output preallocated for it, grown or cut;
-- an exception raised by the batch iterator comes out of the drain as itself.
+- an exception raised by the batch iterator comes out of the drain as itself;
+- the fast path (``_native.cuda_gather``) reads a lent table in place, after its producer, in
+  any order and with every strategy.
 
 Run by scripts/test.sh with the simulator as libcuda.so.1 and ARRAYDRAIN_EXPECT_SIM=1 (without
 the simulator it then fails; anywhere else it is skipped); the simulator's delays are set here,
@@ -186,4 +188,21 @@ def test_an_error_of_the_batch_iterator_comes_out_as_itself(drv):
         arraydrain._native.cuda_drain(0, spec, None, failing(), False)
     drv.sync()
     for p in allocs:
+        drv.free(p)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "pinned", "preallocated", "concat", "per-batch"])
+def test_the_fast_path_reads_a_lent_table_after_its_producer(drv, strategy):
+    rows = 500
+    rng = np.random.default_rng(8)
+    final = rng.integers(0, 256, (rows, ROW), dtype=np.uint8)
+    dst = drv.alloc(rng.integers(0, 256, rows * ROW, dtype=np.uint8).tobytes())
+    src = drv.alloc(final.tobytes())
+    drv.slow_write(dst, src, rows * ROW)
+    order = rng.permutation(rows).astype(np.int64)
+    source = ("x", final, dst, drv.stream.value or 0, None, [ROW], ROW, rows)
+    (out,) = arraydrain._native.cuda_gather(0, [source], rows, order, 64, strategy, None, None)
+    np.testing.assert_array_equal(out, final[order])
+    drv.sync()
+    for p in (dst, src):
         drv.free(p)
