@@ -3,9 +3,10 @@
 #
 #   scripts/device-check.sh build   on the build machine (Rust toolchain, no GPU needed):
 #                                   the release CLI and the GPU test binaries (cuda_gpu,
-#                                   cuda_opaque), stripped, and the Python wheel into .device-bin/
-#                                   (git-ignored; at most 56 MiB, checked), to be carried to the
-#                                   GPU machine with the repo.
+#                                   cuda_opaque), stripped, the Python wheel and the
+#                                   compute-sanitizer wheel into .device-bin/ (git-ignored; at
+#                                   most 56 MiB, checked), to be carried to the GPU machine with
+#                                   the repo.
 #   scripts/device-check.sh run     on the GPU machine (no Rust there), from the repo root:
 #                                   nvidia-smi and the loader's view of libcuda/libnvrtc,
 #                                   `arraydrain info`, the GPU tests, compute-sanitizer memcheck +
@@ -32,13 +33,19 @@
 # On machines where compute-sanitizer answers "Device not supported" (e.g. under gVisor), the
 # sanitizer steps are reported as `unsupported`, not as failures, and the run goes on.
 #
+# compute-sanitizer: SANITIZER if set, else the one on PATH or in /usr/local/cuda/bin, else the one
+# in the PyPI wheel nvidia-cuda-sanitizer-api 13.0.x (CUDA 13.0, the GPU machine's driver), which
+# `build` downloads into .device-bin/sanitizer (14 MB) and `run` unpacks (its binary, launcher
+# libraries and run bits; no docs) into a temporary folder.
+#
 # Environment: OUT, DEVICE_CHECK_BUDGET_S, SANITIZER (path of compute-sanitizer if not on PATH).
 #
 # Dry run without a GPU, under the CUDA simulator (scripts/test-cudasim.sh links it into
 # target/cudasim-lib): `LD_LIBRARY_PATH=target/cudasim-lib:<NVRTC lib folders> PATH=<test venv>/bin:$PATH
 # ARRAYDRAIN_SIM_DEVICE_BYTES=6G scripts/device-check.sh run` runs every step; the GPU tests
-# pass, `bench` verifies and prints no figures, and the steps that need PyTorch's CUDA or
-# compute-sanitizer fail or skip (186 s on the 2-core build machine, 2026-12-03).
+# pass (less the 2^32-row table, skipped on the simulator), `bench` verifies and prints no
+# figures, and the steps that need PyTorch's CUDA or a real driver under compute-sanitizer fail
+# or skip (the sanitizer is unpacked from the carried wheel and starts, then finds no real GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=.device-bin
@@ -90,6 +97,10 @@ PY
   # needs below 3.11, named because pip evaluates markers for the running Python).
   "$py" -m pip download -q --only-binary=:all: --python-version 3.9 --implementation py \
     --platform any --dest "$BIN/wheels" pytest exceptiongroup tomli
+  # compute-sanitizer for a GPU machine without one: the wheel ships the binary
+  # (nvidia/cu13/bin/compute-sanitizer) and the libraries it injects; 13.0.x for CUDA 13.0.
+  "$py" -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_25_x86_64 \
+    --dest "$BIN/sanitizer" "nvidia-cuda-sanitizer-api==13.0.*"
   git rev-parse --short HEAD >"$BIN/commit" 2>/dev/null || true
   local kib
   kib=$(du -sk "$BIN" | cut -f1)
@@ -99,6 +110,39 @@ PY
     exit 1
   fi
   echo "built into $BIN/ — copy the repository (with $BIN/) to the GPU machine and run: scripts/device-check.sh run"
+}
+
+# sanitizer DIR: the compute-sanitizer to run — SANITIZER, the one on PATH or in
+# /usr/local/cuda/bin, else the one of the wheel `build` carried, unpacked into DIR (the binary,
+# its libraries and launchers, with their run bits; the wheel's docs and headers left out).
+sanitizer() {
+  local found=${SANITIZER:-$(command -v compute-sanitizer || true)}
+  if [ -z "$found" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
+    found=/usr/local/cuda/bin/compute-sanitizer
+  fi
+  if [ -z "$found" ]; then
+    local whl
+    whl=$(find "$BIN/sanitizer" -name 'nvidia_cuda_sanitizer_api-*.whl' 2>/dev/null | head -n 1)
+    if [ -n "$whl" ] && python3 - "$whl" "$1" <<'PY' >&2
+import os, sys, zipfile
+whl, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    for m in z.infolist():
+        parts = m.filename.split("/")
+        if m.is_dir() or "docs" in parts or "include" in parts or ".." in parts or m.filename.startswith("/"):
+            continue
+        path = z.extract(m, dest)
+        name = parts[-1]
+        if name == "compute-sanitizer" or name.startswith("TreeLauncher"):
+            os.chmod(path, 0o755)
+PY
+    then
+      for c in "$1"/nvidia/*/bin/compute-sanitizer; do
+        [ -x "$c" ] && found=$c && break
+      done
+    fi
+  fi
+  echo "$found"
 }
 
 STEPS=()
@@ -166,9 +210,15 @@ run() {
   cat "$W/machine.txt"
 
   local T=$BIN/tests L=$W/logs J=$W/json AD=$BIN/arraydrain
+  # A dry run under the CUDA simulator skips, as scripts/test-cudasim.sh does, the table of more
+  # than 2^32 rows (4 GiB, twice; 80 s of host work there, a second on a GPU).
+  local skip=()
+  if grep -q "CUDA simulator" "$W/machine.txt"; then
+    skip=(--skip more_than_two_to_the_32_one_byte_rows)
+  fi
   # The rayon test runs alone, time-boxed: a deadlock there must not hang every other GPU test.
   run_step "GPU tests (--ignored)" 170 "$L/gpu-tests.log" "$T/cuda_gpu" --ignored --test-threads=1 \
-    --skip the_engine_can_be_called_from_rayon_jobs
+    --skip the_engine_can_be_called_from_rayon_jobs "${skip[@]}"
   run_step "GPU test, rayon jobs (alone)" 30 "$L/gpu-tests-rayon.log" "$T/cuda_gpu" --ignored \
     --exact the_engine_can_be_called_from_rayon_jobs
   run_step "GPU tests, opaque dtypes (--ignored)" 30 "$L/gpu-tests-opaque.log" \
@@ -183,12 +233,17 @@ run() {
     cat "$L/pylib.log"
     step "python wheels install" FAIL 0
   fi
-  local san=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
+  local san
+  san=$(sanitizer "$W/sanitizer")
+  echo "compute-sanitizer: ${san:-none}" | tee -a "$W/machine.txt"
   # memcheck: out-of-bounds and misaligned accesses; initcheck: copies of device memory nothing
   # wrote (a staging buffer copied before its gather). racecheck has nothing to find in a kernel
-  # without shared memory. Where the GPU machine has no compute-sanitizer, the PyPI wheel
-  # nvidia-cuda-sanitizer-api ships one (SANITIZER=<its bin/compute-sanitizer>, chmod +x).
+  # without shared memory.
   for tool in memcheck initcheck; do
+    if [ -z "$san" ]; then
+      step "compute-sanitizer $tool" missing 0
+      continue
+    fi
     run_step "compute-sanitizer $tool" 60 "$L/sanitizer-$tool.log" \
       "$san" --tool "$tool" --error-exitcode 3 --print-limit 20 \
       "$T/cuda_gpu" --ignored --exact small_drains_for_the_sanitizer --test-threads=1

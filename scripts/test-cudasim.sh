@@ -61,4 +61,4 @@ cargo test --test cuda_gpu --test cuda_opaque "$@" -- --include-ignored \
   --skip more_than_two_to_the_32_one_byte_rows
 echo "test-cudasim.sh: the simulator's own suites" >&2
 cargo test --test cudasim_equivalence --test cudasim_faults --test cudasim_pool --test cudasim_selftest \
-  --test cudasim_stale "$@" -- --include-ignored
+  --test cudasim_stale --test cudasim_lent "$@" -- --include-ignored

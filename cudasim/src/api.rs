@@ -1199,6 +1199,53 @@ pub unsafe extern "C" fn cuMemsetD8Async(
     })
 }
 
+// ---- pointer attributes --------------------------------------------------------------------
+
+/// `CU_POINTER_ATTRIBUTE_CONTEXT`, `_DEVICE_ORDINAL`, `_RANGE_START_ADDR`, `_RANGE_SIZE`.
+const PA_CONTEXT: c_uint = 1;
+const PA_DEVICE_ORDINAL: c_uint = 9;
+const PA_RANGE_START_ADDR: c_uint = 11;
+const PA_RANGE_SIZE: c_uint = 12;
+
+/// What the engine asks about a device pointer it is lent: the context the memory was
+/// allocated in, its device, and the allocation around it. A pointer into no live device
+/// allocation is `CUDA_ERROR_INVALID_VALUE`, as on a real driver; other attributes are not
+/// simulated.
+#[no_mangle]
+pub unsafe extern "C" fn cuPointerGetAttribute(
+    data: *mut c_void,
+    attribute: c_uint,
+    ptr: CUdeviceptr,
+) -> CUresult {
+    body("cuPointerGetAttribute", || {
+        enter("cuPointerGetAttribute")?;
+        if data.is_null() {
+            return Err(err::INVALID_VALUE);
+        }
+        let (ctx, start, size) = {
+            let reg = registry();
+            match reg.find(host_of(ptr), 1) {
+                Found::Inside(a) if a.kind == Kind::Device && a.life == Life::Live => {
+                    (a.ctx, a.device_addr(), a.size as u64)
+                }
+                _ => return Err(err::INVALID_VALUE),
+            }
+        };
+        match attribute {
+            PA_CONTEXT => write(data.cast::<Handle>(), handle(CTX_BASE, ctx) as Handle),
+            PA_DEVICE_ORDINAL => write(data.cast::<c_int>(), 0),
+            PA_RANGE_START_ADDR => write(data.cast::<CUdeviceptr>(), start),
+            PA_RANGE_SIZE => write(data.cast::<usize>(), size as usize),
+            other => {
+                log(&format!(
+                    "cuPointerGetAttribute: attribute {other} is not simulated"
+                ));
+                Err(err::NOT_SUPPORTED)
+            }
+        }
+    })
+}
+
 // ---- memory pool ---------------------------------------------------------------------------------
 
 #[no_mangle]

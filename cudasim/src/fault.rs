@@ -22,7 +22,8 @@ pub fn error_for(name: &str) -> Option<u32> {
         "cuMemcpyDtoHAsync_v2"
         | "cuMemcpyHtoDAsync_v2"
         | "cuMemcpyDtoDAsync_v2"
-        | "cuMemsetD8Async" => err::INVALID_VALUE,
+        | "cuMemsetD8Async"
+        | "cuPointerGetAttribute" => err::INVALID_VALUE,
         "cuLaunchKernel" => err::LAUNCH_OUT_OF_RESOURCES,
         "cuModuleLoadData" => err::NO_BINARY_FOR_GPU,
         "cuModuleGetFunction" => err::NOT_FOUND,

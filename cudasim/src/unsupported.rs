@@ -405,7 +405,6 @@ unsupported!(
     cuParamSetf,
     cuParamSeti,
     cuParamSetv,
-    cuPointerGetAttribute,
     cuPointerGetAttributes,
     cuPointerSetAttribute,
     cuProfilerInitialize,

@@ -25,15 +25,15 @@ from __future__ import annotations
 #   _files    to_npz / to_npy_dir, and unwinding a write on SIGTERM
 #   _out      out= arrays checked against the drain;  _rng  deferred generator draws
 #   _leaves   leaves: flattening batches, dtypes, the one tensor-to-NumPy conversion
+#   _cuda     CUDA: the device choice, tensors lent to the engine in place, the device drain
+#   _writer   Writer and indexed: model outputs to one array or file
 #   _shards   load_shards;  _progress  progress bars;  _errors  the exception classes
 #   _native   the engine (Rust); its stubs are _native.pyi
 
 import os
-import sys
-import warnings
 from typing import Any
 
-from . import _general, _native
+from . import _cuda, _native
 from ._checks import _check_items, _check_loader, _check_strategy
 from ._errors import (
     ArrayDrainError,
@@ -46,9 +46,7 @@ from ._errors import (
 )
 from ._fast import _choose, _drain_fast, _route
 from ._files import _to_files
-from ._leaves import Leaf, is_tensor, to_array, torch_numpy_dtype
 from ._paths import _drain_general
-from ._progress import progress_bar
 from ._shards import load_shards
 from ._writer import Writer, indexed
 
@@ -101,7 +99,8 @@ def drain(
     sample is fetched in Python), the tensors are read in place (a non-contiguous tensor is made
     contiguous once), and the engine gathers the rows in parallel with the GIL released. CUDA
     tensors go through the engine's CUDA gather kernel and asynchronous copies into pinned host
-    memory (one device copy of the tensors first; see the package README). Reading is fastest
+    memory, reading the tensors in place after PyTorch's current stream (see the package README).
+    Reading is fastest
     from tensors on transparent huge pages: PyTorch allocates them so with the environment
     variable ``THP_MEM_ALLOC_ENABLE=1``.
 
@@ -164,7 +163,7 @@ def drain(
     """
     _check_loader(loader, "drain")
     _check_strategy(strategy)
-    ordinal = _check_device(device)
+    ordinal = _cuda._check_device(device)
     _check_items(items, strings)
     plan = _choose(loader, items)
     if plan is not None:
@@ -249,193 +248,3 @@ def to_npy_dir(
     """
     _check_loader(loader, "to_npy_dir")
     _to_files(loader, "dir", path, False, device, progress, items)
-
-
-def _check_device(device: str) -> int | None:
-    """The CUDA ordinal a ``"cuda"``/``"cuda:N"`` device names, ``None`` for auto/cpu."""
-    if not isinstance(device, str):
-        raise DrainTypeError(f"device must be a string, not {type(device).__name__}")
-    if device in ("auto", "cpu"):
-        return None
-    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
-        if device == "cuda":
-            # As in PyTorch: the current device (torch.cuda.set_device, e.g. each torchrun rank's).
-            ordinal = _current_cuda_device()
-        elif device[5:].isdigit():
-            ordinal = int(device[5:])
-        else:
-            raise DrainValueError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)")
-        ok, why = _cuda_status(ordinal)
-        if not ok:
-            raise DrainRuntimeError(f"device={device!r}: CUDA is not usable here: {why}")
-        return ordinal
-    raise DrainValueError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)")
-
-
-def _cuda_status(ordinal: int) -> tuple[bool, str]:
-    """Whether PyTorch and the engine can both use CUDA device ``ordinal``."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        try:
-            import torch
-        except ImportError:
-            return False, "PyTorch is not installed"
-    if not torch.cuda.is_available():
-        return False, "torch.cuda.is_available() is False"
-    if not _native.cuda_compiled():
-        return False, "the engine was built without its CUDA backend"
-    _preload_nvrtc()
-    return _native.cuda_status(ordinal)
-
-
-_NVRTC_LOADED = []
-
-
-def _preload_nvrtc() -> None:
-    """Loads NVRTC from the ``nvidia`` wheels PyTorch installs (``nvidia/*/lib``), once, so the
-    engine, which opens ``libnvrtc.so.13`` by name to compile its kernels, finds it without
-    ``LD_LIBRARY_PATH``. Nothing happens where there is no such wheel."""
-    if _NVRTC_LOADED:
-        return
-    _NVRTC_LOADED.append(True)
-    try:
-        import nvidia
-    except ImportError:
-        return
-    import ctypes
-    import glob
-
-    for base in list(nvidia.__path__):
-        # The builtins first: libnvrtc opens them by name too.
-        for pattern in ("libnvrtc-builtins.so.*", "libnvrtc.so.*"):
-            for path in sorted(glob.glob(os.path.join(base, "*", "lib", pattern))):
-                try:
-                    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-                except OSError:
-                    continue
-
-
-def _current_cuda_device() -> int:
-    """PyTorch's current CUDA device (0 where PyTorch or CUDA is missing: the status check that
-    follows says why CUDA is not usable)."""
-    torch = sys.modules.get("torch")
-    try:
-        if torch is None:
-            import torch
-        return torch.cuda.current_device() if torch.cuda.is_available() else 0
-    except (ImportError, RuntimeError):
-        return 0
-
-
-_FALLBACK_WARNED: set = set()
-
-
-def _use_cuda(device: str, ordinal: int | None, tensor_device) -> int | None:
-    """The ordinal to run the GPU engine on, or ``None`` for the CPU path.
-
-    With ``device="auto"``, CUDA tensors whose device the engine cannot use are drained on the
-    CPU (PyTorch copies them to the host first): never silently — a ``RuntimeWarning`` naming
-    the reason is issued once per device and reason."""
-    if device == "cpu":
-        return None
-    if ordinal is not None:
-        return ordinal
-    if tensor_device is None or tensor_device.type != "cuda":
-        return None
-    o = tensor_device.index if tensor_device.index is not None else _current_cuda_device()
-    ok, why = _cuda_status(o)
-    if ok:
-        return o
-    if (o, why) not in _FALLBACK_WARNED:
-        _FALLBACK_WARNED.add((o, why))
-        warnings.warn(
-            f"arraydrain: CUDA tensors on cuda:{o} are drained on the CPU (copied to the host "
-            f"first) because the CUDA engine cannot start there: {why}. Pass device='cuda' to "
-            "make this an error instead.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return None
-
-
-def _device_source(leaf: Leaf, t, ordinal: int):
-    """A tensor's bytes in an engine-owned device buffer (one device copy, made contiguous)."""
-    import torch
-
-    dev = torch.device("cuda", ordinal)
-    src = t.detach()
-    if src.is_conj():
-        src = src.resolve_conj()
-    if src.is_neg():
-        src = src.resolve_neg()
-    src = src.to(dev).contiguous().reshape(-1).view(torch.uint8)
-    buf = _native.DeviceBuffer(src.numel(), ordinal)
-    torch.as_tensor(buf, device=dev).copy_(src)
-    torch.cuda.synchronize(dev)
-    return (leaf.name, buf, leaf.engine, list(leaf.row_shape), leaf.row_bytes, len(t))
-
-
-def _cuda_general(layout, it, rows, exact, cuda, progress):
-    leaves = layout.leaves
-    specs = [leaf.spec() for leaf in leaves]
-
-    def batches():
-        yield 0, layout.first_values
-        for k, batch in enumerate(it, 1):
-            vals = layout.values(batch, k)
-            for leaf, x in zip(leaves, vals):
-                if not is_tensor(x):
-                    raise DrainTypeError(
-                        f"batch {k}, leaf {leaf.name!r} is a {type(x).__name__}, not a tensor "
-                        "as in the first batch"
-                    )
-                dtype = torch_numpy_dtype(x, leaf.name)
-                shape = tuple(x.shape[1:]) if layout.batched else tuple(x.shape)
-                if dtype != leaf.dtype:
-                    raise DrainTypeError(
-                        f"batch {k}, leaf {leaf.name!r}: dtype {dtype} differs from the first "
-                        f"batch's {leaf.dtype}"
-                    )
-                if shape != leaf.row_shape:
-                    raise DrainValueError(
-                        f"batch {k}, leaf {leaf.name!r}: row shape {shape} differs from the "
-                        f"first batch's {leaf.row_shape}"
-                    )
-            yield k, vals
-
-    with progress_bar(progress, rows) as bar:
-        u8s = _native.cuda_drain(
-            cuda,
-            specs,
-            rows if exact else None,
-            _device_batches(leaves, batches(), cuda, layout.batched, bar),
-        )
-    n = u8s[0].shape[0] if u8s else 0
-    return _general.rebuild_result(layout, [to_array(u8, l, n) for u8, l in zip(u8s, leaves)])
-
-
-def _device_batches(leaves, batches, ordinal, batched, bar):
-    """Each CUDA batch's leaves copied into engine-owned device buffers (made contiguous), as
-    ``[(buffer, rows), ...]`` for the engine's device drain."""
-    import torch
-
-    dev = torch.device("cuda", ordinal)
-    done = 0
-    for _, values in batches:
-        parts = []
-        for leaf, x in zip(leaves, values):
-            src = x.detach()
-            if src.is_conj():
-                src = src.resolve_conj()
-            if src.is_neg():
-                src = src.resolve_neg()
-            n = src.shape[0] if batched else 1
-            src = src.to(dev).contiguous().reshape(-1).view(torch.uint8)
-            buf = _native.DeviceBuffer(src.numel(), ordinal)
-            torch.as_tensor(buf, device=dev).copy_(src)
-            parts.append((buf, n))
-        torch.cuda.synchronize(dev)
-        done += parts[0][1] if parts else 0
-        if bar is not None:
-            bar(done)
-        yield parts

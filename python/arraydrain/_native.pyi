@@ -18,7 +18,8 @@ Bytes2D: TypeAlias = npt.NDArray[np.uint8]
 Indices: TypeAlias = npt.NDArray[np.int64]
 Progress: TypeAlias = Callable[[int], Any] | None
 Source: TypeAlias = tuple[str, Bytes2D, str | None, Sequence[int]]
-DeviceSource: TypeAlias = tuple[str, DeviceBuffer, str | None, Sequence[int], int, int]
+DeviceSource: TypeAlias = tuple[str, Any, int, int, str | None, Sequence[int], int, int]
+DevicePart: TypeAlias = tuple[Any, int, int, int]
 ColumnSpec: TypeAlias = tuple[str, str | None, Sequence[int], int]
 
 class Buffer:
@@ -86,15 +87,6 @@ class Writer:
 def launcher_placement() -> tuple[int, int, str] | None:
     """``(rank, world size, source)`` under torchrun, Slurm or MPI; None without a launcher."""
 
-class DeviceBuffer:
-    """Engine-owned device memory, writable through ``__cuda_array_interface__``."""
-
-    def __init__(self, len: int, ordinal: int) -> None: ...
-    @property
-    def __cuda_array_interface__(self) -> dict: ...
-    @property
-    def device(self) -> int: ...
-
 def gather(
     sources: Sequence[Source],
     rows: int,
@@ -140,7 +132,8 @@ def cuda_drain(
     ordinal: int,
     columns: Sequence[ColumnSpec],
     rows: int | None,
-    batches: Iterable[Sequence[tuple[DeviceBuffer, int]]],
+    batches: Iterable[Sequence[DevicePart]],
+    exact: bool = True,
 ) -> list[Bytes2D]: ...
 def shard_world_size(dir: str | PathLike[str]) -> int:
     """The world size in a shard folder's manifest (read and validated)."""

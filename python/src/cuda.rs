@@ -1,26 +1,26 @@
 //! The CUDA side (compiled with the `cuda` feature; no GPU was available where this was
-//! written, so it is built and linted but not run by the CPU-only test suite).
+//! written: it is built and linted, and run by python/tests/test_cuda_sim.py under the CUDA
+//! driver simulator, without PyTorch's CUDA).
 //!
-//! CUDA tensors reach the engine without any unsafe code here: the engine allocates a device
-//! buffer of its own ([`DeviceBuffer`], a `CudaSlice<u8>` on its stream), PyTorch sees it
-//! through `__cuda_array_interface__` and copies the tensor's bytes into it (a device-to-device
-//! copy, which also makes non-contiguous tensors contiguous), and the buffer becomes a
-//! [`DeviceColumn`] of a table made by [`CudaEngine::wrap`]. The engine's `Pinned` strategy
-//! then gathers with its kernel and copies asynchronously into pinned host output, which the
-//! returned arrays own. The cost of this route is one device copy of the columns read.
+//! CUDA tensors are read in place: the Python package hands over each (contiguous) tensor's
+//! device address, its row layout, the raw handle of PyTorch's current stream on its device
+//! (the stream it was produced on) and the tensor itself; [`CudaEngine::borrow_column`] checks
+//! the address with the driver (device, context, allocation bounds), records an event on that
+//! stream for the engine's streams to wait on, and keeps the tensor referenced for as long as
+//! the column lives, so PyTorch cannot free or reuse its memory while the engine reads it. The
+//! engine never frees it. The `Pinned` strategy then gathers with its kernel and copies
+//! asynchronously into pinned host output, which the returned arrays own.
 
-use arraydrain::TableError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use arraydrain::cuda::cudarc::driver::{CudaSlice, DevicePtr};
-use arraydrain::cuda::{drop_in_context, ContextGuard, CudaEngine, DeviceBatch, DeviceColumn};
+use arraydrain::cuda::{ContextGuard, CudaEngine, DeviceBatch, DeviceColumn};
 use arraydrain::{
     Batches, ColumnArray, Error, Indices, Materialized, Order, StorageKind, Strategy,
 };
 use numpy::{PyReadonlyArray1, PyReadwriteArray2};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::PyIterator;
 
 use crate::buffer::Buffer;
 use crate::errors::{to_py, IntoPy};
@@ -53,166 +53,55 @@ pub fn cuda_status(py: Python<'_>, ordinal: usize) -> (bool, String) {
     }
 }
 
-/// A device buffer the engine owns, writable by PyTorch through `__cuda_array_interface__`,
-/// then handed to the engine as a column (once).
-#[pyclass(module = "arraydrain._native", frozen)]
-pub struct DeviceBuffer {
-    slice: Mutex<Option<CudaSlice<u8>>>,
-    address: u64,
-    len: usize,
-    ordinal: usize,
-}
-
-#[pymethods]
-impl DeviceBuffer {
-    /// `len` zeroed bytes on device `ordinal`, ready (the allocation has completed) on return.
-    #[new]
-    fn new(py: Python<'_>, len: usize, ordinal: usize) -> PyResult<Self> {
-        py.detach(|| -> Result<DeviceBuffer, Error> {
-            let _current = ContextGuard::save();
-            let engine = engine(ordinal)?;
-            let stream = engine.stream();
-            let cuda = |context: &str| {
-                let context = context.to_string();
-                move |e: arraydrain::cuda::cudarc::driver::DriverError| {
-                    Error::Cuda(CudaError::Driver {
-                        context,
-                        message: e.to_string(),
-                    })
-                }
-            };
-            // One byte at least: a zero-length allocation has no address to describe.
-            let slice = stream
-                .alloc_zeros::<u8>(len.max(1))
-                .map_err(cuda("allocating a device buffer"))?;
-            let address = {
-                let (ptr, _sync) = slice.device_ptr(stream);
-                ptr
-            };
-            stream
-                .synchronize()
-                .map_err(cuda("waiting for a device allocation"))?;
-            Ok(DeviceBuffer {
-                slice: Mutex::new(Some(slice)),
-                address,
-                len,
-                ordinal,
-            })
-        })
-        .py()
-    }
-
-    /// The CUDA array interface (version 3): `len` writable `uint8` at the buffer's address,
-    /// ready to use on any stream. Once the buffer has been handed to the engine (its memory
-    /// moved out, and freed when the engine is done with it) there is no address to advertise:
-    /// reading the attribute then raises `AttributeError`, so nothing can write to freed memory.
-    #[getter]
-    fn __cuda_array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        if self
-            .slice
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
-        {
-            return Err(pyo3::exceptions::PyAttributeError::new_err(
-                "this device buffer was handed to the engine: its memory is no longer the \
-                 buffer's to describe",
-            ));
-        }
-        let d = PyDict::new(py);
-        d.set_item("version", 3)?;
-        d.set_item("shape", (self.len,))?;
-        d.set_item("typestr", "|u1")?;
-        d.set_item("data", (self.address, false))?;
-        d.set_item("strides", py.None())?;
-        d.set_item("stream", py.None())?;
-        Ok(d)
-    }
-
-    /// The device ordinal.
-    #[getter]
-    fn device(&self) -> usize {
-        self.ordinal
-    }
-}
-
-impl Drop for DeviceBuffer {
-    fn drop(&mut self) {
-        // cudarc frees a slice without making its context current: free it with its context
-        // current, and the caller's (PyTorch's) context current again afterwards.
-        let slice = self
-            .slice
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(slice) = slice {
-            let ctx = std::sync::Arc::clone(slice.stream().context());
-            drop_in_context(&ctx, slice);
-        }
-    }
-}
-
-impl DeviceBuffer {
-    /// Moves the buffer out as a column of `rows` rows (`meta` gives dtype and row shape).
-    fn take_column(&self, meta: &Meta, rows: usize) -> Result<DeviceColumn, Error> {
-        let slice = self
-            .slice
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or_else(|| {
-                Error::Cuda(CudaError::Driver {
-                    context: format!("column {:?}", meta.name),
-                    message: "device buffer already handed to the engine".into(),
-                })
-            })?;
-        let bytes = rows.checked_mul(meta.row_bytes).ok_or_else(|| {
-            Error::Table(TableError::ByteLengthMismatch {
-                column: meta.name.clone(),
-                expected: usize::MAX,
-                got: self.len,
-            })
-        })?;
-        DeviceColumn::with_offset(
-            meta.name.as_str(),
-            meta.dtype.clone(),
-            &meta.row_shape,
-            rows,
-            slice,
-            0,
-        )
-        .and_then(|c| {
-            if bytes == self.len {
-                Ok(c)
-            } else {
-                Err(Error::Table(TableError::ByteLengthMismatch {
-                    column: meta.name.clone(),
-                    expected: bytes,
-                    got: self.len,
-                }))
-            }
-        })
-    }
-}
-
-/// A device column as the Python package describes it: name, buffer, dtype name (or `None`),
-/// row shape, row bytes, rows.
+/// A CUDA tensor lent to the engine, as the Python package describes it: name, the tensor (kept
+/// referenced while the engine reads it), its device address, the raw handle of the stream it
+/// was produced on, dtype name (or `None`), row shape, row bytes, rows.
 type DeviceSpec = (
     String,
-    Py<DeviceBuffer>,
+    Py<PyAny>,
+    u64,
+    usize,
     Option<String>,
     Vec<usize>,
     usize,
     usize,
 );
 
+/// One column of a general-path CUDA batch: the tensor, its device address, the raw handle of
+/// the stream it was produced on, rows.
+type DevicePart = (Py<PyAny>, u64, usize, usize);
+
 fn metas(specs: &[DeviceSpec]) -> PyResult<Vec<Meta>> {
     specs
         .iter()
-        .map(|(name, _, dtype, row_shape, row_bytes, rows)| {
+        .map(|(name, _, _, _, dtype, row_shape, row_bytes, rows)| {
             host::meta(name, dtype.as_deref(), row_shape, *row_bytes, *rows)
         })
         .collect()
+}
+
+/// Lends a tensor's memory to the engine as a column of `rows` rows: `ptr` is the address of the
+/// contiguous bytes (`rows × meta.row_bytes`) of the tensor `owner`, which PyTorch keeps
+/// allocated while `owner` is referenced (the column holds it); `stream` is PyTorch's current
+/// stream on the tensor's device, on which the tensor was produced (see
+/// [`CudaEngine::borrow_column`]).
+fn lend(
+    engine: &CudaEngine,
+    meta: &Meta,
+    rows: usize,
+    ptr: u64,
+    stream: usize,
+    owner: Py<PyAny>,
+) -> Result<DeviceColumn, Error> {
+    engine.borrow_column(
+        meta.name.as_str(),
+        meta.dtype.clone(),
+        &meta.row_shape,
+        rows,
+        ptr,
+        stream,
+        owner,
+    )
 }
 
 /// The fast path on the GPU: gathers rows `indices` (or `0..rows`) of device columns with the
@@ -241,10 +130,21 @@ pub fn cuda_gather(
     let strategy = host::strategy(strategy_name)?;
     let list = host::order(indices.as_ref())?;
     let metas = metas(&sources)?;
-    let mut columns = Vec::with_capacity(sources.len());
-    for ((_, buf, ..), m) in sources.iter().zip(&metas) {
-        columns.push(buf.get().take_column(m, m.rows).py()?);
-    }
+    let lent: Vec<(Meta, u64, usize, Py<PyAny>)> = sources
+        .iter()
+        .zip(&metas)
+        .map(|((_, owner, ptr, stream, ..), m)| (m.clone(), *ptr, *stream, owner.clone_ref(py)))
+        .collect();
+    // Lent inside the calls below, with the GIL released; `sources` keeps every tensor
+    // referenced until this function returns, after the engine's last read.
+    let columns = move |engine: &CudaEngine| -> Result<Vec<DeviceColumn>, Error> {
+        lent.into_iter()
+            // The Python package passes each tensor's own contiguous bytes
+            // (`_cuda._device_source`), made on PyTorch's current stream of its device, and
+            // the tensor itself, which the column keeps referenced.
+            .map(|(m, ptr, stream, owner)| lend(engine, &m, m.rows, ptr, stream, owner))
+            .collect()
+    };
     let n = list.as_ref().map_or(rows, |l| l.len());
     let order = move |table_rows: usize| -> Result<Indices, Error> {
         match list {
@@ -260,7 +160,7 @@ pub fn cuda_gather(
             .detach(|| -> Result<Vec<ColumnArray>, Error> {
                 let _current = ContextGuard::save();
                 let engine = engine(ordinal)?;
-                let table = engine.wrap(columns)?;
+                let table = engine.wrap(columns(&engine)?)?;
                 let batches = Batches::new(order(table.rows())?, batch_size.max(1), false)?;
                 Ok(engine
                     .materialize(&table, &batches, strategy)?
@@ -299,7 +199,7 @@ pub fn cuda_gather(
     py.detach(|| -> Result<(), Error> {
         let _current = ContextGuard::save();
         let engine = engine(ordinal)?;
-        let table = engine.wrap(columns)?;
+        let table = engine.wrap(columns(&engine)?)?;
         let batches = Batches::new(order(table.rows())?, batch_size.max(1), false)?;
         match lent {
             Some(lent) => {
@@ -357,17 +257,22 @@ fn lend_pinned(owners: &[Py<Buffer>], extents: &[(usize, usize)]) -> Option<Vec<
 }
 
 /// The general path's CUDA batches: drains an iterator of batches — each a list of
-/// `(DeviceBuffer, rows)`, one per column of `columns` `(name, dtype or None, row_shape,
-/// row_bytes)` — with the engine's `drain_device` (asynchronous device-to-host copies into
-/// pinned output). With `rows` declared, more or fewer rows is an error.
+/// `(tensor, address, stream, rows)`, one per column of `columns` `(name, dtype or None,
+/// row_shape, row_bytes)`, the tensor contiguous on device `ordinal` and produced on the stream
+/// whose raw handle is given — with the engine's device drain (asynchronous device-to-host
+/// copies into pinned output, each batch read in place and released once its copy has landed).
+/// The GIL is released while the engine runs and waits; it is taken back only to pull the next
+/// batch. With `rows` exact, more or fewer rows is an error; with `rows` a hint, the output is
+/// allocated for it up front and grows or shrinks to what the stream yields.
 #[pyfunction]
-#[pyo3(signature = (ordinal, columns, rows, batches))]
+#[pyo3(signature = (ordinal, columns, rows, batches, exact=true))]
 pub fn cuda_drain(
     py: Python<'_>,
     ordinal: usize,
     columns: Vec<(String, Option<String>, Vec<usize>, usize)>,
     rows: Option<usize>,
     batches: Bound<'_, PyAny>,
+    exact: bool,
 ) -> PyResult<Vec<Py<PyAny>>> {
     let metas = columns
         .iter()
@@ -375,44 +280,69 @@ pub fn cuda_drain(
             host::meta(name, dtype.as_deref(), row_shape, *row_bytes, 0)
         })
         .collect::<PyResult<Vec<_>>>()?;
-    // The caller's current context comes back when this returns, whatever happened.
-    let _current = ContextGuard::save();
-    let engine = py.detach(|| engine(ordinal)).py()?;
-    let mut failed: Option<PyErr> = None;
-    let iter = batches.try_iter()?;
-    let stream = iter
-        .enumerate()
-        .map(|(k, item)| -> Result<DeviceBatch, Error> {
-            let source_error = |e: PyErr, failed: &mut Option<PyErr>| {
-                let message = e.to_string();
-                *failed = Some(e);
-                Error::Cuda(CudaError::Driver {
-                    context: "reading a batch".into(),
-                    message,
-                })
+    let iter: Py<PyIterator> = batches.try_iter()?.unbind();
+    let failed: Mutex<Option<PyErr>> = Mutex::new(None);
+    let result = py.detach(|| -> Result<arraydrain::Materialized, Error> {
+        // The caller's current context comes back when this returns, whatever happened.
+        let _current = ContextGuard::save();
+        let engine = engine(ordinal)?;
+        let source_error = |e: PyErr| {
+            let message = e.to_string();
+            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            Error::Cuda(CudaError::Driver {
+                context: "reading a batch".into(),
+                message,
+            })
+        };
+        let next = |k: usize| -> Option<Result<DeviceBatch, Error>> {
+            // The GIL only to pull the batch and read its parts; the tensors are lent with it
+            // released again.
+            let parts = Python::attach(|py| -> Option<Result<Vec<DevicePart>, Error>> {
+                let item = iter.bind(py).clone().next()?;
+                Some(
+                    item.and_then(|i| i.extract::<Vec<DevicePart>>())
+                        .map_err(source_error),
+                )
+            })?;
+            let parts = match parts {
+                Ok(p) => p,
+                Err(e) => return Some(Err(e)),
             };
-            let item = item.map_err(|e| source_error(e, &mut failed))?;
-            let parts: Vec<(Py<DeviceBuffer>, usize)> =
-                item.extract().map_err(|e| source_error(e, &mut failed))?;
-            if parts.len() != metas.len() {
-                return Err(Error::BatchMismatch {
-                    batch: k,
-                    column: String::new(),
-                    reason: format!(
-                        "{} columns, the first batch had {}",
-                        parts.len(),
-                        metas.len()
-                    ),
-                });
-            }
-            let mut batch = DeviceBatch::new();
-            for ((buf, n), m) in parts.iter().zip(&metas) {
-                batch.push(buf.get().take_column(m, *n)?)?;
-            }
-            Ok(batch)
+            Some((|| {
+                if parts.len() != metas.len() {
+                    return Err(Error::BatchMismatch {
+                        batch: k,
+                        column: String::new(),
+                        reason: format!(
+                            "{} columns, the first batch had {}",
+                            parts.len(),
+                            metas.len()
+                        ),
+                    });
+                }
+                let mut batch = DeviceBatch::new();
+                // The Python package passes each batch tensor's own contiguous bytes
+                // (`_cuda._device_batches`), produced on PyTorch's current stream of its
+                // device, and the tensor, which the column keeps referenced until the engine
+                // releases the batch after its copy has landed.
+                for ((owner, ptr, stream, n), m) in parts.into_iter().zip(&metas) {
+                    batch.push(lend(&engine, m, n, ptr, stream, owner)?)?;
+                }
+                Ok(batch)
+            })())
+        };
+        let mut k = 0usize;
+        let stream = std::iter::from_fn(|| {
+            let b = next(k);
+            k += 1;
+            b
         });
-    let result = engine.drain_device(stream, rows);
-    if let Some(e) = failed {
+        match (rows, exact) {
+            (Some(d), false) => engine.drain_device_expecting(stream, d),
+            (rows, _) => engine.drain_device(stream, rows),
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
     let out = result.map_err(to_py)?;

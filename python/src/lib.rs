@@ -44,7 +44,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_compiled, m)?)?;
     #[cfg(feature = "cuda")]
     {
-        m.add_class::<cuda::DeviceBuffer>()?;
         m.add_function(wrap_pyfunction!(cuda::cuda_status, m)?)?;
         m.add_function(wrap_pyfunction!(cuda::cuda_gather, m)?)?;
         m.add_function(wrap_pyfunction!(cuda::cuda_drain, m)?)?;

@@ -8,6 +8,9 @@ On a machine with a CUDA device these tests fail, rather than pass on the CPU, w
 cannot start (the autouse check below), and every GPU drain must return arrays backed by the
 engine's pinned memory (`storage == "pinned"`), not host copies made on the CPU path."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -186,4 +189,124 @@ def test_tensors_on_a_side_stream_are_read_after_their_writes():
         x.copy_(torch.arange(N * 256, dtype=torch.float32, device="cuda").reshape(N, 256))
         got = arraydrain.drain(DataLoader(TensorDataset(x), batch_size=128))
     np.testing.assert_array_equal(got[0], np.arange(N * 256, dtype=np.float32).reshape(N, 256))
+    assert_pinned(got)
+
+
+def shuffled_epoch(x, seed):
+    """A shuffled loader over `x` and a row-index column, and a function that checks a drain
+    of it against NumPy indexing of `x` by the drained indices."""
+    idx = torch.arange(len(x), device=x.device)
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(x, idx), batch_size=4096, shuffle=True, generator=g)
+
+    def check(got):
+        assert_pinned(got)
+        np.testing.assert_array_equal(got[0], x.cpu().numpy()[got[1]])
+
+    return loader, check
+
+
+def test_a_dataset_that_does_not_fit_twice_is_read_in_place():
+    """The tensors are read where they are: with less free device memory than the dataset, a
+    drain (which once copied the tensors whole into engine memory first) still succeeds, and
+    PyTorch allocates nothing for it."""
+    x = torch.randn(1 << 20, 64, device="cuda")  # 256 MiB
+    size = x.numel() * x.element_size()
+    loader, check = shuffled_epoch(x, 0)
+    check(arraydrain.drain(loader))  # opens the engine and its lanes at this size
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    ballast = torch.empty(free - size // 2, dtype=torch.uint8, device="cuda")
+    try:
+        assert torch.cuda.mem_get_info()[0] < size, "the dataset must not fit a second time"
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        got = arraydrain.drain(loader)
+        grew = torch.cuda.max_memory_allocated() - before
+    finally:
+        del ballast
+        torch.cuda.empty_cache()
+    assert grew < size // 16, f"PyTorch allocated {grew} bytes during the drain"
+    check(got)
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_reads_are_ordered_after_pytorchs_stream_without_synchronizing_the_device(
+    path, monkeypatch
+):
+    """Data written by a kernel queued behind ~0.3 s of device work on PyTorch's current stream
+    is read complete; and nothing synchronises the whole device (which the general path once did
+    once per batch): torch.cuda.synchronize fails here if called."""
+    expect = np.arange(N * 64, dtype=np.float32).reshape(N, 64) + 1
+    x = torch.zeros(N, 64, device="cuda")
+    torch.cuda.synchronize()
+
+    def no_sync(*args, **kwargs):
+        raise AssertionError("torch.cuda.synchronize called during a drain")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", no_sync)
+    torch.cuda._sleep(int(5e8))
+    x.copy_(torch.arange(N * 64, dtype=torch.float32, device="cuda").reshape(N, 64)).add_(1)
+    if path == "fast":
+        got = arraydrain.drain(DataLoader(TensorDataset(x), batch_size=128))
+    else:
+        got = arraydrain.drain(iter([(x[s : s + 300],) for s in range(0, N, 300)]))
+    np.testing.assert_array_equal(got[0], expect)
+    assert_pinned(got)
+
+
+def test_a_batch_made_on_a_side_stream_is_read_after_it():
+    """A batch produced by a kernel on a side stream that PyTorch's current stream waits for
+    (stream.wait_stream, no host synchronisation) is read after that kernel."""
+    side = torch.cuda.Stream()
+    main = torch.cuda.current_stream()
+    batches = []
+    for k in range(8):
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(int(5e7))
+            b = torch.full((500, 32), float(k), device="cuda")
+        main.wait_stream(side)
+        b.record_stream(main)
+        batches.append((b,))
+    got = arraydrain.drain(iter(batches))
+    expect = np.repeat(np.arange(8, dtype=np.float32), 500)[:, None] * np.ones((1, 32), np.float32)
+    np.testing.assert_array_equal(got[0], expect)
+    assert_pinned(got)
+
+
+def test_other_python_threads_run_while_the_engine_drains_a_stream():
+    """The GIL is released while the engine pins its output and waits for the device: a Python
+    thread keeps running throughout (no pause longer than 0.1 s) during a drain of CUDA batches
+    whose last one waits behind ~0.5 s of device work, into 1.5 GiB of fresh pinned output."""
+    rows = 3 << 20  # 3 Mi rows × 128 float32 = 1.5 GiB
+    x = torch.ones(rows, 128, device="cuda")
+    cut = rows - 1000
+
+    def batches():
+        yield (x[:cut],)
+        torch.cuda._sleep(int(1e9))
+        yield (x[cut:] * 2,)
+
+    ticks = []
+    stop = threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+
+    t = threading.Thread(target=tick)
+    t.start()
+    try:
+        start = time.perf_counter()
+        got = arraydrain.drain(batches())
+        end = time.perf_counter()
+    finally:
+        stop.set()
+        t.join()
+    during = np.array([start] + [s for s in ticks if start <= s <= end] + [end])
+    assert end - start > 0.2, "the drain did not wait for the device: nothing measured"
+    assert np.diff(during).max() < 0.1, f"a pause of {np.diff(during).max():.3f} s"
+    assert got[0].shape == (rows, 128)
+    assert (got[0][:cut] == 1).all() and (got[0][cut:] == 2).all()
     assert_pinned(got)

@@ -13,11 +13,11 @@ use super::current::{ContextGuard, RestoreOnDrop};
 use super::device::{self, catch, cuda_err};
 use super::kernels::Kernels;
 use super::memory::{
-    auto_pin_budget, bind_ctx, dtoh_async, htod_async, take_stale_error, wait_context, wait_event,
-    wait_stream, DevBuf, PinnedAlloc, PinnedPool,
+    auto_pin_budget, bind_ctx, dtoh_async, htod_async, pointer_info, take_stale_error,
+    wait_context, wait_event, wait_stream, DevBuf, PinnedAlloc, PinnedPool,
 };
 use super::pipeline::{self, Lane, LaneGuard, Plan, LANES};
-use super::table::{DeviceBatch, DeviceColumn, DeviceTable};
+use super::table::{check_lent, lent_extent, DeviceBatch, DeviceColumn, DeviceTable};
 use super::CudaInfo;
 use crate::batch::Batches;
 use crate::cuda::CudaError;
@@ -290,6 +290,96 @@ impl CudaEngine {
         })
     }
 
+    /// A column over device memory someone else owns — a PyTorch tensor's storage, a buffer of
+    /// another library — read in place: the engine never copies it first and never frees it.
+    /// `ptr` is the address of row 0 of `rows` rows of `row_shape` × `dtype`, stored row-major
+    /// and contiguous; `owner` is kept with the column (and dropped with it) to keep the memory
+    /// alive, e.g. a reference to the tensor.
+    ///
+    /// The driver is asked (`cuPointerGetAttribute`) which device and context the memory
+    /// belongs to and how large its allocation is: memory of another device, of another context
+    /// than the engine's (the device's primary context, the one PyTorch uses), or bytes past the
+    /// end of the device memory mapped there are refused (a range mapped in pieces, as PyTorch's
+    /// expandable segments are, is followed from piece to piece). An event is recorded now on `producer`, the stream
+    /// the memory was written on (PyTorch's current stream: `torch.cuda.current_stream(dev)
+    /// .cuda_stream`; 0 for the legacy default stream, 2 for the calling thread's per-thread
+    /// default stream), and every stream of the engine that reads the column waits for that
+    /// event on the device first: work queued on `producer` before this call is complete before
+    /// the first read, without a device-wide synchronisation.
+    ///
+    /// # Correctness
+    /// The bytes read are the lender's as long as: `ptr .. ptr + rows × row bytes` stays
+    /// allocated, and unwritten, for as long as the returned column (or a table or batch holding
+    /// it) lives — which is what `owner` is for; every write to it was queued on `producer` (or
+    /// has completed) before this call; and `producer` is a live stream of the engine's context
+    /// or a default-stream handle. None of this is needed for memory safety: the engine only
+    /// reads the lent device memory, on the device, and checked it lies inside one live
+    /// allocation of its device and context when it was lent; what a broken promise can cause
+    /// is wrong bytes in the output or a CUDA error, never a write outside the engine's own
+    /// output.
+    ///
+    /// # Errors
+    /// [`TableError::ByteLengthMismatch`](crate::table::TableError::ByteLengthMismatch), [`CudaError::WrongDevice`], [`CudaError::UnorderableColumn`],
+    /// [`Error::Cuda`] (e.g. an address the driver does not know as device memory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn borrow_column(
+        &self,
+        name: impl Into<String>,
+        dtype: DType,
+        row_shape: &[usize],
+        rows: usize,
+        ptr: u64,
+        producer: usize,
+        owner: impl std::any::Any + Send + Sync,
+    ) -> Result<DeviceColumn> {
+        let _current = ContextGuard::save();
+        let name = name.into();
+        let owner: Box<dyn std::any::Any + Send + Sync> = Box::new(owner);
+        self.guarded("lending device memory to the engine", || {
+            let mut parts = row_shape.to_vec();
+            parts.push(dtype.size());
+            let row_bytes = checked_bytes(&parts, &name)?;
+            let len = checked_bytes(&[row_bytes, rows], &name)?;
+            if len > 0 {
+                let first = pointer_info(ptr).map_err(cuda_err(format!(
+                    "column {name:?}: asking the driver about device address {ptr:#x}"
+                )))?;
+                let end = ptr.saturating_add(len as u64);
+                let info = lent_extent(&first, end, |a| pointer_info(a).ok());
+                check_lent(&name, self.info.ordinal, self.ctx_handle(), ptr, len, &info)?;
+            }
+            let ready = self
+                .ctx
+                .new_event(None)
+                .map_err(cuda_err("creating an event"))?;
+            // SAFETY: `ready` is a live event of the engine's context, made current by
+            // `guarded`. `producer` is a handle the caller says names a stream of that context
+            // or a default stream; the driver validates stream handles and returns an error
+            // for one it does not know (a stale one is the caller's broken promise, documented
+            // above). Recording reads and writes no memory.
+            unsafe {
+                cudarc::driver::result::event::record(
+                    ready.cu_event(),
+                    producer as cudarc::driver::sys::CUstream,
+                )
+            }
+            .map_err(cuda_err(format!(
+                "column {name:?}: recording an event on its producer's stream"
+            )))?;
+            Ok(DeviceColumn::borrowed(
+                name.clone(),
+                dtype.clone(),
+                row_shape,
+                rows,
+                row_bytes,
+                ptr,
+                self.info.ordinal,
+                ready,
+                owner,
+            ))
+        })
+    }
+
     /// The device and (for sequential orders) bounds checks of a drain; explicit index lists
     /// are checked against the table by the pipeline as it uploads them, or here in full for
     /// the classic recipes (`full`).
@@ -330,6 +420,7 @@ impl CudaEngine {
                 Strategy::Concat | Strategy::PerBatch | Strategy::Preallocated => {
                     self.check(table, batches, true)?;
                     let lanes = self.lanes()?;
+                    table.order_after_producers([&lanes[0].stream])?;
                     classic::run(&lanes[0].stream, &self.kernels, table, batches, strategy)
                 }
                 Strategy::Pinned | Strategy::Auto => {
@@ -355,6 +446,7 @@ impl CudaEngine {
             total = total.saturating_add(checked_bytes(&[rows, c.row_bytes()], c.name())?);
         }
         let mut lanes = self.lanes()?;
+        table.order_after_producers(lanes.iter().map(|l| &l.stream))?;
         let mut direct = None;
         if pins(total, self.pin_budget()) {
             // A refused pinned allocation is not an error: the staged mode takes over.
@@ -445,6 +537,7 @@ impl CudaEngine {
                 .iter()
                 .all(|c| c.storage_kind() == StorageKind::Pinned);
             let mut lanes = self.lanes()?;
+            table.order_after_producers(lanes.iter().map(|l| &l.stream))?;
             let device_bytes = if all_pinned {
                 let mut dsts: Vec<&mut [u8]> = out
                     .columns_mut()
@@ -512,10 +605,33 @@ impl CudaEngine {
         I: IntoIterator<Item = Result<DeviceBatch>>,
     {
         let _current = ContextGuard::save();
+        let rows = match rows {
+            Some(d) => StreamRows::Exact(d),
+            None => StreamRows::Unknown,
+        };
         self.guarded("drain_device", || self.drain_inner(batches, rows))
     }
 
-    fn drain_inner<I>(&self, batches: I, declared: Option<usize>) -> Result<Materialized>
+    /// [`CudaEngine::drain_device`] for a stream whose row count is only expected, not promised
+    /// (an `IterableDataset`'s `len`: workers and `drop_last` make an epoch yield other counts):
+    /// the output is allocated for `about` rows up front and each batch is copied into it as it
+    /// comes, so no batch is held on the device longer than its copy takes. A stream that yields
+    /// more rows moves the rows copied so far once into an output twice as large (or as large as
+    /// needed) and goes on; one that yields fewer returns the rows it yielded.
+    ///
+    /// # Errors
+    /// As [`CudaEngine::drain_device`], without [`Error::StreamLengthMismatch`].
+    pub fn drain_device_expecting<I>(&self, batches: I, about: usize) -> Result<Materialized>
+    where
+        I: IntoIterator<Item = Result<DeviceBatch>>,
+    {
+        let _current = ContextGuard::save();
+        self.guarded("drain_device", || {
+            self.drain_inner(batches, StreamRows::About(about))
+        })
+    }
+
+    fn drain_inner<I>(&self, batches: I, expect: StreamRows) -> Result<Materialized>
     where
         I: IntoIterator<Item = Result<DeviceBatch>>,
     {
@@ -527,7 +643,7 @@ impl CudaEngine {
         let mut schema: Vec<Schema> = Vec::new();
         // The output, then the in-flight batches: dropped in reverse order, so on every exit
         // the in-flight copies are waited for before the output is freed.
-        let mut out: Option<(Vec<ColumnArray>, Vec<*mut u8>)> = None;
+        let mut out: Option<StreamOut> = None;
         let mut flight = InFlight::new(&lanes);
         let mut held: Vec<DeviceBatch> = Vec::new();
         let mut total = 0usize;
@@ -544,29 +660,55 @@ impl CudaEngine {
                     .collect();
             }
             let n = check_batch(&batch, k, &schema, self.info.ordinal, self.ctx_handle())?;
-            if let Some(d) = declared {
-                if total + n > d {
+            let need = total
+                .checked_add(n)
+                .ok_or_else(|| Error::StreamLengthMismatch {
+                    declared: usize::MAX,
+                    got: usize::MAX,
+                    more: true,
+                })?;
+            let capacity = match expect {
+                StreamRows::Exact(d) if need > d => {
                     return Err(Error::StreamLengthMismatch {
                         declared: d,
-                        got: total + n,
+                        got: need,
                         more: true,
                     });
                 }
-                if out.is_none() {
-                    out = Some(self.stream_output(&schema, d, &host, &mut pin_seconds)?);
+                StreamRows::Exact(d) | StreamRows::About(d) => d,
+                StreamRows::Unknown => {
+                    held.push(batch);
+                    total = need;
+                    continue;
                 }
-                if let Some((_, bases)) = &out {
-                    // SAFETY: `bases` are the output columns' first bytes, sized for `d ≥
-                    // total + n` rows; `out` outlives `flight`, whose drop waits for the copies;
-                    // `batch` passed `check_batch` above.
-                    unsafe { flight.copy(k, batch, &schema, bases, total)? };
-                }
-            } else {
-                held.push(batch);
+            };
+            if out.is_none() {
+                out = Some(self.stream_output(
+                    &schema,
+                    capacity.max(need),
+                    &host,
+                    &mut pin_seconds,
+                )?);
             }
-            total += n;
+            if let Some(o) = out.as_mut() {
+                if need > o.rows {
+                    // More rows than expected: the copies so far land, then move once into an
+                    // output large enough for what is left of a stream of this pace.
+                    flight.settle()?;
+                    let grown = need.max(o.rows.saturating_mul(2));
+                    let mut bigger = self.stream_output(&schema, grown, &host, &mut pin_seconds)?;
+                    bigger.take_rows_of(o, total, &schema);
+                    *o = bigger;
+                }
+                // SAFETY: `o.bases` are the output columns' first bytes, sized for `o.rows ≥
+                // total + n` rows; `out` outlives `flight`, whose drop waits for the copies (and
+                // an output is replaced only after `settle` waited for every copy into it);
+                // `batch` passed `check_batch` above.
+                unsafe { flight.copy(k, batch, &schema, &o.bases, total)? };
+            }
+            total = need;
         }
-        if let Some(d) = declared {
+        if let StreamRows::Exact(d) = expect {
             if total != d {
                 return Err(Error::StreamLengthMismatch {
                     declared: d,
@@ -576,25 +718,25 @@ impl CudaEngine {
             }
         }
         if out.is_none() {
-            out = Some(self.stream_output(&schema, total, &host, &mut pin_seconds)?);
+            let o = self.stream_output(&schema, total, &host, &mut pin_seconds)?;
             let mut at = 0;
             for (k, batch) in held.drain(..).enumerate() {
                 let n = batch.rows().unwrap_or(0);
-                if let Some((_, bases)) = &out {
-                    // SAFETY: as above; the output was sized for the `total` rows held, and
-                    // every held batch passed `check_batch`.
-                    unsafe { flight.copy(k, batch, &schema, bases, at)? };
-                }
+                // SAFETY: as above; the output was sized for the `total` rows held, and every
+                // held batch passed `check_batch`.
+                unsafe { flight.copy(k, batch, &schema, &o.bases, at)? };
                 at += n;
             }
+            out = Some(o);
         }
         flight.finish()?;
-        let Some((mut columns, _)) = out else {
+        let Some(out) = out else {
             return Err(Error::Cuda(CudaError::Driver {
                 context: "drain_device".into(),
                 message: "internal error: no output".into(),
             }));
         };
+        let mut columns = out.into_columns(&schema, total, &host)?;
         for c in &mut columns {
             c.storage_mut().finish()?;
         }
@@ -604,38 +746,131 @@ impl CudaEngine {
         Ok(Materialized::new(columns, report))
     }
 
-    /// The output of a device stream: pinned from the pool, or heap memory when the pinned
-    /// allocation is refused or over the pin budget; with each column's base pointer.
+    /// The output of a device stream for `rows` rows: pinned from the pool, or heap memory when
+    /// the pinned allocation is refused or over the pin budget; with each column's base pointer.
     fn stream_output(
         &self,
         schema: &[Schema],
         rows: usize,
         host: &Arc<AllocCounter>,
         pin_seconds: &mut f64,
-    ) -> Result<(Vec<ColumnArray>, Vec<*mut u8>)> {
+    ) -> Result<StreamOut> {
+        let mut sizes = Vec::with_capacity(schema.len());
         let mut total = 0usize;
         for (name, dtype, shape) in schema {
             let mut parts = shape.clone();
             parts.extend([dtype.size(), rows]);
-            total = total.saturating_add(checked_bytes(&parts, name)?);
+            let bytes = checked_bytes(&parts, name)?;
+            total = total.saturating_add(bytes);
+            sizes.push(bytes);
         }
         let pinned = if pins(total, self.pin_budget()) {
-            pinned_columns(&self.pool, schema.to_vec(), rows, pin_seconds).ok()
+            let mut bufs = Vec::with_capacity(sizes.len());
+            for &bytes in &sizes {
+                match self.pool.take(bytes) {
+                    Ok((buf, secs)) => {
+                        *pin_seconds += secs;
+                        bufs.push(OutPart::Pinned(buf));
+                    }
+                    Err(_) => break,
+                }
+            }
+            (bufs.len() == sizes.len()).then_some(bufs)
         } else {
             None
         };
-        let mut columns = match pinned {
-            Some(c) => {
+        let mut parts = match pinned {
+            Some(p) => {
                 host.add(total as u64);
-                c
+                p
             }
-            None => heap_output(schema.to_vec(), rows, host)?,
+            None => schema
+                .iter()
+                .zip(&sizes)
+                .map(|((name, ..), &bytes)| HostBuf::counted(bytes, name, host).map(OutPart::Heap))
+                .collect::<Result<Vec<_>>>()?,
         };
-        let bases = columns
+        let bases = parts
             .iter_mut()
-            .map(|c| c.as_bytes_mut().as_mut_ptr())
+            .map(|p| p.bytes_mut().as_mut_ptr())
             .collect();
-        Ok((columns, bases))
+        Ok(StreamOut { parts, rows, bases })
+    }
+}
+
+/// How many rows a device stream yields: promised, expected, or not known.
+#[derive(Debug, Clone, Copy)]
+enum StreamRows {
+    Exact(usize),
+    About(usize),
+    Unknown,
+}
+
+/// One output column's memory while a device stream drains into it.
+enum OutPart {
+    Pinned(crate::cuda::PinnedBuf),
+    Heap(HostBuf),
+}
+
+impl OutPart {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            OutPart::Pinned(b) => crate::output::Storage::as_bytes_mut(b),
+            OutPart::Heap(b) => b.as_bytes_mut(),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            OutPart::Pinned(b) => crate::output::Storage::as_bytes(b),
+            OutPart::Heap(b) => b.as_bytes(),
+        }
+    }
+}
+
+/// A device stream's output: one part per column with room for `rows` rows, and each part's
+/// first byte (the copies' destinations).
+struct StreamOut {
+    parts: Vec<OutPart>,
+    rows: usize,
+    bases: Vec<*mut u8>,
+}
+
+impl StreamOut {
+    /// Copies the first `rows` rows of every column of `from` (no copy in flight into it).
+    fn take_rows_of(&mut self, from: &StreamOut, rows: usize, schema: &[Schema]) {
+        for ((dst, src), (_, dtype, shape)) in self.parts.iter_mut().zip(&from.parts).zip(schema) {
+            let len = rows * dtype.size() * shape.iter().product::<usize>();
+            crate::gather::cpu::par_copy(&src.bytes()[..len], &mut dst.bytes_mut()[..len]);
+        }
+    }
+
+    /// The columns, `rows` rows each (at most the capacity): a pinned part keeps its memory
+    /// and shows only those rows; a heap part larger than that is copied to its exact size.
+    fn into_columns(
+        self,
+        schema: &[Schema],
+        rows: usize,
+        host: &Arc<AllocCounter>,
+    ) -> Result<Vec<ColumnArray>> {
+        self.parts
+            .into_iter()
+            .zip(schema)
+            .map(|(part, (name, dtype, shape))| {
+                let len = rows * dtype.size() * shape.iter().product::<usize>();
+                let storage: Box<dyn crate::output::Storage> = match part {
+                    OutPart::Pinned(mut b) => {
+                        b.truncate(len);
+                        Box::new(b)
+                    }
+                    OutPart::Heap(b) if b.len() == len => Box::new(b),
+                    OutPart::Heap(b) => {
+                        Box::new(HostBuf::copy_of(&b.as_bytes()[..len], name, Some(host))?)
+                    }
+                };
+                ColumnArray::new(name.clone(), dtype.clone(), shape, rows, storage)
+            })
+            .collect()
     }
 }
 
@@ -813,6 +1048,12 @@ impl<'l> InFlight<'l> {
             // could read the batch before it is written.
             col.discard_earlier_source_error();
             let src = col.address();
+            if let Some(ready) = col.ready_event() {
+                // Lent memory: after the producer's work recorded when it was lent.
+                lane.stream
+                    .wait(ready)
+                    .map_err(cuda_err("ordering a copy after a batch's producer"))?;
+            }
             if let Some(src_stream) = col.source_stream() {
                 // Taking the address records the slice's read event inside cudarc (a `Drop`):
                 // a failure there is stored in the user's context and would surface later, in
@@ -830,7 +1071,10 @@ impl<'l> InFlight<'l> {
             }
             // SAFETY (dtoh_async): 1. the column's bytes, on this device (check_batch), alive
             // until the copy has landed (the batch sits in `queue`, released only after its
-            // event has completed or the lanes were synchronised), written by nothing after the
+            // event has completed or the lanes were synchronised; lent memory is kept by the
+            // column's owner, and was checked to lie inside one live allocation of this
+            // context when it was lent — a lender that frees it anyway makes the device read
+            // stale bytes or fail, never write host memory), written by nothing after the
             // producer work the lane now waits for; 2. this function's contract; 3. the context
             // was bound by the drain.
             unsafe {
@@ -869,6 +1113,21 @@ impl<'l> InFlight<'l> {
             }
         }
         Ok(())
+    }
+
+    /// Waits for every lane and releases every batch held: no copy is in flight afterwards.
+    fn settle(&mut self) -> Result<()> {
+        for l in self.lanes {
+            wait_stream(&l.stream)?;
+        }
+        let done: Vec<DeviceBatch> = self.queue.drain(..).map(|(b, _)| b).collect();
+        for b in done {
+            self.release(b);
+        }
+        match self.late.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn finish(mut self) -> Result<()> {

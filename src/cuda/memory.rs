@@ -119,6 +119,47 @@ pub(crate) fn bind_ctx(ctx: &CudaContext) -> Result<()> {
     Ok(())
 }
 
+/// What the driver says about a device address (`cuPointerGetAttribute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PointerInfo {
+    /// The context the memory was allocated in (0: none — memory from a stream-ordered pool or
+    /// mapped with the virtual memory API, usable from every context of its device).
+    pub(crate) ctx: usize,
+    /// The device it was allocated on.
+    pub(crate) ordinal: usize,
+    /// The allocation around the address: its first byte and its size.
+    pub(crate) start: u64,
+    pub(crate) size: u64,
+}
+
+/// Asks the driver which context, device and allocation device address `ptr` belongs to.
+/// Needs a current context (the caller's `bind_ctx`).
+pub(crate) fn pointer_info(ptr: u64) -> std::result::Result<PointerInfo, DriverError> {
+    use sys::CUpointer_attribute as A;
+    fn get<T: Default>(ptr: u64, attribute: A) -> std::result::Result<T, DriverError> {
+        let mut v = T::default();
+        // SAFETY: each attribute asked for below writes one value of the type `T` it is
+        // asked with (CONTEXT: a `CUcontext`, read as `usize`; DEVICE_ORDINAL: an int;
+        // RANGE_START_ADDR: a `CUdeviceptr`; RANGE_SIZE: a `size_t`) into a live local; the
+        // driver only reads its own bookkeeping for `ptr`, never the memory.
+        unsafe { sys::cuPointerGetAttribute((&mut v as *mut T).cast::<c_void>(), attribute, ptr) }
+            .result()?;
+        Ok(v)
+    }
+    let ordinal: i32 = get(ptr, A::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL)?;
+    // Memory mapped with the virtual memory API belongs to no context; should a driver refuse to
+    // name one for it, it is taken as such (usable from every context of its device).
+    let ctx: usize = get(ptr, A::CU_POINTER_ATTRIBUTE_CONTEXT).unwrap_or(0);
+    let start: u64 = get(ptr, A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR)?;
+    let size: usize = get(ptr, A::CU_POINTER_ATTRIBUTE_RANGE_SIZE)?;
+    Ok(PointerInfo {
+        ctx,
+        ordinal: ordinal.max(0) as usize,
+        start,
+        size: size as u64,
+    })
+}
+
 /// Takes (and clears) the error cudarc stored in `ctx` from a failed call inside a `Drop`
 /// (freeing a buffer, destroying an event), if any.
 pub(crate) fn take_stale_error(ctx: &CudaContext) -> Option<DriverError> {
@@ -529,6 +570,11 @@ impl PinnedBuf {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Shortens the buffer to its first `len` bytes (the allocation, and its capacity, stay).
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 
     /// Capacity of the underlying allocation.

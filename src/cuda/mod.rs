@@ -14,7 +14,9 @@
 //!    NVRTC 12.x and 13.x both work; the newest whose major version the driver supports is used
 //!    ([`nvrtc`]).
 //! 3. [`CudaEngine::upload`] copies a host [`Table`] to the device once; [`CudaEngine::wrap`]
-//!    adopts columns that already live there (the user's `CudaSlice`s), without a copy.
+//!    adopts columns that already live there (the user's `CudaSlice`s), without a copy;
+//!    [`CudaEngine::borrow_column`] reads memory someone else owns (a PyTorch tensor) in place,
+//!    never frees it, and orders its reads after an event recorded on the owner's stream.
 //! 4. [`CudaEngine::materialize`] runs a [`Strategy`]:
 //!    - `Pinned` / `Auto`: the output rows are cut into chunks of about `CHUNK_BYTES`; chunk
 //!      `k` goes to lane `k % LANES` (a stream with its own staging buffer, index buffers and
@@ -30,7 +32,9 @@
 //!    - the staged mode (below) when the output cannot or should not be pinned whole;
 //!    - `Concat`, `PerBatch`, `Preallocated`: the classic recipes, one batch at a time on one
 //!      stream, into ordinary (pageable) host memory — honest baselines.
-//! 5. [`CudaEngine::drain_device`] drains the user's own device batches into pinned output.
+//! 5. [`CudaEngine::drain_device`] drains the user's own device batches into pinned output
+//!    (`drain_device_expecting` when their row count is only a hint), each batch released once
+//!    its copy has landed.
 //!
 //! # Pinned memory, the pool, and when the staged mode takes over
 //!

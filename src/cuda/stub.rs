@@ -145,6 +145,37 @@ impl CudaEngine {
         let _ = (batches.into_iter(), rows);
         match self.never {}
     }
+
+    /// Unreachable: no engine exists in this build.
+    ///
+    /// # Errors
+    /// [`CudaError::NotCompiled`].
+    pub fn drain_device_expecting<I>(&self, batches: I, about: usize) -> Result<Materialized>
+    where
+        I: IntoIterator<Item = Result<DeviceBatch>>,
+    {
+        let _ = (batches.into_iter(), about);
+        match self.never {}
+    }
+
+    /// Unreachable: no engine exists in this build.
+    ///
+    /// # Errors
+    /// [`CudaError::NotCompiled`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn borrow_column(
+        &self,
+        name: impl Into<String>,
+        dtype: crate::DType,
+        row_shape: &[usize],
+        rows: usize,
+        ptr: u64,
+        producer: usize,
+        owner: impl std::any::Any + Send + Sync,
+    ) -> Result<DeviceColumn> {
+        let _ = (name.into(), dtype, row_shape, rows, ptr, producer, owner);
+        match self.never {}
+    }
 }
 
 impl DeviceTable {

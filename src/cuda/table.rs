@@ -6,7 +6,7 @@ use crate::table::TableError;
 use std::fmt;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DeviceRepr};
 
 use super::current::RestoreOnDrop;
 use super::device::cuda_err;
@@ -23,6 +23,11 @@ trait DeviceBytes: Send + Sync {
     fn stream(&self) -> Option<&Arc<CudaStream>>;
     /// The context and stream of a user's buffer (`None` for the engine's own).
     fn origin(&self) -> Option<Origin>;
+    /// For memory lent to the engine: the event recorded on its producer's stream when it was
+    /// lent, which the engine's streams wait for before their first read.
+    fn ready(&self) -> Option<&CudaEvent> {
+        None
+    }
 }
 
 /// Where a user's device buffer was made, as far as the engine must order its work after it.
@@ -85,6 +90,84 @@ pub(crate) fn check_origin(
     Ok(())
 }
 
+/// Checks that `len` bytes at `ptr`, which the driver describes as `info`, can be lent to the
+/// engine of device `engine_ordinal` whose context handle is `engine_ctx`: memory of that device,
+/// of the engine's context (or of no context: pool or virtual-memory allocations, usable from
+/// every context of the device), and inside one allocation.
+///
+/// # Errors
+/// [`CudaError::WrongDevice`]; [`CudaError::UnorderableColumn`] for memory of another context;
+/// [`TableError::ByteLengthMismatch`](crate::table::TableError::ByteLengthMismatch) when the bytes run past the allocation.
+pub(crate) fn check_lent(
+    column: &str,
+    engine_ordinal: usize,
+    engine_ctx: usize,
+    ptr: u64,
+    len: usize,
+    info: &super::memory::PointerInfo,
+) -> Result<()> {
+    if info.ordinal != engine_ordinal {
+        return Err(Error::Cuda(CudaError::WrongDevice {
+            expected: engine_ordinal,
+            got: info.ordinal,
+        }));
+    }
+    if info.ctx != 0 && info.ctx != engine_ctx {
+        return Err(Error::Cuda(CudaError::UnorderableColumn {
+            column: column.to_string(),
+            reason: format!(
+                "its memory belongs to another CUDA context ({:#x}) than the engine's, the \
+                 device's primary context ({engine_ctx:#x}), which PyTorch also uses",
+                info.ctx
+            ),
+        }));
+    }
+    let end = info.start.saturating_add(info.size);
+    let available = end.saturating_sub(ptr);
+    if ptr < info.start || (len as u64) > available {
+        return Err(Error::Table(TableError::ByteLengthMismatch {
+            column: column.to_string(),
+            expected: len,
+            got: usize::try_from(available).unwrap_or(usize::MAX),
+        }));
+    }
+    Ok(())
+}
+
+/// Most allocations a lent range may span (see [`lent_extent`]).
+pub(crate) const MAX_LENT_CHUNKS: usize = 4096;
+
+/// How far device memory runs on from `first`'s allocation, up to `end`: a range mapped in
+/// several pieces one after another (PyTorch's expandable segments map physical chunks into one
+/// reserved range, and the driver describes each chunk as an allocation of its own) is followed
+/// from piece to piece — each on `first`'s device, starting where the previous one ends — for
+/// at most [`MAX_LENT_CHUNKS`] pieces. `info_at` asks the driver about an address (`None`: not
+/// device memory). Returns `first` with its size grown to what is covered.
+pub(crate) fn lent_extent(
+    first: &super::memory::PointerInfo,
+    end: u64,
+    info_at: impl Fn(u64) -> Option<super::memory::PointerInfo>,
+) -> super::memory::PointerInfo {
+    let mut covered = first.start.saturating_add(first.size);
+    for _ in 0..MAX_LENT_CHUNKS {
+        if covered >= end {
+            break;
+        }
+        match info_at(covered) {
+            Some(next)
+                if next.ordinal == first.ordinal && next.start == covered && next.size > 0 =>
+            {
+                covered = covered.saturating_add(next.size);
+            }
+            _ => break,
+        }
+    }
+    super::memory::PointerInfo {
+        size: covered - first.start,
+        ..*first
+    }
+}
+
 impl<T: DeviceRepr + 'static> DeviceBytes for CudaSlice<T> {
     fn address(&self) -> u64 {
         device_address(self)
@@ -123,6 +206,35 @@ impl DeviceBytes for Uploaded {
     }
     fn origin(&self) -> Option<Origin> {
         None
+    }
+}
+
+/// Device memory lent to the engine by its owner (e.g. a PyTorch tensor's storage): the engine
+/// reads it in place and never frees it. `owner` keeps it alive for as long as the column
+/// lives; `ready` marks the producer's work on it (see `CudaEngine::borrow_column`).
+struct Borrowed {
+    ptr: u64,
+    ordinal: usize,
+    ready: CudaEvent,
+    _owner: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl DeviceBytes for Borrowed {
+    fn address(&self) -> u64 {
+        self.ptr
+    }
+    fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    fn stream(&self) -> Option<&Arc<CudaStream>> {
+        None
+    }
+    fn origin(&self) -> Option<Origin> {
+        // Checked against the engine's device and context when it was lent.
+        None
+    }
+    fn ready(&self) -> Option<&CudaEvent> {
+        Some(&self.ready)
     }
 }
 
@@ -261,6 +373,36 @@ impl DeviceColumn {
         )
     }
 
+    /// A column over `rows × row_bytes` bytes at device address `ptr` that someone else owns
+    /// (see `CudaEngine::borrow_column`, which checks the address and records `ready`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn borrowed(
+        name: String,
+        dtype: DType,
+        row_shape: &[usize],
+        rows: usize,
+        row_bytes: usize,
+        ptr: u64,
+        ordinal: usize,
+        ready: CudaEvent,
+        owner: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        Self::checked(
+            name,
+            dtype,
+            row_shape,
+            rows,
+            row_bytes,
+            0,
+            Box::new(Borrowed {
+                ptr,
+                ordinal,
+                ready,
+                _owner: owner,
+            }),
+        )
+    }
+
     fn checked(
         name: String,
         dtype: DType,
@@ -340,6 +482,17 @@ impl DeviceColumn {
     /// The device address of row 0.
     pub(crate) fn address(&self) -> u64 {
         self.buf.address() + self.offset as u64
+    }
+
+    /// For lent memory ([`CudaEngine::borrow_column`](super::CudaEngine::borrow_column)): the
+    /// event after which its producer's writes are complete.
+    pub(crate) fn ready_event(&self) -> Option<&CudaEvent> {
+        self.buf.ready()
+    }
+
+    /// Whether the engine reads this column's memory in place without owning it.
+    pub fn is_borrowed(&self) -> bool {
+        self.buf.ready().is_some()
     }
 
     /// The stream the user's buffer was made on (`None` for the engine's own uploads).
@@ -486,6 +639,31 @@ impl DeviceTable {
         }
     }
 
+    /// Makes each of `streams` wait (on the device, not the host) for the producers of the
+    /// table's lent columns: the event recorded on each one's producer stream when it was lent.
+    /// Called before a drain's first read of the table.
+    pub(crate) fn order_after_producers<'a>(
+        &self,
+        streams: impl IntoIterator<Item = &'a Arc<CudaStream>>,
+    ) -> Result<()> {
+        let events: Vec<&CudaEvent> = self
+            .columns
+            .iter()
+            .filter_map(|c| c.ready_event())
+            .collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        for s in streams {
+            for ev in &events {
+                s.wait(ev).map_err(cuda_err(
+                    "ordering the engine after a lent column's producer",
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Gives the columns back (e.g. to reuse the user's buffers).
     pub fn into_columns(self) -> Vec<DeviceColumn> {
         self.columns
@@ -547,6 +725,81 @@ impl DeviceBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lent_range_mapped_in_pieces_is_followed_from_piece_to_piece() {
+        use super::super::memory::PointerInfo;
+        let piece = |start: u64, ordinal: usize| PointerInfo {
+            ctx: 0,
+            ordinal,
+            start,
+            size: 0x1000,
+        };
+        // Three pieces one after another on device 0, then nothing.
+        let mapped = |a: u64| {
+            (0x10_0000..0x10_3000)
+                .contains(&a)
+                .then(|| piece(a & !0xfff, 0))
+        };
+        let first = piece(0x10_0000, 0);
+        assert_eq!(
+            lent_extent(&first, 0x10_0800, mapped).size,
+            0x1000,
+            "one piece enough"
+        );
+        assert_eq!(lent_extent(&first, 0x10_2800, mapped).size, 0x3000);
+        assert_eq!(
+            lent_extent(&first, 0x10_5000, mapped).size,
+            0x3000,
+            "stops at a hole"
+        );
+        // A piece of another device, or one that does not start where the last ends, stops it.
+        let other = |a: u64| Some(piece(a, 1));
+        assert_eq!(lent_extent(&first, 0x10_2000, other).size, 0x1000);
+        let overlapping = |a: u64| Some(piece(a - 0x800, 0));
+        assert_eq!(lent_extent(&first, 0x10_2000, overlapping).size, 0x1000);
+        // Bounded: at most MAX_LENT_CHUNKS pieces are followed.
+        let endless = |a: u64| Some(piece(a, 0));
+        let far = lent_extent(&first, u64::MAX, endless);
+        assert_eq!(far.size, 0x1000 * (MAX_LENT_CHUNKS as u64 + 1));
+    }
+
+    #[test]
+    fn lent_memory_of_another_device_context_or_past_its_allocation_is_refused() {
+        use super::super::memory::PointerInfo;
+        let info = PointerInfo {
+            ctx: 0x1000,
+            ordinal: 0,
+            start: 0x10_0000,
+            size: 4096,
+        };
+        assert!(check_lent("x", 0, 0x1000, 0x10_0000, 4096, &info).is_ok());
+        assert!(check_lent("x", 0, 0x1000, 0x10_0800, 2048, &info).is_ok());
+        // Pool and virtual-memory allocations belong to no context: any of the device's.
+        let pooled = PointerInfo { ctx: 0, ..info };
+        assert!(check_lent("x", 0, 0x1000, 0x10_0000, 16, &pooled).is_ok());
+        match check_lent("x", 1, 0x1000, 0x10_0000, 16, &info).unwrap_err() {
+            Error::Cuda(CudaError::WrongDevice { expected, got }) => {
+                assert_eq!((expected, got), (1, 0))
+            }
+            e => panic!("{e}"),
+        }
+        match check_lent("x", 0, 0x2000, 0x10_0000, 16, &info).unwrap_err() {
+            Error::Cuda(CudaError::UnorderableColumn { column, reason }) => {
+                assert_eq!(column, "x");
+                assert!(reason.contains("another CUDA context"), "{reason}");
+            }
+            e => panic!("{e}"),
+        }
+        match check_lent("x", 0, 0x1000, 0x10_0800, 2049, &info).unwrap_err() {
+            Error::Table(TableError::ByteLengthMismatch {
+                column,
+                expected,
+                got,
+            }) => assert_eq!((column.as_str(), expected, got), ("x", 2049, 2048)),
+            e => panic!("{e}"),
+        }
+    }
 
     #[test]
     fn columns_the_engine_cannot_order_are_rejected() {
