@@ -1,8 +1,9 @@
 //! The crate's one error type. Every failure, from bad input to a missing CUDA driver, is a
 //! structured variant here; library code never panics on input.
 //!
-//! The variants fall into four domains. Tables, orders, typed access, streams and memory are
-//! variants of [`Error`] itself; files (reading, writing, naming, space, maps) are [`FileError`],
+//! The variants fall into domains. Orders, streams and memory are variants of [`Error`]
+//! itself; tables, their columns and typed views are [`TableError`](crate::table::TableError),
+//! wrapped as [`Error::Table`]; files (reading, writing, naming, space, maps) are [`FileError`],
 //! wrapped as [`Error::File`]. A distributed run's errors belong to their modules and are
 //! wrapped: [`LauncherError`](crate::launcher::LauncherError) as [`Error::Launcher`] and
 //! [`ShardError`](crate::shards::ShardError) as [`Error::Shard`]; so are the CUDA engine's,

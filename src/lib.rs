@@ -26,8 +26,8 @@
 //! One line per module, in the order the data flows. The imports between modules form no cycle
 //! (checked by `tests/layout.rs`), and every module returns the one [`Error`].
 //!
-//! - `error`: [`Error`], grouped by domain: tables, orders and streams; files ([`FileError`]);
-//!   distributed runs ([`launcher::LauncherError`], [`shards::ShardError`]); CUDA
+//! - `error`: [`Error`], grouped by domain: orders, streams and memory; tables and columns
+//!   ([`TableError`]); files ([`FileError`]); distributed runs ([`launcher::LauncherError`], [`shards::ShardError`]); CUDA
 //!   ([`cuda::CudaError`]); with typed sources.
 //! - `dtype`: element types, numeric and opaque, and the parsing of NumPy descriptors.
 //! - `memory`, `sysmem`: fallible, huge-page-advised host buffers, the parallel copy and the

@@ -214,7 +214,7 @@ pub fn cuda_gather(
             None => {
                 let fresh = engine.materialize(&table, &batches, strategy)?;
                 for (c, d) in fresh.columns().iter().zip(dsts.iter_mut()) {
-                    arraydrain::gather::cpu::par_copy(c.as_bytes(), d);
+                    arraydrain::memory::par_copy(c.as_bytes(), d);
                 }
                 Ok(())
             }

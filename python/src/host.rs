@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use arraydrain::dtype::Opaque;
 use arraydrain::fsafe::Staged;
-use arraydrain::gather::{cpu, gather_blocked};
+use arraydrain::gather::gather_blocked;
+use arraydrain::memory::par_copy;
 use arraydrain::memory::HostBuf;
 use arraydrain::npy::{self, MappedNpy, WriteOptions};
 use arraydrain::{
@@ -608,7 +609,7 @@ impl Sink {
         py.detach(|| -> Result<(), Error> {
             for ((src, m), buf) in srcs.iter().zip(metas).zip(buffers.iter_mut()) {
                 let rb = m.row_bytes;
-                cpu::par_copy(src, &mut buf.as_bytes_mut()[start * rb..end * rb]);
+                par_copy(src, &mut buf.as_bytes_mut()[start * rb..end * rb]);
             }
             if let Some(f) = files.as_mut() {
                 release(f, metas, buffers, end, false)?;
@@ -887,7 +888,7 @@ impl Sink {
             let mut buf = HostBuf::zeroed(bytes, &m.name).py()?;
             if let Some(old) = self.buffers.get(i) {
                 let keep = self.rows * m.row_bytes;
-                cpu::par_copy(&old.as_bytes()[..keep], &mut buf.as_bytes_mut()[..keep]);
+                par_copy(&old.as_bytes()[..keep], &mut buf.as_bytes_mut()[..keep]);
             }
             next.push(Box::new(buf));
         }

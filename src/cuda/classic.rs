@@ -20,8 +20,7 @@ use super::pipeline::LaneGuard;
 use super::table::DeviceTable;
 use crate::batch::Batches;
 use crate::error::Result;
-use crate::gather::cpu::par_copy;
-use crate::gather::Strategy;
+use crate::gather::{self, Strategy};
 use crate::memory::{checked_bytes, AllocCounter, HostBuf};
 use crate::output::{Backend, ColumnArray, Materialized, Report};
 use crate::sampler::IndexSlice;
@@ -44,135 +43,144 @@ pub(crate) fn run(
     let _caching = CachingPool::enter(stream.context());
     let guard = LaneGuard::new(vec![Arc::clone(stream)]);
     let mut loader = BatchGather::new(stream, kernels, table, batches, &dev)?;
-    let rows = batches.rows();
-    let cols = table.columns();
     let strategy = match strategy {
         Strategy::Concat | Strategy::PerBatch => strategy,
         _ => Strategy::Preallocated,
     };
     let columns = match strategy {
-        Strategy::Concat => {
-            let mut kept: Vec<Vec<DevBuf>> = Vec::with_capacity(batches.len());
-            for k in 0..batches.len() {
-                kept.push(loader.batch(k, None)?);
-            }
-            let mut out = Vec::with_capacity(cols.len());
-            for (c, col) in cols.iter().enumerate() {
-                let bytes = checked_bytes(&[rows, col.row_bytes()], col.name())?;
-                let full = DevBuf::alloc(stream, bytes, "concatenated column", Some(&dev))?;
-                let mut at = 0u64;
-                for b in &kept {
-                    // SAFETY: `b[c]` holds exactly its batch's rows of this column (written by
-                    // the gather on this stream), `full` has room for all batches' rows; both are
-                    // this stream's buffers, distinct allocations.
-                    unsafe { dtod_async(full.ptr() + at, b[c].ptr(), b[c].len(), stream)? };
-                    at += b[c].len() as u64;
-                }
-                let mut buf = HostBuf::counted(bytes, col.name(), &host)?;
-                // SAFETY (dtoh_async): 1. `full` was filled by the copies above on this stream;
-                // 2. `buf` holds `bytes` bytes and is untouched until the synchronize below;
-                // 3. the context was bound at the start.
-                unsafe { dtoh_async(buf.as_bytes_mut().as_mut_ptr(), full.ptr(), bytes, stream)? };
-                wait_stream(stream)?;
-                out.push(ColumnArray::new(
-                    col.name(),
-                    col.dtype(),
-                    col.row_shape(),
-                    rows,
-                    Box::new(buf),
-                )?);
-            }
-            out
-        }
-        Strategy::PerBatch => {
-            let mut kept: Vec<Vec<HostBuf>> = Vec::with_capacity(batches.len());
-            for k in 0..batches.len() {
-                let on_device = loader.batch(k, None)?;
-                let mut on_host = Vec::with_capacity(cols.len());
-                for (col, d) in cols.iter().zip(&on_device) {
-                    let mut buf = HostBuf::counted(d.len(), col.name(), &host)?;
-                    // SAFETY (dtoh_async): 1. `d` was written by the gather on this stream;
-                    // 2. `buf` holds d.len() bytes, untouched until the synchronize below;
-                    // 3. bound at the start.
-                    unsafe {
-                        dtoh_async(buf.as_bytes_mut().as_mut_ptr(), d.ptr(), d.len(), stream)?
-                    };
-                    on_host.push(buf);
-                }
-                wait_stream(stream)?;
-                kept.push(on_host);
-            }
-            let mut out = Vec::with_capacity(cols.len());
-            for (c, col) in cols.iter().enumerate() {
-                let bytes = checked_bytes(&[rows, col.row_bytes()], col.name())?;
-                let mut buf = HostBuf::counted(bytes, col.name(), &host)?;
-                let dst = buf.as_bytes_mut();
-                let mut at = 0;
-                for b in &kept {
-                    let src = b[c].as_bytes();
-                    par_copy(src, &mut dst[at..at + src.len()]);
-                    at += src.len();
-                }
-                out.push(ColumnArray::new(
-                    col.name(),
-                    col.dtype(),
-                    col.row_shape(),
-                    rows,
-                    Box::new(buf),
-                )?);
-            }
-            out
-        }
-        _ => {
-            let mut outs = Vec::with_capacity(cols.len());
-            for col in cols {
-                let bytes = checked_bytes(&[rows, col.row_bytes()], col.name())?;
-                outs.push(HostBuf::counted(bytes, col.name(), &host)?);
-            }
-            // One device buffer per column, reused by every batch (as a caching allocator would).
-            let mut reuse: Vec<DevBuf> = Vec::with_capacity(cols.len());
-            for col in cols {
-                let bytes = checked_bytes(
-                    &[batches.batch_size().min(rows), col.row_bytes()],
-                    col.name(),
-                )?;
-                reuse.push(DevBuf::alloc(stream, bytes, "batch buffer", Some(&dev))?);
-            }
-            for k in 0..batches.len() {
-                let r = batches.range(k);
-                loader.batch(k, Some(&reuse))?;
-                for ((col, d), o) in cols.iter().zip(&reuse).zip(outs.iter_mut()) {
-                    let at = r.start * col.row_bytes();
-                    let len = r.len() * col.row_bytes();
-                    let dst = &mut o.as_bytes_mut()[at..at + len];
-                    // SAFETY (dtoh_async): 1. `d` holds this batch's rows, written by the gather
-                    // on this stream, rewritten only by the next batch's gather on this stream;
-                    // 2. `dst` is the batch's slice of the output, untouched until the
-                    // synchronize below; 3. bound at the start.
-                    unsafe { dtoh_async(dst.as_mut_ptr(), d.ptr(), len, stream)? };
-                }
-                wait_stream(stream)?;
-            }
-            outs.into_iter()
-                .zip(cols)
-                .map(|(buf, col)| {
-                    ColumnArray::new(
-                        col.name(),
-                        col.dtype(),
-                        col.row_shape(),
-                        rows,
-                        Box::new(buf),
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?
-        }
+        Strategy::Concat => concat_on_device(&mut loader, &host)?,
+        Strategy::PerBatch => per_batch_on_host(&mut loader, &host)?,
+        _ => into_preallocated(&mut loader, &host)?,
     };
     guard.finish()?;
     drop(loader);
-    let report = Report::new(strategy, Backend::Cuda, rows, &columns, started)
+    let report = Report::new(strategy, Backend::Cuda, batches.rows(), &columns, started)
         .with_peak_alloc(host.peak())
         .with_device(dev.peak(), None);
     Ok(Materialized::new(columns, report))
+}
+
+/// `Concat`: every batch kept on the device, each column concatenated there and copied to the
+/// host once.
+fn concat_on_device(
+    loader: &mut BatchGather<'_>,
+    host: &Arc<AllocCounter>,
+) -> Result<Vec<ColumnArray>> {
+    let (stream, batches, dev) = (loader.stream, loader.batches, loader.dev);
+    let (rows, cols) = (batches.rows(), loader.table.columns());
+    let mut kept: Vec<Vec<DevBuf>> = Vec::with_capacity(batches.len());
+    for k in 0..batches.len() {
+        kept.push(loader.batch(k, None)?);
+    }
+    let mut out = Vec::with_capacity(cols.len());
+    for (c, col) in cols.iter().enumerate() {
+        let bytes = checked_bytes(&[rows, col.row_bytes()], col.name())?;
+        let full = DevBuf::alloc(stream, bytes, "concatenated column", Some(dev))?;
+        let mut at = 0u64;
+        for b in &kept {
+            // SAFETY: `b[c]` holds exactly its batch's rows of this column (written by
+            // the gather on this stream), `full` has room for all batches' rows; both are
+            // this stream's buffers, distinct allocations.
+            unsafe { dtod_async(full.ptr() + at, b[c].ptr(), b[c].len(), stream)? };
+            at += b[c].len() as u64;
+        }
+        let mut buf = HostBuf::counted(bytes, col.name(), host)?;
+        // SAFETY (dtoh_async): 1. `full` was filled by the copies above on this stream;
+        // 2. `buf` holds `bytes` bytes and is untouched until the synchronize below;
+        // 3. the context was bound at the start.
+        unsafe { dtoh_async(buf.as_bytes_mut().as_mut_ptr(), full.ptr(), bytes, stream)? };
+        wait_stream(stream)?;
+        out.push(ColumnArray::new(
+            col.name(),
+            col.dtype(),
+            col.row_shape(),
+            rows,
+            Box::new(buf),
+        )?);
+    }
+    Ok(out)
+}
+
+/// `PerBatch`: each batch copied into host arrays of its own, concatenated on the host at the
+/// end as the CPU recipe concatenates ([`gather::concat_kept`]).
+fn per_batch_on_host(
+    loader: &mut BatchGather<'_>,
+    host: &Arc<AllocCounter>,
+) -> Result<Vec<ColumnArray>> {
+    let (stream, batches) = (loader.stream, loader.batches);
+    let cols = loader.table.columns();
+    let mut kept: Vec<Vec<HostBuf>> = Vec::with_capacity(batches.len());
+    for k in 0..batches.len() {
+        let on_device = loader.batch(k, None)?;
+        let mut on_host = Vec::with_capacity(cols.len());
+        for (col, d) in cols.iter().zip(&on_device) {
+            let mut buf = HostBuf::counted(d.len(), col.name(), host)?;
+            // SAFETY (dtoh_async): 1. `d` was written by the gather on this stream;
+            // 2. `buf` holds d.len() bytes, untouched until the synchronize below;
+            // 3. bound at the start.
+            unsafe { dtoh_async(buf.as_bytes_mut().as_mut_ptr(), d.ptr(), d.len(), stream)? };
+            on_host.push(buf);
+        }
+        wait_stream(stream)?;
+        kept.push(on_host);
+    }
+    let specs: Vec<_> = cols
+        .iter()
+        .map(|c| (c.name(), c.dtype(), c.row_shape()))
+        .collect();
+    gather::concat_kept(&specs, batches.rows(), kept.len(), host, |k, c| {
+        Ok(kept[k][c].as_bytes())
+    })
+}
+
+/// `Preallocated`: each batch copied into its slice of the host output, through one device
+/// buffer per column that every batch reuses (as a caching allocator would).
+fn into_preallocated(
+    loader: &mut BatchGather<'_>,
+    host: &Arc<AllocCounter>,
+) -> Result<Vec<ColumnArray>> {
+    let (stream, batches, dev) = (loader.stream, loader.batches, loader.dev);
+    let (rows, cols) = (batches.rows(), loader.table.columns());
+    let mut outs = Vec::with_capacity(cols.len());
+    for col in cols {
+        let bytes = checked_bytes(&[rows, col.row_bytes()], col.name())?;
+        outs.push(HostBuf::counted(bytes, col.name(), host)?);
+    }
+    let mut reuse: Vec<DevBuf> = Vec::with_capacity(cols.len());
+    for col in cols {
+        let bytes = checked_bytes(
+            &[batches.batch_size().min(rows), col.row_bytes()],
+            col.name(),
+        )?;
+        reuse.push(DevBuf::alloc(stream, bytes, "batch buffer", Some(dev))?);
+    }
+    for k in 0..batches.len() {
+        let r = batches.range(k);
+        loader.batch(k, Some(&reuse))?;
+        for ((col, d), o) in cols.iter().zip(&reuse).zip(outs.iter_mut()) {
+            let at = r.start * col.row_bytes();
+            let len = r.len() * col.row_bytes();
+            let dst = &mut o.as_bytes_mut()[at..at + len];
+            // SAFETY (dtoh_async): 1. `d` holds this batch's rows, written by the gather
+            // on this stream, rewritten only by the next batch's gather on this stream;
+            // 2. `dst` is the batch's slice of the output, untouched until the
+            // synchronize below; 3. bound at the start.
+            unsafe { dtoh_async(dst.as_mut_ptr(), d.ptr(), len, stream)? };
+        }
+        wait_stream(stream)?;
+    }
+    outs.into_iter()
+        .zip(cols)
+        .map(|(buf, col)| {
+            ColumnArray::new(
+                col.name(),
+                col.dtype(),
+                col.row_shape(),
+                rows,
+                Box::new(buf),
+            )
+        })
+        .collect()
 }
 
 /// Produces batches on the device the way a GPU data loader does: batch `k`'s indices are

@@ -7,7 +7,7 @@
 //! `pipelined` (the next block gathered while the last is written), and both classic recipes
 //! end in `concat_kept`.
 
-pub mod cpu;
+pub(crate) mod cpu;
 
 use crate::table::TableError;
 use std::fmt;
