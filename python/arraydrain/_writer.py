@@ -26,6 +26,7 @@ from . import _native
 from ._errors import ArrayDrainError, DrainIndexError, DrainTypeError, DrainValueError
 from ._leaves import engine_dtype, flatten, is_tensor, is_text, rebuild, same_structure
 from ._order import epoch_order, replayable
+from ._rendezvous import FsGroup, run_identity
 
 DEFAULT_RING_BYTES = 64 << 20
 
@@ -247,8 +248,11 @@ class Writer:
     into place once. ``DistributedSampler``'s padded duplicates write identical bytes to the
     same rows. Every rank must write at least one batch and close (collective calls);
     ``distributed=False`` makes each rank's writer independent. Under a launcher (its variables
-    set, several ranks) without ``torch.distributed`` initialised, a writer to a path is refused
-    unless ``distributed=False``: the ranks would have no way to share the output.
+    set, several ranks) without ``torch.distributed`` initialised, the ranks meet through the
+    file system instead: small messages in a private folder beside the output, named from the
+    launcher's run identity (``TORCHELASTIC_RUN_ID``, Slurm's job and step, or
+    ``ARRAYDRAIN_RUN_ID`` set alike in every rank; without one the writer is refused). A rank
+    waits at most ``timeout`` seconds for the others at close, then fails and commits nothing.
     """
 
     def __init__(
@@ -259,6 +263,7 @@ class Writer:
         ring_bytes: int = DEFAULT_RING_BYTES,
         compress: bool = False,
         distributed: bool | None = None,
+        timeout: float = 1800.0,
     ):
         if rows is None:
             raise DrainTypeError("Writer needs rows= (the output's row count, e.g. len(dataset))")
@@ -286,12 +291,17 @@ class Writer:
             placement = _native.launcher_placement()
             if placement is not None and placement[1] > 1:
                 rank, world, source = placement
-                raise DrainValueError(
-                    f"this process is rank {rank} of {world} ({source}), but torch.distributed "
-                    "is not initialised: the ranks of a run share one output through it "
-                    "(torch.distributed.init_process_group() first), or pass distributed=False "
-                    "for an output of this rank's own"
-                )
+                run_id = run_identity()
+                if run_id is None:
+                    raise DrainValueError(
+                        f"this process is rank {rank} of {world} ({source}), but neither is "
+                        "torch.distributed initialised nor a run identity set "
+                        "(TORCHELASTIC_RUN_ID, SLURM_JOB_ID or ARRAYDRAIN_RUN_ID) for the "
+                        "ranks to meet through the file system: initialise torch.distributed, "
+                        "set ARRAYDRAIN_RUN_ID to the same value in every rank, or pass "
+                        "distributed=False for an output of this rank's own"
+                    )
+                self._dist = FsGroup(self.path, rank, world, run_id, timeout)
         if self._dist is not None and self.path is None:
             raise DrainValueError(
                 "an output in memory cannot be shared between ranks: give a path on a shared "
@@ -443,12 +453,17 @@ class Writer:
             return None
         if self._dist is not None:
             try:
-                return self._close_shared(native)
+                out = self._close_shared(native)
             except BaseException:
                 # A collective that failed (a rank died) leaves this rank's files to remove now,
                 # not when the exception's frames are collected (perhaps never, at exit).
                 native.abort()
+                if isinstance(self._dist, FsGroup):
+                    self._dist.end()
                 raise
+            if isinstance(self._dist, FsGroup):
+                self._dist.end()
+            return out
         arrays = native.close()
         if arrays is not None:
             out = [
@@ -502,6 +517,8 @@ class Writer:
         native, self._native = self._native, None
         if native is not None:
             native.abort()
+        if isinstance(self._dist, FsGroup):
+            self._dist.remove()
 
     def __enter__(self) -> Writer:
         self._sigterm = _catch_sigterm()

@@ -17,14 +17,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 WORLD = 3
 
 
-def torchrun(out, n, mode):
+def torchrun(out, n, mode, script="dist_writer.py"):
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={WORLD}",
-        str(HERE / "dist_writer.py"),
+        str(HERE / script),
         str(out),
         str(n),
         mode,
@@ -97,15 +97,61 @@ def test_a_rank_without_torch_distributed_is_refused_unless_it_opts_out(tmp_path
         "with arraydrain.Writer(sys.argv[1], rows=2, distributed=False) as w:\n"
         "    w.write(np.arange(2.0))\n"
     )
+    # torchrun's rank variables without its run id: no way to meet through the file system.
     env = clean_env(
         RANK="1", WORLD_SIZE="3", LOCAL_RANK="1", LOCAL_WORLD_SIZE="3", GROUP_RANK="0",
-        TORCHELASTIC_RUN_ID="t", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT="29500",
     )
+    for name in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "ARRAYDRAIN_RUN_ID"):
+        env.pop(name, None)
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "x.npy")],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "refused: this process is rank 1 of 3" in out.stdout, out.stdout
-    assert "torch.distributed.init_process_group()" in out.stdout
+    assert "ARRAYDRAIN_RUN_ID" in out.stdout and "initialise torch.distributed" in out.stdout
     assert np.load(tmp_path / "x.npy").tolist() == [0.0, 1.0]
+
+
+# ---- without torch.distributed: the ranks meet through the file system ----------------------
+
+
+def recipe_fs(out, n):
+    parts = [np.load(out / f"rank{r}.npz") for r in range(WORLD)]
+    idx = np.concatenate([p["idx"] for p in parts])
+    feats = np.concatenate([p["feats"] for p in parts])
+    f = np.zeros((n,) + feats.shape[1:], feats.dtype)
+    f[idx] = feats
+    assert len(idx) > n and len(np.unique(idx)) == n  # padded, and every row written
+    return f
+
+
+def test_three_ranks_without_a_process_group_meet_through_the_file_system(tmp_path):
+    n = 101
+    done = torchrun(tmp_path, n, "ok", "dist_writer_fs.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = np.load(tmp_path / "feats.npy")
+    assert got.tobytes() == recipe_fs(tmp_path, n).tobytes()
+    # The meeting folder is gone with the run: only the output and the test's own files remain.
+    assert sorted(os.listdir(tmp_path)) == ["feats.npy"] + [f"rank{r}.npz" for r in range(WORLD)]
+
+
+def test_rows_missing_fail_every_rank_through_the_file_system_too(tmp_path):
+    done = torchrun(tmp_path, 101, "skip", "dist_writer_fs.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for r in range(WORLD):
+        msg = (tmp_path / f"error{r}.txt").read_text()
+        assert "rows were never written" in msg or "not committed" in msg, msg
+    names = sorted(os.listdir(tmp_path))
+    assert names == [f"error{r}.txt" for r in range(WORLD)] + [f"rank{r}.npz" for r in range(WORLD)]
+
+
+def test_a_rank_that_never_closes_times_the_others_out_and_nothing_is_committed(tmp_path):
+    done = torchrun(tmp_path, 101, "late", "dist_writer_fs.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    msg0 = (tmp_path / "error0.txt").read_text()
+    assert "waited 20 s for rank(s) [1] of 3" in msg0, msg0
+    assert (tmp_path / "error1.txt").exists()
+    names = sorted(os.listdir(tmp_path))
+    assert names == [f"error{r}.txt" for r in range(WORLD)] + [f"rank{r}.npz" for r in range(WORLD)]

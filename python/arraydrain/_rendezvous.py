@@ -1,0 +1,191 @@
+"""Coordination of a :class:`~arraydrain.Writer`'s ranks through the file system, for runs
+launched by torchrun, Slurm or MPI without ``torch.distributed`` initialised.
+
+The writer needs three collectives (rank 0's temporary output path to every rank, every rank's
+row bitmap to every rank, rank 0's outcome to every rank). :class:`FsGroup` offers them with the
+names ``torch.distributed`` uses, through small JSON messages in a private folder beside the
+output: ``.arraydrain-rdv-<key>``, where the key hashes the output's absolute path with the
+launcher's run identity (``TORCHELASTIC_RUN_ID`` and restart count, or Slurm's job, step and
+restart count), so the ranks of one run meet and two runs never do. The folder is made with
+mode 0700 and must be a real folder owned by this user; messages are data (JSON, never pickle),
+each written under a temporary name and renamed into place, so a reader sees a whole message or
+none. A rank that waits longer than ``timeout`` for another gives up with an error naming the
+ranks it waited for; rank 0 removes the folder when the run ends, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from typing import Any
+
+from ._errors import DrainOSError, DrainRuntimeError, DrainValueError
+
+# The writer's collectives, in order: rank 0's output path, every rank's rows, rank 0's outcome.
+OUTCOME_SHARED = 3
+
+RUN_ID_VARIABLES = (
+    ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"),
+    ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT"),
+)
+
+
+def run_identity(env=os.environ) -> str | None:
+    """What the ranks of one launch share and another launch does not: torchrun's run id and
+    restart count, or Slurm's job, step and restart count; ``ARRAYDRAIN_RUN_ID`` overrides
+    them. ``None`` when none is set."""
+    if env.get("ARRAYDRAIN_RUN_ID"):
+        return "arraydrain:" + env["ARRAYDRAIN_RUN_ID"]
+    for names in RUN_ID_VARIABLES:
+        if env.get(names[0]):
+            return ":".join(f"{n}={env.get(n, '')}" for n in names)
+    return None
+
+
+def _encode(x: Any) -> Any:
+    if isinstance(x, bytes):
+        return {"bytes": x.hex()}
+    if isinstance(x, (list, tuple)):
+        return [_encode(v) for v in x]
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    raise DrainValueError(f"cannot send a {type(x).__name__} between ranks")
+
+
+def _decode(x: Any) -> Any:
+    if isinstance(x, dict):
+        return bytes.fromhex(x["bytes"])
+    if isinstance(x, list):
+        return tuple(_decode(v) for v in x)
+    return x
+
+
+class FsGroup:
+    """``rank`` of ``world`` ranks writing ``path``, meeting in a folder beside it."""
+
+    def __init__(self, path: str, rank: int, world: int, run_id: str, timeout: float):
+        target = os.path.abspath(path)
+        key = hashlib.sha256(f"{target}\0{run_id}\0{world}".encode()).hexdigest()[:24]
+        self.dir = os.path.join(os.path.dirname(target), f".arraydrain-rdv-{key}")
+        self.rank, self.world, self.timeout = rank, world, float(timeout)
+        self._seq = 0
+        try:
+            os.mkdir(self.dir, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise DrainOSError(f"{self.dir}: cannot make the ranks' meeting folder: {e}") from e
+        st = os.lstat(self.dir)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise DrainOSError(
+                f"{self.dir}: the ranks' meeting folder is not a folder of this user's "
+                "(a link, a file, or another user's): refusing to use it"
+            )
+
+    def get_rank(self) -> int:
+        return self.rank
+
+    def get_world_size(self) -> int:
+        return self.world
+
+    def _file(self, seq: int, rank: int) -> str:
+        return os.path.join(self.dir, f"{seq}-{rank}.json")
+
+    def _put(self, seq: int, obj: Any) -> None:
+        tmp = os.path.join(self.dir, f".tmp-{self.rank}-{secrets.token_hex(8)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(_encode(obj), f)
+            os.replace(tmp, self._file(seq, self.rank))
+        except OSError as e:
+            raise DrainOSError(
+                f"{self.dir}: cannot leave rank {self.rank}'s message for the other ranks (the "
+                f"run may have ended without this rank): {e}"
+            ) from e
+
+    def _get(self, seq: int, ranks: list[int]) -> dict[int, Any]:
+        got: dict[int, Any] = {}
+        deadline = time.monotonic() + self.timeout
+        pause = 0.001
+        while True:
+            for r in ranks:
+                if r in got:
+                    continue
+                try:
+                    fd = os.open(self._file(seq, r), os.O_RDONLY | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    raise DrainOSError(f"{self.dir}: cannot read rank {r}'s message: {e}") from e
+                with os.fdopen(fd) as f:
+                    text = f.read(1 << 28)
+                try:
+                    got[r] = _decode(json.loads(text))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise DrainValueError(
+                        f"{self.dir}: rank {r}'s message is not one this writer sent: {e}"
+                    ) from None
+            if len(got) == len(ranks):
+                return got
+            if time.monotonic() > deadline:
+                missing = [r for r in ranks if r not in got]
+                raise DrainRuntimeError(
+                    f"waited {self.timeout:g} s for rank(s) {missing} of {self.world} at step "
+                    f"{seq} of the writer's close: a rank died, or never opened the writer; "
+                    "nothing was committed"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def broadcast_object_list(self, box: list, src: int = 0) -> None:
+        seq, self._seq = self._seq, self._seq + 1
+        if self.rank == src:
+            self._put(seq, box[0])
+        else:
+            box[0] = self._get(seq, [src])[src]
+
+    def all_gather_object(self, every: list, mine: Any) -> None:
+        seq, self._seq = self._seq, self._seq + 1
+        self._put(seq, mine)
+        others = [r for r in range(self.world) if r != self.rank]
+        got = self._get(seq, others)
+        for r in range(self.world):
+            every[r] = mine if r == self.rank else got[r]
+
+    def finish(self) -> None:
+        """The run's last step: every rank says it is done; rank 0 waits for them (briefly),
+        then removes the folder."""
+        seq, self._seq = self._seq, self._seq + 1
+        if self.rank != 0:
+            try:
+                self._put(seq, "done")
+            except OSError:
+                pass
+            return
+        wait, self.timeout = self.timeout, min(self.timeout, 60.0)
+        try:
+            self._get(seq, list(range(1, self.world)))
+        except (DrainRuntimeError, DrainOSError, DrainValueError):
+            pass
+        finally:
+            self.timeout = wait
+            self.remove()
+
+    def end(self) -> None:
+        """The run ends, committed or not: once rank 0's outcome has been shared (the writer's
+        last collective), the usual goodbye (:meth:`finish`), so that no rank misses it;
+        before that, the run failed midway: the folder goes at once."""
+        if self._seq >= OUTCOME_SHARED:
+            self.finish()
+        else:
+            self.remove()
+
+    def remove(self) -> None:
+        """Removes the meeting folder (after the run, or when it failed)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
