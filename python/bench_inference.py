@@ -17,7 +17,11 @@ Methods:
 
 Every method's output is checked (bytes) against the recipe's before anything is timed
 (per-batch-save: the files, stitched). Times are the median of --repeat runs; `x model` is a
-method's time over model-only's (the goal for the writer: <= 1.10). Peak extra memory: each
+method's time over model-only's (the goal for the writer: <= 1.10). CPU time is measured beside
+the wall time, as medians over model-only's too, since a shared machine's other load moves wall
+times more than CPU times: `main x` is the CPU time of the thread running the model (what the
+model's loop pays for a method), `all x` the process's (the model's thread plus every thread a
+method starts: the writer's background thread, torch's own). Peak extra memory: each
 method runs once more in a child process that reports its resident high-water mark (VmHWM)
 minus its resident memory before the method, and `x out` is that over the output's bytes.
 Written files land in --dir (default: a temporary folder, removed afterwards).
@@ -31,6 +35,7 @@ Usage:
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -98,6 +103,11 @@ def run(method, x, order, net, args, folder):
                     w.write(net(xb), at=idx)
             return w.result if path is None else path
     raise ValueError(method)
+
+
+def cpu_seconds(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 def stitched(d):
@@ -173,30 +183,42 @@ def main():
             del got
         del ref
         times = {m: [] for m in methods}
+        cpu_main = {m: [] for m in methods}
+        cpu_all = {m: [] for m in methods}
         for _ in range(args.repeat):  # interleaved rounds: a noisy machine hits every method
             for m in methods:
+                main0, all0 = cpu_seconds(resource.RUSAGE_THREAD), cpu_seconds(resource.RUSAGE_SELF)
                 t = time.perf_counter()
                 out = run(m, x, order, net, args, folder)
                 times[m].append(time.perf_counter() - t)
+                cpu_main[m].append(cpu_seconds(resource.RUSAGE_THREAD) - main0)
+                cpu_all[m].append(cpu_seconds(resource.RUSAGE_SELF) - all0)
                 del out
         peaks = {} if args.no_memory else {m: peak_extra(args, m, folder) for m in methods}
     finally:
         if args.dir is None:
             shutil.rmtree(folder, ignore_errors=True)
-    model = float(np.median(times["model-only"])) if "model-only" in times else None
+    def over_model(values, m):
+        if "model-only" not in values:
+            return "-"
+        return f"{np.median(values[m]) / np.median(values['model-only']):.2f}"
+
     print(f"inference: {args.rows} rows, batch {args.batch}, shuffled, output "
-          f"{out_bytes / 2**20:.0f} MiB, torch threads {torch.get_num_threads()}")
-    print(f"{'method':<16}{'median s':>10}{'x model':>9}{'peak MiB':>10}{'x out':>7}")
+          f"{out_bytes / 2**20:.0f} MiB, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'method':<16}{'median s':>10}{'x model':>9}{'cpu main x':>12}{'cpu all x':>11}"
+          f"{'peak MiB':>10}{'x out':>7}")
     for m in methods:
         med = float(np.median(times[m]))
-        ratio = f"{med / model:.2f}" if model else "-"
         peak = peaks.get(m)
         pk = f"{peak / 2**20:.0f}" if peak is not None else "-"
         px = f"{peak / out_bytes:.2f}" if peak is not None else "-"
-        print(f"{m:<16}{med:>10.3f}{ratio:>9}{pk:>10}{px:>7}")
+        print(f"{m:<16}{med:>10.3f}{over_model(times, m):>9}{over_model(cpu_main, m):>12}"
+              f"{over_model(cpu_all, m):>11}{pk:>10}{px:>7}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"times": times, "peaks": peaks, "rows": args.rows}, f, indent=1)
+            json.dump({"times": times, "cpu_main": cpu_main, "cpu_all": cpu_all,
+                       "peaks": peaks, "rows": args.rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -162,6 +162,25 @@ impl HostBuf {
         }
     }
 
+    /// [`HostBuf::prefault`] for `range` only, on the calling thread: for a background thread
+    /// that faults in a fresh output a step at a time while its rows arrive. Advice only, and
+    /// nothing for huge-page or small buffers.
+    pub(crate) fn prefault_range(&self, range: std::ops::Range<usize>) {
+        #[cfg(target_os = "linux")]
+        if let Backing::Map(map, true) = &self.backing {
+            let end = range.end.min(self.len);
+            if range.start < end {
+                let _ = map.advise_range(
+                    memmap2::Advice::PopulateWrite,
+                    range.start,
+                    end - range.start,
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = range;
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len

@@ -54,6 +54,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn finish(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Faults in the pages of `range` ahead of the writes that will fill it, where that is
+    /// cheaper than a fault per page as the writes arrive. Advice: the default does nothing.
+    fn fault_in(&self, range: Range<usize>) {
+        let _ = range;
+    }
     /// For zero-copy `into_array` of caller-owned arrays.
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
 }
@@ -67,6 +72,9 @@ impl Storage for HostBuf {
     }
     fn as_bytes_mut(&mut self) -> &mut [u8] {
         HostBuf::as_bytes_mut(self)
+    }
+    fn fault_in(&self, range: Range<usize>) {
+        self.prefault_range(range);
     }
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
@@ -234,6 +242,10 @@ impl ColumnArray {
     /// The raw bytes, writable.
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         self.storage.as_bytes_mut()
+    }
+
+    pub(crate) fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
     }
 
     pub(crate) fn storage_mut(&mut self) -> &mut dyn Storage {

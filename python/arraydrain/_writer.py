@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _native
 from ._errors import ArrayDrainError, DrainIndexError, DrainTypeError, DrainValueError
-from ._leaves import engine_dtype, flatten, is_tensor, is_text, rebuild, same_structure
+from ._leaves import _LEAF, engine_dtype, flatten, is_tensor, is_text, rebuild, same_structure
 from ._order import epoch_order, replayable
 from ._rendezvous import FsGroup, run_identity
 
@@ -66,15 +66,75 @@ def _extension_engine_name(dtype: np.dtype) -> str | None:
     return None
 
 
+_ENGINE_NAMES: dict[np.dtype, str] = {}
+
+
 def engine_name(dtype: np.dtype, where: str) -> str:
     """The engine's dtype for a leaf of ``dtype`` (NumPy, or ``ml_dtypes`` extension)."""
-    ext = _extension_engine_name(np.dtype(dtype))
-    if ext is not None:
-        return ext
-    name = engine_dtype(dtype, where)
+    dtype = np.dtype(dtype)
+    name = _ENGINE_NAMES.get(dtype)
+    if name is not None:
+        return name
+    name = _extension_engine_name(dtype)
+    if name is None:
+        name = engine_dtype(dtype, where)
     if name is None:
         raise DrainTypeError(f"leaf {where!r}: dtype {dtype} is not supported")
+    _ENGINE_NAMES[dtype] = name
     return name
+
+
+def _fast_leaf(first: Any, dtype: np.dtype, row_shape: tuple[int, ...]):
+    """For a batch that is one CPU tensor or NumPy array: a function that turns a later batch
+    into the same ``uint8`` view :func:`leaf_bytes` makes, without its general checks, or
+    returns None when the batch is anything else (another type, dtype or row shape, not
+    C-contiguous, a tensor needing grad, conjugated or negated), for the general path to take
+    (and to refuse, where it refuses). None when there is no such shortcut."""
+    per_row = int(np.prod(row_shape, dtype=np.int64))
+    ndim = len(row_shape) + 1
+    if type(first) is np.ndarray:
+
+        def from_array(x):
+            if (
+                type(x) is not np.ndarray
+                or x.dtype != dtype
+                or x.ndim != ndim
+                or x.shape[1:] != row_shape
+                or not x.flags.c_contiguous
+            ):
+                return None
+            return x.reshape(x.shape[0], per_row).view(np.uint8)
+
+        return from_array
+    torch = sys.modules.get("torch")
+    if torch is None or type(first) is not torch.Tensor:
+        return None
+    tdtype = first.dtype
+    if tdtype.is_complex:
+        return None
+    ext = _TORCH_EXTENSION.get(str(tdtype).removeprefix("torch."))
+    as_int = None if ext is None else getattr(torch, ext[1])
+    strided = torch.strided
+
+    def from_tensor(t):
+        if (
+            type(t) is not torch.Tensor
+            or t.dtype is not tdtype
+            or not t.is_cpu
+            or t.requires_grad
+            or t.layout is not strided
+            or t.dim() != ndim
+            or t.shape[1:] != row_shape
+            or not t.is_contiguous()
+        ):
+            return None
+        a = t.numpy() if as_int is None else t.view(as_int).numpy()
+        return a.reshape(a.shape[0], per_row).view(np.uint8)
+
+    return from_tensor
+
+
+_INT64 = np.dtype(np.int64)
 
 
 def leaf_bytes(x: Any, where: str) -> tuple[np.ndarray, np.dtype, tuple[int, ...]]:
@@ -282,6 +342,8 @@ class Writer:
         self._closed = False
         self._pending: collections.deque = collections.deque()
         self._pending_bytes = 0
+        # One CPU tensor or array per batch: later batches like the first skip the general path.
+        self._fast: Any = None
         self._dist = None if distributed is False else _distributed()
         if distributed and self._dist is None:
             raise DrainValueError(
@@ -324,6 +386,25 @@ class Writer:
         work on the same stream runs after the copy. ``at`` is read at once."""
         if self._closed:
             raise DrainValueError("the writer is closed")
+        fast = self._fast
+        if fast is not None and not self._pending:
+            u8 = fast(batch)
+            if u8 is not None:
+                rows = u8.shape[0]
+                if at is None:
+                    idx = None
+                elif (
+                    type(at) is np.ndarray
+                    and at.dtype is _INT64
+                    and at.ndim == 1
+                    and at.shape[0] == rows
+                    and at.flags.c_contiguous
+                ):
+                    idx = at  # the engine checks every index (negative or past the rows)
+                else:
+                    idx = self._checked_indices(at, rows)
+                self._native.write([u8], rows, idx)
+                return
         structure, leaves = flatten(batch)
         event = None
         if any(is_tensor(x) and x.device.type == "cuda" for _, x in leaves):
@@ -342,14 +423,11 @@ class Writer:
         layout = [(name, dtype, shape) for (name, _), (_, dtype, shape) in zip(leaves, cols)]
         if self._native is None:
             self._open(structure, layout)
+            if structure is _LEAF and event is None:
+                self._fast = _fast_leaf(leaves[0][1], layout[0][1], layout[0][2])
         else:
             self._check(structure, layout)
-        idx = None if at is None else _indices(at, rows)
-        if idx is not None and idx.size and (idx.min() < 0 or idx.max() >= self.rows):
-            pos = int(np.argmax((idx < 0) | (idx >= self.rows)))
-            raise DrainIndexError(
-                f"index {int(idx[pos])} at position {pos} is out of range for {self.rows} rows"
-            )
+        idx = None if at is None else self._checked_indices(at, rows)
         arrays = [c[0] for c in cols]
         if event is None:
             self._native.write(arrays, rows, idx)
@@ -357,6 +435,17 @@ class Writer:
         self._pending.append((event, arrays, rows, idx, nbytes))
         self._pending_bytes += nbytes
         self._complete_pending(wait_all=False)
+
+    def _checked_indices(self, at: Any, rows: int) -> np.ndarray:
+        """``at=`` as ``int64``, every index checked against the output's rows (before any
+        device copy is queued)."""
+        idx = _indices(at, rows)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.rows):
+            pos = int(np.argmax((idx < 0) | (idx >= self.rows)))
+            raise DrainIndexError(
+                f"index {int(idx[pos])} at position {pos} is out of range for {self.rows} rows"
+            )
+        return idx
 
     def _complete_pending(self, wait_all: bool) -> None:
         """Hands copies from the GPU whose event has completed to the ring, in order; waits for

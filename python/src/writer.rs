@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use arraydrain::launcher::{self, LauncherError};
-use arraydrain::writer::{Destination, DEFAULT_BLOCKS};
+use arraydrain::writer::Destination;
 use arraydrain::{Error, Writer as Engine};
 use numpy::{PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
@@ -62,8 +62,7 @@ impl Writer {
         };
         let mut b = Engine::builder(rows)
             .destination(destination)
-            .ring_bytes(ring_bytes)
-            .blocks(DEFAULT_BLOCKS);
+            .ring_bytes(ring_bytes);
         for (name, dtype, shape) in columns {
             let (dtype, shape) = layout(Some(&dtype), &shape, 0)?;
             b = b.column(name, dtype, &shape);

@@ -213,6 +213,54 @@ def test_bad_batches_are_refused_and_lose_nothing():
     assert np.array_equal(w.close(), [0.0, 1.0, 3.0, 2.0])
 
 
+def test_later_batches_like_the_first_take_the_shortcut_and_others_the_checked_path():
+    """After a first batch of one CPU tensor, batches like it skip the general path; every other
+    kind of batch (an array, a view, a tensor needing grad, another dtype, int64 indices out of
+    range, negative or as a list) still lands, or is refused, exactly as on the general path."""
+    rows = 24
+    ref = torch.arange(rows * 6, dtype=torch.float32).reshape(rows, 2, 3)
+    perm = np.random.default_rng(3).permutation(rows).astype(np.int64)
+    w = arraydrain.Writer(None, rows=rows)
+    w.write(ref[perm[:4]], at=perm[:4])
+    assert w._fast is not None
+    w.write(ref[perm[4:8]], at=perm[4:8])  # the shortcut
+    w.write(ref[perm[8:12]].numpy(), at=perm[8:12].tolist())  # an array, a list
+    wide = torch.zeros(4, 2, 6)
+    wide[:, :, ::2] = ref[perm[12:16]]
+    w.write(wide[:, :, ::2], at=torch.from_numpy(perm[12:16]))  # not contiguous, a tensor
+    w.write(ref[perm[16:20]].clone().requires_grad_(), at=perm[16:20].astype(np.int32))
+    with pytest.raises(arraydrain.DrainIndexError, match="index 24 at position 1"):
+        w.write(ref[:2], at=np.array([0, 24], dtype=np.int64))
+    with pytest.raises(arraydrain.DrainIndexError, match="index -3 at position 0"):
+        w.write(ref[:2], at=np.array([-3, 0], dtype=np.int64))
+    with pytest.raises(arraydrain.DrainValueError, match="3 indices for a batch of 2 rows"):
+        w.write(ref[:2], at=np.array([0, 1, 2], dtype=np.int64))
+    with pytest.raises(arraydrain.DrainValueError, match="float64"):
+        w.write(ref[:2].double(), at=np.array([0, 1], dtype=np.int64))
+    with pytest.raises(arraydrain.DrainValueError, match="shape"):
+        w.write(ref[:2].reshape(2, 3, 2), at=np.array([0, 1], dtype=np.int64))
+    assert w.rows_written == 20
+    w.write(ref[perm[20:]][None][0], at=perm[20:])
+    assert np.array_equal(w.close(), ref.numpy())
+
+
+def test_the_shortcut_keeps_bfloat16_and_arrays_exact():
+    rows = 10
+    bf = torch.randn(rows, 3).to(torch.bfloat16)
+    w = arraydrain.Writer(None, rows=rows)
+    for lo in range(0, rows, 3):
+        w.write(bf[lo : lo + 3], at=np.arange(lo, min(lo + 3, rows)))
+    assert w._fast is not None
+    out = w.close()
+    assert out.dtype == ml_dtypes.bfloat16
+    assert np.array_equal(out.view(np.int16), bf.view(torch.int16).numpy())
+    a = np.arange(rows * 2, dtype=">i4").reshape(rows, 2)
+    w = arraydrain.Writer(None, rows=rows)
+    w.write(a[:5].astype("<i4"))
+    w.write(a[5:])  # big-endian: the checked path turns it around
+    assert np.array_equal(w.close(), a)
+
+
 def test_several_leaves_refuse_a_npy_file(tmp_path):
     w = arraydrain.Writer(tmp_path / "x.npy", rows=2)
     with pytest.raises(arraydrain.DrainValueError, match=r"holds one array.*2 leaves \(0, 1\)"):

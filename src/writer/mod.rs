@@ -42,10 +42,16 @@ use crate::memory::checked_bytes;
 use crate::npy::{self, MappedNpy, WriteOptions};
 use crate::output::{Batch, ColumnArray, Materialized};
 
-/// Host memory of the ring by default: 64 MiB, in [`DEFAULT_BLOCKS`] blocks.
+/// Host memory of the ring by default: 64 MiB, in blocks of about [`DEFAULT_BLOCK_BYTES`].
 pub const DEFAULT_RING_BYTES: usize = 64 << 20;
-/// Blocks in the ring by default: one being filled, others moving to the destination.
-pub const DEFAULT_BLOCKS: usize = 4;
+/// Bytes of one block of the ring by default (the ring holds `ring_bytes / DEFAULT_BLOCK_BYTES`
+/// blocks, 4 to 1024): small enough that the block `write` fills was read by the background
+/// thread a short while before (still in cache), many enough that the background thread is
+/// rarely waited for.
+pub const DEFAULT_BLOCK_BYTES: usize = 1 << 20;
+/// Bytes the background thread faults in ahead between two blocks of rows (a fresh output in
+/// memory, on 4 KiB pages).
+const FAULT_STEP: usize = 4 << 20;
 
 /// Where a [`Writer`]'s rows end up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +115,7 @@ pub struct WriterBuilder {
     columns: Vec<WriterColumn>,
     destination: Destination,
     ring_bytes: usize,
-    blocks: usize,
+    blocks: Option<usize>,
     join: Option<PathBuf>,
 }
 
@@ -155,9 +161,10 @@ impl WriterBuilder {
         self
     }
 
-    /// Blocks in the ring (default [`DEFAULT_BLOCKS`], at least 2).
+    /// Blocks in the ring (at least 2; by default one per [`DEFAULT_BLOCK_BYTES`] of the
+    /// ring, 4 to 1024).
     pub fn blocks(mut self, blocks: usize) -> Self {
-        self.blocks = blocks.max(2);
+        self.blocks = Some(blocks.max(2));
         self
     }
 
@@ -278,7 +285,7 @@ impl Writer {
             columns: Vec::new(),
             destination: Destination::Memory,
             ring_bytes: DEFAULT_RING_BYTES,
-            blocks: DEFAULT_BLOCKS,
+            blocks: None,
             join: None,
         }
     }
@@ -300,7 +307,10 @@ impl Writer {
             .map(WriterColumn::row_bytes)
             .collect::<Result<Vec<_>>>()?;
         let total_row: usize = row_bytes.iter().sum();
-        let block_bytes = b.ring_bytes / b.blocks;
+        let blocks = b
+            .blocks
+            .unwrap_or_else(|| (b.ring_bytes / DEFAULT_BLOCK_BYTES).clamp(4, 1024));
+        let block_bytes = b.ring_bytes / blocks;
         let block_rows = (block_bytes / total_row.max(1)).clamp(1, b.rows.max(1));
         let (sink, shared) = match &b.join {
             None => Sink::create(&b.destination, &b.columns, b.rows, row_bytes.clone())?,
@@ -321,18 +331,18 @@ impl Writer {
             .ok_or_else(|| Error::SizeOverflow {
                 what: "a writer block".into(),
             })?;
-        let (free_tx, free) = mpsc::sync_channel::<Vec<u8>>(b.blocks);
-        for _ in 0..b.blocks {
+        let (free_tx, free) = mpsc::sync_channel::<Vec<u8>>(blocks);
+        let mut ring = Vec::with_capacity(blocks);
+        for _ in 0..blocks {
             let mut buf = Vec::new();
             buf.try_reserve_exact(cap)
                 .map_err(|e| Error::alloc(cap, "the writer's ring", e))?;
-            // A free channel of `blocks` slots holds every block: this never waits.
-            let _ = free_tx.send(buf);
+            ring.push(buf);
         }
-        let (to_sink, blocks) = mpsc::sync_channel::<Block>(b.blocks);
+        let (to_sink, queue) = mpsc::sync_channel::<Block>(blocks);
         let thread = std::thread::Builder::new()
             .name("arraydrain-writer".into())
-            .spawn(move || sink.run(blocks, free_tx))
+            .spawn(move || sink.run(ring, queue, free_tx))
             .map_err(|e| Error::alloc(0u64, "the writer's thread", e))?;
         Ok(Writer {
             columns: b.columns,
@@ -778,14 +788,50 @@ impl Sink {
         Ok((sink, Some(shared)))
     }
 
-    /// The background thread: moves each block's rows into place and hands the block back.
-    fn run(mut self, blocks: Receiver<Block>, free: SyncSender<Vec<u8>>) -> Result<Sink> {
+    /// The background thread: touches the ring's blocks and hands them to the writer (their
+    /// first-use page faults are paid here, not in `write`), then moves each block's rows into
+    /// place and hands the block back; between blocks, while none is waiting, it faults in the
+    /// destination ahead of the rows ([`Storage::fault_in`](crate::output::Storage::fault_in)).
+    fn run(
+        mut self,
+        ring: Vec<Vec<u8>>,
+        blocks: Receiver<Block>,
+        free: SyncSender<Vec<u8>>,
+    ) -> Result<Sink> {
+        for mut buf in ring {
+            buf.resize(buf.capacity(), 0);
+            buf.clear();
+            // A free channel of one slot per block holds every block: this never waits.
+            let _ = free.send(buf);
+        }
+        let steps: Vec<(usize, std::ops::Range<usize>)> = (self.columns.iter().enumerate())
+            .flat_map(|(c, col)| {
+                let len = col.as_bytes().len();
+                (0..len.div_ceil(FAULT_STEP))
+                    .map(move |k| (c, k * FAULT_STEP..len.min((k + 1) * FAULT_STEP)))
+            })
+            .collect();
+        let mut ahead = steps.into_iter();
+        loop {
+            match blocks.try_recv() {
+                Ok(block) => self.take(block, &free),
+                Err(mpsc::TryRecvError::Disconnected) => return Ok(self),
+                Err(mpsc::TryRecvError::Empty) => match ahead.next() {
+                    Some((c, range)) => self.columns[c].storage().fault_in(range),
+                    None => break,
+                },
+            }
+        }
         for block in blocks {
-            self.place(&block);
-            // The writer may be gone (dropped): then nobody needs the block back.
-            let _ = free.send(block.buf);
+            self.take(block, &free);
         }
         Ok(self)
+    }
+
+    fn take(&mut self, block: Block, free: &SyncSender<Vec<u8>>) {
+        self.place(&block);
+        // The writer may be gone (dropped): then nobody needs the block back.
+        let _ = free.send(block.buf);
     }
 
     fn place(&mut self, block: &Block) {
