@@ -162,12 +162,13 @@ impl HostBuf {
         }
     }
 
-    /// [`HostBuf::prefault`] for `range` only, on the calling thread: for a background thread
-    /// that faults in a fresh output a step at a time while its rows arrive. Advice only, and
-    /// nothing for huge-page or small buffers.
+    /// Faults in the pages of `range` (`MADV_POPULATE_WRITE`), on the calling thread, huge
+    /// pages too: for a background thread that faults in a fresh output a step at a time while
+    /// its rows arrive. Advice only (where the kernel refuses it, pages fault as they are
+    /// written); nothing for small buffers.
     pub(crate) fn prefault_range(&self, range: std::ops::Range<usize>) {
         #[cfg(target_os = "linux")]
-        if let Backing::Map(map, true) = &self.backing {
+        if let Backing::Map(map, _) = &self.backing {
             let end = range.end.min(self.len);
             if range.start < end {
                 let _ = map.advise_range(

@@ -32,13 +32,13 @@ mod joined;
 use crate::table::TableError;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::dtype::DType;
 use crate::error::{Error, FileError, Result};
 use crate::fsafe::Staged;
-use crate::memory::checked_bytes;
+use crate::memory::{checked_bytes, HostBuf};
 use crate::npy::{self, MappedNpy, WriteOptions};
 use crate::output::{Batch, ColumnArray, Materialized};
 
@@ -223,8 +223,8 @@ pub struct Writer {
     /// The block being filled (sent when full, or by [`Writer::sync`]).
     current: Option<Block>,
     to_sink: Option<SyncSender<Block>>,
-    /// Blocks handed back by the background thread (in a mutex only so the writer is `Sync`).
-    free: Mutex<Receiver<Vec<u8>>>,
+    /// Blocks handed back by the background thread.
+    free: Arc<FreeBlocks>,
     thread: Option<JoinHandle<Result<Sink>>>,
     /// The destination once the thread has stopped ([`Writer::sync`]).
     stopped: Option<Sink>,
@@ -266,6 +266,62 @@ struct Segment {
     rows: usize,
     at: Vec<u64>,
     start: usize,
+}
+
+/// The ring's free blocks, handed back by the background thread. A stack, not a queue: the
+/// block `write` fills next is the one the background thread finished last, still in cache
+/// (a copy into a block in cache costs a fraction of one into a block that is not),
+/// while the rest of the ring waits for bursts.
+#[derive(Debug, Default)]
+struct FreeBlocks {
+    state: Mutex<FreeState>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FreeState {
+    blocks: Vec<Vec<u8>>,
+    /// The background thread has stopped: no block will come back.
+    stopped: bool,
+}
+
+impl FreeBlocks {
+    /// The block handed back last, waiting for one while none is free; `None` once the
+    /// background thread has stopped with none left.
+    fn take(&self) -> Option<Vec<u8>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(buf) = state.blocks.pop() {
+                return Some(buf);
+            }
+            if state.stopped {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The background thread's side of [`FreeBlocks`]: marks it stopped when dropped (the thread
+/// ended, by an error or a panic too), so that a waiting `write` wakes up.
+struct FreeSide(Arc<FreeBlocks>);
+
+impl FreeSide {
+    fn give(&self, buf: Vec<u8>) {
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.blocks.push(buf);
+        drop(state);
+        self.0.ready.notify_one();
+    }
+}
+
+impl Drop for FreeSide {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.stopped = true;
+        drop(state);
+        self.0.ready.notify_all();
+    }
 }
 
 /// The destination, owned by the background thread while the writer is open.
@@ -331,7 +387,8 @@ impl Writer {
             .ok_or_else(|| Error::SizeOverflow {
                 what: "a writer block".into(),
             })?;
-        let (free_tx, free) = mpsc::sync_channel::<Vec<u8>>(blocks);
+        let free = Arc::new(FreeBlocks::default());
+        let free_tx = FreeSide(Arc::clone(&free));
         let mut ring = Vec::with_capacity(blocks);
         for _ in 0..blocks {
             let mut buf = Vec::new();
@@ -355,7 +412,7 @@ impl Writer {
             block_rows,
             current: None,
             to_sink: Some(to_sink),
-            free: Mutex::new(free),
+            free,
             thread: Some(thread),
             stopped: None,
             shared,
@@ -572,10 +629,9 @@ impl Writer {
 
     /// A free block of the ring, waiting for the background thread to hand one back.
     fn free_block(&mut self) -> Result<Vec<u8>> {
-        let free = self.free.get_mut().unwrap_or_else(|e| e.into_inner());
-        match free.recv() {
-            Ok(buf) => Ok(buf),
-            Err(_) => Err(self.sink_failure()),
+        match self.free.take() {
+            Some(buf) => Ok(buf),
+            None => Err(self.sink_failure()),
         }
     }
 
@@ -724,7 +780,20 @@ impl Sink {
             Destination::Memory => {
                 let cols = columns
                     .iter()
-                    .map(|c| ColumnArray::zeroed(&c.name, c.dtype.clone(), &c.row_shape, rows))
+                    .zip(&row_bytes)
+                    .map(|(c, &rb)| {
+                        let bytes = rb.checked_mul(rows).ok_or_else(|| Error::SizeOverflow {
+                            what: format!("column {}", c.name),
+                        })?;
+                        let buf = HostBuf::zeroed(bytes, &c.name)?;
+                        ColumnArray::new(
+                            &c.name,
+                            c.dtype.clone(),
+                            &c.row_shape,
+                            rows,
+                            Box::new(buf),
+                        )
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 let sink = Sink {
                     columns: cols,
@@ -792,17 +861,11 @@ impl Sink {
     /// first-use page faults are paid here, not in `write`), then moves each block's rows into
     /// place and hands the block back; between blocks, while none is waiting, it faults in the
     /// destination ahead of the rows ([`Storage::fault_in`](crate::output::Storage::fault_in)).
-    fn run(
-        mut self,
-        ring: Vec<Vec<u8>>,
-        blocks: Receiver<Block>,
-        free: SyncSender<Vec<u8>>,
-    ) -> Result<Sink> {
+    fn run(mut self, ring: Vec<Vec<u8>>, blocks: Receiver<Block>, free: FreeSide) -> Result<Sink> {
         for mut buf in ring {
             buf.resize(buf.capacity(), 0);
             buf.clear();
-            // A free channel of one slot per block holds every block: this never waits.
-            let _ = free.send(buf);
+            free.give(buf);
         }
         let steps: Vec<(usize, std::ops::Range<usize>)> = (self.columns.iter().enumerate())
             .flat_map(|(c, col)| {
@@ -828,10 +891,9 @@ impl Sink {
         Ok(self)
     }
 
-    fn take(&mut self, block: Block, free: &SyncSender<Vec<u8>>) {
+    fn take(&mut self, block: Block, free: &FreeSide) {
         self.place(&block);
-        // The writer may be gone (dropped): then nobody needs the block back.
-        let _ = free.send(block.buf);
+        free.give(block.buf);
     }
 
     fn place(&mut self, block: &Block) {
