@@ -7,7 +7,8 @@
 #     4 GiB table and outputs do not fit a CI machine (tests/cudasim_equivalence.rs runs its
 #     reduced case: a sparse table of more than 2^32 rows gathered through 64-bit indices);
 #   - tests/cudasim_*.rs: the equivalence property under many simulator seeds, the fault sweep,
-#     and the simulator's own tests (it must catch a missing synchronisation, an off-by-one
+#     lent memory, the writer fed from device memory (cudasim_writer.rs), and the simulator's own
+#     tests (it must catch a missing synchronisation, an off-by-one
 #     launch and a use after free).
 # NVRTC still compiles the kernels (the simulator checks the CUBIN it is given); its lib folders
 # come from LD_LIBRARY_PATH when scripts/test.sh calls this, else from the test venv
@@ -61,4 +62,4 @@ cargo test --test cuda_gpu --test cuda_opaque "$@" -- --include-ignored \
   --skip more_than_two_to_the_32_one_byte_rows
 echo "test-cudasim.sh: the simulator's own suites" >&2
 cargo test --test cudasim_equivalence --test cudasim_faults --test cudasim_pool --test cudasim_selftest \
-  --test cudasim_stale --test cudasim_lent "$@" -- --include-ignored
+  --test cudasim_stale --test cudasim_lent --test cudasim_writer "$@" -- --include-ignored
