@@ -15,7 +15,9 @@
 #                                   (u8 and f32 3x224x224, shuffled), each against the same-run
 #                                   pinned D2H floor, and the PyTorch baselines on the 512-byte
 #                                   rows (scripts/torch_compare.py); the Python package's CUDA
-#                                   tests (pytest -m cuda on python/tests) and, last,
+#                                   tests (pytest -m cuda on python/tests; the writer on CUDA
+#                                   tensors, python/tests/test_writer_cuda.py, as a step of its
+#                                   own) and, last,
 #                                   python/bench.py --device cuda on a smaller workload.
 #
 # The Python half: `build` also puts the package's wheel (maturin from the test venv of
@@ -228,7 +230,14 @@ run() {
   if timeout 60 python3 -m pip install -q --no-index --no-deps --target "$BIN/pylib" \
     "$BIN"/wheels/*.whl >"$L/pylib.log" 2>&1; then
     run_step "pytest -m cuda (python/tests)" 120 "$L/pytest-cuda.log" \
-      env PYTHONPATH="$BIN/pylib" python3 -m pytest python/tests -m cuda -q -rs -p no:cacheprovider
+      env PYTHONPATH="$BIN/pylib" python3 -m pytest python/tests -m cuda -q -rs -p no:cacheprovider \
+      --ignore=python/tests/test_writer_cuda.py
+    # The writer on CUDA tensors (the engine's device writer: copies on its streams after
+    # PyTorch's current stream, which waits for them), a step of its own: it has only run under
+    # the CUDA simulator so far.
+    run_step "pytest writer, CUDA tensors (test_writer_cuda.py)" 60 "$L/pytest-writer-cuda.log" \
+      env PYTHONPATH="$BIN/pylib" python3 -m pytest python/tests/test_writer_cuda.py -q -rs \
+      -p no:cacheprovider
   else
     cat "$L/pylib.log"
     step "python wheels install" FAIL 0
@@ -326,6 +335,11 @@ PY
       echo
       echo "=== pytest -m cuda (python/tests), last lines"
       tail -n 15 "$L/pytest-cuda.log"
+    fi
+    if [ -f "$L/pytest-writer-cuda.log" ]; then
+      echo
+      echo "=== pytest writer, CUDA tensors (test_writer_cuda.py), last lines"
+      tail -n 15 "$L/pytest-writer-cuda.log"
     fi
     if [ -f "$L/py-bench.log" ]; then
       echo
