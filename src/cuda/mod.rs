@@ -135,7 +135,10 @@ pub use pipeline::{CHUNK_BYTES, LANES};
 #[cfg(feature = "cuda")]
 pub use table::{DeviceBatch, DeviceColumn, DeviceTable};
 #[cfg(feature = "cuda")]
-pub use write::{DeviceWriter, WriteSource, STAGING_BLOCKS};
+pub use write::DeviceWriter;
+
+mod source;
+pub use source::{WriteSource, STAGING_BLOCKS};
 
 /// The `cudarc` crate the engine is built on, re-exported so callers hand the engine
 /// `CudaSlice`s of the same version (`arraydrain::cuda::cudarc::driver::CudaSlice`).

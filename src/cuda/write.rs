@@ -49,37 +49,9 @@ use super::memory::{
     bind_ctx, dtoh_async, pointer_info, take_stale_error, wait_event, wait_stream,
 };
 use super::table::{check_lent, lent_extent};
-use super::{CudaEngine, PinnedBuf, LANES};
+use super::{CudaEngine, PinnedBuf, WriteSource, LANES, STAGING_BLOCKS};
 use crate::error::{Error, Result};
 use crate::writer::{Writer, Written};
-
-/// Staging blocks of a [`DeviceWriter`].
-pub const STAGING_BLOCKS: usize = 4;
-
-/// One column of a batch given to [`DeviceWriter::write_device`]: `rows × row bytes` bytes,
-/// row-major and contiguous, in device memory or on the host.
-#[derive(Debug, Clone, Copy)]
-pub enum WriteSource<'a> {
-    /// Device memory at address `ptr` of the engine's device, written on (or before work
-    /// queued on) the producer stream given with it.
-    Device {
-        /// The address of the first byte.
-        ptr: u64,
-        /// Its length in bytes.
-        bytes: usize,
-    },
-    /// Host bytes, copied into the staging block before the call returns.
-    Host(&'a [u8]),
-}
-
-impl WriteSource<'_> {
-    fn len(&self) -> usize {
-        match self {
-            WriteSource::Device { bytes, .. } => *bytes,
-            WriteSource::Host(b) => b.len(),
-        }
-    }
-}
 
 /// A pinned staging block: its memory, and how much of it parts in flight or pending use.
 struct Block {
