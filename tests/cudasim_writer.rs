@@ -394,14 +394,16 @@ fn refused_input_is_a_typed_error_that_writes_nothing() {
     // Columns: too few, a wrong length.
     let e = w.write_device(None, &[dev(pa, 4 * A)], 4, p).unwrap_err();
     assert!(
-        matches!(&e, Error::BatchMismatch { reason, .. } if reason.contains("1 columns given, the output has 2")),
+        matches!(&e, Error::BatchMismatch { reason, .. }
+            if reason.contains("1 columns given, the output has 2")),
         "{e}"
     );
     let e = w
         .write_device(None, &[dev(pa, 4 * A), dev(pb, 3 * B)], 4, p)
         .unwrap_err();
     assert!(
-        matches!(&e, Error::BatchMismatch { column, reason, .. } if column == "b" && reason.contains("21 bytes, not 4 rows of 7 bytes")),
+        matches!(&e, Error::BatchMismatch { column, reason, .. }
+            if column == "b" && reason.contains("21 bytes, not 4 rows of 7 bytes")),
         "{e}"
     );
     expect_nothing_written(&mut w, "wrong columns");
@@ -670,7 +672,8 @@ fn an_unknown_producer_stream_is_a_typed_error_that_writes_nothing() {
     ];
     let e = w.write_device(None, &cols, rows, 0xdead_0000).unwrap_err();
     assert!(
-        matches!(&e, Error::Cuda(CudaError::Driver { context, .. }) if context.contains("producer")),
+        matches!(&e, Error::Cuda(CudaError::Driver { context, .. })
+            if context.contains("producer")),
         "{e}"
     );
     w.flush().unwrap();

@@ -470,10 +470,12 @@ class Writer:
         exactly as it copies CUDA tensors."""
         if self._closed:
             raise DrainValueError("the writer is closed")
-        views = {n: np.broadcast_to(np.zeros((), np.dtype(d)), s) for n, (_, d, s) in columns.items()}
+        views = {
+            n: np.broadcast_to(np.zeros((), np.dtype(d)), s) for n, (_, d, s) in columns.items()
+        }
         structure, names = flatten(views)
         leaves = []
-        for name, view in names:
+        for name, _ in names:
             ptr, dtype, shape = columns[name]
             dtype = np.dtype(dtype)
             engine_name(dtype, name)

@@ -5,8 +5,8 @@
 pub const STAGING_BLOCKS: usize = 4;
 
 /// One column of a batch given to
-/// [`DeviceWriter::write_device`](crate::cuda::DeviceWriter::write_device): `rows × row bytes` bytes,
-/// row-major and contiguous, in device memory or on the host.
+/// [`DeviceWriter::write_device`](crate::cuda::DeviceWriter::write_device): `rows × row bytes`
+/// bytes, row-major and contiguous, in device memory or on the host.
 #[derive(Debug, Clone, Copy)]
 pub enum WriteSource<'a> {
     /// Device memory at address `ptr` of the engine's device, written on (or before work

@@ -3,38 +3,6 @@
 //! handed to [`Writer::write_bytes`] in the order they were issued, and the writer's background
 //! thread moves them to the destination. The producer's stream never waits for the host.
 //!
-//! What one [`DeviceWriter::write_device`] does, in order:
-//! 1. checks everything the writer would check (columns, byte lengths, `at`, rows left to
-//!    append) and asks the driver about every device range, as
-//!    [`CudaEngine::borrow_column`] does (another device, another context, bytes past the end
-//!    of an allocation are refused) — before anything is queued;
-//! 2. records an event on the producer's stream (the caller's, e.g. PyTorch's current stream),
-//!    which the engine's streams wait for on the device before they read: the copy comes after
-//!    the work that produced the batch, with no host synchronisation;
-//! 3. cuts the batch into parts that fit the staging blocks (a part holds whole rows; one
-//!    block holds at least one row) and queues each part's copies on the next of the writer's
-//!    streams (round robin), each column into its place in the block, then records a
-//!    copy-done event on that stream;
-//! 4. makes the producer's stream wait for every copy-done event: work queued on the producer
-//!    afterwards — PyTorch reusing the batch's memory for its next allocation on that stream —
-//!    runs after the copies, so the batch's device memory may be reused as soon as this
-//!    returns;
-//! 5. returns without waiting; parts whose copy has completed (event query, in issue order) are
-//!    handed to the writer, and their staging space given back, at the next call.
-//!
-//! **Bounded memory, back-pressure**: the staging blocks together hold the ring's bytes
-//! (`ring_bytes`, in [`STAGING_BLOCKS`] blocks, at least one row each); when the next part finds no free
-//! space, the oldest copy is waited for and handed over. Pending bytes never exceed
-//! [`DeviceWriter::pool_bytes`]. A batch larger than three blocks may need the block its own
-//! first part went to: it is then handed over in parts, the first ones before the last are
-//! queued (a batch larger than the pool always is).
-//!
-//! **Errors**: a driver call that fails is [`Error::Cuda`]; the batch it belonged to is dropped
-//! whole (parts not yet handed over are discarded after the streams were waited for), so a
-//! failed call writes nothing — except for a batch larger than three blocks, whose parts
-//! already handed over stay written. [`DeviceWriter::flush`], [`DeviceWriter::into_writer`] and
-//! [`DeviceWriter::close`] wait for every copy.
-//!
 //! Tested under the CUDA driver simulator only (tests/cudasim_writer.rs,
 //! python/tests/test_writer_cuda_sim.py); not yet run on a GPU.
 
@@ -79,7 +47,39 @@ struct Part {
 }
 
 /// A [`Writer`] fed from device memory through the engine's streams and a bounded pool of
-/// pinned staging blocks (see the [module](self)).
+/// pinned staging blocks.
+///
+/// What one [`DeviceWriter::write_device`] does, in order:
+/// 1. checks everything the writer would check (columns, byte lengths, `at`, rows left to
+///    append) and asks the driver about every device range, as
+///    [`CudaEngine::borrow_column`] does (another device, another context, bytes past the end
+///    of an allocation are refused) — before anything is queued;
+/// 2. records an event on the producer's stream (the caller's, e.g. PyTorch's current stream),
+///    which the engine's streams wait for on the device before they read: the copy comes after
+///    the work that produced the batch, with no host synchronisation;
+/// 3. cuts the batch into parts that fit the staging blocks (a part holds whole rows; one
+///    block holds at least one row) and queues each part's copies on the next of the writer's
+///    streams (round robin), each column into its place in the block, then records a
+///    copy-done event on that stream;
+/// 4. makes the producer's stream wait for every copy-done event: work queued on the producer
+///    afterwards — PyTorch reusing the batch's memory for its next allocation on that stream —
+///    runs after the copies, so the batch's device memory may be reused as soon as this
+///    returns;
+/// 5. returns without waiting; parts whose copy has completed (event query, in issue order) are
+///    handed to the writer, and their staging space given back, at the next call.
+///
+/// **Bounded memory, back-pressure**: the staging blocks together hold the ring's bytes
+/// (`ring_bytes`, in [`STAGING_BLOCKS`] blocks, at least one row each); when the next part
+/// finds no free space, the oldest copy is waited for and handed over. Pending bytes never exceed
+/// [`DeviceWriter::pool_bytes`]. A batch larger than three blocks may need the block its own
+/// first part went to: it is then handed over in parts, the first ones before the last are
+/// queued (a batch larger than the pool always is).
+///
+/// **Errors**: a driver call that fails is [`Error::Cuda`]; the batch it belonged to is dropped
+/// whole (parts not yet handed over are discarded after the streams were waited for), so a
+/// failed call writes nothing — except for a batch larger than three blocks, whose parts
+/// already handed over stay written. [`DeviceWriter::flush`], [`DeviceWriter::into_writer`] and
+/// [`DeviceWriter::close`] wait for every copy.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -137,11 +137,10 @@ impl std::fmt::Debug for DeviceWriter {
 }
 
 impl DeviceWriter {
-    /// Wraps `writer` (which must not have appended rows yet: appends continue from its
-    /// [`Writer::appended`]) for device batches on `engine`'s device, with `ring_bytes` of pinned
-    /// staging memory in [`STAGING_BLOCKS`] blocks (each at least one output row). Creates the writer's
-    /// streams in the engine's context; the blocks are taken from the engine's pinned pool when
-    /// first used.
+    /// Wraps `writer` for device batches on `engine`'s device (appends continue after its
+    /// [`Writer::appended`] rows), with `ring_bytes` of pinned staging memory in
+    /// [`STAGING_BLOCKS`] blocks (each at least one output row). Creates the writer's streams in
+    /// the engine's context; the blocks are taken from the engine's pinned pool when first used.
     ///
     /// # Errors
     /// [`Error::Cuda`] when a stream cannot be created; [`Error::SizeOverflow`].
@@ -249,7 +248,7 @@ impl DeviceWriter {
         }
     }
 
-    /// Queues the copy of one batch of `rows` rows from the device (see the [module](self)):
+    /// Queues the copy of one batch of `rows` rows from the device (see [`DeviceWriter`]):
     /// `columns[c]` holds the rows of the writer's column `c`; `at` names each row's output row,
     /// or `None` to append. `producer` is the raw `CUstream` handle of the stream the device
     /// columns were written on (PyTorch's `torch.cuda.current_stream().cuda_stream`; 0 for the
@@ -268,8 +267,8 @@ impl DeviceWriter {
     /// another context), [`TableError::ByteLengthMismatch`](crate::TableError::ByteLengthMismatch)
     /// (bytes past the end of an allocation), [`Error::Cuda`] (a failed driver call), the
     /// writer's errors when earlier parts are handed over, [`Error::Interrupted`] once a wait
-    /// for the device has failed. On error nothing of this batch is written (but see the
-    /// module on batches larger than three blocks).
+    /// for the device has failed. On error nothing of this batch is written (but see
+    /// [`DeviceWriter`] on batches larger than three blocks).
     pub fn write_device(
         &mut self,
         at: Option<&[u64]>,
@@ -372,7 +371,7 @@ impl DeviceWriter {
         Ok(())
     }
 
-    /// Queues the batch's parts (step 2–4 of the module docs). On error, the caller discards
+    /// Queues the batch's parts (steps 2–4 of [`DeviceWriter`]). On error, the caller discards
     /// the parts of `batch` still pending.
     fn issue(
         &mut self,
