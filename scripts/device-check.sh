@@ -3,7 +3,7 @@
 #
 #   scripts/device-check.sh build   on the build machine (Rust toolchain, no GPU needed):
 #                                   the release CLI and the GPU test binaries (cuda_gpu,
-#                                   cuda_opaque), stripped, the Python wheel and the
+#                                   cuda_opaque, cuda_writer), stripped, the Python wheel and the
 #                                   compute-sanitizer wheel into .device-bin/ (git-ignored; at
 #                                   most 56 MiB, checked), to be carried to the GPU machine with
 #                                   the repo.
@@ -53,7 +53,7 @@ cd "$(dirname "$0")/.."
 BIN=.device-bin
 # The GPU test binaries carried to the GPU machine (everything else runs in CI, under the CUDA
 # simulator or on the CPU).
-GPU_TESTS="cuda_gpu cuda_opaque"
+GPU_TESTS="cuda_gpu cuda_opaque cuda_writer"
 # What may travel to the GPU machine: the tree and this folder together must stay under 64 MiB.
 CARRY_LIMIT_MIB=56
 
@@ -225,6 +225,9 @@ run() {
     --exact the_engine_can_be_called_from_rayon_jobs
   run_step "GPU tests, opaque dtypes (--ignored)" 30 "$L/gpu-tests-opaque.log" \
     "$T/cuda_opaque" --ignored --test-threads=1
+  # The writer fed from device memory (DeviceWriter): run under the CUDA simulator only so far.
+  run_step "GPU tests, device writer (--ignored)" 30 "$L/gpu-tests-writer.log" \
+    "$T/cuda_writer" --ignored --test-threads=1
   # The Python package on CUDA tensors, from the wheels built with `build`: python/tests -m cuda.
   rm -rf "$BIN/pylib"
   if timeout 60 python3 -m pip install -q --no-index --no-deps --target "$BIN/pylib" \
