@@ -17,8 +17,7 @@ use arraydrain::{Error, Writer as Engine};
 use numpy::{PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
 
-#[cfg(feature = "cuda")]
-use arraydrain::cuda::{ContextGuard, DeviceWriter, WriteSource};
+use arraydrain::cuda::{DeviceWriter, WriteSource};
 
 use crate::buffer::Buffer;
 use crate::errors::{IntoPy, Kind};
@@ -29,11 +28,9 @@ use crate::host::layout;
 pub struct Writer {
     engine: Option<Engine>,
     /// The writer while device batches go through the CUDA engine (`engine` is then `None`).
-    #[cfg(feature = "cuda")]
     device: Option<DeviceWriter>,
     row_bytes: Vec<usize>,
     /// Pinned staging memory of the device writer.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     ring_bytes: usize,
 }
 
@@ -42,11 +39,9 @@ impl Writer {
     /// the GIL released): host writes, syncs and closes come after the device batches before
     /// them.
     fn engine(&mut self, py: Python<'_>) -> PyResult<&mut Engine> {
-        #[cfg(feature = "cuda")]
         if let Some(d) = self.device.take() {
             self.engine = Some(py.detach(|| d.into_writer()).py()?);
         }
-        let _ = py;
         self.engine
             .as_mut()
             .ok_or_else(|| Kind::Value.err("the writer is closed"))
@@ -54,7 +49,6 @@ impl Writer {
 
     /// The writer as it is now (rows of device batches in flight not counted yet).
     fn current(&self) -> Option<&Engine> {
-        #[cfg(feature = "cuda")]
         if let Some(d) = &self.device {
             return Some(d.writer());
         }
@@ -131,7 +125,6 @@ impl Writer {
             .collect();
         Ok(Writer {
             engine: Some(engine),
-            #[cfg(feature = "cuda")]
             device: None,
             row_bytes,
             ring_bytes,
@@ -169,8 +162,7 @@ impl Writer {
     /// for the work queued on it so far, and its later work waits for the copies, so the device
     /// memory may be reused as soon as this returns. Returns without waiting for the copies
     /// (unless the staging pool, `ring_bytes` of pinned memory, is full); the GIL is released
-    /// meanwhile.
-    #[cfg(feature = "cuda")]
+    /// meanwhile. Without the engine's CUDA backend: a `DrainRuntimeError`.
     #[pyo3(signature = (ordinal, ptrs, nbytes, host, rows, producer_stream, at=None))]
     #[allow(clippy::too_many_arguments)]
     fn write_device(
@@ -225,12 +217,15 @@ impl Writer {
                 return Err(Kind::Value.err("the writer is closed"));
             }
             // The engine first, the writer untouched if it cannot start.
+            #[cfg(feature = "cuda")]
             let cuda = py
                 .detach(|| {
-                    let _current = ContextGuard::save();
+                    let _current = arraydrain::cuda::ContextGuard::save();
                     crate::cuda::engine(ordinal)
                 })
                 .py()?;
+            #[cfg(not(feature = "cuda"))]
+            let cuda = std::sync::Arc::new(arraydrain::cuda::CudaEngine::new(ordinal).py()?);
             let writer = self
                 .engine
                 .take()
@@ -249,11 +244,7 @@ impl Writer {
     /// Parts of device batches whose copies were queued and not yet handed to the writer.
     #[getter]
     fn device_pending(&self) -> usize {
-        #[cfg(feature = "cuda")]
-        if let Some(d) = &self.device {
-            return d.pending_parts();
-        }
-        0
+        self.device.as_ref().map_or(0, DeviceWriter::pending_parts)
     }
 
     /// Waits for every device batch in flight and hands it to the writer.
@@ -339,10 +330,11 @@ impl Writer {
     }
 
     /// Drops the writer without committing: every temporary file is removed.
+    // Without the CUDA backend no `DeviceWriter` can exist, and its stand-in has no `Drop`.
+    #[cfg_attr(not(feature = "cuda"), allow(clippy::drop_non_drop))]
     fn abort(&mut self, py: Python<'_>) {
         // Device batches in flight are waited for (not written) before their staging memory
         // is released.
-        #[cfg(feature = "cuda")]
         if let Some(d) = self.device.take() {
             py.detach(|| drop::<DeviceWriter>(d));
         }

@@ -227,6 +227,40 @@ impl DeviceWriter {
     }
 
     /// Unreachable: no device writer exists in this build.
+    pub fn engine(&self) -> &std::sync::Arc<CudaEngine> {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    pub fn pool_bytes(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    pub fn pending_bytes(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    pub fn peak_pending_bytes(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    pub fn pending_parts(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    ///
+    /// # Errors
+    /// [`CudaError::NotCompiled`].
+    pub fn write_bytes(&mut self, n: usize, at: Option<&[u64]>, columns: &[&[u8]]) -> Result<()> {
+        let _ = (n, at, columns);
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
     ///
     /// # Errors
     /// [`CudaError::NotCompiled`].
