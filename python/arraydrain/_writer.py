@@ -301,8 +301,8 @@ class Writer:
     ``NAME.npy`` per leaf, named as :func:`arraydrain.drain` names leaves: ``"0"``, ``"logits"``,
     ``"meta.label"``), or ``None`` for NumPy arrays (:attr:`result`, the batch's structure with
     every leaf holding all rows). ``rows``: the output's rows (``len(dataset)``).
-    ``ring_bytes``: host memory of the ring the batches pass through. ``compress``: deflate a
-    ``.npz``.
+    ``ring_bytes``: host memory of the ring the batches pass through (CUDA tensors pass first
+    through as many bytes of pinned staging memory). ``compress``: deflate a ``.npz``.
 
     A missing row fails :meth:`close` (``DrainValueError`` naming how many and the first ones)
     and nothing is committed; leaving the ``with`` block by an exception, or dropping the writer
