@@ -3,7 +3,7 @@
 #
 #   scripts/device-check.sh build   on the build machine (Rust toolchain, no GPU needed):
 #                                   the release CLI and the GPU test binaries (cuda_gpu,
-#                                   cuda_opaque), stripped, the Python wheel and the
+#                                   cuda_opaque, cuda_writer), stripped, the Python wheel and the
 #                                   compute-sanitizer wheel into .device-bin/ (git-ignored; at
 #                                   most 56 MiB, checked), to be carried to the GPU machine with
 #                                   the repo.
@@ -15,7 +15,9 @@
 #                                   (u8 and f32 3x224x224, shuffled), each against the same-run
 #                                   pinned D2H floor, and the PyTorch baselines on the 512-byte
 #                                   rows (scripts/torch_compare.py); the Python package's CUDA
-#                                   tests (pytest -m cuda on python/tests) and, last,
+#                                   tests (pytest -m cuda on python/tests; the writer on CUDA
+#                                   tensors, python/tests/test_writer_cuda.py, as a step of its
+#                                   own) and, last,
 #                                   python/bench.py --device cuda on a smaller workload.
 #
 # The Python half: `build` also puts the package's wheel (maturin from the test venv of
@@ -51,7 +53,7 @@ cd "$(dirname "$0")/.."
 BIN=.device-bin
 # The GPU test binaries carried to the GPU machine (everything else runs in CI, under the CUDA
 # simulator or on the CPU).
-GPU_TESTS="cuda_gpu cuda_opaque"
+GPU_TESTS="cuda_gpu cuda_opaque cuda_writer"
 # What may travel to the GPU machine: the tree and this folder together must stay under 64 MiB.
 CARRY_LIMIT_MIB=56
 
@@ -223,12 +225,22 @@ run() {
     --exact the_engine_can_be_called_from_rayon_jobs
   run_step "GPU tests, opaque dtypes (--ignored)" 30 "$L/gpu-tests-opaque.log" \
     "$T/cuda_opaque" --ignored --test-threads=1
+  # The writer fed from device memory (DeviceWriter): run under the CUDA simulator only so far.
+  run_step "GPU tests, device writer (--ignored)" 30 "$L/gpu-tests-writer.log" \
+    "$T/cuda_writer" --ignored --test-threads=1
   # The Python package on CUDA tensors, from the wheels built with `build`: python/tests -m cuda.
   rm -rf "$BIN/pylib"
   if timeout 60 python3 -m pip install -q --no-index --no-deps --target "$BIN/pylib" \
     "$BIN"/wheels/*.whl >"$L/pylib.log" 2>&1; then
     run_step "pytest -m cuda (python/tests)" 120 "$L/pytest-cuda.log" \
-      env PYTHONPATH="$BIN/pylib" python3 -m pytest python/tests -m cuda -q -rs -p no:cacheprovider
+      env PYTHONPATH="$BIN/pylib" python3 -m pytest python/tests -m cuda -q -rs -p no:cacheprovider \
+      --ignore=python/tests/test_writer_cuda.py
+    # The writer on CUDA tensors (the engine's device writer: copies on its streams after
+    # PyTorch's current stream, which waits for them), a step of its own: it has only run under
+    # the CUDA simulator so far.
+    run_step "pytest writer, CUDA tensors (test_writer_cuda.py)" 60 "$L/pytest-writer-cuda.log" \
+      env PYTHONPATH="$BIN/pylib" python3 -m pytest python/tests/test_writer_cuda.py -q -rs \
+      -p no:cacheprovider
   else
     cat "$L/pylib.log"
     step "python wheels install" FAIL 0
@@ -326,6 +338,11 @@ PY
       echo
       echo "=== pytest -m cuda (python/tests), last lines"
       tail -n 15 "$L/pytest-cuda.log"
+    fi
+    if [ -f "$L/pytest-writer-cuda.log" ]; then
+      echo
+      echo "=== pytest writer, CUDA tensors (test_writer_cuda.py), last lines"
+      tail -n 15 "$L/pytest-writer-cuda.log"
     fi
     if [ -f "$L/py-bench.log" ]; then
       echo

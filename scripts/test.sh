@@ -40,7 +40,8 @@ PATH="$venv/bin:$PATH" "$py" -m pip install -q --disable-pip-version-check --no-
 # From the repository root, so `import arraydrain` finds the installed build, not python/arraydrain.
 # pytest exits 5 when it collects no test: that fails this script like any other failure.
 "$py" -m pytest python/tests -q -rs -p no:cacheprovider
-# The binding's device drain under the CUDA simulator (built and linked by test-cudasim.sh).
+# The binding's device drain and the writer fed from device memory under the CUDA simulator
+# (built and linked by test-cudasim.sh).
 LD_LIBRARY_PATH="${CARGO_TARGET_DIR:-$root/target}/cudasim-lib:$LD_LIBRARY_PATH" \
   ARRAYDRAIN_EXPECT_SIM=1 ARRAYDRAIN_SIM_MIN_DELAY_US=150 \
-  "$py" -m pytest python/tests/test_cuda_sim.py -q -rs -p no:cacheprovider
+  "$py" -m pytest python/tests/test_cuda_sim.py python/tests/test_writer_cuda_sim.py -q -rs -p no:cacheprovider

@@ -13,7 +13,6 @@ memory and are written to files exactly as ``numpy.save`` writes ``ml_dtypes`` a
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import sys
@@ -228,32 +227,102 @@ def _distributed():
     return None
 
 
-def _issue_device_copies(leaves):
-    """Queues a non-blocking copy of every CUDA leaf into pinned host memory on the current
-    stream of its device and records an event after them: ``(leaves with CUDA tensors replaced
-    by their pinned destinations, event, bytes in flight)``."""
+class _DeviceLeaf:
+    """One leaf of a batch for the engine's device writer: ``nbytes`` contiguous bytes at device
+    address ``ptr``, or host bytes ``host`` (a ``uint8`` array ``(rows, row_bytes)``) for a host
+    leaf of the same batch; its ``dtype`` and ``row_shape``, ``rows``; ``keep``: what must stay
+    referenced until the copy is queued (a contiguous copy PyTorch made)."""
+
+    __slots__ = ("dtype", "host", "keep", "nbytes", "ptr", "row_shape", "rows")
+
+    def __init__(self, ptr, nbytes, host, dtype, row_shape, rows, keep=None):
+        self.ptr, self.nbytes, self.host = int(ptr), int(nbytes), host
+        self.dtype, self.row_shape, self.rows, self.keep = dtype, row_shape, rows, keep
+
+
+def _device_dtype(t, where: str) -> np.dtype:
+    """The NumPy (or ``ml_dtypes``) dtype of a CUDA tensor's elements, without copying it."""
     import torch
 
-    out, devices, nbytes = [], [], 0
-    for name, x in leaves:
-        if is_tensor(x) and x.device.type == "cuda":
-            t = x.detach()
-            if not t.is_contiguous():
-                t = t.contiguous()
-            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            host.copy_(t, non_blocking=True)
-            nbytes += host.numel() * host.element_size()
-            if t.device not in devices:
-                devices.append(t.device)
-            x = host
-        out.append((name, x))
+    from ._leaves import torch_numpy_dtype
+
+    if t.layout != torch.strided:
+        raise DrainTypeError(
+            f"leaf {where!r}: a {t.layout} tensor; only dense (strided) tensors are written"
+        )
+    name = str(t.dtype).removeprefix("torch.")
+    if name in _TORCH_EXTENSION:
+        ml_dtypes = _ml_dtypes(f"leaf {where!r} (torch.{name})")
+        return np.dtype(getattr(ml_dtypes, _TORCH_EXTENSION[name][0]))
+    return torch_numpy_dtype(t, where)
+
+
+def _cuda_ordinal(leaves) -> int | None:
+    """The CUDA device of a batch's CUDA tensors (None when it has none; all on one device)."""
+    devices = {x.device.index for _, x in leaves if is_tensor(x) and x.device.type == "cuda"}
+    if not devices:
+        return None
     if len(devices) != 1:
         raise DrainValueError(
             f"a batch's CUDA tensors are on {len(devices)} devices; write them separately"
         )
-    event = torch.cuda.Event()
-    event.record(torch.cuda.current_stream(devices[0]))
-    return out, event, nbytes
+    (ordinal,) = devices
+    return 0 if ordinal is None else ordinal
+
+
+def _issue_device_copies(leaves, ordinal: int):
+    """The leaves of a batch holding CUDA tensors on device ``ordinal``, for the engine's device
+    writer: ``[(name, _DeviceLeaf)]``. Each CUDA tensor is read in place by the engine (one
+    PyTorch copy only when it is not contiguous, or a conjugate or negative view); host leaves
+    of the same batch go as bytes. Nothing here waits for the GPU: the engine's copies are
+    ordered after PyTorch's current stream with an event, and that stream's later work after
+    the copies."""
+    import torch
+
+    from ._cuda import _lendable
+
+    dev = torch.device("cuda", ordinal)
+    out = []
+    for name, x in leaves:
+        if is_tensor(x) and x.device.type == "cuda":
+            t = x.detach()
+            dtype = _device_dtype(t, name)
+            if t.ndim == 0:
+                raise DrainValueError(
+                    f"leaf {name!r} is 0-dimensional; every leaf needs a first axis of rows"
+                )
+            engine_name(dtype, name)
+            src = _lendable(t, dev, f"leaf {name!r}")
+            nbytes = src.numel() * src.element_size()
+            d = _DeviceLeaf(src.data_ptr(), nbytes, None, dtype, tuple(src.shape[1:]),
+                            src.shape[0], keep=src)
+        else:
+            u8, dtype, shape = leaf_bytes(x, name)
+            d = _DeviceLeaf(0, u8.nbytes, u8, dtype, shape, u8.shape[0], keep=u8)
+        out.append((name, d))
+    return out
+
+
+_ENGINE_FALLBACK_WARNED: set = set()
+
+
+def _engine_usable(ordinal: int) -> bool:
+    """Whether the CUDA engine can run on ``ordinal``; if not, warns once per device and reason
+    (the batch's CUDA tensors are then copied to the host by PyTorch, synchronously)."""
+    from ._cuda import _cuda_status
+
+    ok, why = _cuda_status(ordinal)
+    if not ok and (ordinal, why) not in _ENGINE_FALLBACK_WARNED:
+        import warnings
+
+        _ENGINE_FALLBACK_WARNED.add((ordinal, why))
+        warnings.warn(
+            f"arraydrain.Writer: CUDA tensors on cuda:{ordinal} are copied to the host by "
+            f"PyTorch (synchronously) because the CUDA engine cannot start there: {why}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return ok
 
 
 def _kind(path: str) -> str:
@@ -292,8 +361,8 @@ class Writer:
     ``NAME.npy`` per leaf, named as :func:`arraydrain.drain` names leaves: ``"0"``, ``"logits"``,
     ``"meta.label"``), or ``None`` for NumPy arrays (:attr:`result`, the batch's structure with
     every leaf holding all rows). ``rows``: the output's rows (``len(dataset)``).
-    ``ring_bytes``: host memory of the ring the batches pass through. ``compress``: deflate a
-    ``.npz``.
+    ``ring_bytes``: host memory of the ring the batches pass through (CUDA tensors pass first
+    through as many bytes of pinned staging memory). ``compress``: deflate a ``.npz``.
 
     A missing row fails :meth:`close` (``DrainValueError`` naming how many and the first ones)
     and nothing is committed; leaving the ``with`` block by an exception, or dropping the writer
@@ -340,8 +409,6 @@ class Writer:
         self._structure: Any = None
         self._leaves: list[tuple[str, np.dtype, tuple[int, ...]]] = []
         self._closed = False
-        self._pending: collections.deque = collections.deque()
-        self._pending_bytes = 0
         # One CPU tensor or array per batch: later batches like the first skip the general path.
         self._fast: Any = None
         self._dist = None if distributed is False else _distributed()
@@ -377,17 +444,18 @@ class Writer:
         rows ``at`` (one dataset index per batch row), or after the rows appended so far when
         ``at`` is None. Returns once the rows are copied into the ring.
 
-        CUDA tensors: the copy to pinned host memory is queued on the current CUDA stream
-        (``non_blocking``, so after the kernels that produced the tensor on that stream) and an
-        event recorded after it; ``write`` returns without synchronising the GPU, and the rows
-        go into the ring once the event has completed (checked without waiting at each later
-        ``write``; waited for only when copies of more than ``ring_bytes`` are in flight, and
-        at close). The tensor's GPU memory can be reused as soon as ``write`` returns: later
-        work on the same stream runs after the copy. ``at`` is read at once."""
+        CUDA tensors are read in place by the CUDA engine: their copy to pinned host memory
+        (a pool of ``ring_bytes`` staging blocks) runs on the engine's own streams, after an
+        event recorded on PyTorch's current stream (so after the kernels that produced them),
+        and that stream waits for the copy before its later work, so the tensors' GPU memory can
+        be reused as soon as ``write`` returns. ``write`` returns without synchronising the GPU;
+        landed copies go into the ring at later writes (waited for only when the staging pool
+        is full, and at close). Where the engine cannot start, PyTorch copies the tensors to the
+        host instead (a ``RuntimeWarning`` says why). ``at`` is read at once."""
         if self._closed:
             raise DrainValueError("the writer is closed")
         fast = self._fast
-        if fast is not None and not self._pending:
+        if fast is not None:
             u8 = fast(batch)
             if u8 is not None:
                 rows = u8.shape[0]
@@ -406,11 +474,19 @@ class Writer:
                 self._native.write([u8], rows, idx)
                 return
         structure, leaves = flatten(batch)
-        event = None
-        if any(is_tensor(x) and x.device.type == "cuda" for _, x in leaves):
-            leaves, event, nbytes = _issue_device_copies(leaves)
-        else:
-            self._complete_pending(wait_all=True)  # rows keep the order they were written in
+        ordinal = _cuda_ordinal(leaves)
+        if ordinal is not None:
+            if _engine_usable(ordinal):
+                import torch
+
+                from ._cuda import _stream_handle
+
+                device_leaves = _issue_device_copies(leaves, ordinal)
+                stream = _stream_handle(torch.device("cuda", ordinal))
+                self._write_device(structure, device_leaves, ordinal, stream, at)
+                return
+            leaves = [(n, x.cpu() if is_tensor(x) else x) for n, x in leaves]
+        self._complete_pending(wait_all=True)  # rows keep the order they were written in
         cols = [leaf_bytes(x, name) for name, x in leaves]
         if not cols:
             raise DrainValueError("the batch has no tensors or arrays to write")
@@ -423,18 +499,63 @@ class Writer:
         layout = [(name, dtype, shape) for (name, _), (_, dtype, shape) in zip(leaves, cols)]
         if self._native is None:
             self._open(structure, layout)
-            if structure is _LEAF and event is None:
+            if structure is _LEAF:
                 self._fast = _fast_leaf(leaves[0][1], layout[0][1], layout[0][2])
         else:
             self._check(structure, layout)
         idx = None if at is None else self._checked_indices(at, rows)
         arrays = [c[0] for c in cols]
-        if event is None:
-            self._native.write(arrays, rows, idx)
-            return
-        self._pending.append((event, arrays, rows, idx, nbytes))
-        self._pending_bytes += nbytes
-        self._complete_pending(wait_all=False)
+        self._native.write(arrays, rows, idx)
+
+    def _write_device(self, structure, leaves, ordinal: int, stream: int, at: Any) -> None:
+        """One batch of :class:`_DeviceLeaf` leaves on device ``ordinal``, produced on raw
+        stream ``stream``, through the engine's device writer (checked as :meth:`write` checks
+        host batches first)."""
+        rows = leaves[0][1].rows if leaves else 0
+        for name, d in leaves:
+            if d.rows != rows:
+                raise DrainValueError(
+                    f"leaf {name!r} has {d.rows} rows, the batch's first leaf {rows}"
+                )
+        layout = [(name, d.dtype, d.row_shape) for name, d in leaves]
+        if self._native is None:
+            self._open(structure, layout)
+        else:
+            self._check(structure, layout)
+        idx = None if at is None else self._checked_indices(at, rows)
+        self._native.write_device(
+            ordinal,
+            [d.ptr for _, d in leaves],
+            [d.nbytes for _, d in leaves],
+            [d.host for _, d in leaves],
+            rows,
+            stream,
+            idx,
+        )
+
+    def _write_device_memory(self, columns: dict, at: Any = None, *, stream: int = 0,
+                             ordinal: int = 0) -> None:
+        """Internal, for the tests under the CUDA driver simulator (where PyTorch has no CUDA):
+        :meth:`write` of one batch whose leaves are device memory given by address. ``columns``
+        maps each leaf name to ``(address, dtype, shape)`` (the shape's first axis: the rows),
+        contiguous bytes written on raw stream ``stream`` (a ``CUstream`` of device ``ordinal``'s
+        primary context; 0: the legacy default stream). The engine's device writer copies them
+        exactly as it copies CUDA tensors."""
+        if self._closed:
+            raise DrainValueError("the writer is closed")
+        views = {
+            n: np.broadcast_to(np.zeros((), np.dtype(d)), s) for n, (_, d, s) in columns.items()
+        }
+        structure, names = flatten(views)
+        leaves = []
+        for name, _ in names:
+            ptr, dtype, shape = columns[name]
+            dtype = np.dtype(dtype)
+            engine_name(dtype, name)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            leaves.append((name, _DeviceLeaf(ptr, nbytes, None, dtype, tuple(shape[1:]),
+                                             shape[0])))
+        self._write_device(structure, leaves, ordinal, stream, at)
 
     def _checked_indices(self, at: Any, rows: int) -> np.ndarray:
         """``at=`` as ``int64``, every index checked against the output's rows (before any
@@ -448,17 +569,11 @@ class Writer:
         return idx
 
     def _complete_pending(self, wait_all: bool) -> None:
-        """Hands copies from the GPU whose event has completed to the ring, in order; waits for
-        the oldest while more than ``ring_bytes`` are in flight (or for all, ``wait_all``)."""
-        while self._pending:
-            event, arrays, rows, idx, nbytes = self._pending[0]
-            if not event.query():
-                if not wait_all and self._pending_bytes <= self._ring_bytes:
-                    return
-                event.synchronize()
-            self._pending.popleft()
-            self._pending_bytes -= nbytes
-            self._native.write(arrays, rows, idx)
+        """With ``wait_all``: waits for every device batch in flight and hands it to the ring
+        (the engine hands landed ones over at each device write by itself), so what is written
+        next comes after them."""
+        if wait_all and self._native is not None:
+            self._native.flush_device()
 
     def _open(self, structure, layout) -> None:
         columns = [(n, engine_name(d, n), list(s)) for n, d, s in layout]
@@ -602,7 +717,6 @@ class Writer:
     def abort(self) -> None:
         """Drops everything written: no output appears, temporary files are removed."""
         self._closed = True
-        self._pending.clear()
         native, self._native = self._native, None
         if native is not None:
             native.abort()

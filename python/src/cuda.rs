@@ -29,7 +29,7 @@ use arraydrain::cuda::CudaError;
 
 /// One engine per device, opened on first use and kept for the process (its pinned pool makes
 /// repeated drains of the same size cheap).
-fn engine(ordinal: usize) -> Result<Arc<CudaEngine>, Error> {
+pub(crate) fn engine(ordinal: usize) -> Result<Arc<CudaEngine>, Error> {
     static ENGINES: OnceLock<Mutex<HashMap<usize, Arc<CudaEngine>>>> = OnceLock::new();
     let engines = ENGINES.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = engines.lock().unwrap_or_else(|p| p.into_inner());

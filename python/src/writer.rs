@@ -2,6 +2,12 @@
 //! (`arraydrain/_writer.py` flattens batches into columns and names them). Every batch arrives
 //! as one C-contiguous `uint8` array `(rows, row_bytes)` per column; the copy into the ring runs
 //! with the GIL released, and the library's background thread moves it to the destination.
+//!
+//! Batches in device memory (CUDA tensors) arrive as addresses ([`Writer::write_device`]): the
+//! library's [`DeviceWriter`](arraydrain::cuda::DeviceWriter) copies them on the CUDA engine's
+//! streams into pinned staging blocks, ordered after PyTorch's current stream by an event and
+//! before its later work, and hands them to the writer once landed. Only tested under the CUDA
+//! driver simulator here (python/tests/test_writer_cuda_sim.py).
 
 use std::path::PathBuf;
 
@@ -11,6 +17,8 @@ use arraydrain::{Error, Writer as Engine};
 use numpy::{PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::prelude::*;
 
+use arraydrain::cuda::{DeviceWriter, WriteSource};
+
 use crate::buffer::Buffer;
 use crate::errors::{IntoPy, Kind};
 use crate::host::layout;
@@ -19,15 +27,53 @@ use crate::host::layout;
 #[pyclass(module = "arraydrain._native")]
 pub struct Writer {
     engine: Option<Engine>,
+    /// The writer while device batches go through the CUDA engine (`engine` is then `None`).
+    device: Option<DeviceWriter>,
     row_bytes: Vec<usize>,
+    /// Pinned staging memory of the device writer.
+    ring_bytes: usize,
 }
 
 impl Writer {
-    fn engine(&mut self) -> PyResult<&mut Engine> {
+    /// The writer, after every device batch in flight has been handed to it (waited for with
+    /// the GIL released): host writes, syncs and closes come after the device batches before
+    /// them.
+    fn engine(&mut self, py: Python<'_>) -> PyResult<&mut Engine> {
+        if let Some(d) = self.device.take() {
+            self.engine = Some(py.detach(|| d.into_writer()).py()?);
+        }
         self.engine
             .as_mut()
             .ok_or_else(|| Kind::Value.err("the writer is closed"))
     }
+
+    /// The writer as it is now (rows of device batches in flight not counted yet).
+    fn current(&self) -> Option<&Engine> {
+        if let Some(d) = &self.device {
+            return Some(d.writer());
+        }
+        self.engine.as_ref()
+    }
+}
+
+/// `at=` as row indices, refusing negative ones.
+fn indices(at: Option<&PyReadonlyArray1<'_, i64>>) -> PyResult<Option<Vec<u64>>> {
+    let Some(a) = at else {
+        return Ok(None);
+    };
+    let a = a
+        .as_slice()
+        .map_err(|_| Kind::Value.err("at= must be C-contiguous"))?;
+    let mut out = Vec::with_capacity(a.len());
+    for (position, &i) in a.iter().enumerate() {
+        let Ok(i) = u64::try_from(i) else {
+            return Err(Kind::Index.err(format!(
+                "index {i} at position {position} of at= is negative"
+            )));
+        };
+        out.push(i);
+    }
+    Ok(Some(out))
 }
 
 #[pymethods]
@@ -78,7 +124,9 @@ impl Writer {
             .collect();
         Ok(Writer {
             engine: Some(engine),
+            device: None,
             row_bytes,
+            ring_bytes,
         })
     }
 
@@ -99,50 +147,127 @@ impl Writer {
                     .map_err(|_| Kind::Value.err("a column's bytes must be C-contiguous"))?,
             );
         }
-        let at = match &at {
-            None => None,
-            Some(a) => {
-                let a = a
-                    .as_slice()
-                    .map_err(|_| Kind::Value.err("at= must be C-contiguous"))?;
-                let mut out = Vec::with_capacity(a.len());
-                for (position, &i) in a.iter().enumerate() {
-                    let Ok(i) = u64::try_from(i) else {
-                        return Err(Kind::Index.err(format!(
-                            "index {i} at position {position} of at= is negative"
-                        )));
-                    };
-                    out.push(i);
-                }
-                Some(out)
-            }
-        };
-        let engine = self.engine()?;
+        let at = indices(at.as_ref())?;
+        let engine = self.engine(py)?;
         py.detach(|| engine.write_bytes(rows, at.as_deref(), &slices))
             .py()
+    }
+
+    /// Queues the copy of `rows` rows from device `ordinal` (see `arraydrain.cuda`'s
+    /// `DeviceWriter`): column `c` is `nbytes[c]` bytes at device address `ptrs[c]`, or, where
+    /// `host[c]` is an array, those host bytes (`uint8` `(rows, row_bytes)`); to the output rows
+    /// `at` (`int64`), or appended when `at` is None. `producer_stream` is the raw `CUstream` of
+    /// the stream the device columns were written on (PyTorch's current stream): the copies wait
+    /// for the work queued on it so far, and its later work waits for the copies, so the device
+    /// memory may be reused as soon as this returns. Returns without waiting for the copies
+    /// (unless the staging pool, `ring_bytes` of pinned memory, is full); the GIL is released
+    /// meanwhile. Without the engine's CUDA backend: a `DrainRuntimeError`.
+    #[pyo3(signature = (ordinal, ptrs, nbytes, host, rows, producer_stream, at=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn write_device(
+        &mut self,
+        py: Python<'_>,
+        ordinal: usize,
+        ptrs: Vec<u64>,
+        nbytes: Vec<usize>,
+        host: Vec<Option<PyReadonlyArray2<'_, u8>>>,
+        rows: usize,
+        producer_stream: usize,
+        at: Option<PyReadonlyArray1<'_, i64>>,
+    ) -> PyResult<()> {
+        if ptrs.len() != nbytes.len() || ptrs.len() != host.len() {
+            return Err(Kind::Value.err(format!(
+                "{} addresses, {} lengths and {} host entries: one of each per column",
+                ptrs.len(),
+                nbytes.len(),
+                host.len()
+            )));
+        }
+        let mut host_bytes = Vec::with_capacity(host.len());
+        for h in &host {
+            host_bytes.push(match h {
+                Some(a) => Some(
+                    a.as_slice()
+                        .map_err(|_| Kind::Value.err("a column's bytes must be C-contiguous"))?,
+                ),
+                None => None,
+            });
+        }
+        let sources: Vec<WriteSource<'_>> = ptrs
+            .iter()
+            .zip(&nbytes)
+            .zip(&host_bytes)
+            .map(|((&ptr, &bytes), h)| match h {
+                Some(b) => WriteSource::Host(b),
+                None => WriteSource::Device { ptr, bytes },
+            })
+            .collect();
+        let at = indices(at.as_ref())?;
+        if let Some(d) = &self.device {
+            let on = d.engine().info().ordinal;
+            if on != ordinal {
+                return Err(Kind::Value.err(format!(
+                    "a batch on cuda:{ordinal}, but this writer's device batches are on cuda:{on}; \
+                     write each device's batches to a writer of its own"
+                )));
+            }
+        } else {
+            if self.engine.is_none() {
+                return Err(Kind::Value.err("the writer is closed"));
+            }
+            // The engine first, the writer untouched if it cannot start.
+            #[cfg(feature = "cuda")]
+            let cuda = py
+                .detach(|| {
+                    let _current = arraydrain::cuda::ContextGuard::save();
+                    crate::cuda::engine(ordinal)
+                })
+                .py()?;
+            #[cfg(not(feature = "cuda"))]
+            let cuda = std::sync::Arc::new(arraydrain::cuda::CudaEngine::new(ordinal).py()?);
+            let writer = self
+                .engine
+                .take()
+                .ok_or_else(|| Kind::Value.err("the writer is closed"))?;
+            let ring = self.ring_bytes;
+            // On failure (no stream could be made) the writer is dropped: its files are removed.
+            self.device = Some(py.detach(|| DeviceWriter::new(cuda, writer, ring)).py()?);
+        }
+        let Some(device) = self.device.as_mut() else {
+            return Err(Kind::Value.err("the writer is closed"));
+        };
+        py.detach(|| device.write_device(at.as_deref(), &sources, rows, producer_stream))
+            .py()
+    }
+
+    /// Parts of device batches whose copies were queued and not yet handed to the writer.
+    #[getter]
+    fn device_pending(&self) -> usize {
+        self.device.as_ref().map_or(0, DeviceWriter::pending_parts)
+    }
+
+    /// Waits for every device batch in flight and hands it to the writer.
+    fn flush_device(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.engine(py).map(|_| ())
     }
 
     /// The temporary file or folder other writers of the run join (None in memory).
     #[getter]
     fn shared_path(&self) -> Option<PathBuf> {
-        self.engine
-            .as_ref()
+        self.current()
             .and_then(|e| e.shared_path().map(PathBuf::from))
     }
 
     /// Waits for every row written so far to be in the destination's files; no more rows can
     /// be written afterwards.
     fn sync(&mut self, py: Python<'_>) -> PyResult<()> {
-        let engine = self.engine()?;
+        let engine = self.engine(py)?;
         py.detach(|| engine.sync()).py()
     }
 
     /// The coverage bitmap as little-endian bytes (bit `i % 8` of byte `i / 8`: row `i`).
-    fn coverage(&self) -> PyResult<Vec<u8>> {
-        let engine = self
-            .engine
-            .as_ref()
-            .ok_or_else(|| Kind::Value.err("the writer is closed"))?;
+    fn coverage(&mut self, py: Python<'_>) -> PyResult<Vec<u8>> {
+        let engine = self.engine(py)?;
         Ok(engine
             .coverage()
             .iter()
@@ -153,13 +278,12 @@ impl Writer {
     /// Distinct rows written so far.
     #[getter]
     fn rows_written(&self) -> usize {
-        self.engine.as_ref().map_or(0, Engine::rows_written)
+        self.current().map_or(0, Engine::rows_written)
     }
 
     /// The first `limit` rows not written yet.
     fn missing_rows(&self, limit: usize) -> Vec<usize> {
-        self.engine
-            .as_ref()
+        self.current()
             .map_or_else(Vec::new, |e| e.missing_rows(limit))
     }
 
@@ -170,6 +294,7 @@ impl Writer {
     /// rows count as written too.
     #[pyo3(signature = (others=Vec::new()))]
     fn close(&mut self, py: Python<'_>, others: Vec<Vec<u8>>) -> PyResult<Option<Vec<Py<PyAny>>>> {
+        self.engine(py)?;
         let engine = self
             .engine
             .take()
@@ -204,7 +329,14 @@ impl Writer {
     }
 
     /// Drops the writer without committing: every temporary file is removed.
+    // Without the CUDA backend no `DeviceWriter` can exist, and its stand-in has no `Drop`.
+    #[cfg_attr(not(feature = "cuda"), allow(clippy::drop_non_drop))]
     fn abort(&mut self, py: Python<'_>) {
+        // Device batches in flight are waited for (not written) before their staging memory
+        // is released.
+        if let Some(d) = self.device.take() {
+            py.detach(|| drop::<DeviceWriter>(d));
+        }
         if let Some(e) = self.engine.take() {
             py.detach(|| drop::<Engine>(e));
         }

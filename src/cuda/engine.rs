@@ -136,6 +136,11 @@ impl CudaEngine {
         &self.user_stream
     }
 
+    /// The engine's own handle on the context (event tracking off), for the engine's modules.
+    pub(super) fn own_context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
     /// The pool of pinned memory behind pinned outputs.
     pub fn pinned_pool(&self) -> &PinnedPool {
         &self.pool

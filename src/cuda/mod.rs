@@ -35,6 +35,10 @@
 //! 5. [`CudaEngine::drain_device`] drains the user's own device batches into pinned output
 //!    (`drain_device_expecting` when their row count is only a hint), each batch released once
 //!    its copy has landed.
+//! 6. [`DeviceWriter`] goes the other way: a [`Writer`](crate::Writer) fed from device memory
+//!    (model outputs), copied asynchronously on the engine's streams into a bounded pool of
+//!    pinned staging blocks, ordered after the producer's stream and before its later work by
+//!    events, and handed to the writer once landed.
 //!
 //! # Pinned memory, the pool, and when the staged mode takes over
 //!
@@ -113,6 +117,8 @@ pub mod nvrtc;
 mod pipeline;
 #[cfg(feature = "cuda")]
 mod table;
+#[cfg(feature = "cuda")]
+mod write;
 
 #[cfg(feature = "cuda")]
 pub use current::{current_context, drop_in_context, ContextGuard};
@@ -128,6 +134,11 @@ pub use memory::{PinnedBuf, PinnedPool};
 pub use pipeline::{CHUNK_BYTES, LANES};
 #[cfg(feature = "cuda")]
 pub use table::{DeviceBatch, DeviceColumn, DeviceTable};
+#[cfg(feature = "cuda")]
+pub use write::DeviceWriter;
+
+mod source;
+pub use source::{WriteSource, STAGING_BLOCKS};
 
 /// The `cudarc` crate the engine is built on, re-exported so callers hand the engine
 /// `CudaSlice`s of the same version (`arraydrain::cuda::cudarc::driver::CudaSlice`).

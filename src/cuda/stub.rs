@@ -178,6 +178,105 @@ impl CudaEngine {
     }
 }
 
+/// A writer fed from device memory; cannot be created in a build without the `cuda` feature.
+#[derive(Debug)]
+pub struct DeviceWriter {
+    never: Infallible,
+}
+
+impl DeviceWriter {
+    /// Always [`CudaError::NotCompiled`] in this build.
+    ///
+    /// # Errors
+    /// [`CudaError::NotCompiled`].
+    pub fn new(
+        engine: std::sync::Arc<CudaEngine>,
+        writer: crate::Writer,
+        ring_bytes: usize,
+    ) -> Result<Self> {
+        let _ = (engine, writer, ring_bytes);
+        Err(Error::Cuda(CudaError::NotCompiled))
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    ///
+    /// # Errors
+    /// [`CudaError::NotCompiled`].
+    pub fn write_device(
+        &mut self,
+        at: Option<&[u64]>,
+        columns: &[super::WriteSource<'_>],
+        rows: usize,
+        producer: usize,
+    ) -> Result<()> {
+        let _ = (at, columns, rows, producer);
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    ///
+    /// # Errors
+    /// [`CudaError::NotCompiled`].
+    pub fn flush(&mut self) -> Result<()> {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    pub fn writer(&self) -> &crate::Writer {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    pub fn engine(&self) -> &std::sync::Arc<CudaEngine> {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    pub fn pool_bytes(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    pub fn pending_bytes(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    pub fn peak_pending_bytes(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    pub fn pending_parts(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    ///
+    /// # Errors
+    /// [`CudaError::NotCompiled`].
+    pub fn write_bytes(&mut self, n: usize, at: Option<&[u64]>, columns: &[&[u8]]) -> Result<()> {
+        let _ = (n, at, columns);
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    ///
+    /// # Errors
+    /// [`CudaError::NotCompiled`].
+    pub fn into_writer(self) -> Result<crate::Writer> {
+        match self.never {}
+    }
+
+    /// Unreachable: no device writer exists in this build.
+    ///
+    /// # Errors
+    /// [`CudaError::NotCompiled`].
+    pub fn close(self) -> Result<crate::writer::Written> {
+        match self.never {}
+    }
+}
+
 impl DeviceTable {
     /// Unreachable: no device table exists in this build.
     pub fn rows(&self) -> usize {

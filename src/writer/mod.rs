@@ -450,6 +450,11 @@ impl Writer {
             .collect()
     }
 
+    /// Rows appended so far ([`Writer::write`]): the next append starts at this row.
+    pub fn appended(&self) -> usize {
+        self.next
+    }
+
     /// The coverage bitmap: bit `i % 64` of word `i / 64` is set once row `i` was written.
     pub fn coverage(&self) -> &[u64] {
         &self.written
