@@ -2,9 +2,13 @@
 """The inference case: a small model (an nn.Linear stack) over many rows, its outputs kept as one
 array, with `arraydrain.Writer` against what people write today, all in one run on the same data.
 
-Workload: x float32 [rows, 32] on the CPU (default 1M rows), batches of --batch rows in a shuffled
+Workload: x float32 [rows, 32] on --device (default the CPU; `cuda` on a GPU machine: x, the
+model and its outputs on the GPU), 1M rows by default, batches of --batch rows in a shuffled
 order (a seeded permutation, the same for every method), model Linear(32, 64) -> ReLU ->
 Linear(64, 64) under torch.no_grad(): the output is float32 [rows, 64] (256 MiB at 1M rows).
+On CUDA the recipe appends `.cpu()` of each output (what people write), per-batch-save saves
+`.cpu().numpy()`, and the writer takes the CUDA tensors as they are; the model-only loop ends
+with a synchronisation, as every other method ends with its output on the host.
 
 Methods:
   model-only      the model over every batch, outputs dropped (the model's own time)
@@ -23,7 +27,9 @@ times more than CPU times: `main x` is the CPU time of the thread running the mo
 model's loop pays for a method), `all x` the process's (the model's thread plus every thread a
 method starts: the writer's background thread, torch's own). Peak extra memory: each
 method runs once more in a child process that reports its resident high-water mark (VmHWM)
-minus its resident memory before the method, and `x out` is that over the output's bytes.
+minus its resident memory before the method, and `x out` is that over the output's bytes; on
+CUDA also the GPU memory PyTorch allocated at most during the method, over the model-only
+run's (`gpu MiB`, `torch.cuda.max_memory_allocated`).
 Written files land in --dir (default: a temporary folder, removed afterwards).
 
 Usage:
@@ -62,7 +68,19 @@ def setup(args):
     net = torch.nn.Sequential(
         torch.nn.Linear(DIM_IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, DIM_OUT)
     ).eval()
+    if args.device != "cpu":
+        x, net = x.to(args.device), net.to(args.device)
     return x, order, net
+
+
+def host(t):
+    """A batch's output on the host (a no-op for CPU tensors)."""
+    return t.cpu() if t.device.type != "cpu" else t
+
+
+def finish(args):
+    if args.device != "cpu":
+        torch.cuda.synchronize()
 
 
 def batches(x, order, batch):
@@ -78,11 +96,12 @@ def run(method, x, order, net, args, folder):
         if method == "model-only":
             for _, xb in batches(x, order, args.batch):
                 net(xb)
+            finish(args)
             return None
         if method == "recipe":
             outs, idxs = [], []
             for idx, xb in batches(x, order, args.batch):
-                outs.append(net(xb))
+                outs.append(host(net(xb)))
                 idxs.append(idx)
             cat = torch.cat(outs).numpy()
             out = np.empty_like(cat)
@@ -93,7 +112,7 @@ def run(method, x, order, net, args, folder):
             shutil.rmtree(d, ignore_errors=True)
             os.makedirs(d)
             for k, (idx, xb) in enumerate(batches(x, order, args.batch)):
-                np.save(os.path.join(d, f"{k:06d}.npy"), net(xb).numpy())
+                np.save(os.path.join(d, f"{k:06d}.npy"), host(net(xb)).numpy())
                 np.save(os.path.join(d, f"{k:06d}-idx.npy"), idx.numpy())
             return d
         if method in ("writer", "writer-npy"):
@@ -131,22 +150,28 @@ def child(args):
     x, order, net = setup(args)
     with torch.no_grad():
         net(x[:16])  # the model's first-call set-up is not the method's
+    cuda = args.device != "cpu"
+    if cuda:
+        torch.cuda.synchronize()
+        gpu_before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     before = status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     out = run(args.child, x, order, net, args, args.dir)
     peak = status_kb("VmHWM")
+    gpu = torch.cuda.max_memory_allocated() - gpu_before if cuda else None
     del out
-    print(json.dumps({"peak_extra": peak - before}))
+    print(json.dumps({"peak_extra": peak - before, "gpu_peak_extra": gpu}))
 
 
 def peak_extra(args, method, folder):
     cmd = [sys.executable, __file__, "--child", method, "--rows", str(args.rows),
-           "--batch", str(args.batch), "--dir", folder]
+           "--batch", str(args.batch), "--dir", folder, "--device", args.device]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak_extra"]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -155,6 +180,7 @@ def main():
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--dir", default=None, help="where files are written (default: a temp folder)")
@@ -194,7 +220,10 @@ def main():
                 cpu_main[m].append(cpu_seconds(resource.RUSAGE_THREAD) - main0)
                 cpu_all[m].append(cpu_seconds(resource.RUSAGE_SELF) - all0)
                 del out
+        gpu_peaks = {}
         peaks = {} if args.no_memory else {m: peak_extra(args, m, folder) for m in methods}
+        gpu_peaks = {m: p["gpu_peak_extra"] for m, p in peaks.items()}
+        peaks = {m: p["peak_extra"] for m, p in peaks.items()}
     finally:
         if args.dir is None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -204,21 +233,26 @@ def main():
         return f"{np.median(values[m]) / np.median(values['model-only']):.2f}"
 
     print(f"inference: {args.rows} rows, batch {args.batch}, shuffled, output "
-          f"{out_bytes / 2**20:.0f} MiB, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"{out_bytes / 2**20:.0f} MiB, {args.device} tensors, torch threads "
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    gpu = args.device != "cpu" and bool(peaks)
     print(f"{'method':<16}{'median s':>10}{'x model':>9}{'cpu main x':>12}{'cpu all x':>11}"
-          f"{'peak MiB':>10}{'x out':>7}")
+          f"{'peak MiB':>10}{'x out':>7}" + (f"{'gpu MiB':>9}" if gpu else ""))
     for m in methods:
         med = float(np.median(times[m]))
         peak = peaks.get(m)
         pk = f"{peak / 2**20:.0f}" if peak is not None else "-"
         px = f"{peak / out_bytes:.2f}" if peak is not None else "-"
-        print(f"{m:<16}{med:>10.3f}{over_model(times, m):>9}{over_model(cpu_main, m):>12}"
-              f"{over_model(cpu_all, m):>11}{pk:>10}{px:>7}")
+        line = (f"{m:<16}{med:>10.3f}{over_model(times, m):>9}{over_model(cpu_main, m):>12}"
+                f"{over_model(cpu_all, m):>11}{pk:>10}{px:>7}")
+        if gpu:
+            line += f"{gpu_peaks[m] / 2**20:>9.0f}"
+        print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"times": times, "cpu_main": cpu_main, "cpu_all": cpu_all,
-                       "peaks": peaks, "rows": args.rows}, f, indent=1)
+                       "peaks": peaks, "gpu_peaks": gpu_peaks, "rows": args.rows,
+                       "device": args.device}, f, indent=1)
 
 
 if __name__ == "__main__":

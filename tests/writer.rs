@@ -723,3 +723,28 @@ fn joining_checks_what_it_joins() {
     assert_eq!(entries(&dir), ["victim.npy"]);
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
 }
+
+#[test]
+fn the_ring_is_never_larger_than_the_output_needs() {
+    // 1000 rows of 64 bytes: 62.5 KiB of output; the default ring (64 MiB in 1 MiB blocks) is
+    // cut to the one block those rows fill, plus one.
+    let w = Writer::builder(1000)
+        .column("x", DType::F32, &[16])
+        .open()
+        .unwrap();
+    assert_eq!(w.ring_bytes(), 2 * 1000 * 64);
+    // A large output keeps the ring asked for.
+    let w = Writer::builder(1 << 20)
+        .column("x", DType::U8, &[64])
+        .ring_bytes(8 << 20)
+        .open()
+        .unwrap();
+    assert_eq!(w.ring_bytes(), 8 << 20);
+    // A row larger than a block makes each block one row.
+    let w = Writer::builder(100)
+        .column("x", DType::U8, &[1 << 20])
+        .ring_bytes(1 << 20)
+        .open()
+        .unwrap();
+    assert_eq!(w.ring_bytes(), 4 << 20);
+}

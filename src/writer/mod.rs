@@ -155,7 +155,7 @@ impl WriterBuilder {
 
     /// Host memory of the ring, all blocks together (default [`DEFAULT_RING_BYTES`]). A block
     /// always holds at least one row, so a row larger than a block makes the ring that many
-    /// rows instead.
+    /// rows instead; a ring larger than the output is cut to the blocks its rows fill, plus one.
     pub fn ring_bytes(mut self, bytes: usize) -> Self {
         self.ring_bytes = bytes;
         self
@@ -220,6 +220,8 @@ pub struct Writer {
     batches: usize,
     /// Rows one block holds.
     block_rows: usize,
+    /// Host memory of the ring, every block together.
+    ring_bytes: usize,
     /// The block being filled (sent when full, or by [`Writer::sync`]).
     current: Option<Block>,
     to_sink: Option<SyncSender<Block>>,
@@ -368,6 +370,9 @@ impl Writer {
             .unwrap_or_else(|| (b.ring_bytes / DEFAULT_BLOCK_BYTES).clamp(4, 1024));
         let block_bytes = b.ring_bytes / blocks;
         let block_rows = (block_bytes / total_row.max(1)).clamp(1, b.rows.max(1));
+        // A ring larger than the output would hold memory no write ever needs: at most the
+        // blocks the output's rows fill, plus one.
+        let blocks = blocks.min(b.rows.div_ceil(block_rows) + 1).max(2);
         let (sink, shared) = match &b.join {
             None => Sink::create(&b.destination, &b.columns, b.rows, row_bytes.clone())?,
             Some(shared) => (
@@ -410,6 +415,7 @@ impl Writer {
             next: 0,
             batches: 0,
             block_rows,
+            ring_bytes: blocks * cap,
             current: None,
             to_sink: Some(to_sink),
             free,
@@ -425,6 +431,12 @@ impl Writer {
     /// memory.
     pub fn shared_path(&self) -> Option<&Path> {
         self.shared.as_deref()
+    }
+
+    /// Host memory of the ring, every block together (what [`WriterBuilder::ring_bytes`]
+    /// asked for, cut to the output, or raised to hold a row per block).
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_bytes
     }
 
     /// Rows of the output.
