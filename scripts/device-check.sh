@@ -17,8 +17,9 @@
 #                                   rows (scripts/torch_compare.py); the Python package's CUDA
 #                                   tests (pytest -m cuda on python/tests; the writer on CUDA
 #                                   tensors, python/tests/test_writer_cuda.py, as a step of its
-#                                   own) and, last,
-#                                   python/bench.py --device cuda on a smaller workload.
+#                                   own), python/bench.py --device cuda on a smaller workload
+#                                   and, last, the writer's inference case on CUDA tensors
+#                                   (python/bench_inference.py --device cuda).
 #
 # The Python half: `build` also puts the package's wheel (maturin from the test venv of
 # scripts/venv.sh) and pytest's pure-Python wheels into .device-bin/wheels; `run` installs them into
@@ -286,6 +287,14 @@ run() {
       --json "$J/py-bench.json"
   fi
 
+  # The writer's inference case on CUDA tensors: a model on the GPU, its outputs kept as one array
+  # (or .npy) by the writer beside the append/.cpu()/concatenate recipe; peak GPU memory too.
+  if [ -d "$BIN/pylib/arraydrain" ]; then
+    run_step "python/bench_inference.py --device cuda" 90 "$L/py-inference.log" \
+      env PYTHONPATH="$BIN/pylib" python3 python/bench_inference.py --device cuda \
+      --rows 1000000 --repeat 3 --json "$J/py-inference.json"
+  fi
+
   {
     cat "$W/machine.txt"
     echo
@@ -343,6 +352,11 @@ PY
       echo
       echo "=== pytest writer, CUDA tensors (test_writer_cuda.py), last lines"
       tail -n 15 "$L/pytest-writer-cuda.log"
+    fi
+    if [ -f "$L/py-inference.log" ]; then
+      echo
+      echo "=== python/bench_inference.py --device cuda"
+      tail -n 8 "$L/py-inference.log"
     fi
     if [ -f "$L/py-bench.log" ]; then
       echo
