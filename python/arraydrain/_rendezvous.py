@@ -5,12 +5,16 @@ The writer needs three collectives (rank 0's temporary output path to every rank
 row bitmap to every rank, rank 0's outcome to every rank). :class:`FsGroup` offers them with the
 names ``torch.distributed`` uses, through small JSON messages in a private folder beside the
 output: ``.arraydrain-rdv-<key>``, where the key hashes the output's absolute path with the
-launcher's run identity (``TORCHELASTIC_RUN_ID`` and restart count, or Slurm's job, step and
-restart count), so the ranks of one run meet and two runs never do. The folder is made with
-mode 0700 and must be a real folder owned by this user; messages are data (JSON, never pickle),
-each written under a temporary name and renamed into place, so a reader sees a whole message or
-none. A rank that waits longer than ``timeout`` for another gives up with an error naming the
-ranks it waited for; rank 0 removes the folder when the run ends, whatever the outcome.
+launcher's run identity (:func:`run_identity`: torchrun's run id, Open MPI's PMIx namespace or
+job id, Slurm's job and step, or ``ARRAYDRAIN_RUN_ID``), so the ranks of one run meet and two
+runs never do. The folder is made with mode 0700 and must be a real folder owned by this user;
+messages are data (JSON, never pickle), each written under a temporary name and renamed into
+place, so a reader sees a whole message or none. A rank that fails leaves an empty marker (``gone-<rank>``, which needs no room on a full
+disk) instead of removing the folder under the others' feet: a rank waiting for it fails at
+once, naming it, and the last rank to leave removes the folder. A rank that waits longer than
+``timeout`` for another gives up with an error naming the ranks it waited for (and removes the
+folder: those ranks are presumed dead); rank 0 removes the folder when the run ends, whatever
+the outcome.
 """
 
 from __future__ import annotations
@@ -29,22 +33,61 @@ from ._errors import DrainOSError, DrainRuntimeError, DrainValueError
 # The writer's collectives, in order: rank 0's output path, every rank's rows, rank 0's outcome.
 OUTCOME_SHARED = 3
 
-RUN_ID_VARIABLES = (
-    ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"),
-    ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT"),
-)
+# The variables that name one launch, for each launcher that places a process (the source names
+# of ``_native.launcher_placement``), innermost first; the first group set is the identity.
+# Open MPI: PMIx's namespace (Open MPI 5 / PRRTE, and 4 built with PMIx), else ORTE's job id
+# (Open MPI 4). MPICH's Hydra sets no job identity in the environment (PMI_RANK, PMI_SIZE and
+# a PMI_FD socket only; asking the process manager over that socket would disturb a later
+# MPI_Init), so an MPICH launch needs ARRAYDRAIN_RUN_ID.
+RUN_ID_VARIABLES = {
+    "torchrun": (
+        # The run id is "none" unless --rdzv-id or --standalone gave one: the master's address
+        # and port tell two such runs apart.
+        ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT"),
+    ),
+    "openmpi": (("PMIX_NAMESPACE",), ("OMPI_MCA_ess_base_jobid",)),
+    "mpich": (),
+    "slurm": (("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT"),),
+}
 
 
-def run_identity(env=os.environ) -> str | None:
-    """What the ranks of one launch share and another launch does not: torchrun's run id and
-    restart count, or Slurm's job, step and restart count; ``ARRAYDRAIN_RUN_ID`` overrides
-    them. ``None`` when none is set."""
+def run_identity(env=os.environ, launcher: str | None = None) -> str | None:
+    """What the ranks of one launch share and another launch does not, read from the variables
+    of ``launcher`` (the launcher that placed this process: ``torchrun``, ``openmpi``,
+    ``mpich``, ``slurm``), or of the first launcher whose variables are set when it is None:
+    torchrun's run id, restart count and master address; Open MPI's PMIx namespace or job id;
+    Slurm's job, step and restart count. ``ARRAYDRAIN_RUN_ID`` overrides them. ``None`` when
+    none is set (always for MPICH without ``ARRAYDRAIN_RUN_ID``)."""
     if env.get("ARRAYDRAIN_RUN_ID"):
         return "arraydrain:" + env["ARRAYDRAIN_RUN_ID"]
-    for names in RUN_ID_VARIABLES:
+    if launcher is None:
+        groups = [g for gs in RUN_ID_VARIABLES.values() for g in gs]
+    else:
+        groups = list(RUN_ID_VARIABLES.get(launcher, ()))
+    for names in groups:
         if env.get(names[0]):
             return ":".join(f"{n}={env.get(n, '')}" for n in names)
     return None
+
+
+def no_identity_message(rank: int, world: int, launcher: str) -> str:
+    """Why a rank placed by ``launcher`` without ``torch.distributed`` and without a run
+    identity is refused, and what to do."""
+    if launcher == "mpich":
+        why = (
+            "MPICH's launcher (Hydra) names no job in the environment, so the ranks of one "
+            "launch cannot tell themselves from another's: set ARRAYDRAIN_RUN_ID"
+        )
+    else:
+        names = [g[0] for g in RUN_ID_VARIABLES.get(launcher, ())]
+        why = "none of " + ", ".join(names + ["ARRAYDRAIN_RUN_ID"]) + " is set"
+    return (
+        f"this process is rank {rank} of {world} ({launcher}), but neither is torch.distributed "
+        f"initialised nor a run identity known for the ranks to meet through the file system "
+        f"({why}): initialise torch.distributed, set ARRAYDRAIN_RUN_ID to the same value in "
+        "every rank of the launch (and another in the next launch), or pass distributed=False "
+        "for an output of this rank's own"
+    )
 
 
 def _encode(x: Any) -> Any:
@@ -74,6 +117,7 @@ class FsGroup:
         self.dir = os.path.join(os.path.dirname(target), f".arraydrain-rdv-{key}")
         self.rank, self.world, self.timeout = rank, world, float(timeout)
         self._seq = 0
+        self._timed_out = False
         try:
             os.mkdir(self.dir, 0o700)
         except FileExistsError:
@@ -95,6 +139,9 @@ class FsGroup:
 
     def _file(self, seq: int, rank: int) -> str:
         return os.path.join(self.dir, f"{seq}-{rank}.json")
+
+    def _gone(self, rank: int) -> str:
+        return os.path.join(self.dir, f"gone-{rank}")
 
     def _put(self, seq: int, obj: Any) -> None:
         tmp = os.path.join(self.dir, f".tmp-{self.rank}-{secrets.token_hex(8)}")
@@ -120,6 +167,12 @@ class FsGroup:
                 try:
                     fd = os.open(self._file(seq, r), os.O_RDONLY | os.O_NOFOLLOW)
                 except FileNotFoundError:
+                    if os.path.lexists(self._gone(r)):
+                        raise DrainRuntimeError(
+                            f"rank {r} of {self.world} failed and left the run (its own error "
+                            f"says why) before step {seq} of the writer's meeting; nothing was "
+                            "committed"
+                        ) from None
                     continue
                 except OSError as e:
                     raise DrainOSError(f"{self.dir}: cannot read rank {r}'s message: {e}") from e
@@ -134,6 +187,7 @@ class FsGroup:
             if len(got) == len(ranks):
                 return got
             if time.monotonic() > deadline:
+                self._timed_out = True
                 missing = [r for r in ranks if r not in got]
                 raise DrainRuntimeError(
                     f"waited {self.timeout:g} s for rank(s) {missing} of {self.world} at step "
@@ -184,6 +238,21 @@ class FsGroup:
         if self._seq >= OUTCOME_SHARED:
             self.finish()
         else:
+            self.leave()
+
+    def leave(self) -> None:
+        """This rank fails before the run's end: it leaves its marker, so that the ranks
+        waiting for it fail at once instead of at their timeout, and keeps the folder (with
+        the messages they may still have to read, such as rank 0's error) until the last rank
+        has left; a rank that gave up waiting removes it at once (the ranks it waited for are
+        presumed dead)."""
+        try:
+            fd = os.open(self._gone(self.rank), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
+        except OSError:
+            self.remove()  # no marker can be left: at least nothing stays behind
+            return
+        if self._timed_out or all(os.path.lexists(self._gone(r)) for r in range(self.world)):
             self.remove()
 
     def remove(self) -> None:
