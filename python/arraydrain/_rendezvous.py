@@ -6,15 +6,22 @@ row bitmap to every rank, rank 0's outcome to every rank). :class:`FsGroup` offe
 names ``torch.distributed`` uses, through small JSON messages in a private folder beside the
 output: ``.arraydrain-rdv-<key>``, where the key hashes the output's absolute path with the
 launcher's run identity (:func:`run_identity`: torchrun's run id, Open MPI's PMIx namespace or
-job id, Slurm's job and step, or ``ARRAYDRAIN_RUN_ID``), so the ranks of one run meet and two
-runs never do. The folder is made with mode 0700 and must be a real folder owned by this user;
-messages are data (JSON, never pickle), each written under a temporary name and renamed into
-place, so a reader sees a whole message or none. A rank that fails leaves an empty marker (``gone-<rank>``, which needs no room on a full
-disk) instead of removing the folder under the others' feet: a rank waiting for it fails at
-once, naming it, and the last rank to leave removes the folder. A rank that waits longer than
-``timeout`` for another gives up with an error naming the ranks it waited for (and removes the
-folder: those ranks are presumed dead); rank 0 removes the folder when the run ends, whatever
-the outcome.
+job id, Slurm's job and step, or ``ARRAYDRAIN_RUN_ID``) and the writer's place among this
+launch's writers of that path, so the ranks of one writer meet and two runs never do.
+
+Only rank 0 makes the folder (mode 0700; it must be a real folder owned by this user): one
+already there was left by a launch with the same identity killed before its end, and is cleared
+first. Rank 0 draws a random launch token that every message carries (the others learn it from
+rank 0's first message), so a message of another launch is refused, never taken for this one's:
+a rank that came before rank 0 and read a killed launch's output path makes every rank fail at
+the next exchange, before anything is committed.
+Messages are data (JSON, never pickle), each written under a temporary name and renamed into
+place, so a reader sees a whole message or none. A rank that fails leaves an empty marker
+(``gone-<rank>``, which needs no room on a full disk) instead of removing the folder under the
+others' feet: a rank waiting for it fails at once, naming it, and the last rank to leave
+removes the folder. A rank that waits longer than ``timeout`` for another gives up with an
+error naming the ranks it waited for (and removes the folder: those ranks are presumed dead);
+rank 0 removes the folder when the run ends, whatever the outcome.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 import time
 from typing import Any
 
@@ -108,28 +116,61 @@ def _decode(x: Any) -> Any:
     return x
 
 
+# How many meetings each (output, run identity, world size, rank) has opened in this process.
+_OPENED: dict[tuple[str, str, int, int], int] = {}
+_OPENED_LOCK = threading.Lock()
+
+
 class FsGroup:
     """``rank`` of ``world`` ranks writing ``path``, meeting in a folder beside it."""
 
     def __init__(self, path: str, rank: int, world: int, run_id: str, timeout: float):
         target = os.path.abspath(path)
-        key = hashlib.sha256(f"{target}\0{run_id}\0{world}".encode()).hexdigest()[:24]
+        # The writers of one path in one launch are told apart by their order (every rank opens
+        # them in the same order): a second writer never meets in the first one's folder.
+        with _OPENED_LOCK:
+            nth = _OPENED.get((target, run_id, world, rank), 0)
+            _OPENED[(target, run_id, world, rank)] = nth + 1
+        key = hashlib.sha256(f"{target}\0{run_id}\0{world}\0{nth}".encode()).hexdigest()[:24]
         self.dir = os.path.join(os.path.dirname(target), f".arraydrain-rdv-{key}")
         self.rank, self.world, self.timeout = rank, world, float(timeout)
         self._seq = 0
         self._timed_out = False
-        try:
-            os.mkdir(self.dir, 0o700)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise DrainOSError(f"{self.dir}: cannot make the ranks' meeting folder: {e}") from e
+        # What every message of this launch carries: drawn by rank 0, learnt by the others
+        # from its first message.
+        self._launch: str | None = None
+        self._checked = False
+        if rank == 0:
+            self._fresh_folder()
+        elif os.path.lexists(self.dir):
+            self._check_folder()
+
+    def _check_folder(self) -> None:
         st = os.lstat(self.dir)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             raise DrainOSError(
                 f"{self.dir}: the ranks' meeting folder is not a folder of this user's "
                 "(a link, a file, or another user's): refusing to use it"
             )
+        self._checked = True
+
+    def _fresh_folder(self) -> None:
+        """Rank 0 makes the meeting folder. Only rank 0 makes it, so one already there was
+        left by a launch with the same identity that was killed before its end: it is cleared
+        first, so that none of its messages is taken for this launch's."""
+        try:
+            try:
+                os.mkdir(self.dir, 0o700)
+            except FileExistsError:
+                self._check_folder()
+                stale = f"{self.dir}-stale-{secrets.token_hex(6)}"
+                os.rename(self.dir, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+                os.mkdir(self.dir, 0o700)
+        except OSError as e:
+            raise DrainOSError(f"{self.dir}: cannot make the ranks' meeting folder: {e}") from e
+        self._check_folder()
+        self._launch = secrets.token_hex(16)
 
     def get_rank(self) -> int:
         return self.rank
@@ -148,7 +189,7 @@ class FsGroup:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump(_encode(obj), f)
+                json.dump({"launch": self._launch, "message": _encode(obj)}, f)
             os.replace(tmp, self._file(seq, self.rank))
         except OSError as e:
             raise DrainOSError(
@@ -161,6 +202,8 @@ class FsGroup:
         deadline = time.monotonic() + self.timeout
         pause = 0.001
         while True:
+            if not self._checked and os.path.lexists(self.dir):
+                self._check_folder()
             for r in ranks:
                 if r in got:
                     continue
@@ -179,11 +222,21 @@ class FsGroup:
                 with os.fdopen(fd) as f:
                     text = f.read(1 << 28)
                 try:
-                    got[r] = _decode(json.loads(text))
+                    data = json.loads(text)
+                    launch, got[r] = data["launch"], _decode(data["message"])
                 except (ValueError, KeyError, TypeError) as e:
                     raise DrainValueError(
                         f"{self.dir}: rank {r}'s message is not one this writer sent: {e}"
                     ) from None
+                if self._launch is None:
+                    self._launch = launch
+                elif launch != self._launch:
+                    raise DrainRuntimeError(
+                        f"{self.dir}: rank {r}'s message at step {seq} belongs to another launch "
+                        "with the same run identity (one killed before its end, whose output "
+                        "path this rank or rank 0 took, or one running now): nothing was "
+                        "committed; give every launch its own ARRAYDRAIN_RUN_ID"
+                    )
             if len(got) == len(ranks):
                 return got
             if time.monotonic() > deadline:

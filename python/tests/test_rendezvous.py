@@ -8,6 +8,7 @@ import threading
 import pytest
 
 import arraydrain
+from arraydrain import _rendezvous
 from arraydrain._rendezvous import FsGroup, no_identity_message, run_identity
 
 
@@ -69,6 +70,7 @@ def test_a_link_at_the_meeting_folder_is_refused(tmp_path):
 
 
 def test_a_message_that_is_not_the_writers_is_an_error_not_data(tmp_path):
+    FsGroup(str(tmp_path / "out.npy"), 0, 2, "run-1", 1)  # rank 0 makes the folder
     g = FsGroup(str(tmp_path / "out.npy"), 1, 2, "run-1", 1)
     with open(os.path.join(g.dir, "0-0.json"), "w") as f:
         f.write("cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle, not JSON
@@ -182,3 +184,72 @@ def test_a_rank_that_timed_out_removes_the_folder_of_ranks_presumed_dead(tmp_pat
         g.broadcast_object_list([None], src=0)
     g.leave()
     assert os.listdir(tmp_path) == []
+
+
+def killed_launch(path, world=2):
+    """What a launch killed mid-run leaves: rank 0's output path, rank 1's row bitmap."""
+    a = [FsGroup(str(path), r, world, "run-1", 0.2) for r in range(world)]
+    a[0].broadcast_object_list([("ok", "/A-temporary")], src=0)
+    box = [None]
+    a[1].broadcast_object_list(box, src=0)
+    assert box[0] == ("ok", "/A-temporary")
+    with pytest.raises(arraydrain.DrainRuntimeError, match="waited"):
+        a[1].all_gather_object([None] * world, ("ok", b"A-rows", 5))
+    # ... and then every rank was killed: nothing removed.
+    assert os.path.isdir(a[0].dir)
+    new_processes()
+    return a[0].dir
+
+
+def new_processes():
+    """The next launch's processes start counting their writers afresh."""
+    _rendezvous._OPENED.clear()
+
+
+def test_a_killed_launchs_messages_are_not_read_by_the_next_with_the_same_identity(tmp_path):
+    stale = killed_launch(tmp_path / "out.npy")
+    # The next launch with the same identity (ARRAYDRAIN_RUN_ID reused, torchrun's "none"):
+    # its rank 0 clears what the killed one left before anything is exchanged.
+    b = [FsGroup(str(tmp_path / "out.npy"), r, 2, "run-1", 5) for r in range(2)]
+    assert b[0].dir == stale
+
+    def job(g):
+        box = [("ok", "/B-temporary") if g.get_rank() == 0 else None]
+        g.broadcast_object_list(box, src=0)
+        every = [None, None]
+        g.all_gather_object(every, ("ok", bytes([g.get_rank()]), 1))
+        return box[0], every
+
+    (b0, e0), (b1, e1) = run_both(b, job)
+    assert b0 == b1 == ("ok", "/B-temporary")
+    assert e0 == e1 == [("ok", b"\x00", 1), ("ok", b"\x01", 1)]  # not the killed launch's rows
+
+
+def test_a_rank_misled_by_a_killed_launchs_path_fails_every_rank_instead_of_mixing(tmp_path):
+    killed_launch(tmp_path / "out.npy")
+    # Rank 1 of the next launch comes first and reads the killed launch's output path (nothing
+    # tells it apart yet); rank 0 then starts this launch afresh.
+    b1 = FsGroup(str(tmp_path / "out.npy"), 1, 2, "run-1", 600)
+    box = [None]
+    b1.broadcast_object_list(box, src=0)
+    assert box[0] == ("ok", "/A-temporary")
+    b0 = FsGroup(str(tmp_path / "out.npy"), 0, 2, "run-1", 600)
+    b0.broadcast_object_list([("ok", "/B-temporary")], src=0)
+    # The rows rank 1 wrote went to the killed launch's file: both ranks must fail, at once
+    # (not after their 600 s), instead of rank 0 committing without rank 1's rows.
+
+    def job(g):
+        try:
+            g.all_gather_object([None, None], ("ok", b"", 1))
+        except arraydrain.DrainRuntimeError as e:
+            return str(e)
+        return "no error"
+
+    for msg in run_both([b0, b1], job):
+        assert "another launch" in msg, msg
+
+
+def test_consecutive_writers_of_one_path_in_one_launch_meet_in_their_own_folders(tmp_path):
+    first = FsGroup(str(tmp_path / "out.npy"), 0, 2, "run-1", 1)
+    second = FsGroup(str(tmp_path / "out.npy"), 0, 2, "run-1", 1)
+    assert first.dir != second.dir and os.path.isdir(first.dir) and os.path.isdir(second.dir)
