@@ -126,10 +126,11 @@ fn on_small_tmpfs(case: &str, mount: &Path) -> Option<Output> {
         }
         Ok(out) => out,
     };
-    // `unshare` fails (status 1) before running anything when user namespaces are not allowed;
-    // the mount fails with 77.
-    let refused = matches!(out.status.code(), Some(1) | Some(77))
-        && !String::from_utf8_lossy(&out.stdout).contains("running 1 test");
+    // `unshare` fails (status 1, saying so) before running anything when user namespaces are
+    // not allowed; the mount fails with 77. A child that failed otherwise fails the test.
+    let refused = (out.status.code() == Some(1)
+        && String::from_utf8_lossy(&out.stderr).starts_with("unshare:"))
+        || out.status.code() == Some(77);
     if refused {
         eprintln!(
             "skipped {case}: no private tmpfs (user namespaces or tmpfs mounts not allowed): {}",
@@ -229,6 +230,33 @@ fn on_a_full_tmpfs_every_destination_fails_typed_or_keeps_its_reserved_space() {
         assert!(tree(&mount).is_empty(), "{case}: {:?}", tree(&mount));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn joining_an_output_whose_creator_failed_says_it_is_gone() {
+    // The creator of a run's output failed (here: dropped) before another process joined it.
+    for kind in ["npy", "npz", "dir"] {
+        let s = scratch();
+        let shared = {
+            let w = builder(kind, s.path(), 10).open().unwrap();
+            w.shared_path().unwrap().to_path_buf()
+        };
+        let err = builder(kind, s.path(), 10)
+            .join(&shared)
+            .open()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, Error::File(FileError::BadFile { .. })),
+            "{kind}: {err:?}"
+        );
+        assert!(
+            msg.contains("cannot be joined: it is gone"),
+            "{kind}: {msg}"
+        );
+        assert!(msg.contains(&shared.display().to_string()), "{kind}: {msg}");
+        assert!(tree(s.path()).is_empty(), "{kind}: {:?}", tree(s.path()));
+    }
 }
 
 // ---- the child side -------------------------------------------------------------------------
