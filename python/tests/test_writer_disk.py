@@ -320,6 +320,13 @@ def test_three_ranks_on_a_disk_filled_after_open_fail_typed_and_leave_nothing(tm
     for r in got:
         assert r.get("error"), r
         assert "waited" not in r["message"], r
+    # Rank 0 names the full disk; the others, that it failed (or that its output is gone, when
+    # they came to join it after it had failed), or the full disk themselves.
+    assert "No space left on device" in got[0]["message"], got[0]
+    for r in got[1:]:
+        causes = ("rank 0 of 3 failed and left the run", "cannot be joined: it is gone",
+                  "No space left on device")
+        assert any(c in r["message"] for c in causes), r
     assert got[0].get("filled"), got[0]
     assert left_after_ranks(out) == ["filler"], out
 
