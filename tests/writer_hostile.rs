@@ -41,6 +41,8 @@ const KIND: &str = "ARRAYDRAIN_WRITER_HOSTILE_KIND";
 /// What a child prints once every check passed.
 const DONE: &str = "writer-hostile-child-done";
 
+/// What a previous output at the destination holds (it must survive a failed writer).
+const PREVIOUS: &[u8] = b"a previous output, kept when a writer fails";
 /// The file size limit of the limit cases, KiB.
 const LIMIT_KIB: u64 = 256;
 /// The size of the tmpfs of the full-disk cases, KiB.
@@ -191,15 +193,30 @@ fn under_a_file_size_limit_every_destination_fails_typed_and_leaves_nothing() {
         let s = scratch();
         let dir = s.path().join("out");
         fs::create_dir(&dir).unwrap();
+        // A previous output where a failing writer's goes: it must survive, byte for byte.
+        let previous = match case {
+            "open-npy" => Some(dir.join("out.npy")),
+            c if c.starts_with("close-npz") => Some(dir.join("out.npz")),
+            _ => None,
+        };
+        if let Some(p) = &previous {
+            fs::write(p, PREVIOUS).unwrap();
+        }
         let out = under_limit(case, &dir);
         failures.extend(child_failure(case, &out));
         let left = tree(&dir);
-        let want = match case {
-            "joined-npy-fits" => vec![dir.join("out.npy")],
+        let want = match (case, &previous) {
+            ("joined-npy-fits", _) => vec![dir.join("out.npy")],
+            (_, Some(p)) => vec![p.clone()],
             _ => vec![],
         };
         if left != want {
             failures.push(format!("{case}: left {left:?}\n{}", text(&out)));
+        }
+        if let Some(p) = previous.filter(|p| p.is_file()) {
+            if fs::read(&p).unwrap() != PREVIOUS {
+                failures.push(format!("{case}: the previous {} was changed", p.display()));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -573,12 +590,14 @@ fn child() {
         }
         "tmpfs-full-after-open-npz" => {
             let rows = 1500;
+            fs::write(dir.join("out.npz"), PREVIOUS).unwrap();
             let mut w = builder("npz", &dir, rows).open().unwrap();
             fill(&dir);
             write_rows(&mut w, "npz", &shuffled(rows, None));
-            // The archive is packed at close: no room for it.
+            // The archive is packed at close: no room for it. The previous one stays.
             assert_no_space(w.close(), &dir.join("out.npz"), tmpfs_fs);
-            assert_eq!(names(&dir), ["filler"]);
+            assert_eq!(names(&dir), ["filler", "out.npz"]);
+            assert_eq!(fs::read(dir.join("out.npz")).unwrap(), PREVIOUS);
         }
         "tmpfs-full-after-open-joined-npy" => {
             joined_run("npy", &dir, 1500, true).unwrap();

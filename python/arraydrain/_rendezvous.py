@@ -192,6 +192,10 @@ class FsGroup:
                 json.dump({"launch": self._launch, "message": _encode(obj)}, f)
             os.replace(tmp, self._file(seq, self.rank))
         except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
             raise DrainOSError(
                 f"{self.dir}: cannot leave rank {self.rank}'s message for the other ranks (the "
                 f"run may have ended without this rank): {e}"

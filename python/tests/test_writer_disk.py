@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 LIMIT = 256 << 10  # bytes a file may grow to under the limit
+PREVIOUS = b"a previous output, kept when a writer fails"
 TMPFS_KIB = 1024
 ENGINE_ROWS = 4096  # 4096 rows of 256 bytes: 1 MiB, fits neither the limit nor the tmpfs
 
@@ -110,6 +111,10 @@ def run_case(case, d):
     rank = int(os.environ.get("RANK", "0"))
     full_after_open = "full-after-open" in case
     result = {"case": case}
+    keep_previous = case == "tmpfs-full-after-open-npz" and world == 1
+    if keep_previous:
+        with open(target(kind, d), "wb") as f:  # a previous output, to be kept
+            f.write(PREVIOUS)
     try:
         with arraydrain.Writer(
             target(kind, d), rows=rows, compress="compressed" in case, timeout=20,
@@ -127,6 +132,9 @@ def run_case(case, d):
     else:
         result["output_equal"] = rank != 0 or check_output(kind, d, rows)
     result["left"] = listing(d)
+    if keep_previous:
+        with open(target(kind, d), "rb") as f:
+            result["previous_kept"] = f.read() == PREVIOUS
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -210,10 +218,16 @@ LIMIT_FS = ("File too large",)
     ],
 )
 def test_under_a_file_size_limit_a_writer_fails_typed_and_leaves_nothing(tmp_path, case, names):
+    # A previous output where a file output goes: it must survive, byte for byte.
+    kind = case.rsplit("-", 1)[1]
+    kept = [] if kind == "dir" else [os.path.basename(target(kind, str(tmp_path)))]
+    for name in kept:
+        (tmp_path / name).write_bytes(PREVIOUS)
     out = run_child([sys.executable, __file__, case, str(tmp_path)], limit=True)
     (r,) = results(out)
     assert_no_space(r, names, LIMIT_FS)
-    assert r["left"] == [] and os.listdir(tmp_path) == []
+    assert r["left"] == kept and os.listdir(tmp_path) == kept
+    assert all((tmp_path / name).read_bytes() == PREVIOUS for name in kept)
 
 
 def test_under_a_file_size_limit_what_fits_is_written_exactly(tmp_path):
@@ -306,7 +320,7 @@ def test_an_archive_that_no_longer_fits_fails_the_close_and_commits_nothing(tmp_
     (r,) = results(out)
     assert r.get("filled"), r
     assert_no_space(r, ["out.npz"], [f"tmpfs (mounted on {mnt})", "No space left on device"])
-    assert r["left"] == ["filler"], r
+    assert r["left"] == ["filler", "out.npz"] and r["previous_kept"], r
 
 
 @pytest.mark.parametrize("kind", ["npy", "npz"])
