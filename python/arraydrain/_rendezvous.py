@@ -116,6 +116,17 @@ def _decode(x: Any) -> Any:
     return x
 
 
+_PROCESS_ENDING = False
+
+
+def process_ends() -> None:
+    """This process is being ended (``SIGTERM``: what a launcher sends every other rank when
+    one died): the run is over, so its ranks leaving remove their folders at once instead of
+    keeping them for ranks that may never leave (a killed one)."""
+    global _PROCESS_ENDING
+    _PROCESS_ENDING = True
+
+
 # How many meetings each (output, run identity, world size, rank) has opened in this process.
 _OPENED: dict[tuple[str, str, int, int], int] = {}
 _OPENED_LOCK = threading.Lock()
@@ -208,6 +219,12 @@ class FsGroup:
         while True:
             if not self._checked and os.path.lexists(self.dir):
                 self._check_folder()
+            elif self._checked and not os.path.lexists(self.dir):
+                raise DrainRuntimeError(
+                    f"{self.dir}: the ranks' meeting folder was removed while rank "
+                    f"{self.rank} waited at step {seq}: another rank's process was ended or "
+                    "gave up; nothing was committed"
+                )
             for r in ranks:
                 if r in got:
                     continue
@@ -301,15 +318,19 @@ class FsGroup:
         """This rank fails before the run's end: it leaves its marker, so that the ranks
         waiting for it fail at once instead of at their timeout, and keeps the folder (with
         the messages they may still have to read, such as rank 0's error) until the last rank
-        has left; a rank that gave up waiting removes it at once (the ranks it waited for are
-        presumed dead)."""
+        has left. A rank that gave up waiting (the ranks it waited for are presumed dead), or
+        whose process is being ended (:func:`process_ends`), removes it at once."""
         try:
             fd = os.open(self._gone(self.rank), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             os.close(fd)
         except OSError:
             self.remove()  # no marker can be left: at least nothing stays behind
             return
-        if self._timed_out or all(os.path.lexists(self._gone(r)) for r in range(self.world)):
+        if (
+            self._timed_out
+            or _PROCESS_ENDING
+            or all(os.path.lexists(self._gone(r)) for r in range(self.world))
+        ):
             self.remove()
 
     def remove(self) -> None:

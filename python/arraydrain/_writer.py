@@ -26,6 +26,7 @@ from . import _native
 from ._errors import ArrayDrainError, DrainIndexError, DrainTypeError, DrainValueError
 from ._leaves import engine_dtype, flatten, is_tensor, is_text, rebuild, same_structure
 from ._order import epoch_order, replayable
+from . import _rendezvous
 from ._rendezvous import FsGroup, no_identity_message, run_identity
 
 DEFAULT_RING_BYTES = 64 << 20
@@ -149,6 +150,7 @@ def _catch_sigterm():
 
         def handler(signum, frame):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _rendezvous.process_ends()
             raise _Terminated()
 
         signal.signal(signal.SIGTERM, handler)

@@ -4,10 +4,12 @@ the file system under the run identity of the launch (Open MPI's PMIx namespace 
 ARRAYDRAIN_RUN_ID under MPICH).
 
 MODE ``ok``: every rank writes its DistributedSampler shard (shuffled, padded) to ``feats.npy``
-and ``both.npz``; ``skip``: rank 2 leaves out its last batch. Each rank saves what it wrote
+and ``both.npz``; ``skip``: rank 2 leaves out its last batch; ``kill``: rank 1 is killed
+(``SIGKILL``) mid-run. Each rank saves what it wrote
 (``rankR.npz``) and any error (``errorR.txt``)."""
 
 import os
+import signal
 import sys
 
 import numpy as np
@@ -35,6 +37,8 @@ def main(out: str, n: int, mode: str) -> None:
             for k, (idx, (xb, _)) in enumerate(batches):
                 if mode == "skip" and rank == 2 and k == len(batches) - 1:
                     continue
+                if mode == "kill" and rank == 1 and k == 3:
+                    os.kill(os.getpid(), signal.SIGKILL)
                 f = net(xb)
                 w.write(f, at=idx)
                 w2.write({"feats": f, "x": xb}, at=idx)

@@ -4,6 +4,7 @@ untrusted (a link or a foreign folder is refused, a message is data, a missing r
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -253,3 +254,45 @@ def test_consecutive_writers_of_one_path_in_one_launch_meet_in_their_own_folders
     first = FsGroup(str(tmp_path / "out.npy"), 0, 2, "run-1", 1)
     second = FsGroup(str(tmp_path / "out.npy"), 0, 2, "run-1", 1)
     assert first.dir != second.dir and os.path.isdir(first.dir) and os.path.isdir(second.dir)
+
+
+def test_a_rank_whose_process_ends_removes_the_folder_and_the_waiting_ranks_notice(tmp_path):
+    # A rank was killed; the launcher sends SIGTERM to the others. Rank 0, ended, removes the
+    # folder at once (rank 1 never leaves: nothing would remove it later); rank 2, waiting for
+    # rank 1 at the close's exchange, fails at once instead of at its 600 s timeout.
+    g = [FsGroup(str(tmp_path / "out.npy"), r, 3, "run-1", 600) for r in range(3)]
+    g[0].broadcast_object_list([("ok", "/temporary")], src=0)
+    g[2].broadcast_object_list([None], src=0)
+    failed = []
+
+    def wait_at_close():
+        try:
+            g[2].all_gather_object([None] * 3, ("ok", b"", 1))
+        except arraydrain.DrainRuntimeError as e:
+            failed.append(str(e))
+
+    t = threading.Thread(target=wait_at_close)
+    t.start()
+    while not os.path.exists(os.path.join(g[2].dir, "1-2.json")):  # rank 2 is waiting
+        time.sleep(0.001)
+    try:
+        _rendezvous.process_ends()
+        g[0].leave()
+    finally:
+        _rendezvous._PROCESS_ENDING = False
+    t.join(30)
+    assert not t.is_alive()
+    assert os.listdir(tmp_path) == []
+    assert len(failed) == 1, failed
+    # It saw rank 0's marker, or the folder gone.
+    assert ("rank 0 of 3 failed and left the run" in failed[0]
+            or "meeting folder was removed while rank 2 waited" in failed[0]), failed
+
+
+def test_a_waiting_rank_notices_the_folder_removed(tmp_path):
+    g = [FsGroup(str(tmp_path / "out.npy"), r, 2, "run-1", 600) for r in range(2)]
+    g[0].broadcast_object_list([("ok", "/temporary")], src=0)
+    g[1].broadcast_object_list([None], src=0)
+    g[0].remove()  # without a marker: a rank whose folder was removed by another
+    with pytest.raises(arraydrain.DrainRuntimeError, match="meeting folder was removed while rank 1"):
+        g[1].broadcast_object_list([None], src=0)

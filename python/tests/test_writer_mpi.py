@@ -141,3 +141,12 @@ def test_mpich_without_arraydrain_run_id_is_refused_saying_what_to_set(tmp_path)
         assert "Hydra" in said and "set ARRAYDRAIN_RUN_ID" in said, said
     # Nothing else was made: no output, no meeting folder.
     assert sorted(os.listdir(out)) == [f"said{r}.txt" for r in range(WORLD)]
+
+
+def test_a_rank_killed_mid_run_under_open_mpi_leaves_nothing(tmp_path):
+    # mpiexec sends the surviving ranks SIGTERM: their writers remove their files and their
+    # meeting folders (the killed rank never leaves: nothing else would). MPICH's Hydra ends
+    # them with SIGKILL instead, after which nothing can run, so it is not tested here.
+    done = launch("openmpi", tmp_path, 101, "kill")
+    assert done.returncode != 0
+    assert os.listdir(tmp_path) == [], done.stderr[-2000:]
