@@ -21,7 +21,10 @@ place, so a reader sees a whole message or none. A rank that fails leaves an emp
 others' feet: a rank waiting for it fails at once, naming it, and the last rank to leave
 removes the folder. A rank that waits longer than ``timeout`` for another gives up with an
 error naming the ranks it waited for (and removes the folder: those ranks are presumed dead);
-rank 0 removes the folder when the run ends, whatever the outcome.
+rank 0 removes the folder when the run ends, whatever the outcome. On a file system too full
+for a message (the output's own space is reserved when it is created, the messages' is not),
+the rank that cannot write one fails with ``DrainOSError`` and the others with it: nothing is
+committed.
 """
 
 from __future__ import annotations
