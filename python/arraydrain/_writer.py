@@ -25,7 +25,8 @@ from . import _native
 from ._errors import ArrayDrainError, DrainIndexError, DrainTypeError, DrainValueError
 from ._leaves import _LEAF, engine_dtype, flatten, is_tensor, is_text, rebuild, same_structure
 from ._order import epoch_order, replayable
-from ._rendezvous import FsGroup, run_identity
+from . import _rendezvous
+from ._rendezvous import FsGroup, no_identity_message, run_identity
 
 DEFAULT_RING_BYTES = 64 << 20
 
@@ -208,6 +209,7 @@ def _catch_sigterm():
 
         def handler(signum, frame):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _rendezvous.process_ends()
             raise _Terminated()
 
         signal.signal(signal.SIGTERM, handler)
@@ -379,9 +381,12 @@ class Writer:
     ``distributed=False`` makes each rank's writer independent. Under a launcher (its variables
     set, several ranks) without ``torch.distributed`` initialised, the ranks meet through the
     file system instead: small messages in a private folder beside the output, named from the
-    launcher's run identity (``TORCHELASTIC_RUN_ID``, Slurm's job and step, or
-    ``ARRAYDRAIN_RUN_ID`` set alike in every rank; without one the writer is refused). A rank
-    waits at most ``timeout`` seconds for the others at close, then fails and commits nothing.
+    launcher's run identity (torchrun's ``TORCHELASTIC_RUN_ID`` and master address, Open MPI's
+    ``PMIX_NAMESPACE`` or ``OMPI_MCA_ess_base_jobid``, Slurm's job and step; MPICH's Hydra sets
+    none, so an MPICH launch needs ``ARRAYDRAIN_RUN_ID``, set alike in every rank of a launch
+    and to another value in the next; it overrides the others). Without one the writer is
+    refused. A rank waits at most ``timeout`` seconds for the others at close, then fails and
+    commits nothing.
     """
 
     def __init__(
@@ -420,16 +425,9 @@ class Writer:
             placement = _native.launcher_placement()
             if placement is not None and placement[1] > 1:
                 rank, world, source = placement
-                run_id = run_identity()
+                run_id = run_identity(launcher=source)
                 if run_id is None:
-                    raise DrainValueError(
-                        f"this process is rank {rank} of {world} ({source}), but neither is "
-                        "torch.distributed initialised nor a run identity set "
-                        "(TORCHELASTIC_RUN_ID, SLURM_JOB_ID or ARRAYDRAIN_RUN_ID) for the "
-                        "ranks to meet through the file system: initialise torch.distributed, "
-                        "set ARRAYDRAIN_RUN_ID to the same value in every rank, or pass "
-                        "distributed=False for an output of this rank's own"
-                    )
+                    raise DrainValueError(no_identity_message(rank, world, source))
                 self._dist = FsGroup(self.path, rank, world, run_id, timeout)
         if self._dist is not None and self.path is None:
             raise DrainValueError(
@@ -721,7 +719,7 @@ class Writer:
         if native is not None:
             native.abort()
         if isinstance(self._dist, FsGroup):
-            self._dist.remove()
+            self._dist.leave()
 
     def __enter__(self) -> Writer:
         self._sigterm = _catch_sigterm()

@@ -51,6 +51,19 @@ fn not_joinable(path: &Path, reason: impl Into<String>) -> Error {
     })
 }
 
+/// A shared output that is not there any more is one whose creator failed, was dropped or
+/// committed: said so, not only "no such file".
+fn gone_or_io(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        not_joinable(
+            path,
+            "it is gone (the writer that created it failed, was dropped or has committed)",
+        )
+    } else {
+        Error::io(path, e)
+    }
+}
+
 /// The sink of a writer joining `shared` (the creator's [`super::Writer::shared_path`]).
 pub(super) fn sink(
     destination: &Destination,
@@ -86,7 +99,7 @@ pub(super) fn sink(
             vec![shared.to_path_buf()]
         }
         Destination::Npz { .. } | Destination::Dir(_) => {
-            let meta = std::fs::symlink_metadata(shared).map_err(|e| Error::io(shared, e))?;
+            let meta = std::fs::symlink_metadata(shared).map_err(|e| gone_or_io(shared, e))?;
             if !meta.is_dir() {
                 return Err(not_joinable(shared, "not a folder"));
             }
@@ -131,7 +144,7 @@ fn open(path: &Path, dtype: &crate::DType, shape: &[usize]) -> Result<JoinedNpy>
         .write(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| Error::io(path, e))?;
+        .map_err(|e| gone_or_io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
         return Err(not_joinable(path, "not a regular file"));
