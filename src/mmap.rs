@@ -294,9 +294,14 @@ impl WriteMap {
     /// Writes every modified page back to the file and waits for it (`msync(MS_SYNC)`).
     ///
     /// # Errors
-    /// [`FileError::Io`] when the write-back fails.
+    /// [`FileError::NoSpace`] when the file system has no room for the pages written back;
+    /// [`FileError::Io`] when the write-back fails otherwise.
     pub fn flush(&self) -> Result<()> {
-        self.map.flush().map_err(|e| Error::io(&self.path, e))
+        // A file system that delays allocation (or a full quota) may answer the write-back
+        // with ENOSPC or EDQUOT even though the length was reserved: that is NoSpace too.
+        self.map
+            .flush()
+            .map_err(|e| crate::fsafe::write_error(&self.path, e, self.map.len() as u64))
     }
 }
 
