@@ -126,6 +126,7 @@ def _fast_leaf(first: Any, dtype: np.dtype, row_shape: tuple[int, ...]):
             or t.dim() != ndim
             or t.shape[1:] != row_shape
             or not t.is_contiguous()
+            or t.is_neg()
         ):
             return None
         a = t.numpy() if as_int is None else t.view(as_int).numpy()

@@ -229,6 +229,7 @@ def test_later_batches_like_the_first_take_the_shortcut_and_others_the_checked_p
     wide[:, :, ::2] = ref[perm[12:16]]
     w.write(wide[:, :, ::2], at=torch.from_numpy(perm[12:16]))  # not contiguous, a tensor
     w.write(ref[perm[16:20]].clone().requires_grad_(), at=perm[16:20].astype(np.int32))
+    w.write(torch._neg_view(-ref[perm[20:22]]), at=perm[20:22])  # a negative bit: resolved
     with pytest.raises(arraydrain.DrainIndexError, match="index 24 at position 1"):
         w.write(ref[:2], at=np.array([0, 24], dtype=np.int64))
     with pytest.raises(arraydrain.DrainIndexError, match="index -3 at position 0"):
@@ -239,8 +240,8 @@ def test_later_batches_like_the_first_take_the_shortcut_and_others_the_checked_p
         w.write(ref[:2].double(), at=np.array([0, 1], dtype=np.int64))
     with pytest.raises(arraydrain.DrainValueError, match="shape"):
         w.write(ref[:2].reshape(2, 3, 2), at=np.array([0, 1], dtype=np.int64))
-    assert w.rows_written == 20
-    w.write(ref[perm[20:]][None][0], at=perm[20:])
+    assert w.rows_written == 22
+    w.write(ref[perm[22:]][None][0], at=perm[22:])
     assert np.array_equal(w.close(), ref.numpy())
 
 
