@@ -271,7 +271,9 @@ def on_small_tmpfs(tmp_path, *args):
     """Runs this file with ``args`` in a private mount namespace on a fresh tmpfs of 1 MiB
     mounted at ``tmp_path/mnt`` (which the child sees as its folder); skips the test where
     that cannot be made."""
+    expected = os.environ.get("ARRAYDRAIN_EXPECT_TMPFS") == "1"  # scripts/test.sh probed it
     if shutil.which("unshare") is None:
+        assert not expected, "ARRAYDRAIN_EXPECT_TMPFS=1, yet there is no unshare command"
         pytest.skip("no unshare command: no private tmpfs to fill (the limit cases still run)")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -285,6 +287,7 @@ def on_small_tmpfs(tmp_path, *args):
     # that failed otherwise fails the test.
     refused = done.returncode == 1 and done.stderr.startswith("unshare:")
     if refused or done.returncode == 77:
+        assert not expected, f"ARRAYDRAIN_EXPECT_TMPFS=1, yet no private tmpfs: {done.stderr}"
         pytest.skip(
             "no private tmpfs here (user namespaces or tmpfs mounts not allowed): "
             + done.stderr.strip()[-300:]
