@@ -37,9 +37,8 @@ proptest! {
 
     #[test]
     fn files_of_random_bytes_are_refused_with_the_file_named(bytes in prop::collection::vec(any::<u8>(), 0..400), npz in any::<bool>()) {
-        let dir = std::env::temp_dir().join(format!("arraydrain-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(if npz { "r.npz" } else { "r.npy" });
+        let dir = tempfile::Builder::new().prefix("arraydrain-fuzz-").tempdir().unwrap();
+        let path = dir.path().join(if npz { "r.npz" } else { "r.npy" });
         std::fs::write(&path, &bytes).unwrap();
         let err = if npz { read_npz(&path).err() } else { read_npy(&path).err() };
         if let Some(e) = err {

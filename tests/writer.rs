@@ -3,20 +3,34 @@
 //! people can write to are handled as an attacker would use them.
 
 use arraydrain::TableError;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arraydrain::npy;
 use arraydrain::{Batch, ColumnArray, DType, Destination, Error, FileError, Writer};
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "arraydrain-writer-{name}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch folder of the test's own, removed when it goes out of scope.
+struct Scratch(tempfile::TempDir);
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+fn tmp(name: &str) -> Scratch {
+    Scratch(
+        tempfile::Builder::new()
+            .prefix(&format!("arraydrain-writer-{name}-"))
+            .tempdir()
+            .unwrap(),
+    )
 }
 
 /// Entries of `dir` (names), sorted.
