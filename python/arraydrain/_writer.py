@@ -135,6 +135,59 @@ def _fast_leaf(first: Any, dtype: np.dtype, row_shape: tuple[int, ...]):
     return from_tensor
 
 
+def _fast_batch(first: Any, structure: Any, leaves: list, layout: list):
+    """For a first batch that is one CPU tensor or array, or a tuple, list or dict (with
+    ``str`` keys) of them: a function that turns a later batch of the same structure, leaf
+    types, dtypes and row shapes, every leaf with the same rows, into its leaves' ``uint8``
+    views (:func:`_fast_leaf`), or returns None for anything else (which the general path
+    then takes, and refuses where it refuses). None when there is no such shortcut."""
+    fns = [_fast_leaf(x, d, s) for (_, x), (_, d, s) in zip(leaves, layout)]
+    if not fns or any(f is None for f in fns):
+        return None
+    if structure is _LEAF:
+        (fn,) = fns
+
+        def one(batch):
+            u8 = fn(batch)
+            return None if u8 is None else [u8]
+
+        return one
+    kind = type(first)
+    if (
+        kind not in (tuple, list, dict)
+        or structure[1] is not kind
+        or any(sub is not _LEAF for sub in _children(structure))
+    ):
+        return None
+    n = len(fns)
+    keys = list(first) if kind is dict else None
+    if keys is not None and not all(type(k) is str for k in keys):
+        return None
+
+    def several(batch):
+        if type(batch) is not kind or len(batch) != n:
+            return None
+        if keys is not None:
+            if list(batch) != keys:
+                return None
+            batch = batch.values()
+        out = []
+        for fn, x in zip(fns, batch):
+            u8 = fn(x)
+            if u8 is None or (out and u8.shape[0] != out[0].shape[0]):
+                return None
+            out.append(u8)
+        return out
+
+    return several
+
+
+def _children(structure: Any) -> list:
+    """The direct sub-structures of a tuple, list or dict structure from :func:`flatten`."""
+    items = structure[2]
+    return [sub for _, sub in items] if structure[1] is dict else list(items)
+
+
 _INT64 = np.dtype(np.int64)
 
 
@@ -455,9 +508,9 @@ class Writer:
             raise DrainValueError("the writer is closed")
         fast = self._fast
         if fast is not None:
-            u8 = fast(batch)
-            if u8 is not None:
-                rows = u8.shape[0]
+            u8s = fast(batch)
+            if u8s is not None:
+                rows = u8s[0].shape[0]
                 if at is None:
                     idx = None
                 elif (
@@ -470,7 +523,7 @@ class Writer:
                     idx = at  # the engine checks every index (negative or past the rows)
                 else:
                     idx = self._checked_indices(at, rows)
-                self._native.write([u8], rows, idx)
+                self._native.write(u8s, rows, idx)
                 return
         structure, leaves = flatten(batch)
         ordinal = _cuda_ordinal(leaves)
@@ -498,8 +551,7 @@ class Writer:
         layout = [(name, dtype, shape) for (name, _), (_, dtype, shape) in zip(leaves, cols)]
         if self._native is None:
             self._open(structure, layout)
-            if structure is _LEAF:
-                self._fast = _fast_leaf(leaves[0][1], layout[0][1], layout[0][2])
+            self._fast = _fast_batch(batch, structure, leaves, layout)
         else:
             self._check(structure, layout)
         idx = None if at is None else self._checked_indices(at, rows)

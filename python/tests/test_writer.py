@@ -262,6 +262,43 @@ def test_the_shortcut_keeps_bfloat16_and_arrays_exact():
     assert np.array_equal(w.close(), a)
 
 
+def test_batches_of_several_leaves_take_the_shortcut_and_stay_exact():
+    rows = 30
+    emb = torch.randn(rows, 2, 3)
+    half = torch.randn(rows, 4).to(torch.bfloat16)
+    label = torch.arange(rows) * 7
+    perm = np.random.default_rng(5).permutation(rows).astype(np.int64)
+    w = arraydrain.Writer(None, rows=rows)
+    t = arraydrain.Writer(None, rows=rows)
+    for lo in range(0, 24, 4):
+        i = perm[lo : lo + 4]
+        w.write({"emb": emb[i], "half": half[i]}, at=i)
+        t.write((label[i], emb[i].numpy()), at=i)
+    assert w._fast is not None and t._fast is not None
+    i = perm[24:28]
+    # Keys in another order, a leaf of other rows or dtype: the checked path (and its verdict).
+    with pytest.raises(arraydrain.DrainValueError, match="rows"):
+        w.write({"emb": emb[i], "half": half[i][:3]}, at=i)
+    with pytest.raises(arraydrain.DrainValueError, match="float32"):
+        w.write({"emb": emb[i], "half": half[i].float()}, at=i)
+    with pytest.raises(arraydrain.DrainValueError, match="structure differs"):
+        t.write([label[i], emb[i].numpy()], at=i)
+    same = arraydrain.Writer(None, rows=4)
+    same.write({"a": torch.zeros(2, 3), "b": torch.ones(2, 3)}, at=[0, 1])
+    with pytest.raises(arraydrain.DrainValueError, match="structure differs"):
+        same.write({"b": torch.ones(2, 3), "a": torch.zeros(2, 3)}, at=[2, 3])
+    same.abort()
+    w.write({"emb": emb[i], "half": half[i]}, at=i)
+    t.write((label[i], emb[i].numpy()), at=i)
+    i = perm[28:]
+    w.write({"emb": emb[i], "half": half[i]}, at=i)
+    t.write((label[i], emb[i].numpy()), at=i)
+    out, (lab, em) = w.close(), t.close()
+    assert np.array_equal(out["emb"], emb.numpy())
+    assert np.array_equal(out["half"].view(np.int16), half.view(torch.int16).numpy())
+    assert np.array_equal(lab, label.numpy()) and np.array_equal(em, emb.numpy())
+
+
 def test_several_leaves_refuse_a_npy_file(tmp_path):
     w = arraydrain.Writer(tmp_path / "x.npy", rows=2)
     with pytest.raises(arraydrain.DrainValueError, match=r"holds one array.*2 leaves \(0, 1\)"):
