@@ -22,7 +22,7 @@ mod cudasim_common;
 
 use std::sync::Arc;
 
-use arraydrain::cuda::cudarc::driver::{CudaContext, DevicePtr};
+use arraydrain::cuda::cudarc::driver::{CudaContext, CudaStream, DevicePtr};
 use arraydrain::cuda::{CudaError, DeviceWriter, WriteSource, STAGING_BLOCKS};
 use arraydrain::{DType, Error, TableError, Writer, WriterBuilder, Written};
 use cudasim_common::{
@@ -144,62 +144,72 @@ fn output_equals_the_bytes_written_shuffled_or_appended_device_and_host_columns(
     free_all(&producer, ptrs);
 }
 
+/// Writes `want` (column `a`) from device memory through a device writer with a 1 MiB pool, in
+/// batches of `batch` rows of the order `shuffled(rows, seed)`, each written on a producer stream
+/// of the test's own: `stage(producer, k, bytes)` returns the device address batch `k` is read
+/// from, which holds `bytes` once the work queued on the producer has run, and what must live
+/// until then; `after(producer, ptr, len)` runs right after the batch's `write_device` returned.
+/// Returns how many rows of the output differ from `want`.
+fn rows_wrong_after_writing<K>(
+    want: &[u8],
+    (batch, seed): (usize, u64),
+    mut stage: impl FnMut(&Arc<CudaStream>, usize, &[u8]) -> (u64, K),
+    mut after: impl FnMut(&Arc<CudaStream>, u64, usize),
+) -> usize {
+    let (engine, producer, p) = engine_with_producer();
+    let rows = want.len() / A;
+    let writer = column_a(rows).open().unwrap();
+    let mut w = DeviceWriter::new(Arc::clone(&engine), writer, 1 << 20).unwrap();
+    let (mut ptrs, mut keep) = (Vec::new(), Vec::new());
+    for (k, at) in shuffled(rows, seed).chunks(batch).enumerate() {
+        let bytes = rows_of(want, at, A);
+        let (ptr, kept) = stage(&producer, k, &bytes);
+        w.write_device(Some(at), &[device(ptr, bytes.len())], at.len(), p)
+            .unwrap();
+        after(&producer, ptr, bytes.len());
+        ptrs.push(ptr);
+        keep.push(kept);
+    }
+    let got = column(&w.close().unwrap(), "a");
+    drop(keep);
+    free_all(&producer, ptrs);
+    rows_differing(&got, want, A)
+}
+
 #[test]
 #[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
 fn each_batch_is_read_after_its_producers_last_write() {
     let _sim = Sim::get();
-    let (engine, producer, p) = engine_with_producer();
-    let rows = 1200;
-    let after = random_bytes(rows * A, 3);
-    let writer = column_a(rows).open().unwrap();
-    let mut w = DeviceWriter::new(Arc::clone(&engine), writer, 1 << 20).unwrap();
-    let order = shuffled(rows, 4);
-    let (mut ptrs, mut srcs) = (Vec::new(), Vec::new());
-    for (k, at) in order.chunks(100).enumerate() {
-        let bytes = rows_of(&after, at, A);
-        let ptr = raw_alloc(&producer, &random_bytes(bytes.len(), 100 + k as u64));
-        srcs.push(queue_slow_write(&producer, ptr, &bytes, SLOW));
-        w.write_device(Some(at), &[device(ptr, bytes.len())], at.len(), p)
-            .unwrap();
-        ptrs.push(ptr);
-    }
-    let got = column(&w.close().unwrap(), "a");
-    let wrong = rows_differing(&got, &after, A);
+    let after = random_bytes(1200 * A, 3);
+    // Each batch's memory holds other bytes, then many writes and, last, the batch's rows.
+    let slowly_written = |producer: &Arc<CudaStream>, k: usize, bytes: &[u8]| {
+        let ptr = raw_alloc(producer, &random_bytes(bytes.len(), 100 + k as u64));
+        (ptr, queue_slow_write(producer, ptr, bytes, SLOW))
+    };
+    let wrong = rows_wrong_after_writing(&after, (100, 4), slowly_written, |_, _, _| {});
     assert_eq!(
         wrong, 0,
         "{wrong} rows were copied before their producer's last write"
     );
-    drop(srcs);
-    free_all(&producer, ptrs);
 }
 
 #[test]
 #[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
 fn the_producer_stream_runs_its_later_work_after_the_copy() {
     let _sim = Sim::get();
-    let (engine, producer, p) = engine_with_producer();
-    let rows = 2000;
-    let data = random_bytes(rows * A, 5);
-    let writer = column_a(rows).open().unwrap();
-    let mut w = DeviceWriter::new(Arc::clone(&engine), writer, 1 << 20).unwrap();
-    let mut ptrs = Vec::new();
-    for at in shuffled(rows, 6).chunks(50) {
-        let bytes = rows_of(&data, at, A);
-        let ptr = raw_alloc(&producer, &bytes);
-        w.write_device(Some(at), &[device(ptr, bytes.len())], at.len(), p)
-            .unwrap();
-        // What the producer does next with the batch's memory (PyTorch reusing it for the next
-        // allocation on its stream): overwrite it, at once.
-        queue_memsets(&producer, ptr, bytes.len(), 1, 0xEE);
-        ptrs.push(ptr);
-    }
-    let got = column(&w.close().unwrap(), "a");
-    let wrong = rows_differing(&got, &data, A);
+    let data = random_bytes(2000 * A, 5);
+    let written =
+        |producer: &Arc<CudaStream>, _: usize, bytes: &[u8]| (raw_alloc(producer, bytes), ());
+    // What the producer does next with the batch's memory (PyTorch reusing it for the next
+    // allocation on its stream): overwrite it, at once.
+    let reused_at_once = |producer: &Arc<CudaStream>, ptr: u64, len: usize| {
+        queue_memsets(producer, ptr, len, 1, 0xEE)
+    };
+    let wrong = rows_wrong_after_writing(&data, (50, 6), written, reused_at_once);
     assert_eq!(
         wrong, 0,
         "{wrong} rows were overwritten by producer work queued after write_device"
     );
-    free_all(&producer, ptrs);
 }
 
 #[test]
