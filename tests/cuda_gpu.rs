@@ -7,6 +7,8 @@
 //! at a time.
 #![cfg(feature = "cuda")]
 
+mod cuda_common;
+
 use arraydrain::TableError;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -19,6 +21,7 @@ use arraydrain::{
     Batches, Column, DType, Error, Indices, Materialized, Order, Shard, StorageKind, Strategy,
     Table,
 };
+use cuda_common::{device_engine, random_bytes, splitmix};
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 
@@ -35,32 +38,9 @@ fn engine() -> (MutexGuard<'static, ()>, &'static CudaEngine) {
     static LOCK: Mutex<()> = Mutex::new(());
     static ENGINE: OnceLock<CudaEngine> = OnceLock::new();
     let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let engine = ENGINE.get_or_init(|| match CudaEngine::new(0) {
-        Ok(e) => {
-            println!("device: {}", e.info());
-            e
-        }
-        Err(e) => panic!("these tests need a CUDA device: {e}"),
-    });
+    let engine = ENGINE.get_or_init(device_engine);
     engine.set_pin_budget(usize::MAX);
     (guard, engine)
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = splitmix(s);
-            (s >> 56) as u8
-        })
-        .collect()
 }
 
 /// A table of `rows` rows with one column per `(dtype, row_shape)`, random bytes.

@@ -12,96 +12,21 @@
 //! - the bytes pending never exceed the staging pool.
 #![cfg(feature = "cuda")]
 
+mod cuda_common;
+
 use std::sync::Arc;
 
-use arraydrain::cuda::cudarc::driver::{result, CudaStream};
-use arraydrain::cuda::{CudaEngine, DeviceWriter, WriteSource};
+use arraydrain::cuda::{DeviceWriter, WriteSource};
 use arraydrain::{DType, Writer};
-
-fn engine() -> Arc<CudaEngine> {
-    match CudaEngine::new(0) {
-        Ok(e) => {
-            println!("device: {}", e.info());
-            Arc::new(e)
-        }
-        Err(e) => panic!("these tests need a CUDA device: {e}"),
-    }
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = splitmix(s);
-            (s >> 56) as u8
-        })
-        .collect()
-}
-
-fn shuffled(n: usize, seed: u64) -> Vec<u64> {
-    let mut v: Vec<u64> = (0..n as u64).collect();
-    let mut s = seed;
-    for i in (1..n).rev() {
-        s = splitmix(s);
-        v.swap(i, (s % (i as u64 + 1)) as usize);
-    }
-    v
-}
-
-fn rows_of(data: &[u8], at: &[u64], row: usize) -> Vec<u8> {
-    at.iter()
-        .flat_map(|&i| &data[i as usize * row..(i as usize + 1) * row])
-        .copied()
-        .collect()
-}
-
-/// Device memory holding `bytes` once this returns (allocated through the driver on `stream`;
-/// freed by [`free`] only).
-fn raw_alloc(stream: &Arc<CudaStream>, bytes: &[u8]) -> u64 {
-    stream.context().bind_to_thread().unwrap();
-    // SAFETY: a stream-ordered allocation on a live stream of the current context; written
-    // below before anything reads it.
-    let ptr = unsafe { result::malloc_async(stream.cu_stream(), bytes.len().max(1)) }.unwrap();
-    // SAFETY: `ptr` holds `bytes.len()` bytes; `bytes` outlives the copy, waited for below.
-    unsafe { result::memcpy_htod_async(ptr, bytes, stream.cu_stream()) }.unwrap();
-    stream.synchronize().unwrap();
-    ptr
-}
-
-fn free(stream: &Arc<CudaStream>, ptr: u64) {
-    stream.synchronize().unwrap();
-    stream.context().bind_to_thread().unwrap();
-    // SAFETY: allocated by `raw_alloc`, freed once, after the stream (and every write of the
-    // test) ran.
-    unsafe { result::free_sync(ptr) }.unwrap();
-}
-
-/// Queues `ops` memsets of `len` bytes at `ptr` on `stream`.
-fn memsets(stream: &Arc<CudaStream>, ptr: u64, len: usize, ops: u32, value: u8) {
-    stream.context().bind_to_thread().unwrap();
-    for v in 0..ops {
-        // SAFETY: `ptr` holds `len` device bytes of this context, freed only after the stream
-        // has been synchronised.
-        unsafe {
-            result::memset_d8_async(ptr, value.wrapping_add(v as u8), len, stream.cu_stream())
-        }
-        .unwrap();
-    }
-}
+use cuda_common::{
+    device, engine_with_producer, free, free_all, queue_copy, queue_memsets, random_bytes,
+    raw_alloc, rows_differing, rows_of, shuffled,
+};
 
 #[test]
 #[ignore = "needs a CUDA device (device-check.sh) or the simulator (test-cudasim.sh)"]
 fn device_batches_land_at_their_rows_after_their_producer_and_before_its_later_work() {
-    let engine = engine();
-    let producer = engine.context().new_stream().unwrap();
-    let p = producer.cu_stream() as usize;
+    let (engine, producer, p) = engine_with_producer();
     let (rows, a, b) = (60_000usize, 64usize, 12usize);
     let final_a = random_bytes(rows * a, 1);
     let col_b = random_bytes(rows * b, 2);
@@ -128,39 +53,27 @@ fn device_batches_land_at_their_rows_after_their_producer_and_before_its_later_w
     for (at, &(dst, src)) in order.chunks(batch).zip(&bufs) {
         let n = at.len() * a;
         // The batch's last write, behind many others on the producer's stream.
-        memsets(&producer, dst, n, 50, 0);
-        producer.context().bind_to_thread().unwrap();
-        // SAFETY: both ranges hold `n` device bytes of this context, alive until freed below.
-        unsafe { result::memcpy_dtod_async(dst, src, n, producer.cu_stream()) }.unwrap();
+        queue_memsets(&producer, dst, n, 50, 0);
+        queue_copy(&producer, dst, src, n);
         let host_b = rows_of(&col_b, at, b);
-        let cols = [
-            WriteSource::Device { ptr: dst, bytes: n },
-            WriteSource::Host(&host_b),
-        ];
+        let cols = [device(dst, n), WriteSource::Host(&host_b)];
         w.write_device(Some(at), &cols, at.len(), p).unwrap();
         assert!(w.pending_bytes() <= w.pool_bytes());
         // The producer's next work on the batch's memory: after the copy.
-        memsets(&producer, dst, n, 1, 0xEE);
+        queue_memsets(&producer, dst, n, 1, 0xEE);
     }
     let m = w.close().unwrap().memory.unwrap();
     let got = m.column("a").unwrap().as_bytes();
-    let wrong = (0..rows)
-        .filter(|&i| got[i * a..(i + 1) * a] != final_a[i * a..(i + 1) * a])
-        .count();
+    let wrong = rows_differing(got, &final_a, a);
     assert_eq!(wrong, 0, "{wrong} rows of column a differ");
     assert!(m.column("b").unwrap().as_bytes() == col_b.as_slice());
-    for (dst, src) in bufs {
-        free(&producer, dst);
-        free(&producer, src);
-    }
+    free_all(&producer, bufs.into_iter().flat_map(<[u64; 2]>::from));
 }
 
 #[test]
 #[ignore = "needs a CUDA device (device-check.sh) or the simulator (test-cudasim.sh)"]
 fn a_slab_larger_than_the_pool_is_appended_whole_to_a_npy_file() {
-    let engine = engine();
-    let producer = engine.context().new_stream().unwrap();
-    let p = producer.cu_stream() as usize;
+    let (engine, producer, p) = engine_with_producer();
     let (rows, row) = (200_000usize, 40usize);
     let data = random_bytes(rows * row, 4);
     let ptr = raw_alloc(&producer, &data);
@@ -174,16 +87,10 @@ fn a_slab_larger_than_the_pool_is_appended_whole_to_a_npy_file() {
     let mut w = DeviceWriter::new(Arc::clone(&engine), writer, 1 << 20).unwrap();
     // Two appends: 6.4 MB (six times the pool), then the rest.
     let first = rows * 4 / 5;
-    let cols = [WriteSource::Device {
-        ptr,
-        bytes: first * row,
-    }];
-    w.write_device(None, &cols, first, p).unwrap();
-    let cols = [WriteSource::Device {
-        ptr: ptr + (first * row) as u64,
-        bytes: (rows - first) * row,
-    }];
-    w.write_device(None, &cols, rows - first, p).unwrap();
+    w.write_device(None, &[device(ptr, first * row)], first, p)
+        .unwrap();
+    let rest = device(ptr + (first * row) as u64, (rows - first) * row);
+    w.write_device(None, &[rest], rows - first, p).unwrap();
     assert!(w.peak_pending_bytes() <= w.pool_bytes());
     w.close().unwrap();
     let back = arraydrain::npy::read_npy(&path).unwrap();

@@ -19,45 +19,19 @@
 mod cudasim_common;
 
 use arraydrain::TableError;
-use std::sync::Arc;
 
-use arraydrain::cuda::cudarc::driver::{result, sys, CudaContext, CudaStream, DevicePtr};
+use arraydrain::cuda::cudarc::driver::{sys, CudaContext, DevicePtr};
 use arraydrain::cuda::{CudaEngine, CudaError, DeviceBatch};
 use arraydrain::{Batches, DType, Error, Indices, Order, Strategy};
-use cudasim_common::{random_bytes, Sim};
+use cudasim_common::{
+    free, in_child_process, is_driver_failure, queue_slow_write, random_bytes, raw_alloc,
+    sweep_failing_calls, Sim,
+};
 
 const ROW: usize = 24;
 
-/// `len` bytes of device memory allocated through the driver on `stream` (not a `CudaSlice`:
-/// nothing but the test frees it), holding `before` once this returns.
-fn raw_alloc(stream: &Arc<CudaStream>, before: &[u8]) -> u64 {
-    stream.context().bind_to_thread().unwrap();
-    // SAFETY: a stream-ordered allocation on a live stream of the current context; the memory
-    // is written below before anything reads it.
-    let ptr = unsafe { result::malloc_async(stream.cu_stream(), before.len()) }.unwrap();
-    // SAFETY: `ptr` holds `before.len()` bytes; `before` outlives the copy, waited for below.
-    unsafe { result::memcpy_htod_async(ptr, before, stream.cu_stream()) }.unwrap();
-    stream.synchronize().unwrap();
-    ptr
-}
-
-/// Queues on `stream` a long run of writes to `ptr` (each a memset of the whole buffer) and,
-/// last, a copy of `after` into it: the final contents, long after this returns.
-fn queue_slow_write(stream: &Arc<CudaStream>, ptr: u64, after: &[u8]) -> impl Drop {
-    let src = stream.clone_htod(after).unwrap();
-    let (src_ptr, record) = src.device_ptr(stream);
-    stream.context().bind_to_thread().unwrap();
-    for v in 0..400u32 {
-        // SAFETY: `ptr` holds `after.len()` device bytes of this context, alive until the test
-        // frees it after every stream was synchronised.
-        unsafe { result::memset_d8_async(ptr, v as u8, after.len(), stream.cu_stream()) }.unwrap();
-    }
-    // SAFETY: both ranges hold `after.len()` device bytes of this context; `src` is kept alive
-    // (returned) until the stream has run the copy.
-    unsafe { result::memcpy_dtod_async(ptr, src_ptr, after.len(), stream.cu_stream()) }.unwrap();
-    drop(record);
-    src
-}
+/// Memsets the lender queues in front of its last write of the memory it lends.
+const SLOW: u32 = 400;
 
 /// Whether `ptr` is still live device memory, as the driver says.
 fn is_live(ptr: u64) -> bool {
@@ -71,14 +45,6 @@ fn is_live(ptr: u64) -> bool {
         )
     };
     rc == sys::CUresult::CUDA_SUCCESS && size > 0
-}
-
-fn free(stream: &Arc<CudaStream>, ptr: u64) {
-    stream.synchronize().unwrap();
-    stream.context().bind_to_thread().unwrap();
-    // SAFETY: `ptr` was allocated by `raw_alloc` and is freed once, here, after every use
-    // (the engine's drains returned, the stream was synchronised).
-    unsafe { result::free_sync(ptr) }.unwrap();
 }
 
 fn order(rows: usize, seed: u64) -> Batches {
@@ -106,7 +72,7 @@ fn lent_memory_is_read_after_its_producers_last_write_and_never_freed() {
     let after = random_bytes(rows * ROW, 2);
     for strategy in [Strategy::Pinned, Strategy::Preallocated] {
         let ptr = raw_alloc(&producer, &before);
-        let src = queue_slow_write(&producer, ptr, &after);
+        let src = queue_slow_write(&producer, ptr, &after, SLOW);
         let column = engine
             .borrow_column(
                 "x",
@@ -170,7 +136,7 @@ fn lent_device_batches_are_read_after_their_producer_and_a_row_hint_is_only_a_hi
                 continue;
             }
             let ptr = raw_alloc(&producer, &random_bytes(bytes.len(), 100 + k as u64));
-            let src = queue_slow_write(&producer, ptr, bytes);
+            let src = queue_slow_write(&producer, ptr, bytes, SLOW);
             let c = engine
                 .borrow_column(
                     "x",
@@ -305,15 +271,10 @@ fn memory_of_another_context_past_its_allocation_or_not_on_the_device_is_refused
 #[test]
 #[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
 fn every_failing_driver_call_of_lending_ends_in_a_typed_error() {
-    const NAME: &str = "every_failing_driver_call_of_lending_ends_in_a_typed_error";
-    if !cudasim_common::is_child(NAME) {
-        let out = cudasim_common::child(NAME, &[]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}\n{stderr}");
+    if !in_child_process("every_failing_driver_call_of_lending_ends_in_a_typed_error") {
         return;
     }
-    let sim = Sim::get();
+    let _sim = Sim::get();
     let engine = CudaEngine::new(0).unwrap();
     let producer = engine.context().new_stream().unwrap();
     let rows = 120;
@@ -321,10 +282,8 @@ fn every_failing_driver_call_of_lending_ends_in_a_typed_error() {
     let batches = order(rows, 3);
     let want_table = expected(&data, &batches);
     let typed = |e: &Error| match e {
-        Error::Cuda(CudaError::Driver { message, .. }) => !message.starts_with("panic"),
-        Error::Cuda(CudaError::OutOfMemory { .. }) | Error::HostAllocation { .. } => true,
         Error::Source { source, .. } => source.downcast_ref::<Error>().is_some(),
-        _ => false,
+        e => is_driver_failure(e),
     };
     // One run: lends what `prep` allocated (the sweep covers the lending calls) and drains it.
     let run = |table: bool, ptrs: &[u64]| -> Result<Vec<u8>, Error> {
@@ -368,39 +327,15 @@ fn every_failing_driver_call_of_lending_ends_in_a_typed_error() {
                 free(&producer, p);
             }
         };
-        let ptrs = prep();
-        assert_eq!(&run(table, &ptrs).unwrap(), want);
-        release(ptrs);
-        let ptrs = prep();
-        let before = sim.calls();
-        assert_eq!(&run(table, &ptrs).unwrap(), want);
-        let n = sim.calls() - before;
-        release(ptrs);
-        let mut errors = 0;
-        for k in 1..=n {
-            let ptrs = prep();
-            sim.fail_nth(k);
-            let r = run(table, &ptrs);
-            sim.disarm();
-            assert_eq!(
-                sim.stats().pending_host_copies,
-                0,
-                "call {k} of {n}: in flight"
-            );
-            match r {
-                Ok(out) => assert_eq!(&out, want, "table {table}, call {k} of {n}: wrong"),
-                Err(e) => {
-                    assert!(typed(&e), "table {table}, call {k} of {n}: untyped {e:?}");
-                    errors += 1;
-                }
-            }
-            // Whatever cudarc stored in the user's context from the failure is the failure's.
-            let _ = engine.context().check_err();
-            release(ptrs);
-            let ptrs = prep();
-            assert_eq!(&run(table, &ptrs).unwrap(), want, "after call {k} of {n}");
-            release(ptrs);
-        }
+        let (n, errors) = sweep_failing_calls(
+            engine.context(),
+            &format!("lending, table {table}"),
+            want,
+            prep,
+            |ptrs| run(table, ptrs),
+            release,
+            |k, n, e| assert!(typed(&e), "table {table}, call {k} of {n}: untyped {e:?}"),
+        );
         assert!(errors > 0, "table {table}: no injected failure surfaced");
         println!("lending, table {table}: {n} calls, {errors} errors");
     }

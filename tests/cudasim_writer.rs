@@ -22,73 +22,21 @@ mod cudasim_common;
 
 use std::sync::Arc;
 
-use arraydrain::cuda::cudarc::driver::{result, CudaContext, CudaStream, DevicePtr};
-use arraydrain::cuda::{CudaEngine, CudaError, DeviceWriter, WriteSource, STAGING_BLOCKS};
-use arraydrain::{DType, Error, TableError, Writer};
-use cudasim_common::{random_bytes, splitmix, Sim};
+use arraydrain::cuda::cudarc::driver::{CudaContext, CudaStream, DevicePtr};
+use arraydrain::cuda::{CudaError, DeviceWriter, WriteSource, STAGING_BLOCKS};
+use arraydrain::{DType, Error, TableError, Writer, WriterBuilder, Written};
+use cudasim_common::{
+    device, engine_with_producer, free, free_all, in_child_process, is_driver_failure,
+    queue_memsets, queue_slow_write, random_bytes, raw_alloc, rows_differing, rows_of, shuffled,
+    sweep_failing_calls, Sim,
+};
 
 /// Row bytes of the two columns: `a` (device) and `b` (device or host).
 const A: usize = 24;
 const B: usize = 7;
 
-/// `before.len()` bytes of device memory allocated through the driver on `stream`, holding
-/// `before` once this returns (freed by the test only).
-fn raw_alloc(stream: &Arc<CudaStream>, before: &[u8]) -> u64 {
-    stream.context().bind_to_thread().unwrap();
-    // SAFETY: a stream-ordered allocation on a live stream of the current context; written
-    // below before anything reads it.
-    let ptr = unsafe { result::malloc_async(stream.cu_stream(), before.len().max(1)) }.unwrap();
-    // SAFETY: `ptr` holds `before.len()` bytes; `before` outlives the copy, waited for below.
-    unsafe { result::memcpy_htod_async(ptr, before, stream.cu_stream()) }.unwrap();
-    stream.synchronize().unwrap();
-    ptr
-}
-
-fn free(stream: &Arc<CudaStream>, ptr: u64) {
-    stream.synchronize().unwrap();
-    stream.context().bind_to_thread().unwrap();
-    // SAFETY: allocated by `raw_alloc`, freed once, after the stream (and every write of the
-    // test) ran.
-    unsafe { result::free_sync(ptr) }.unwrap();
-}
-
-/// Queues `ops` memsets of `len` bytes at `ptr` on `stream`.
-fn queue_memsets(stream: &Arc<CudaStream>, ptr: u64, len: usize, ops: u32, value: u8) {
-    stream.context().bind_to_thread().unwrap();
-    for v in 0..ops {
-        // SAFETY: `ptr` holds `len` device bytes of this context, alive until the test frees it
-        // after synchronising the stream.
-        unsafe {
-            result::memset_d8_async(ptr, value.wrapping_add(v as u8), len, stream.cu_stream())
-        }
-        .unwrap();
-    }
-}
-
-/// Queues on `stream` many writes to `ptr` and, last, a copy of `after` into it; returns the
-/// source buffer, to keep until the stream has run.
-fn queue_slow_write(stream: &Arc<CudaStream>, ptr: u64, after: &[u8]) -> impl Drop {
-    let src = stream.clone_htod(after).unwrap();
-    let (src_ptr, record) = src.device_ptr(stream);
-    queue_memsets(stream, ptr, after.len(), 300, 0);
-    stream.context().bind_to_thread().unwrap();
-    // SAFETY: both ranges hold `after.len()` device bytes of this context; `src` is returned
-    // and kept until the stream has run the copy.
-    unsafe { result::memcpy_dtod_async(ptr, src_ptr, after.len(), stream.cu_stream()) }.unwrap();
-    drop(record);
-    src
-}
-
-/// A shuffled permutation of `0..n`.
-fn shuffled(n: usize, seed: u64) -> Vec<u64> {
-    let mut v: Vec<u64> = (0..n as u64).collect();
-    let mut s = seed;
-    for i in (1..n).rev() {
-        s = splitmix(s);
-        v.swap(i, (s % (i as u64 + 1)) as usize);
-    }
-    v
-}
+/// Memsets the producer queues in front of a batch's last write.
+const SLOW: u32 = 300;
 
 /// Batch sizes covering `n` rows: small, empty, one row, and larger than the whole pool.
 fn sizes(n: usize) -> Vec<usize> {
@@ -105,37 +53,35 @@ fn sizes(n: usize) -> Vec<usize> {
     out
 }
 
-/// The rows `at` of a column of `row` bytes per row.
-fn rows_of(data: &[u8], at: &[u64], row: usize) -> Vec<u8> {
-    at.iter()
-        .flat_map(|&i| &data[i as usize * row..(i as usize + 1) * row])
-        .copied()
-        .collect()
+/// An output of `rows` rows of column `a` alone, still to be opened (in memory, or given a path).
+fn column_a(rows: usize) -> WriterBuilder {
+    Writer::builder(rows).column("a", DType::U8, &[A])
 }
 
+/// An output in memory of `rows` rows of columns `a` and `b`.
 fn memory_writer(rows: usize) -> Writer {
-    Writer::builder(rows)
-        .column("a", DType::U8, &[A])
-        .column("b", DType::U8, &[B])
-        .open()
-        .unwrap()
+    column_a(rows).column("b", DType::U8, &[B]).open().unwrap()
 }
 
-fn columns(w: arraydrain::writer::Written) -> (Vec<u8>, Vec<u8>) {
-    let m = w.memory.expect("a memory writer returns its arrays");
-    (
-        m.column("a").unwrap().as_bytes().to_vec(),
-        m.column("b").unwrap().as_bytes().to_vec(),
-    )
+/// The bytes of column `name` of a memory writer's output.
+fn column(w: &Written, name: &str) -> Vec<u8> {
+    let m = w
+        .memory
+        .as_ref()
+        .expect("a memory writer returns its arrays");
+    m.column(name).unwrap().as_bytes().to_vec()
+}
+
+/// Columns `a` and `b` of a memory writer's output.
+fn columns(w: Written) -> (Vec<u8>, Vec<u8>) {
+    (column(&w, "a"), column(&w, "b"))
 }
 
 #[test]
 #[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
 fn output_equals_the_bytes_written_shuffled_or_appended_device_and_host_columns() {
     let _sim = Sim::get();
-    let engine = Arc::new(CudaEngine::new(0).unwrap());
-    let producer = engine.context().new_stream().unwrap();
-    let p = producer.cu_stream() as usize;
+    let (engine, producer, p) = engine_with_producer();
     let rows = 3000;
     let a = random_bytes(rows * A, 1);
     let b = random_bytes(rows * B, 2);
@@ -159,18 +105,9 @@ fn output_equals_the_bytes_written_shuffled_or_appended_device_and_host_columns(
             let col_b = if host_b {
                 WriteSource::Host(&bb)
             } else {
-                WriteSource::Device {
-                    ptr: pb,
-                    bytes: bb.len(),
-                }
+                device(pb, bb.len())
             };
-            let cols = [
-                WriteSource::Device {
-                    ptr: pa,
-                    bytes: ba.len(),
-                },
-                col_b,
-            ];
+            let cols = [device(pa, ba.len()), col_b];
             w.write_device(shuffle.then_some(at), &cols, n, p).unwrap();
             assert!(w.pending_bytes() <= w.pool_bytes());
         }
@@ -183,19 +120,13 @@ fn output_equals_the_bytes_written_shuffled_or_appended_device_and_host_columns(
             gb == b,
             "shuffle {shuffle}, host b {host_b}: column b differs"
         );
-        for ptr in ptrs {
-            free(&producer, ptr);
-        }
+        free_all(&producer, ptrs);
     }
 
     // To a .npy file: the file holds the rows written, in place.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.npy");
-    let writer = Writer::builder(rows)
-        .column("a", DType::U8, &[A])
-        .path(&path)
-        .open()
-        .unwrap();
+    let writer = column_a(rows).path(&path).open().unwrap();
     let mut w = DeviceWriter::new(Arc::clone(&engine), writer, 1 << 14).unwrap();
     let order = shuffled(rows, 9);
     let mut ptrs = Vec::new();
@@ -203,105 +134,82 @@ fn output_equals_the_bytes_written_shuffled_or_appended_device_and_host_columns(
         let bytes = rows_of(&a, at, A);
         let ptr = raw_alloc(&producer, &bytes);
         ptrs.push(ptr);
-        let col = [WriteSource::Device {
-            ptr,
-            bytes: bytes.len(),
-        }];
-        w.write_device(Some(at), &col, at.len(), p).unwrap();
+        w.write_device(Some(at), &[device(ptr, bytes.len())], at.len(), p)
+            .unwrap();
     }
     assert!(!path.exists(), "nothing is visible before close");
     w.close().unwrap();
     let back = arraydrain::npy::read_npy(&path).unwrap();
     assert!(back.bytes() == a.as_slice(), "the .npy file differs");
-    for ptr in ptrs {
-        free(&producer, ptr);
+    free_all(&producer, ptrs);
+}
+
+/// Writes `want` (column `a`) from device memory through a device writer with a 1 MiB pool, in
+/// batches of `batch` rows of the order `shuffled(rows, seed)`, each written on a producer stream
+/// of the test's own: `stage(producer, k, bytes)` returns the device address batch `k` is read
+/// from, which holds `bytes` once the work queued on the producer has run, and what must live
+/// until then; `after(producer, ptr, len)` runs right after the batch's `write_device` returned.
+/// Returns how many rows of the output differ from `want`.
+fn rows_wrong_after_writing<K>(
+    want: &[u8],
+    (batch, seed): (usize, u64),
+    mut stage: impl FnMut(&Arc<CudaStream>, usize, &[u8]) -> (u64, K),
+    mut after: impl FnMut(&Arc<CudaStream>, u64, usize),
+) -> usize {
+    let (engine, producer, p) = engine_with_producer();
+    let rows = want.len() / A;
+    let writer = column_a(rows).open().unwrap();
+    let mut w = DeviceWriter::new(Arc::clone(&engine), writer, 1 << 20).unwrap();
+    let (mut ptrs, mut keep) = (Vec::new(), Vec::new());
+    for (k, at) in shuffled(rows, seed).chunks(batch).enumerate() {
+        let bytes = rows_of(want, at, A);
+        let (ptr, kept) = stage(&producer, k, &bytes);
+        w.write_device(Some(at), &[device(ptr, bytes.len())], at.len(), p)
+            .unwrap();
+        after(&producer, ptr, bytes.len());
+        ptrs.push(ptr);
+        keep.push(kept);
     }
+    let got = column(&w.close().unwrap(), "a");
+    drop(keep);
+    free_all(&producer, ptrs);
+    rows_differing(&got, want, A)
 }
 
 #[test]
 #[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
 fn each_batch_is_read_after_its_producers_last_write() {
     let _sim = Sim::get();
-    let engine = Arc::new(CudaEngine::new(0).unwrap());
-    let producer = engine.context().new_stream().unwrap();
-    let p = producer.cu_stream() as usize;
-    let rows = 1200;
-    let after = random_bytes(rows * A, 3);
-    let writer = Writer::builder(rows)
-        .column("a", DType::U8, &[A])
-        .open()
-        .unwrap();
-    let mut w = DeviceWriter::new(Arc::clone(&engine), writer, 1 << 20).unwrap();
-    let order = shuffled(rows, 4);
-    let mut keep = Vec::new();
-    for (k, at) in order.chunks(100).enumerate() {
-        let bytes = rows_of(&after, at, A);
-        let ptr = raw_alloc(&producer, &random_bytes(bytes.len(), 100 + k as u64));
-        let src = queue_slow_write(&producer, ptr, &bytes);
-        let col = [WriteSource::Device {
-            ptr,
-            bytes: bytes.len(),
-        }];
-        w.write_device(Some(at), &col, at.len(), p).unwrap();
-        keep.push((ptr, src));
-    }
-    let (got, _) = {
-        let m = w.close().unwrap().memory.unwrap();
-        (m.column("a").unwrap().as_bytes().to_vec(), ())
+    let after = random_bytes(1200 * A, 3);
+    // Each batch's memory holds other bytes, then many writes and, last, the batch's rows.
+    let slowly_written = |producer: &Arc<CudaStream>, k: usize, bytes: &[u8]| {
+        let ptr = raw_alloc(producer, &random_bytes(bytes.len(), 100 + k as u64));
+        (ptr, queue_slow_write(producer, ptr, bytes, SLOW))
     };
-    let wrong = (0..rows)
-        .filter(|&i| got[i * A..(i + 1) * A] != after[i * A..(i + 1) * A])
-        .count();
+    let wrong = rows_wrong_after_writing(&after, (100, 4), slowly_written, |_, _, _| {});
     assert_eq!(
         wrong, 0,
         "{wrong} rows were copied before their producer's last write"
     );
-    for (ptr, src) in keep {
-        drop(src);
-        free(&producer, ptr);
-    }
 }
 
 #[test]
 #[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
 fn the_producer_stream_runs_its_later_work_after_the_copy() {
     let _sim = Sim::get();
-    let engine = Arc::new(CudaEngine::new(0).unwrap());
-    let producer = engine.context().new_stream().unwrap();
-    let p = producer.cu_stream() as usize;
-    let rows = 2000;
-    let data = random_bytes(rows * A, 5);
-    let writer = Writer::builder(rows)
-        .column("a", DType::U8, &[A])
-        .open()
-        .unwrap();
-    let mut w = DeviceWriter::new(Arc::clone(&engine), writer, 1 << 20).unwrap();
-    let mut ptrs = Vec::new();
-    for at in shuffled(rows, 6).chunks(50) {
-        let bytes = rows_of(&data, at, A);
-        let ptr = raw_alloc(&producer, &bytes);
-        let col = [WriteSource::Device {
-            ptr,
-            bytes: bytes.len(),
-        }];
-        w.write_device(Some(at), &col, at.len(), p).unwrap();
-        // What the producer does next with the batch's memory (PyTorch reusing it for the next
-        // allocation on its stream): overwrite it, at once.
-        queue_memsets(&producer, ptr, bytes.len(), 1, 0xEE);
-        ptrs.push(ptr);
-    }
-    let m = w.close().unwrap().memory.unwrap();
-    let got = m.column("a").unwrap().as_bytes();
-    let wrong = (0..rows)
-        .filter(|&i| got[i * A..(i + 1) * A] != data[i * A..(i + 1) * A])
-        .count();
+    let data = random_bytes(2000 * A, 5);
+    let written =
+        |producer: &Arc<CudaStream>, _: usize, bytes: &[u8]| (raw_alloc(producer, bytes), ());
+    // What the producer does next with the batch's memory (PyTorch reusing it for the next
+    // allocation on its stream): overwrite it, at once.
+    let reused_at_once = |producer: &Arc<CudaStream>, ptr: u64, len: usize| {
+        queue_memsets(producer, ptr, len, 1, 0xEE)
+    };
+    let wrong = rows_wrong_after_writing(&data, (50, 6), written, reused_at_once);
     assert_eq!(
         wrong, 0,
         "{wrong} rows were overwritten by producer work queued after write_device"
     );
-    for ptr in ptrs {
-        free(&producer, ptr);
-    }
 }
 
 #[test]
@@ -309,35 +217,24 @@ fn the_producer_stream_runs_its_later_work_after_the_copy() {
 fn pending_bytes_never_exceed_the_pool_behind_a_slow_producer() {
     // In a child process of its own: the simulator counts the pinned allocations of the whole
     // process, and the other tests of this binary run beside this one.
-    const NAME: &str = "pending_bytes_never_exceed_the_pool_behind_a_slow_producer";
-    if !cudasim_common::is_child(NAME) {
-        let out = cudasim_common::child(NAME, &[]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}\n{stderr}");
+    if !in_child_process("pending_bytes_never_exceed_the_pool_behind_a_slow_producer") {
         return;
     }
     let sim = Sim::get();
-    let engine = Arc::new(CudaEngine::new(0).unwrap());
-    let producer = engine.context().new_stream().unwrap();
-    let p = producer.cu_stream() as usize;
+    let (engine, producer, p) = engine_with_producer();
     let rows = 4000;
     let after = random_bytes(rows * A, 8);
-    let writer = Writer::builder(rows)
-        .column("a", DType::U8, &[A])
-        .open()
-        .unwrap();
+    let writer = column_a(rows).open().unwrap();
     let ring = 16 << 10;
     let order = shuffled(rows, 10);
-    let shuffled_batches = |_: usize, _: u64, n: usize| order.chunks(n).collect::<Vec<_>>();
     engine.pinned_pool().trim();
     let pinned_before = sim.stats().pinned_allocs;
     let mut w = DeviceWriter::new(Arc::clone(&engine), writer, ring).unwrap();
     assert!(w.pool_bytes() <= ring);
     // Every buffer first: allocating on the producer's stream waits for it (and so for the
     // copies it is ordered before).
-    let batches: Vec<(&[u64], Vec<u8>, u64)> = shuffled_batches(rows, 10, 100)
-        .into_iter()
+    let batches: Vec<(&[u64], Vec<u8>, u64)> = order
+        .chunks(100)
         .enumerate()
         .map(|(k, at)| {
             let bytes = rows_of(&after, at, A);
@@ -345,15 +242,12 @@ fn pending_bytes_never_exceed_the_pool_behind_a_slow_producer() {
             (at, bytes, ptr)
         })
         .collect();
-    let mut keep = Vec::new();
+    let mut srcs = Vec::new();
     let mut peak_pinned = 0;
-    for (at, bytes, ptr) in &batches {
-        let src = queue_slow_write(&producer, *ptr, bytes);
-        let col = [WriteSource::Device {
-            ptr: *ptr,
-            bytes: bytes.len(),
-        }];
-        w.write_device(Some(at), &col, at.len(), p).unwrap();
+    for &(at, ref bytes, ptr) in &batches {
+        srcs.push(queue_slow_write(&producer, ptr, bytes, SLOW));
+        w.write_device(Some(at), &[device(ptr, bytes.len())], at.len(), p)
+            .unwrap();
         assert!(
             w.pending_bytes() <= w.pool_bytes(),
             "{} bytes pending, pool {}",
@@ -361,7 +255,6 @@ fn pending_bytes_never_exceed_the_pool_behind_a_slow_producer() {
             w.pool_bytes()
         );
         peak_pinned = peak_pinned.max(sim.stats().pinned_allocs - pinned_before);
-        keep.push((*ptr, src));
     }
     // The pool did fill (copies waited behind the producer), and no pinned memory beyond the
     // pool's blocks was taken.
@@ -375,26 +268,20 @@ fn pending_bytes_never_exceed_the_pool_behind_a_slow_producer() {
         peak_pinned as usize <= STAGING_BLOCKS,
         "{peak_pinned} pinned allocations"
     );
-    let m = w.close().unwrap().memory.unwrap();
-    assert!(m.column("a").unwrap().as_bytes() == after.as_slice());
-    for (ptr, src) in keep {
-        drop(src);
-        free(&producer, ptr);
-    }
+    assert!(column(&w.close().unwrap(), "a") == after);
+    drop(srcs);
+    free_all(&producer, batches.into_iter().map(|(_, _, ptr)| ptr));
 }
 
 #[test]
 #[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
 fn refused_input_is_a_typed_error_that_writes_nothing() {
     let _sim = Sim::get();
-    let engine = Arc::new(CudaEngine::new(0).unwrap());
-    let producer = engine.context().new_stream().unwrap();
-    let p = producer.cu_stream() as usize;
+    let (engine, producer, p) = engine_with_producer();
     let rows = 10;
     let mut w = DeviceWriter::new(Arc::clone(&engine), memory_writer(rows), 1 << 16).unwrap();
     let pa = raw_alloc(&producer, &random_bytes(rows * A, 1));
     let pb = raw_alloc(&producer, &random_bytes(rows * B, 2));
-    let dev = |ptr: u64, bytes: usize| WriteSource::Device { ptr, bytes };
     let expect_nothing_written = |w: &mut DeviceWriter, what: &str| {
         w.flush().unwrap();
         assert_eq!(w.writer().rows_written(), 0, "{what}: rows were written");
@@ -402,14 +289,16 @@ fn refused_input_is_a_typed_error_that_writes_nothing() {
     };
 
     // Columns: too few, a wrong length.
-    let e = w.write_device(None, &[dev(pa, 4 * A)], 4, p).unwrap_err();
+    let e = w
+        .write_device(None, &[device(pa, 4 * A)], 4, p)
+        .unwrap_err();
     assert!(
         matches!(&e, Error::BatchMismatch { reason, .. }
             if reason.contains("1 columns given, the output has 2")),
         "{e}"
     );
     let e = w
-        .write_device(None, &[dev(pa, 4 * A), dev(pb, 3 * B)], 4, p)
+        .write_device(None, &[device(pa, 4 * A), device(pb, 3 * B)], 4, p)
         .unwrap_err();
     assert!(
         matches!(&e, Error::BatchMismatch { column, reason, .. }
@@ -420,7 +309,12 @@ fn refused_input_is_a_typed_error_that_writes_nothing() {
 
     // Indices: past the output, or of another length; appends past the end.
     let e = w
-        .write_device(Some(&[0, 10]), &[dev(pa, 2 * A), dev(pb, 2 * B)], 2, p)
+        .write_device(
+            Some(&[0, 10]),
+            &[device(pa, 2 * A), device(pb, 2 * B)],
+            2,
+            p,
+        )
         .unwrap_err();
     assert!(
         matches!(
@@ -434,16 +328,16 @@ fn refused_input_is_a_typed_error_that_writes_nothing() {
         "{e}"
     );
     let e = w
-        .write_device(Some(&[0]), &[dev(pa, 2 * A), dev(pb, 2 * B)], 2, p)
+        .write_device(Some(&[0]), &[device(pa, 2 * A), device(pb, 2 * B)], 2, p)
         .unwrap_err();
     assert!(
         e.to_string().contains("1 indices for a batch of 2 rows"),
         "{e}"
     );
-    w.write_device(None, &[dev(pa, 8 * A), dev(pb, 8 * B)], 8, p)
+    w.write_device(None, &[device(pa, 8 * A), device(pb, 8 * B)], 8, p)
         .unwrap();
     let e = w
-        .write_device(None, &[dev(pa, 3 * A), dev(pb, 3 * B)], 3, p)
+        .write_device(None, &[device(pa, 3 * A), device(pb, 3 * B)], 3, p)
         .unwrap_err();
     assert!(
         matches!(
@@ -465,7 +359,7 @@ fn refused_input_is_a_typed_error_that_writes_nothing() {
     let e = w
         .write_device(
             None,
-            &[dev(pa + A as u64, rows * A), dev(pb, rows * B)],
+            &[device(pa + A as u64, rows * A), device(pb, rows * B)],
             rows,
             p,
         )
@@ -490,7 +384,12 @@ fn refused_input_is_a_typed_error_that_writes_nothing() {
     let (fptr, record) = foreign.device_ptr(&s);
     drop(record);
     let e = w
-        .write_device(None, &[dev(pa, rows * A), dev(fptr, rows * B)], rows, p)
+        .write_device(
+            None,
+            &[device(pa, rows * A), device(fptr, rows * B)],
+            rows,
+            p,
+        )
         .unwrap_err();
     match &e {
         Error::Cuda(CudaError::UnorderableColumn { column, reason }) => {
@@ -507,7 +406,7 @@ fn refused_input_is_a_typed_error_that_writes_nothing() {
     // Memory that is no longer allocated.
     free(&producer, pb);
     let e = w
-        .write_device(None, &[dev(pa, rows * A), dev(pb, rows * B)], rows, p)
+        .write_device(None, &[device(pa, rows * A), device(pb, rows * B)], rows, p)
         .unwrap_err();
     match &e {
         Error::Cuda(CudaError::Driver { context, message }) => {
@@ -531,29 +430,17 @@ fn refused_input_is_a_typed_error_that_writes_nothing() {
 #[test]
 #[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
 fn every_failing_driver_call_of_the_device_writer_ends_in_a_typed_error() {
-    const NAME: &str = "every_failing_driver_call_of_the_device_writer_ends_in_a_typed_error";
-    if !cudasim_common::is_child(NAME) {
-        let out = cudasim_common::child(NAME, &[]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}\n{stderr}");
+    if !in_child_process("every_failing_driver_call_of_the_device_writer_ends_in_a_typed_error") {
         return;
     }
-    let sim = Sim::get();
-    let engine = Arc::new(CudaEngine::new(0).unwrap());
-    let producer = engine.context().new_stream().unwrap();
-    let p = producer.cu_stream() as usize;
+    let _sim = Sim::get();
+    let (engine, producer, p) = engine_with_producer();
     let rows = 300;
     let a = random_bytes(rows * A, 11);
     let b = random_bytes(rows * B, 12);
     let order = shuffled(rows, 13);
     // Three batches; the last (6200 bytes) spans three of the ring's 4 blocks of 3000 bytes.
     let cuts = [0usize, 40, 100, rows];
-    let typed = |e: &Error| match e {
-        Error::Cuda(CudaError::Driver { message, .. }) => !message.starts_with("panic"),
-        Error::Cuda(CudaError::OutOfMemory { .. }) | Error::HostAllocation { .. } => true,
-        _ => false,
-    };
     let prep = || -> Vec<(u64, u64)> {
         cuts.windows(2)
             .map(|c| {
@@ -565,32 +452,19 @@ fn every_failing_driver_call_of_the_device_writer_ends_in_a_typed_error() {
             })
             .collect()
     };
-    let release = |ptrs: Vec<(u64, u64)>| {
-        for (x, y) in ptrs {
-            free(&producer, x);
-            free(&producer, y);
-        }
-    };
+    let release =
+        |ptrs: Vec<(u64, u64)>| free_all(&producer, ptrs.into_iter().flat_map(<[u64; 2]>::from));
     /// How a run ended: the output, or the error, the batch whose write failed and the rows
     /// covered once the writer was flushed after it (when it could be).
     type Failure = Box<(Error, Option<usize>, Option<Vec<u64>>)>;
-    let run = |ptrs: &[(u64, u64)]| -> Result<(Vec<u8>, Vec<u8>), Failure> {
+    let run = |ptrs: &Vec<(u64, u64)>| -> Result<(Vec<u8>, Vec<u8>), Failure> {
         let mut w = DeviceWriter::new(Arc::clone(&engine), memory_writer(rows), 12000)
             .map_err(|e| Box::new((e, None, None)))?;
         for (j, c) in cuts.windows(2).enumerate() {
             let at = &order[c[0]..c[1]];
             let n = at.len();
             let (pa, pb) = ptrs[j];
-            let cols = [
-                WriteSource::Device {
-                    ptr: pa,
-                    bytes: n * A,
-                },
-                WriteSource::Device {
-                    ptr: pb,
-                    bytes: n * B,
-                },
-            ];
+            let cols = [device(pa, n * A), device(pb, n * B)];
             if let Err(e) = w.write_device(Some(at), &cols, n, p) {
                 let covered = w.flush().ok().map(|_| w.writer().coverage().to_vec());
                 return Err(Box::new((e, Some(j), covered)));
@@ -599,60 +473,32 @@ fn every_failing_driver_call_of_the_device_writer_ends_in_a_typed_error() {
         let written = w.close().map_err(|e| Box::new((e, None, None)))?;
         Ok(columns(written))
     };
-    let ptrs = prep();
-    assert_eq!(run(&ptrs).unwrap(), (a.clone(), b.clone()));
-    release(ptrs);
-    let ptrs = prep();
-    let before = sim.calls();
-    assert_eq!(run(&ptrs).unwrap(), (a.clone(), b.clone()));
-    let n = sim.calls() - before;
-    release(ptrs);
     let covered = |bits: &[u64], i: u64| bits[i as usize / 64] & (1 << (i % 64)) != 0;
-    let mut errors = 0;
     let mut checked_batches = 0;
-    for k in 1..=n {
-        let ptrs = prep();
-        sim.fail_nth(k);
-        let r = run(&ptrs);
-        sim.disarm();
-        assert_eq!(
-            sim.stats().pending_host_copies,
-            0,
-            "call {k} of {n}: a copy still in flight"
-        );
-        match r {
-            Ok(out) => assert!(
-                out == (a.clone(), b.clone()),
-                "call {k} of {n}: wrong output"
-            ),
-            Err(failure) => {
-                let (e, batch, bits) = *failure;
-                assert!(typed(&e), "call {k} of {n}: untyped {e:?}");
-                errors += 1;
-                if let (Some(j), Some(bits)) = (batch, bits) {
-                    for (jj, c) in cuts.windows(2).enumerate() {
-                        for &i in &order[c[0]..c[1]] {
-                            assert_eq!(
-                                covered(&bits, i),
-                                jj < j,
-                                "call {k} of {n}: batch {j} failed, row {i} of batch {jj}"
-                            );
-                        }
+    let (n, errors) = sweep_failing_calls(
+        engine.context(),
+        "device writer",
+        &(a.clone(), b.clone()),
+        prep,
+        run,
+        release,
+        |k, n, failure| {
+            let (e, batch, bits) = *failure;
+            assert!(is_driver_failure(&e), "call {k} of {n}: untyped {e:?}");
+            if let (Some(j), Some(bits)) = (batch, bits) {
+                for (jj, c) in cuts.windows(2).enumerate() {
+                    for &i in &order[c[0]..c[1]] {
+                        assert_eq!(
+                            covered(&bits, i),
+                            jj < j,
+                            "call {k} of {n}: batch {j} failed, row {i} of batch {jj}"
+                        );
                     }
-                    checked_batches += 1;
                 }
+                checked_batches += 1;
             }
-        }
-        let _ = engine.context().check_err();
-        release(ptrs);
-        let ptrs = prep();
-        assert_eq!(
-            run(&ptrs).unwrap(),
-            (a.clone(), b.clone()),
-            "after call {k} of {n}"
-        );
-        release(ptrs);
-    }
+        },
+    );
     assert!(errors > 0, "no injected failure surfaced");
     assert!(checked_batches > 0, "no failed batch was checked");
     println!("device writer: {n} calls, {errors} errors, {checked_batches} failed batches checked");
@@ -664,22 +510,12 @@ fn every_failing_driver_call_of_the_device_writer_ends_in_a_typed_error() {
 #[ignore = "needs the CUDA simulator (scripts/test-cudasim.sh)"]
 fn an_unknown_producer_stream_is_a_typed_error_that_writes_nothing() {
     let _sim = Sim::get();
-    let engine = Arc::new(CudaEngine::new(0).unwrap());
-    let producer = engine.context().new_stream().unwrap();
+    let (engine, producer, p) = engine_with_producer();
     let rows = 4;
     let pa = raw_alloc(&producer, &random_bytes(rows * A, 1));
     let pb = raw_alloc(&producer, &random_bytes(rows * B, 2));
     let mut w = DeviceWriter::new(Arc::clone(&engine), memory_writer(rows), 1 << 16).unwrap();
-    let cols = [
-        WriteSource::Device {
-            ptr: pa,
-            bytes: rows * A,
-        },
-        WriteSource::Device {
-            ptr: pb,
-            bytes: rows * B,
-        },
-    ];
+    let cols = [device(pa, rows * A), device(pb, rows * B)];
     let e = w.write_device(None, &cols, rows, 0xdead_0000).unwrap_err();
     assert!(
         matches!(&e, Error::Cuda(CudaError::Driver { context, .. })
@@ -689,8 +525,7 @@ fn an_unknown_producer_stream_is_a_typed_error_that_writes_nothing() {
     w.flush().unwrap();
     assert_eq!(w.writer().rows_written(), 0);
     // The same batch on a real stream then lands.
-    w.write_device(None, &cols, rows, producer.cu_stream() as usize)
-        .unwrap();
+    w.write_device(None, &cols, rows, p).unwrap();
     w.flush().unwrap();
     assert_eq!(w.writer().rows_written(), rows);
     drop(w);

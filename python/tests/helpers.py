@@ -5,9 +5,13 @@ one real epoch. `drain_vs_epoch(loader)` runs `arraydrain.drain(loader)`, resets
 number generator the loader can touch to the state it had before, runs the classic recipe, and
 checks that both give the same arrays (values, dtypes, shapes, order, container structure) and
 leave the generators in the same state.
+
+Also shared: `run_watching_the_gil(fn)`, whether other Python threads run while a call waits.
 """
 
 import random
+import threading
+import time
 
 import numpy as np
 import torch
@@ -207,3 +211,27 @@ def drain_vs_epoch(loader, **kwargs):
     for leaf in leaves(got):
         assert leaf.flags.c_contiguous, "drained arrays are C-contiguous"
     return got, ref
+
+
+def run_watching_the_gil(fn):
+    """Calls `fn()` while another Python thread notes the time in a tight loop. Returns `fn`'s
+    result, the seconds the call took, and the longest gap between the notes taken during it
+    (from its start to its end): a gap as long as the call means the GIL was held throughout."""
+    ticks = []
+    stop = threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+
+    t = threading.Thread(target=tick)
+    t.start()
+    try:
+        start = time.perf_counter()
+        result = fn()
+        end = time.perf_counter()
+    finally:
+        stop.set()
+        t.join()
+    during = np.array([start] + [s for s in ticks if start <= s <= end] + [end])
+    return result, end - start, float(np.diff(during).max())

@@ -8,13 +8,19 @@ On a machine with a CUDA device these tests fail, rather than pass on the CPU, w
 cannot start (the autouse check below), and every GPU drain must return arrays backed by the
 engine's pinned memory (`storage == "pinned"`), not host copies made on the CPU path."""
 
-import threading
-import time
-
 import numpy as np
 import pytest
 import torch
-from helpers import DTYPES, assert_same, classic, drain_vs_epoch, features, labels, values
+from helpers import (
+    DTYPES,
+    assert_same,
+    classic,
+    drain_vs_epoch,
+    features,
+    labels,
+    run_watching_the_gil,
+    values,
+)
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
 import arraydrain
@@ -288,25 +294,9 @@ def test_other_python_threads_run_while_the_engine_drains_a_stream():
         torch.cuda._sleep(int(1e9))
         yield (x[cut:] * 2,)
 
-    ticks = []
-    stop = threading.Event()
-
-    def tick():
-        while not stop.is_set():
-            ticks.append(time.perf_counter())
-
-    t = threading.Thread(target=tick)
-    t.start()
-    try:
-        start = time.perf_counter()
-        got = arraydrain.drain(batches())
-        end = time.perf_counter()
-    finally:
-        stop.set()
-        t.join()
-    during = np.array([start] + [s for s in ticks if start <= s <= end] + [end])
-    assert end - start > 0.2, "the drain did not wait for the device: nothing measured"
-    assert np.diff(during).max() < 0.1, f"a pause of {np.diff(during).max():.3f} s"
+    got, took, pause = run_watching_the_gil(lambda: arraydrain.drain(batches()))
+    assert took > 0.2, "the drain did not wait for the device: nothing measured"
+    assert pause < 0.1, f"a pause of {pause:.3f} s"
     assert got[0].shape == (rows, 128)
     assert (got[0][:cut] == 1).all() and (got[0][cut:] == 2).all()
     assert_pinned(got)

@@ -16,113 +16,24 @@ reading their address, dtype, shape and PyTorch's current stream).
 Run by scripts/test.sh with the simulator as libcuda.so.1 and ARRAYDRAIN_EXPECT_SIM=1 (without
 the simulator it then fails; anywhere else it is skipped). Says nothing about a real GPU."""
 
-import ctypes
-import os
-import threading
 import time
 
-os.environ.setdefault("ARRAYDRAIN_SIM_MIN_DELAY_US", "150")
+from sim_driver import Driver, requires_simulator  # first: sets the simulator's delays
 
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import ml_dtypes
+import numpy as np
+import pytest
+from helpers import run_watching_the_gil
 
-import arraydrain  # noqa: E402
-from arraydrain import DrainIndexError, DrainRuntimeError, DrainValueError  # noqa: E402
+import arraydrain
+from arraydrain import DrainIndexError, DrainRuntimeError, DrainValueError
 
-
-def _simulator():
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    if not hasattr(lib, "cudasim_is_simulator") or lib.cudasim_is_simulator() != 1:
-        return None
-    return lib
-
-
-SIM = _simulator()
-if os.environ.get("ARRAYDRAIN_EXPECT_SIM") == "1" and SIM is None:
-    raise RuntimeError("ARRAYDRAIN_EXPECT_SIM=1, but libcuda.so.1 is not the CUDA simulator")
-pytestmark = pytest.mark.skipif(
-    SIM is None or not arraydrain._native.cuda_compiled(),
-    reason="needs the CUDA simulator as libcuda.so.1 (scripts/test.sh runs it so)",
-)
-
-
-class Driver:
-    """The few driver calls the tests need, on the device's primary context (the engine's)."""
-
-    def __init__(self, lib):
-        self.lib = lib
-        u64, vp, sz = ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t
-        lib.cuMemAllocAsync.argtypes = [ctypes.POINTER(u64), sz, vp]
-        lib.cuMemsetD8Async.argtypes = [u64, ctypes.c_ubyte, sz, vp]
-        lib.cuMemcpyHtoDAsync_v2.argtypes = [u64, vp, sz, vp]
-        lib.cuMemcpyDtoDAsync_v2.argtypes = [u64, u64, sz, vp]
-        lib.cuMemFree_v2.argtypes = [u64]
-        lib.cuStreamSynchronize.argtypes = [vp]
-        lib.cuCtxSetCurrent.argtypes = [vp]
-        self.check(lib.cuInit(0), "cuInit")
-        self.ctx = vp()
-        self.check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(self.ctx), 0), "ctx")
-        self.current()
-        self.stream = vp()
-        self.check(lib.cuStreamCreate(ctypes.byref(self.stream), 1), "cuStreamCreate")
-        self.allocs = []
-
-    @property
-    def handle(self) -> int:
-        return self.stream.value or 0
-
-    @staticmethod
-    def check(rc, what):
-        assert rc == 0, f"{what}: CUresult {rc}"
-
-    def current(self):
-        self.check(self.lib.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
-
-    def alloc(self, data: bytes) -> int:
-        """Device memory holding ``data`` (the copy complete on return; freed by ``free_all``)."""
-        self.current()
-        p = ctypes.c_uint64()
-        self.check(self.lib.cuMemAllocAsync(ctypes.byref(p), max(len(data), 1), self.stream),
-                   "alloc")
-        buf = ctypes.create_string_buffer(data, len(data))
-        self.check(self.lib.cuMemcpyHtoDAsync_v2(p.value, buf, len(data), self.stream), "htod")
-        self.sync()
-        self.allocs.append(p.value)
-        return p.value
-
-    def memsets(self, dst: int, n: int, ops: int, value: int = 0):
-        self.current()
-        for v in range(ops):
-            self.check(self.lib.cuMemsetD8Async(dst, (value + v) % 256, n, self.stream), "memset")
-
-    def slow_write(self, dst: int, src: int, n: int, ops: int = 200):
-        """Queues ``ops`` memsets of ``dst`` and then a copy of ``src`` into it, on the stream."""
-        self.memsets(dst, n, ops)
-        self.check(self.lib.cuMemcpyDtoDAsync_v2(dst, src, n, self.stream), "dtod")
-
-    def sync(self):
-        self.check(self.lib.cuStreamSynchronize(self.stream), "sync")
-
-    def free(self, p: int):
-        self.current()
-        self.check(self.lib.cuMemFree_v2(p), "cuMemFree (a second free aborts the simulator)")
-        self.allocs.remove(p)
-
-    def free_all(self):
-        self.sync()
-        for p in list(self.allocs):
-            self.free(p)
+pytestmark = requires_simulator
 
 
 @pytest.fixture
 def drv():
-    ok, why = arraydrain._native.cuda_status(0)
-    assert ok, why
-    d = Driver(SIM)
+    d = Driver.start()
     yield d
     d.free_all()
 
@@ -175,32 +86,48 @@ def test_appended_batches_and_bfloat16_to_a_npy_file(drv, tmp_path):
     assert back.view(ml_dtypes.bfloat16).tobytes() == x.tobytes()
 
 
+def rows_wrong_after_writing(drv, want, size, seed, stage, after=lambda p, at: None):
+    """Writes the rows of ``want`` (uint8) from device memory through 64 KiB of staging, in
+    ``batches(len(want), size, seed)``: ``stage(k, at)`` gives the address of batch ``k`` (rows
+    ``at``), which holds ``want[at]`` once the work queued on the producer's stream has run;
+    ``after(p, at)`` runs right after that batch's write returned. Returns how many rows of the
+    output differ from ``want``."""
+    n, row = want.shape
+    w = arraydrain.Writer(None, rows=n, ring_bytes=1 << 16)
+    for k, at in enumerate(batches(n, size, seed)):
+        p = stage(k, at)
+        w._write_device_memory({"x": (p, np.uint8, (len(at), row))}, at=at, stream=drv.handle)
+        after(p, at)
+    out = w.close()["x"]
+    return int((out != want).any(axis=1).sum())
+
+
 def test_each_batch_is_read_after_its_producers_last_write(drv):
     n, row = 1200, 32
     final = np.random.default_rng(4).integers(0, 256, (n, row), dtype=np.uint8)
-    w = arraydrain.Writer(None, rows=n, ring_bytes=1 << 16)
-    for k, at in enumerate(batches(n, 100, 5)):
+
+    def slowly_written(k, at):
         nbytes = len(at) * row
         dst = drv.alloc(np.random.default_rng(10 + k).bytes(nbytes))
         src = drv.alloc(final[at].tobytes())
         drv.slow_write(dst, src, nbytes)
-        w._write_device_memory({"x": (dst, np.uint8, (len(at), row))}, at=at, stream=drv.handle)
-    out = w.close()["x"]
-    wrong = int((out != final).any(axis=1).sum())
+        return dst
+
+    wrong = rows_wrong_after_writing(drv, final, 100, 5, slowly_written)
     assert wrong == 0, f"{wrong} rows were copied before their producer's last write"
 
 
 def test_work_the_producer_queues_after_write_does_not_change_what_lands(drv):
     n, row = 2000, 24
     data = np.random.default_rng(6).integers(0, 256, (n, row), dtype=np.uint8)
-    w = arraydrain.Writer(None, rows=n, ring_bytes=1 << 16)
-    for at in batches(n, 50, 7):
-        p = drv.alloc(data[at].tobytes())
-        w._write_device_memory({"x": (p, np.uint8, (len(at), row))}, at=at, stream=drv.handle)
+
+    def reused_at_once(p, at):
         # The producer reuses the memory at once (as PyTorch's allocator would on its stream).
         drv.memsets(p, len(at) * row, 1, value=0xEE)
-    out = w.close()["x"]
-    wrong = int((out != data).any(axis=1).sum())
+
+    wrong = rows_wrong_after_writing(
+        drv, data, 50, 7, lambda k, at: drv.alloc(data[at].tobytes()), after=reused_at_once
+    )
     assert wrong == 0, f"{wrong} rows were overwritten by work queued after write"
 
 
@@ -216,27 +143,11 @@ def test_write_returns_while_the_copy_is_in_flight_and_close_releases_the_gil(dr
     returned = time.perf_counter() - start
     in_flight = w._native.device_pending
     assert in_flight > 0, "write waited for the copy"
-    ticks = []
-    stop = threading.Event()
-
-    def tick():
-        while not stop.is_set():
-            ticks.append(time.perf_counter())
-
-    t = threading.Thread(target=tick)
-    t.start()
-    try:
-        start = time.perf_counter()
-        out = w.close()["x"]
-        end = time.perf_counter()
-    finally:
-        stop.set()
-        t.join()
+    out, took, pause = run_watching_the_gil(lambda: w.close()["x"])
     np.testing.assert_array_equal(out, final)
-    assert end - start > 0.2, f"close took {end - start:.3f} s: nothing measured"
-    assert returned < (end - start) / 2, f"write took {returned:.3f} s, close {end - start:.3f} s"
-    during = np.array([start] + [s for s in ticks if start <= s <= end] + [end])
-    assert np.diff(during).max() < 0.1, f"a pause of {np.diff(during).max():.3f} s"
+    assert took > 0.2, f"close took {took:.3f} s: nothing measured"
+    assert returned < took / 2, f"write took {returned:.3f} s, close {took:.3f} s"
+    assert pause < 0.1, f"a pause of {pause:.3f} s"
 
 
 def test_host_and_device_batches_land_in_the_order_they_were_written(drv):

@@ -1,10 +1,22 @@
 //! Shared by the tests that run only under the CUDA driver simulator (`cudasim/`, put on the
 //! loader path as libcuda.so.1 by scripts/test-cudasim.sh): the simulator's control functions,
-//! and re-running one test of the same binary in a child process (to change the simulator's
-//! seed or capacities, which it reads once per process, or to expect an abort).
+//! re-running one test of the same binary in a child process (to change the simulator's seed or
+//! capacities, which it reads once per process, to expect an abort, or to have the process to
+//! itself), the fault sweep, and, re-exported, what the tests on a real device share
+//! (tests/cuda_common/: test data, driver-allocated device memory).
 #![allow(dead_code)]
 
+use std::fmt::Debug;
 use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arraydrain::cuda::cudarc::driver::CudaContext;
+use arraydrain::cuda::CudaError;
+use arraydrain::Error;
+
+#[path = "../cuda_common/mod.rs"]
+mod cuda_common;
+pub use cuda_common::*;
 
 /// The simulator's `CudasimStats` (cudasim/src/api.rs).
 #[repr(C)]
@@ -120,19 +132,88 @@ pub fn is_child(name: &str) -> bool {
     std::env::var("CUDASIM_CHILD").is_ok_and(|v| v == name)
 }
 
-pub fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// Runs the body of test `name` alone in a child process of this test binary: `true` in that
+/// child, where the caller goes on to run the body; in the parent, runs the child, fails (with
+/// the child's output) unless it passed, and returns `false`: the caller returns. For tests that
+/// need the process to themselves (failures armed process-wide, counts of the whole process's
+/// allocations) while the other tests of the binary run beside them.
+pub fn in_child_process(name: &str) -> bool {
+    if is_child(name) {
+        return true;
+    }
+    let out = child(name, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    false
 }
 
-pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = splitmix(s);
-            (s >> 56) as u8
-        })
-        .collect()
+/// Whether `e` is one of the typed errors a failing driver call may end in: the driver's
+/// failure (not a caught panic), or memory (device or host) that could not be had.
+pub fn is_driver_failure(e: &Error) -> bool {
+    match e {
+        Error::Cuda(CudaError::Driver { message, .. }) => !message.starts_with("panic"),
+        Error::Cuda(CudaError::OutOfMemory { .. }) | Error::HostAllocation { .. } => true,
+        _ => false,
+    }
+}
+
+/// The fault sweep over one scenario, `run`, on inputs made fresh for each run by `prep` and
+/// handed to `release` after it (the lender's memory: the engine must not have freed it).
+///
+/// A first clean run (what is made once per process is made), then a second that counts the
+/// failable driver calls `n` a run makes; both must return `want`. Then, for each `k` in
+/// `1..=n`, a run whose `k`-th failable call fails: it must return `want` or an error, which
+/// `judge(k, n, error)` checks; no host copy may still be in flight after it; the failure
+/// cudarc stored in `ctx` (the user's context) is cleared; and the next clean run must return
+/// `want` again. `what` names the scenario in failure messages. Returns `n` and how many of the
+/// failing runs ended in an error (the caller asserts there were some).
+pub fn sweep_failing_calls<I, T: PartialEq + Debug, E: Debug>(
+    ctx: &Arc<CudaContext>,
+    what: &str,
+    want: &T,
+    prep: impl Fn() -> I,
+    run: impl Fn(&I) -> Result<T, E>,
+    release: impl Fn(I),
+    mut judge: impl FnMut(u64, u64, E),
+) -> (u64, usize) {
+    let sim = Sim::get();
+    let inputs = prep();
+    assert_eq!(&run(&inputs).unwrap(), want, "{what}: first clean run");
+    release(inputs);
+    let inputs = prep();
+    let before = sim.calls();
+    assert_eq!(&run(&inputs).unwrap(), want, "{what}: counted clean run");
+    let n = sim.calls() - before;
+    release(inputs);
+    let mut errors = 0;
+    for k in 1..=n {
+        let inputs = prep();
+        sim.fail_nth(k);
+        let r = run(&inputs);
+        sim.disarm();
+        assert_eq!(
+            sim.stats().pending_host_copies,
+            0,
+            "{what}, call {k} of {n}: a copy still in flight"
+        );
+        match r {
+            Ok(out) => assert!(&out == want, "{what}, call {k} of {n}: wrong output"),
+            Err(e) => {
+                judge(k, n, e);
+                errors += 1;
+            }
+        }
+        // Whatever cudarc stored in the user's context from the failure is the failure's.
+        let _ = ctx.check_err();
+        release(inputs);
+        let inputs = prep();
+        assert_eq!(
+            &run(&inputs).unwrap(),
+            want,
+            "{what}: clean run after call {k} of {n}"
+        );
+        release(inputs);
+    }
+    (n, errors)
 }
