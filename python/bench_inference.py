@@ -16,6 +16,10 @@ Methods:
                   (out[idx] = cat), as people put a shuffled epoch back in dataset order
   per-batch-save  np.save of each batch's output (and its indices) into a folder, the
                   "one file per batch" recipe (still to be stitched together afterwards)
+  scatter-thread  a floor for any writer that keeps the outputs beside the model: the loop hands
+                  each output (no copy) to a Python thread that puts its rows in place in a
+                  fresh NumPy array (out[idx] = y); what this costs over model-only is the
+                  price, on this machine, of moving the rows into place on another core
   writer          arraydrain.Writer(None, rows=...) with write(model(xb), at=idx): NumPy array
   writer-npy      arraydrain.Writer("out.npy", rows=...): the same into a .npy file
 
@@ -41,11 +45,13 @@ Usage:
 import argparse
 import json
 import os
+import queue
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -56,7 +62,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 import arraydrain  # noqa: E402
 
-METHODS = ["model-only", "recipe", "per-batch-save", "writer", "writer-npy"]
+METHODS = ["model-only", "recipe", "per-batch-save", "scatter-thread", "writer", "writer-npy"]
 DIM_IN, HIDDEN, DIM_OUT = 32, 64, 64
 
 
@@ -115,6 +121,21 @@ def run(method, x, order, net, args, folder):
                 np.save(os.path.join(d, f"{k:06d}.npy"), host(net(xb)).numpy())
                 np.save(os.path.join(d, f"{k:06d}-idx.npy"), idx.numpy())
             return d
+        if method == "scatter-thread":
+            out = np.empty((rows, DIM_OUT), np.float32)
+            todo = queue.Queue(maxsize=64)
+
+            def place():
+                while (item := todo.get()) is not None:
+                    out[item[0]] = item[1]
+
+            worker = threading.Thread(target=place)
+            worker.start()
+            for idx, xb in batches(x, order, args.batch):
+                todo.put((idx.numpy(), host(net(xb)).numpy()))
+            todo.put(None)
+            worker.join()
+            return out
         if method in ("writer", "writer-npy"):
             path = None if method == "writer" else os.path.join(folder, "out.npy")
             with arraydrain.Writer(path, rows=rows) as w:
