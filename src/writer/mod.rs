@@ -776,6 +776,25 @@ impl Drop for Writer {
     }
 }
 
+/// A [`FileError::NoSpace`] of a scratch file under a temporary name, named by what the user
+/// asked for (`visible`) instead: the temporary name is gone by the time the error is read.
+fn named_as(e: Error, visible: &Path) -> Error {
+    match e {
+        Error::File(FileError::NoSpace {
+            device,
+            bytes,
+            source,
+            ..
+        }) => Error::File(FileError::NoSpace {
+            path: visible.to_path_buf(),
+            device,
+            bytes,
+            source,
+        }),
+        other => other,
+    }
+}
+
 impl Sink {
     fn create(
         destination: &Destination,
@@ -857,10 +876,14 @@ impl Sink {
                     .iter()
                     .map(|c| {
                         let file = dir.join(format!("{}.npy", c.name));
-                        mapped(
-                            MappedNpy::create_scratch(&file, c.dtype.clone(), &shape(c))?,
-                            c,
-                        )
+                        // What the user will see: the folder's file, or the archive.
+                        let visible = match destination {
+                            Destination::Dir(_) => path.join(format!("{}.npy", c.name)),
+                            _ => path.clone(),
+                        };
+                        let m = MappedNpy::create_scratch(&file, c.dtype.clone(), &shape(c))
+                            .map_err(|e| named_as(e, &visible))?;
+                        mapped(m, c)
                     })
                     .collect::<Result<Vec<_>>>()?
             }
