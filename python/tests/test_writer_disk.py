@@ -211,8 +211,8 @@ LIMIT_FS = ("File too large",)
     "case, names",
     [
         ("open-npy", ["out.npy"]),
-        ("open-dir", ["a.npy"]),
-        ("open-npz", ["a.npy"]),
+        ("open-dir", ["cols/a.npy"]),
+        ("open-npz", ["out.npz"]),
         ("close-npz", ["out.npz"]),
         ("close-compressed-npz", ["out.npz"]),
     ],
@@ -299,7 +299,7 @@ def on_small_tmpfs(tmp_path, *args):
 
 
 @pytest.mark.parametrize("case, names", [("tmpfs-open-npy", ["out.npy"]),
-                                         ("tmpfs-open-dir", ["b.npy"])])
+                                         ("tmpfs-open-dir", ["cols/b.npy"])])
 def test_a_full_tmpfs_refuses_the_output_at_once_and_leaves_nothing(tmp_path, case, names):
     out, mnt = on_small_tmpfs(tmp_path, case, None)
     (r,) = results(out)
