@@ -9,11 +9,13 @@ a missing binary fails the tests. torchrun is `python -m torch.distributed.run`,
 console script runs.
 """
 
+import contextlib
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -46,6 +48,14 @@ LAUNCHER_VARS = (
     "SLURM_NTASKS",
     "SLURM_LOCALID",
 )
+
+
+@contextlib.contextmanager
+def launch_tmpdir():
+    """A temporary folder for a launcher's own files (torchrun leaves ``torchelastic_*`` log
+    folders in ``$TMPDIR``), removed when the launch is done."""
+    with tempfile.TemporaryDirectory(prefix="arraydrain-launch-") as d:
+        yield d
 
 
 def clean_env(**extra):
@@ -103,19 +113,20 @@ def assert_same_array(got, want):
 def test_drain_in_each_torchrun_rank_is_the_ranks_epoch_and_the_union_is_the_sampler_order(
     tmp_path,
 ):
-    run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={WORLD}",
-            str(HERE / "dist_drain.py"),
-            str(tmp_path),
-            str(N),
-        ],
-        env=clean_env(OMP_NUM_THREADS="1"),
-    )
+    with launch_tmpdir() as launch:
+        run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={WORLD}",
+                str(HERE / "dist_drain.py"),
+                str(tmp_path),
+                str(N),
+            ],
+            env=clean_env(OMP_NUM_THREADS="1", TMPDIR=launch),
+        )
     x = (torch.arange(N * 3, dtype=torch.float32).reshape(N, 3) / 4).numpy()
     y = (torch.arange(N, dtype=torch.int64) * 10 - 7).numpy()
     for shuffle in (False, True):

@@ -11,7 +11,7 @@ import sys
 import ml_dtypes
 import numpy as np
 
-from test_shards import clean_env
+from test_shards import clean_env, launch_tmpdir
 
 HERE = pathlib.Path(__file__).resolve().parent
 WORLD = 3
@@ -29,10 +29,11 @@ def torchrun(out, n, mode, script="dist_writer.py"):
         str(n),
         mode,
     ]
-    return subprocess.run(
-        cmd, check=False, capture_output=True, text=True, timeout=300,
-        env=clean_env(OMP_NUM_THREADS="1"),
-    )
+    with launch_tmpdir() as launch:
+        return subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=300,
+            env=clean_env(OMP_NUM_THREADS="1", TMPDIR=launch),
+        )
 
 
 def recipe(out, n):
