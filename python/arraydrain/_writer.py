@@ -396,6 +396,12 @@ def _indices(at: Any, rows: int) -> np.ndarray:
     if a.ndim != 1:
         raise DrainValueError(f"at= must be one index per row, got shape {a.shape}")
     if a.size and a.dtype.kind not in "iu":
+        if isinstance(at, (list, tuple)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in at
+        ):
+            # Python ints past int64: NumPy made floats or objects of them.
+            big = max(at, key=lambda v: abs(int(v)))
+            raise DrainIndexError(f"index {int(big)} in at= is out of range")
         raise DrainTypeError(f"at= must hold integers, not {a.dtype}")
     if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
         raise DrainIndexError(f"index {int(a.max())} in at= is too large")

@@ -202,6 +202,10 @@ def test_bad_batches_are_refused_and_lose_nothing():
         w.write(torch.arange(2.0), at=[-1, 2])
     with pytest.raises(arraydrain.DrainValueError, match="3 indices for a batch of 2 rows"):
         w.write(torch.arange(2.0), at=[1, 2, 3])
+    with pytest.raises(arraydrain.DrainIndexError, match=f"index {2**64} in at= is out of range"):
+        w.write(torch.arange(2.0), at=[0, 2**64])
+    with pytest.raises(arraydrain.DrainTypeError, match="integers, not float64"):
+        w.write(torch.arange(2.0), at=[0, 1.0])
     with pytest.raises(arraydrain.DrainValueError, match="float64"):
         w.write(torch.arange(2.0, dtype=torch.float64), at=[2, 3])
     with pytest.raises(arraydrain.DrainValueError, match="structure differs"):
