@@ -16,6 +16,10 @@ Methods (CPU tensors; `--device cuda` puts x and y on the GPU, see below):
   memcpy-floor         np.copyto of the same number of bytes into freshly allocated arrays
   drain                arraydrain.drain(loader) (takes the order from the loader itself)
   drain-into           arraydrain.drain(loader, out=previous result) (the epoch case)
+  engine, engine-into  the Rust engine in this process (the binding's gather) on the loader's
+                       own tensors, with the epoch's order computed outside the timed region:
+                       drain's work without its Python front (no sampler replay, no checks),
+                       so drain / engine is the front's own cost on the same memory
   rust-preallocated    `arraydrain bench --strategies preallocated,preallocated-into` (the Rust
                        engine on its own synthetic table of the same shape and order kind, run
                        as a subprocess in the same run), with its parallel cpu_fresh floor
@@ -95,6 +99,8 @@ CPU_METHODS = [
     "memcpy-floor",
     "drain",
     "drain-into",
+    "engine",
+    "engine-into",
 ]
 CUDA_METHODS = [
     "recipe-concat",
@@ -215,6 +221,15 @@ def run_method(w, method, state):
         return tuple(arraydrain.drain(w.loader))
     if method == "drain-into":
         return tuple(arraydrain.drain(w.loader, out=state["out"]))
+    if method in ("engine", "engine-into"):
+        from arraydrain import _fast, _native
+
+        e = state["engine"]
+        u8s = _native.gather(e["sources"], e["count"], e["order"], w.args.batch, "auto",
+                             e.get("outs"), None)
+        if method == "engine-into":
+            return tuple(state["out"])
+        return tuple(_fast.to_array(u8, leaf, e["count"]) for u8, leaf in zip(u8s, e["leaves"]))
     raise SystemExit(f"unknown method {method!r}")
 
 
@@ -232,10 +247,34 @@ def prepare(w, method):
         # The floor copies the same number of bytes from a contiguous source (the reference).
         ref = w.reference()
         state["contiguous"] = tuple(torch.from_numpy(r).cuda() for r in ref) if w.cuda else ref
-    if method == "drain-into":
+    if method in ("drain-into", "engine-into"):
         w.reseed()
         state["out"] = list(arraydrain.drain(w.loader))
+    if method in ("engine", "engine-into"):
+        state["engine"] = engine_inputs(w, state.get("out"))
     return state
+
+
+def engine_inputs(w, out):
+    """What drain hands the binding's gather for this loader (its tensors' bytes, the epoch's
+    order, `out`'s bytes), computed here, outside the timed region."""
+    from arraydrain import _fast
+
+    if w.cuda:
+        raise SystemExit("engine and engine-into are CPU methods (drop them with --methods)")
+    plan = _fast._choose(w.loader, None)
+    if plan is None:
+        raise SystemExit("the bench's loader no longer takes drain's fast path")
+    sources = [
+        (leaf.name, _fast.host_bytes(t, leaf.name)[0], leaf.engine, list(leaf.row_shape))
+        for leaf, t in zip(plan.leaves, plan.tensors)
+    ]
+    w.reseed()
+    order, count = _fast._fast_order(plan, w.loader)
+    e = {"sources": sources, "order": order, "count": count, "leaves": plan.leaves}
+    if out is not None:
+        e["outs"] = [_fast.out_bytes(o, leaf, count) for o, leaf in zip(out, plan.leaves)]
+    return e
 
 
 def check(w, method, got, ref):
@@ -772,6 +811,13 @@ def print_table(args, order, results, floors, rust_cmd):
     if into and into.get("median") and rust_into and rust_into.get("median"):
         med, low = into["median"] / rust_into["median"], into["min"] / rust_into["min"]
         print(f"  drain-into / rust -into   {med:7.2f}  ({low:.2f})")
+    # The same engine on the same tensors in this process: the Python front's own cost.
+    for mine, theirs in (("drain", "engine"), ("drain-into", "engine-into")):
+        a, b = results.get(mine, {}), results.get(theirs, {})
+        if a.get("median") and b.get("median"):
+            med, low = a["median"] / b["median"], a["min"] / b["min"]
+            print(f"  {mine + ' / ' + theirs:25} {med:7.2f}  ({low:.2f}) (same tensors; "
+                  "target <= 1.1)")
     if "peak_extra" in results["drain"]:
         print(
             f"  drain peak extra / output {results['drain']['peak_extra'] / out_bytes:7.2f}  "
