@@ -480,15 +480,8 @@ fn ordered_loader<'t>(
     Ok(loader)
 }
 
-/// The output's rows and bytes (all columns); refuses a column NumPy has no dtype for.
+/// The output's rows and bytes (all columns).
 fn output_size(specs: &[OutputSpec]) -> Result<(usize, u64)> {
-    for s in specs {
-        if npy::descr(&s.dtype).is_none() {
-            return Err(Error::UnsupportedDType {
-                descr: format!("{} (column {:?}; NumPy has no such dtype)", s.dtype, s.name),
-            });
-        }
-    }
     let rows = specs.first().map_or(0, |s| s.rows);
     let bytes = specs.iter().try_fold(0u64, |sum, s| {
         sum.checked_add(s.bytes()? as u64)

@@ -465,22 +465,12 @@ fn run_spec(args: &ConvertOptions, world_size: usize) -> Result<(RunSpec, RunInp
     let columns = table
         .columns()
         .iter()
-        .map(|c| {
-            Ok(ColumnRecord {
-                name: c.name().to_string(),
-                dtype: npy::descr(&c.dtype())
-                    .map(|d| d.into_owned())
-                    .ok_or_else(|| Error::UnsupportedDType {
-                        descr: format!(
-                            "{} (column {:?}; NumPy has no such dtype)",
-                            c.dtype(),
-                            c.name()
-                        ),
-                    })?,
-                row_shape: c.row_shape().to_vec(),
-            })
+        .map(|c| ColumnRecord {
+            name: c.name().to_string(),
+            dtype: npy::descr(&c.dtype()).into_owned(),
+            row_shape: c.row_shape().to_vec(),
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>();
     let mut inputs: Vec<InputRecord> = args
         .inputs
         .iter()
@@ -1145,7 +1135,7 @@ fn check_file(
     let keep = opened.try_clone().map_err(|e| bad(e.to_string()))?;
     let (col, map) =
         npy::read_npy_file(opened, &part.path().join(&name)).map_err(|e| bad(reason_of(e)))?;
-    let descr = npy::descr(&col.dtype()).map_or_else(|| "?".to_string(), |d| d.into_owned());
+    let descr = npy::descr(&col.dtype()).into_owned();
     if descr != c.dtype || col.row_shape() != c.row_shape.as_slice() || col.rows() != rows {
         return Err(bad(format!(
             "holds {descr} {:?} x {} rows; the manifest says {} {:?} x {rows} rows",

@@ -28,9 +28,9 @@ const QUOTE: usize = 80;
 /// The NumPy `descr` of a dtype as the Python literal a header holds (`'<f4'` with its quotes;
 /// an opaque dtype's descriptor verbatim). NumPy has no bfloat16: `bf16` is `'<V2'`, what
 /// `numpy.save` writes for an `ml_dtypes.bfloat16` array (read back as 2-byte voids, restored by
-/// `.view(ml_dtypes.bfloat16)`). Always `Some`.
-pub fn descr(dtype: &DType) -> Option<Cow<'_, str>> {
-    Some(Cow::Borrowed(match dtype {
+/// `.view(ml_dtypes.bfloat16)`).
+pub fn descr(dtype: &DType) -> Cow<'_, str> {
+    Cow::Borrowed(match dtype {
         DType::F32 => "'<f4'",
         DType::F64 => "'<f8'",
         DType::F16 => "'<f2'",
@@ -45,7 +45,7 @@ pub fn descr(dtype: &DType) -> Option<Cow<'_, str>> {
         DType::U64 => "'<u8'",
         DType::Bool => "'|b1'",
         DType::Opaque(o) => o.descr(),
-    }))
+    })
 }
 
 /// For an opaque dtype that is a numeric dtype in the other byte order (`'>f8'` on this
@@ -316,9 +316,7 @@ impl NpyHeader {
     /// [`Error::UnsupportedDType`] for a descriptor too long for any header;
     /// [`Error::SizeOverflow`] for a shape NumPy could not load (see [`NpyHeader::parse`]).
     pub fn encode(dtype: &DType, shape: &[usize]) -> Result<Vec<u8>> {
-        let descr = descr(dtype).ok_or_else(|| Error::UnsupportedDType {
-            descr: dtype.name().into(),
-        })?;
+        let descr = descr(dtype);
         if loadable_len(shape, dtype.size()).is_none() {
             return Err(Error::SizeOverflow {
                 what: format!(
