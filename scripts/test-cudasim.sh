@@ -27,16 +27,9 @@ for d in "${ld_dirs[@]}"; do
   fi
 done
 if [ "$have_nvrtc" = false ]; then
-  req=scripts/test-requirements.txt
-  hash=$(sha256sum "$req" | cut -c1-12)
-  venv=${ARRAYDRAIN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/arraydrain/venv-$hash}
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import nvidia' 2>/dev/null; then
-    echo "test-cudasim.sh: installing test requirements into $venv" >&2
-    mkdir -p "$(dirname "$venv")"
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
-    touch "$venv/.complete"
-  fi
+  # The test venv of scripts/test.sh (installed by scripts/venv.sh when it is not there yet).
+  # shellcheck source=scripts/venv.sh
+  source scripts/venv.sh
   nvrtc_dirs=$("$venv/bin/python" - <<'PY'
 import glob, os, nvidia
 base = list(nvidia.__path__)[0]

@@ -10,8 +10,9 @@
 //!   change what lands;
 //! - back-pressure: while copies are held up behind a slow producer, the bytes pending never
 //!   exceed the staging pool and no more pinned memory is taken than the pool;
-//! - refused input (wrong column count or length, an index past the output, memory of another
-//!   context, bytes past an allocation, freed memory) is a typed error that writes nothing;
+//! - refused input (wrong column count or length, an index past the output, rows by index after
+//!   appended ones, memory of another context, bytes past an allocation, freed memory) is a
+//!   typed error that writes nothing;
 //! - every failable driver call of the path, failed in turn, ends in a typed error and writes
 //!   nothing of the failed batch, never a panic or an abort, with no copy left in flight.
 //!
@@ -348,6 +349,16 @@ fn refused_input_is_a_typed_error_that_writes_nothing() {
                 ..
             }
         ),
+        "{e}"
+    );
+    // Rows by index after the append (its copies maybe still pending): refused before any copy
+    // is issued, as the writer refuses them.
+    let e = w
+        .write_device(Some(&[8, 9]), &[device(pa, 2 * A), device(pb, 2 * B)], 2, p)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::ConflictingOptions { reason }
+            if reason.contains("by index after 8 appended rows")),
         "{e}"
     );
     w.flush().unwrap();

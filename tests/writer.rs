@@ -343,12 +343,81 @@ fn bad_batches_are_refused_and_change_nothing() {
     assert!(matches!(e, Error::IndexOutOfBounds { index: 6, .. }), "{e}");
     assert_eq!(w.rows_written(), 4);
     // Nothing of the refused batches was written: the rest completes normally.
-    w.write_at(&[5, 4], &batch(&cols, &[5, 4])).unwrap();
+    w.write(&batch(&cols, &[4, 5])).unwrap();
     let out = w.close().unwrap().memory.unwrap();
     assert_eq!(
         out.column("x").unwrap().as_bytes(),
         expected(6, 8, 0, &DType::F32)
     );
+}
+
+#[test]
+fn a_writer_either_appends_or_places_by_index_and_a_joined_one_only_by_index() {
+    let cols = vec![("x", DType::U8, vec![2])];
+    let open = || {
+        Writer::builder(4)
+            .column("x", DType::U8, &[2])
+            .open()
+            .unwrap()
+    };
+    let conflict = |e: Error, says: &str| {
+        assert!(
+            matches!(e, Error::ConflictingOptions { .. }) && e.to_string().contains(says),
+            "{e}"
+        );
+    };
+    // Rows placed by index, then an append: it would land on rows 0 and 1 over what is there
+    // and leave the writer's coverage complete, so it is refused and changes nothing.
+    let mut w = open();
+    w.write_at(&[2, 3], &batch(&cols, &[2, 3])).unwrap();
+    conflict(
+        w.write(&batch(&cols, &[9, 9])).unwrap_err(),
+        "a batch to append after rows placed by index",
+    );
+    assert_eq!((w.rows_written(), w.appended()), (2, 0));
+    // A batch of no rows changes nothing, whichever way it is given.
+    w.write(&batch(&cols, &[])).unwrap();
+    w.write_at(&[1, 0], &batch(&cols, &[1, 0])).unwrap();
+    let out = w.close().unwrap().memory.unwrap();
+    assert_eq!(
+        out.column("x").unwrap().as_bytes(),
+        expected(4, 2, 0, &DType::U8)
+    );
+    // Appended rows, then rows by index.
+    let mut w = open();
+    w.write(&batch(&cols, &[0, 1])).unwrap();
+    conflict(
+        w.write_at(&[2, 3], &batch(&cols, &[2, 3])).unwrap_err(),
+        "rows given by index after 2 appended rows",
+    );
+    w.write(&batch(&cols, &[2, 3])).unwrap();
+    let out = w.close().unwrap().memory.unwrap();
+    assert_eq!(
+        out.column("x").unwrap().as_bytes(),
+        expected(4, 2, 0, &DType::U8)
+    );
+    // A writer joined to another's output: appends would start at row 0 in every process.
+    let dir = tmp("append-joined");
+    let builder = || {
+        Writer::builder(4)
+            .column("x", DType::U8, &[2])
+            .path(dir.join("o.npy"))
+    };
+    let mut creator = builder().open().unwrap();
+    let shared = creator.shared_path().unwrap().to_path_buf();
+    let mut joined = builder().join(&shared).open().unwrap();
+    conflict(
+        joined.write(&batch(&cols, &[0, 1])).unwrap_err(),
+        "places its rows by index",
+    );
+    joined.write_at(&[1, 0], &batch(&cols, &[1, 0])).unwrap();
+    joined.sync().unwrap();
+    let theirs = joined.coverage().to_vec();
+    joined.close().unwrap();
+    creator.write_at(&[3, 2], &batch(&cols, &[3, 2])).unwrap();
+    creator.close_with(&[theirs.as_slice()]).unwrap();
+    let bytes = std::fs::read(dir.join("o.npy")).unwrap();
+    assert!(bytes.ends_with(&expected(4, 2, 0, &DType::U8)));
 }
 
 #[test]

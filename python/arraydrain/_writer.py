@@ -500,7 +500,10 @@ class Writer:
     def write(self, batch: Any, at: Any = None) -> None:
         """Writes one batch (a tensor, NumPy array, or a tuple/list/dict of them) to the output
         rows ``at`` (one dataset index per batch row), or after the rows appended so far when
-        ``at`` is None. Returns once the rows are copied into the ring.
+        ``at`` is None. Returns once the rows are copied into the ring. A writer either appends
+        every batch or places every batch by index (a batch given the other way is refused,
+        :class:`DrainValueError`, and changes nothing); a writer shared by several ranks places
+        by index only.
 
         CUDA tensors are read in place by the CUDA engine: their copy to pinned host memory
         (a pool of ``ring_bytes`` staging blocks) runs on the engine's own streams, after an
@@ -512,6 +515,12 @@ class Writer:
         host instead (a ``RuntimeWarning`` says why). ``at`` is read at once."""
         if self._closed:
             raise DrainValueError("the writer is closed")
+        if at is None and self._dist is not None:
+            raise DrainValueError(
+                "with several ranks writing one output, every write needs at= (the dataset "
+                "indices of its rows, e.g. from arraydrain.indexed(loader)): appended rows "
+                "would start at row 0 in every rank"
+            )
         fast = self._fast
         if fast is not None:
             u8s = fast(batch)

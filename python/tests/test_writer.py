@@ -212,9 +212,19 @@ def test_bad_batches_are_refused_and_lose_nothing():
         w.write((torch.arange(2.0), torch.arange(2.0)), at=[2, 3])
     with pytest.raises(arraydrain.DrainTypeError, match="text"):
         w.write(["a", "b"], at=[2, 3])
+    # An append after rows placed by index would land on rows 0 and 1, over them.
+    with pytest.raises(arraydrain.DrainValueError, match="append after rows placed by index"):
+        w.write(torch.arange(7.0, 9.0))
     assert w.rows_written == 2
     w.write(torch.arange(2.0, 4.0), at=[3, 2])
     assert np.array_equal(w.close(), [0.0, 1.0, 3.0, 2.0])
+    # And rows by index after appended ones (the shortcut's path too: same batch shape).
+    w = arraydrain.Writer(None, rows=4)
+    w.write(np.arange(2.0))
+    with pytest.raises(arraydrain.DrainValueError, match="by index after 2 appended rows"):
+        w.write(np.arange(2.0), at=[2, 3])
+    w.write(np.arange(2.0, 4.0))
+    assert np.array_equal(w.close(), [0.0, 1.0, 2.0, 3.0])
 
 
 def test_later_batches_like_the_first_take_the_shortcut_and_others_the_checked_path():

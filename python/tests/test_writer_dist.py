@@ -87,6 +87,32 @@ def test_a_rank_killed_mid_run_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_ranks_sharing_one_output_must_place_rows_by_index(tmp_path):
+    # A rank of a torchrun launch (run identity, no process group) whose writer would share the
+    # output through the file system: an append would start at row 0 in every rank.
+    code = (
+        "import arraydrain, numpy as np, os, sys\n"
+        "try:\n"
+        "    with arraydrain.Writer(sys.argv[1], rows=2, timeout=5) as w:\n"
+        "        w.write(np.arange(2.0))\n"
+        "except arraydrain.DrainValueError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    env = clean_env(
+        RANK="1", WORLD_SIZE="3", LOCAL_RANK="1", LOCAL_WORLD_SIZE="3", GROUP_RANK="0",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT="29500", TORCHELASTIC_RUN_ID="appends",
+    )
+    for name in ("SLURM_JOB_ID", "ARRAYDRAIN_RUN_ID"):
+        env.pop(name, None)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x.npy")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "refused: with several ranks writing one output, every write needs at=" in out.stdout
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_rank_without_torch_distributed_is_refused_unless_it_opts_out(tmp_path):
     # torchrun's variables, no process group: the ranks could not share the output.
     code = (

@@ -107,6 +107,9 @@ pub struct DeviceWriter {
     peak_pending: usize,
     /// Rows appended so far, the pending ones included.
     next: usize,
+    /// How the device batches accepted so far were addressed (see
+    /// [`Writer::check_addressing`]); the writer knows only the landed ones.
+    by_index: Option<bool>,
     batches: usize,
     st: Staging,
     engine: Arc<CudaEngine>,
@@ -171,6 +174,7 @@ impl DeviceWriter {
                 .map_err(cuda_err("creating a device writer's streams"))?;
             Ok(DeviceWriter {
                 next: writer.appended(),
+                by_index: writer.addressed_by_index(),
                 writer,
                 row_bytes,
                 ordinal: engine.info().ordinal,
@@ -299,6 +303,9 @@ impl DeviceWriter {
             if at.is_none() {
                 self.next += rows;
             }
+            if rows > 0 {
+                self.by_index = Some(at.is_some());
+            }
             self.batches += 1;
             Ok(())
         })
@@ -353,6 +360,9 @@ impl DeviceWriter {
             }
             None => {}
         }
+        let before = self.by_index.or(self.writer.addressed_by_index());
+        self.writer
+            .check_addressing(before, at.is_some(), rows, self.next)?;
         let engine_ctx = self.st.ctx.cu_ctx() as usize;
         for (c, src) in out.iter().zip(columns) {
             if let WriteSource::Device { ptr, bytes } = *src {

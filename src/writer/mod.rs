@@ -9,8 +9,10 @@
 //!   destination is slower than the producer), `write` waits for one: back-pressure, not growth.
 //! - **Row addressing**: rows go to the dataset indices given ([`Writer::write_at`]), so
 //!   shuffled, subset and distributed orders land every row in place, or are appended in order
-//!   ([`Writer::write`]). A row written twice keeps its last bytes (PyTorch's
-//!   `DistributedSampler` pads with duplicates, which write identical bytes).
+//!   ([`Writer::write`]); one writer does one or the other, and a joined writer only the first
+//!   (an append has no meaning beside rows placed by index, nor in another process). A row
+//!   written twice keeps its last bytes (PyTorch's `DistributedSampler` pads with duplicates,
+//!   which write identical bytes).
 //! - **Exactly once**: a bitmap records every row written; [`Writer::close`] refuses to commit
 //!   while any row is missing ([`Error::RowsMissing`], naming how many and the first ones) and
 //!   otherwise renames the output into place once. Files are staged with
@@ -217,6 +219,9 @@ pub struct Writer {
     covered: usize,
     /// Next row of an append ([`Writer::write`]).
     next: usize,
+    /// How the rows written so far were addressed: `Some(true)` by index, `Some(false)`
+    /// appended, `None` before the first row.
+    by_index: Option<bool>,
     batches: usize,
     /// Rows one block holds.
     block_rows: usize,
@@ -413,6 +418,7 @@ impl Writer {
             written: vec![0; b.rows.div_ceil(64)],
             covered: 0,
             next: 0,
+            by_index: None,
             batches: 0,
             block_rows,
             ring_bytes: blocks * cap,
@@ -530,7 +536,9 @@ impl Writer {
     /// # Errors
     /// [`Error::BatchMismatch`] for a wrong number of columns, a column of another length than
     /// `n` rows, or `at` of another length; [`Error::IndexOutOfBounds`]
-    /// for an index (or appended row) past the output; the destination's error ([`FileError::Io`],
+    /// for an index (or appended row) past the output; [`Error::ConflictingOptions`] for rows
+    /// appended (`at` of `None`) by a writer that placed rows by index before, or by a joined
+    /// writer, and for rows by index after appended ones; the destination's error ([`FileError::Io`],
     /// [`FileError::NoSpace`]) when the background thread failed.
     pub fn write_bytes(&mut self, n: usize, at: Option<&[u64]>, columns: &[&[u8]]) -> Result<()> {
         if self.stopped.is_some() {
@@ -582,6 +590,8 @@ impl Writer {
             }
             None => {}
         }
+        let by_index = at.is_some();
+        self.check_addressing(self.by_index, by_index, n, self.next)?;
         let start = self.next;
         let total_row: usize = self.row_bytes.iter().sum();
         let mut first = 0;
@@ -625,6 +635,9 @@ impl Writer {
                 self.current = Some(block);
             }
         }
+        if n > 0 {
+            self.by_index = Some(by_index);
+        }
         match at {
             Some(at) => at.iter().for_each(|&i| self.mark(i as usize)),
             None => {
@@ -634,6 +647,42 @@ impl Writer {
         }
         self.batches += 1;
         Ok(())
+    }
+
+    /// How the rows written so far were addressed: `Some(true)` by index, `Some(false)`
+    /// appended, `None` before the first row.
+    pub fn addressed_by_index(&self) -> Option<bool> {
+        self.by_index
+    }
+
+    /// Refuses `n` rows addressed by index (`by_index`) or appended, after rows addressed as
+    /// `before` (`appended` of them appended): a writer does one or the other, and a joined
+    /// writer places by index only.
+    pub(crate) fn check_addressing(
+        &self,
+        before: Option<bool>,
+        by_index: bool,
+        n: usize,
+        appended: usize,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let reason = match (before, by_index) {
+            (_, false) if self.joined => "a writer joined to another's output places its rows \
+                by index (write_at): appended rows would start at row 0 in every process"
+                .to_string(),
+            (Some(false), true) => format!(
+                "rows given by index after {appended} appended rows: a writer either appends \
+                 every batch or places every batch by index"
+            ),
+            (Some(true), false) => "a batch to append after rows placed by index: a writer \
+                either appends every batch or places every batch by index (an append would \
+                start at row 0, over whatever was placed there)"
+                .to_string(),
+            _ => return Ok(()),
+        };
+        Err(Error::ConflictingOptions { reason })
     }
 
     fn mark(&mut self, i: usize) {
