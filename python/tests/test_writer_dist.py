@@ -87,6 +87,24 @@ def test_a_rank_killed_mid_run_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def as_rank_1_of_3(code, path, **extra):
+    """Runs ``code`` (``sys.argv[1]``: ``path``) in a process with torchrun's variables for rank
+    1 of 3 and no process group; ``extra`` adds variables (a run identity). Returns its stdout."""
+    env = clean_env(
+        RANK="1", WORLD_SIZE="3", LOCAL_RANK="1", LOCAL_WORLD_SIZE="3", GROUP_RANK="0",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT="29500",
+    )
+    for name in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "ARRAYDRAIN_RUN_ID"):
+        env.pop(name, None)
+    env.update(extra)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_ranks_sharing_one_output_must_place_rows_by_index(tmp_path):
     # A rank of a torchrun launch (run identity, no process group) whose writer would share the
     # output through the file system: an append would start at row 0 in every rank.
@@ -98,18 +116,8 @@ def test_ranks_sharing_one_output_must_place_rows_by_index(tmp_path):
         "except arraydrain.DrainValueError as e:\n"
         "    print('refused:', e)\n"
     )
-    env = clean_env(
-        RANK="1", WORLD_SIZE="3", LOCAL_RANK="1", LOCAL_WORLD_SIZE="3", GROUP_RANK="0",
-        MASTER_ADDR="127.0.0.1", MASTER_PORT="29500", TORCHELASTIC_RUN_ID="appends",
-    )
-    for name in ("SLURM_JOB_ID", "ARRAYDRAIN_RUN_ID"):
-        env.pop(name, None)
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "x.npy")],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "refused: with several ranks writing one output, every write needs at=" in out.stdout
+    out = as_rank_1_of_3(code, tmp_path / "x.npy", TORCHELASTIC_RUN_ID="appends")
+    assert "refused: with several ranks writing one output, every write needs at=" in out, out
     assert os.listdir(tmp_path) == []
 
 
@@ -125,19 +133,9 @@ def test_a_rank_without_torch_distributed_is_refused_unless_it_opts_out(tmp_path
         "    w.write(np.arange(2.0))\n"
     )
     # torchrun's rank variables without its run id: no way to meet through the file system.
-    env = clean_env(
-        RANK="1", WORLD_SIZE="3", LOCAL_RANK="1", LOCAL_WORLD_SIZE="3", GROUP_RANK="0",
-        MASTER_ADDR="127.0.0.1", MASTER_PORT="29500",
-    )
-    for name in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "ARRAYDRAIN_RUN_ID"):
-        env.pop(name, None)
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "x.npy")],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "refused: this process is rank 1 of 3" in out.stdout, out.stdout
-    assert "ARRAYDRAIN_RUN_ID" in out.stdout and "initialise torch.distributed" in out.stdout
+    out = as_rank_1_of_3(code, tmp_path / "x.npy")
+    assert "refused: this process is rank 1 of 3" in out, out
+    assert "ARRAYDRAIN_RUN_ID" in out and "initialise torch.distributed" in out
     assert np.load(tmp_path / "x.npy").tolist() == [0.0, 1.0]
 
 
