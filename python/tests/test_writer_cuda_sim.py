@@ -159,7 +159,7 @@ def test_host_and_device_batches_land_in_the_order_they_were_written(drv):
     p = drv.alloc(a.tobytes())
     drv.memsets(p, n * row, 500, value=0)  # keep the producer busy: the copy lands late
     drv.slow_write(p, drv.alloc(a.tobytes()), n * row)
-    w._write_device_memory({"x": (p, np.uint8, (n, row))}, stream=drv.handle)
+    w._write_device_memory({"x": (p, np.uint8, (n, row))}, at=np.arange(n), stream=drv.handle)
     w.write({"x": b}, at=np.arange(n))
     np.testing.assert_array_equal(w.close()["x"], b)
     # Host, then device: the device rows win.
@@ -179,7 +179,11 @@ def test_refused_input_is_a_typed_error_and_writes_nothing(drv):
         w._write_device_memory({"x": (p, np.uint8, (2, row))}, at=[2, 10], stream=drv.handle)
     # Bytes past the end of the allocation: the engine asks the driver.
     with pytest.raises(DrainValueError, match=r'column "x": expected 160 bytes.*got 144'):
-        w._write_device_memory({"x": (p + row, np.uint8, (n, row))}, stream=drv.handle)
+        w._write_device_memory({"x": (p + row, np.uint8, (n, row))}, at=np.arange(n),
+                               stream=drv.handle)
+    # An append after rows placed by index (it would land on rows 0 and 1, over them).
+    with pytest.raises(DrainValueError, match="append after rows placed by index"):
+        w._write_device_memory({"x": (p, np.uint8, (2, row))}, stream=drv.handle)
     # A stream the driver does not know.
     with pytest.raises(DrainRuntimeError, match="producer"):
         w._write_device_memory({"x": (p, np.uint8, (1, row))}, at=[5], stream=0xDEAD0000)
