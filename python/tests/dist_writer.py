@@ -21,15 +21,23 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 import arraydrain
 
 
-def main(out: str, n: int, mode: str) -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    x = (torch.arange(n * 4, dtype=torch.float32).reshape(n, 4) % 17) / 5
+def rank_workload(n, world=None, rank=None, mod=17, div=5, seed=5):
+    """This rank's loader, a shuffled and padded DistributedSampler shard (batches of 4) of an
+    n-row table (x float32 [n, 4], y its row numbers), and the small model every rank runs over
+    it. ``world`` and ``rank`` default to the process group's."""
+    x = (torch.arange(n * 4, dtype=torch.float32).reshape(n, 4) % mod) / div
     ds = TensorDataset(x, torch.arange(n))
-    sampler = DistributedSampler(ds, shuffle=True, seed=5)
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     loader = DataLoader(ds, batch_size=4, sampler=sampler)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    return loader, net
+
+
+def main(out: str, n: int, mode: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    loader, net = rank_workload(n)
     feats, logits, idxs = [], [], []
     try:
         with torch.no_grad(), arraydrain.Writer(

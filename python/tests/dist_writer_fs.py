@@ -12,19 +12,14 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from dist_writer import rank_workload
 
 import arraydrain
 
 
 def main(out: str, n: int, mode: str) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    x = (torch.arange(n * 4, dtype=torch.float32).reshape(n, 4) % 17) / 5
-    ds = TensorDataset(x, torch.arange(n))
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=5)
-    loader = DataLoader(ds, batch_size=4, sampler=sampler)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    loader, net = rank_workload(n, world, rank)
     feats, idxs = [], []
     try:
         with torch.no_grad(), arraydrain.Writer(

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from dist_writer import rank_workload
 
 import arraydrain
 from arraydrain import _native
@@ -22,12 +22,7 @@ from arraydrain import _native
 
 def main(out: str, n: int, mode: str) -> None:
     rank, world, source = _native.launcher_placement()
-    x = (torch.arange(n * 4, dtype=torch.float32).reshape(n, 4) % 13) / 3
-    ds = TensorDataset(x, torch.arange(n))
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=11)
-    loader = DataLoader(ds, batch_size=4, sampler=sampler)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    loader, net = rank_workload(n, world, rank, mod=13, div=3, seed=11)
     feats, idxs = [], []
     try:
         with torch.no_grad(), arraydrain.Writer(
